@@ -1,0 +1,115 @@
+"""Reading and writing images with their geometry, through SimpleITK (every format it reads:
+.nii.gz, .nii, .nrrd, .mha, ...).
+
+Arrays come back in array order ((z, y, x) or (y, x)); multi-channel cases are stacked channel-first.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.atomic import atomic_path
+from AutoSegLib.io.geometry import Geometry
+
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".bmp")
+
+
+def file_ending(path: "str | os.PathLike") -> str:
+    """The file ending including a double one like '.nii.gz'."""
+    name = Path(path).name.lower()
+    for e in SUPPORTED_ENDINGS:
+        if name.endswith(e):
+            return Path(path).name[-len(e):]
+    return Path(path).suffix
+
+
+def read_sitk(path: "str | os.PathLike"):
+    """Read ``path`` with SimpleITK; a missing, unreadable or truncated file raises AutoSegError."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise AutoSegError(f"{path}: file not found.")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise AutoSegError(f"{path}: cannot be read as an image (unreadable, truncated or unsupported format). "
+                           f"SimpleITK said: {first}") from None
+
+
+def read_image(path: "str | os.PathLike", allow_2d: bool = True) -> Tuple[np.ndarray, Geometry]:
+    """Read one single-channel image.
+
+    Returns
+    -------
+    array : ndarray, shape (z, y, x) or (y, x), the file's own dtype
+    geometry : Geometry
+
+    Raises
+    ------
+    AutoSegError
+        When the file is missing or unreadable, has several components per voxel, or is not 2D/3D.
+    """
+    import SimpleITK as sitk
+
+    image = read_sitk(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise AutoSegError(f"{path}: expected one value per voxel, found {image.GetNumberOfComponentsPerPixel()} "
+                           f"(a vector/RGB image). Store each channel as its own file <case>_XXXX.")
+    dim = image.GetDimension()
+    if dim not in (2, 3) or (dim == 2 and not allow_2d):
+        raise AutoSegError(f"{path}: expected a {'2D or ' if allow_2d else ''}3D image, found a {dim}D image of size "
+                           f"{image.GetSize()}. Split 4-D series into one file per channel/time point.")
+    return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
+
+
+def read_case(channel_paths: Sequence["str | os.PathLike"]) -> Tuple[np.ndarray, Geometry]:
+    """Read the channel files of one case and stack them channel-first as float32.
+
+    Raises AutoSegError when the channels differ in size or geometry, naming the files.
+    """
+    arrays, geometry = [], None
+    for p in channel_paths:
+        arr, geo = read_image(p)
+        if geometry is None:
+            geometry, first = geo, p
+        else:
+            if arr.shape != arrays[0].shape:
+                raise AutoSegError(f"{p}: size {arr.shape[::-1]} differs from {first}'s {arrays[0].shape[::-1]} "
+                                   f"(x, y, z). All channels of a case must share one grid.")
+            diff = geometry.describe_difference(geo)
+            if diff:
+                raise AutoSegError(f"{p}: {diff} (compared with {first}). All channels of a case must share one grid.")
+        arrays.append(arr.astype(np.float32, copy=False))
+    if not arrays:
+        raise AutoSegError("no channel files given for the case.")
+    return np.stack(arrays), geometry
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: "str | os.PathLike", compress: bool = True) -> Path:
+    """Write a single-channel array with its geometry, atomically. Format from the file ending.
+
+    ``array`` has shape (z, y, x) or (y, x) matching ``geometry.ndim``; int64 is stored as int32
+    (uint8 when the values fit) because not every format/reader takes 64-bit labels.
+    """
+    import SimpleITK as sitk
+
+    array = np.asarray(array)
+    if array.ndim != geometry.ndim:
+        raise ValueError(f"array has {array.ndim} dimensions, geometry {geometry.ndim}")
+    if array.dtype == np.int64 or array.dtype == np.bool_:
+        if array.size and array.min() >= 0 and array.max() <= 255:
+            array = array.astype(np.uint8)
+        else:
+            array = array.astype(np.int32)
+    image = sitk.GetImageFromArray(array)
+    geometry.apply_to_sitk(image)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return path

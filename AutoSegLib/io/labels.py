@@ -1,0 +1,94 @@
+"""The label layout of a dataset: names, values, regions and the ignore label (dataset.json "labels").
+
+- Plain labels: ``{"background": 0, "organ": 1, "tumour": 2}``; the network has one softmax output per
+  label (background included, the ignore label excluded).
+- Regions: a label whose value is a list (``{"background": 0, "whole": [1, 2, 3], "core": [2, 3]}``)
+  defines an overlapping region; the network has one sigmoid output per non-background region, and
+  ``regions_class_order`` (dataset.json) says which label value each region paints, later ones on top.
+- ``ignore``: a label named "ignore" (the highest value) marks unannotated voxels; they contribute
+  nothing to the loss and are never predicted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Union
+
+from AutoSegLib.errors import AutoSegError
+
+LabelValue = Union[int, Tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class LabelLayout:
+    names: Tuple[str, ...]                 # in dataset.json order, ignore excluded
+    values: Tuple[LabelValue, ...]         # int, or tuple of ints for a region
+    ignore_label: Optional[int] = None
+    regions_class_order: Optional[Tuple[int, ...]] = None
+
+    @classmethod
+    def from_dataset_labels(cls, labels: Dict[str, object], regions_class_order=None,
+                            source: str = "dataset.json") -> "LabelLayout":
+        if not isinstance(labels, dict) or not labels:
+            raise AutoSegError(f"{source}: 'labels' must be a non-empty mapping of name to value, "
+                               f"like {{\"background\": 0, \"organ\": 1}}; found {labels!r}.")
+        names, values, ignore = [], [], None
+        for name, value in labels.items():
+            if name == "ignore":
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise AutoSegError(f"{source}: the 'ignore' label must be one integer, found {value!r}.")
+                ignore = value
+                continue
+            if isinstance(value, (list, tuple)):
+                if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                    raise AutoSegError(f"{source}: label {name!r}: a region must be a list of integers, found {value!r}.")
+                values.append(tuple(int(v) for v in value) if len(value) > 1 else int(value[0]))
+            elif isinstance(value, int) and not isinstance(value, bool):
+                values.append(int(value))
+            else:
+                raise AutoSegError(f"{source}: label {name!r} has value {value!r}; expected an integer or a list of integers.")
+            names.append(str(name))
+        if 0 not in [v for v in values if isinstance(v, int)]:
+            raise AutoSegError(f"{source}: 'labels' must contain background with value 0; found {labels!r}.")
+        plain = [v for v in values if isinstance(v, int)]
+        if len(set(plain)) != len(plain):
+            raise AutoSegError(f"{source}: label values must be unique; found {labels!r}.")
+        if ignore is not None and any(ignore <= v for v in plain):
+            raise AutoSegError(f"{source}: the 'ignore' label ({ignore}) must have the highest value; found {labels!r}.")
+        has_regions = any(isinstance(v, tuple) for v in values)
+        if has_regions and regions_class_order is None:
+            raise AutoSegError(f"{source}: region-based labels need 'regions_class_order' in dataset.json.")
+        rco = tuple(int(v) for v in regions_class_order) if has_regions else None
+        return cls(tuple(names), tuple(values), ignore, rco)
+
+    @property
+    def has_regions(self) -> bool:
+        return any(isinstance(v, tuple) for v in self.values)
+
+    @property
+    def foreground_values(self) -> Tuple[LabelValue, ...]:
+        return tuple(v for v in self.values if v != 0)
+
+    @property
+    def foreground_names(self) -> Tuple[str, ...]:
+        return tuple(n for n, v in zip(self.names, self.values) if v != 0)
+
+    @property
+    def num_outputs(self) -> int:
+        """Number of network output channels: all labels (softmax) or foreground regions (sigmoid)."""
+        return len(self.foreground_values) if self.has_regions else len(self.values)
+
+    @property
+    def all_label_values(self) -> Tuple[int, ...]:
+        """Every integer that may appear in a label file (ignore included)."""
+        vals = set()
+        for v in self.values:
+            vals.update(v if isinstance(v, tuple) else (v,))
+        if self.ignore_label is not None:
+            vals.add(self.ignore_label)
+        return tuple(sorted(vals))
+
+    def to_dataset_labels(self) -> Dict[str, object]:
+        out: Dict[str, object] = {n: (list(v) if isinstance(v, tuple) else v) for n, v in zip(self.names, self.values)}
+        if self.ignore_label is not None:
+            out["ignore"] = self.ignore_label
+        return out

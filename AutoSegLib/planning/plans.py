@@ -1,0 +1,172 @@
+"""Plans: the typed, frozen record of every rule-derived parameter, saved as plans.json.
+
+One `Plans` per dataset, with one `ConfigurationPlan` per configuration ('2d', '3d_fullres',
+'3d_lowres', '3d_cascade_fullres'). Spatial tuples are in the *transposed* array order (after
+``transpose_forward``); a '2d' configuration works on slices along transposed axis 0, so its spacing
+and patch have two entries. JSON round trip is exact; unknown keys are an error, another schema version
+a clear message.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.atomic import write_json
+
+SCHEMA_VERSION = 1
+
+ARCHITECTURES = ("plain_unet", "residual_encoder_unet")
+NORMALIZATIONS = ("ct", "zscore", "none", "rescale_0_1", "rgb_to_0_1")
+
+
+@dataclass(frozen=True)
+class NetworkTopology:
+    """U-Net topology. Stage s has ``features_per_stage[s]`` features, is reached by a strided conv
+    with ``strides[s]`` (stage 0: all ones) and uses ``kernel_sizes[s]``. ``n_conv_per_stage`` counts
+    convs (plain) or residual blocks (residual encoder) per encoder stage; ``n_conv_per_stage_decoder``
+    has n_stages - 1 entries. Conv -> InstanceNorm(affine, eps 1e-5) -> LeakyReLU(0.01)."""
+    architecture: str
+    n_stages: int
+    features_per_stage: Tuple[int, ...]
+    kernel_sizes: Tuple[Tuple[int, ...], ...]
+    strides: Tuple[Tuple[int, ...], ...]
+    n_conv_per_stage: Tuple[int, ...]
+    n_conv_per_stage_decoder: Tuple[int, ...]
+    conv_bias: bool = True
+
+    @property
+    def ndim(self) -> int:
+        return len(self.kernel_sizes[0])
+
+    def pools_per_axis(self) -> Tuple[int, ...]:
+        return tuple(sum(1 for s in self.strides if s[a] > 1) for a in range(self.ndim))
+
+
+@dataclass(frozen=True)
+class ResamplingSettings:
+    """How images, labels and probabilities are resampled (spline orders). When the spacing ratio
+    between axes exceeds ``anisotropy_threshold`` the coarse axis is resampled separately with
+    ``order_z``; ``force_separate_z`` None means decide by that rule."""
+    order_data: int = 3
+    order_seg: int = 1
+    order_probabilities: int = 1
+    order_z: int = 0
+    anisotropy_threshold: float = 3.0
+    force_separate_z: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class ConfigurationPlan:
+    name: str
+    spacing: Tuple[float, ...]
+    patch_size: Tuple[int, ...]
+    batch_size: int
+    median_image_size: Tuple[float, ...]
+    normalization: Tuple[str, ...]          # one scheme per input channel, from NORMALIZATIONS
+    use_mask_for_norm: Tuple[bool, ...]
+    network: NetworkTopology
+    resampling: ResamplingSettings = field(default_factory=ResamplingSettings)
+    batch_dice: bool = False
+    data_identifier: str = ""               # preprocessed-data folder name; equal data shares it
+    previous_stage: Optional[str] = None    # cascade: the configuration whose prediction is an extra input
+    next_stages: Tuple[str, ...] = ()
+
+    @property
+    def is_2d(self) -> bool:
+        return len(self.patch_size) == 2
+
+
+@dataclass(frozen=True)
+class Plans:
+    dataset_name: str
+    channel_names: Dict[str, str]           # {"0": "CT", ...}, as in dataset.json
+    labels: Dict[str, object]               # as in dataset.json (see io.labels.LabelLayout)
+    transpose_forward: Tuple[int, ...]
+    transpose_backward: Tuple[int, ...]
+    original_median_spacing: Tuple[float, ...]   # after transposition
+    original_median_shape: Tuple[float, ...]     # after transposition
+    intensity_properties: Dict[str, Dict[str, float]]  # per channel: mean, std, percentile_00_5, ...
+    configurations: Dict[str, ConfigurationPlan]
+    file_ending: str = ".nii.gz"
+    regions_class_order: Optional[Tuple[int, ...]] = None
+    planner_memory_gb: float = 8.0
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    def label_layout(self):
+        from AutoSegLib.io.labels import LabelLayout
+        return LabelLayout.from_dataset_labels(self.labels, self.regions_class_order, source="plans.json")
+
+    def configuration(self, name: str) -> ConfigurationPlan:
+        if name not in self.configurations:
+            from difflib import get_close_matches
+            close = get_close_matches(name, list(self.configurations), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise AutoSegError(f"unknown configuration {name!r}; these plans have {sorted(self.configurations)}.{hint}")
+        return self.configurations[name]
+
+    # ---- JSON ----
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, path: "str | os.PathLike") -> Path:
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "plans") -> "Plans":
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise AutoSegError(f"{source}: plans schema version {version!r} is not supported by this AutoSeg "
+                               f"(expects {SCHEMA_VERSION}). Re-run `autoseg plan` to regenerate them.")
+        try:
+            d = dict(d)
+            d["configurations"] = {k: _build(ConfigurationPlan, v, f"{source}: configuration {k}")
+                                   for k, v in d["configurations"].items()}
+            return _build(cls, d, source)
+        except KeyError as exc:
+            raise AutoSegError(f"{source}: missing key {exc} in plans.") from None
+
+    @classmethod
+    def from_json(cls, path: "str | os.PathLike") -> "Plans":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise AutoSegError(f"{path}: plans file not found. Run `autoseg plan` first.") from None
+        except json.JSONDecodeError as exc:
+            raise AutoSegError(f"{path}: not valid JSON ({exc}).") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def _tupleize(value):
+    if isinstance(value, list):
+        return tuple(_tupleize(v) for v in value)
+    return value
+
+
+_NESTED = {"network": NetworkTopology, "resampling": ResamplingSettings}
+
+
+def _build(cls, data: dict, source: str):
+    """Construct dataclass ``cls`` from a JSON dict: lists become tuples, unknown keys are an error."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise AutoSegError(f"{source}: unknown keys {sorted(unknown)} (written by another AutoSeg version?).")
+    kwargs = {}
+    for k, v in data.items():
+        if k in _NESTED and isinstance(v, dict):
+            v = _build(_NESTED[k], v, f"{source}.{k}")
+        elif k in ("labels", "channel_names", "intensity_properties", "configurations"):
+            pass
+        else:
+            v = _tupleize(v)
+        kwargs[k] = v
+    return cls(**kwargs)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create (or reuse) the local virtual environment .venv and install AutoSeg into it.
+# Usage: scripts/setup-env.sh [test]   ("test" adds pytest and slicer-core)
+# Idempotent: a stamp file records what was installed; nothing is reinstalled when pyproject.toml is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+py="${PYTHON:-python3}"
+"$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+    || { echo "AutoSeg needs Python 3.10 or newer; $("$py" --version 2>&1) found. Set PYTHON=/path/to/python3.10+." >&2; exit 1; }
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+stamp=".venv/.autoseg-installed-${extra:-main}"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, pinned: an unpinned torch would pull several GB of CUDA packages on a CPU machine.
+.venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
+if [ "$extra" = "test" ]; then
+    .venv/bin/python -m pip install -q -e ".[test]"
+else
+    .venv/bin/python -m pip install -q -e .
+fi
+echo "$want" > "$stamp"
