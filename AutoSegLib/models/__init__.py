@@ -1,0 +1,1 @@
+"""models stage: model folders (`folder.load_model`), archives, nnU-Net import."""

@@ -1,0 +1,276 @@
+"""A trained model in memory (`Model`) and loading it from disk (`load_model`).
+
+`load_model(path)` accepts
+- an AutoSeg model folder or a training WORK_DIR (layout in DEVELOPERS.md: ``plans.json``,
+  ``dataset.json``, ``trained/<configuration>/fold_<k>/checkpoint_final.pt``, optional ``inference.json``
+  and ``model.json``);
+- a model archive (extracted by ``AutoSegLib.models.archive.extract_model_archive`` into a cache folder);
+- an nnU-Net v2 results folder (converted by ``AutoSegLib.models.nnunet.load_nnunet_results_folder``).
+
+Weights are loaded lazily (``FoldWeights.state_dict()``) and only with ``torch.load(weights_only=True)``.
+Other loaders (nnU-Net import) build a `Model` directly; ``FoldWeights.loader`` lets them convert keys.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.labels import LabelLayout
+from AutoSegLib.planning.plans import Plans
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFERENCE = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt")
+FOLD_NAMES = ("0", "1", "2", "3", "4", "all")
+
+
+def load_autoseg_checkpoint_weights(path: Path) -> dict:
+    """State dict of an AutoSeg checkpoint (``network_weights``), loaded tensors-only."""
+    import torch
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file or one holding arbitrary Python objects
+        raise AutoSegError(f"{path}: cannot load the checkpoint as tensors-only data ({exc}). "
+                           f"Re-export the model or re-run training for this fold.") from None
+    if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
+        raise AutoSegError(f"{path}: not an AutoSeg checkpoint (no 'network_weights' entry).")
+    return ckpt["network_weights"]
+
+
+@dataclass
+class FoldWeights:
+    """One fold's weights of one configuration, loaded on first use.
+
+    Attributes
+    ----------
+    fold : str
+        "0".."4" or "all".
+    path : Path
+        The checkpoint file.
+    loader : callable(Path) -> dict
+        Returns the network state dict (keys as in ``network/unet.py``); tensors-only loading.
+    """
+    fold: str
+    path: Path
+    loader: Callable[[Path], dict] = load_autoseg_checkpoint_weights
+    _cache: Optional[dict] = field(default=None, repr=False, compare=False)
+
+    def state_dict(self, cache: bool = False) -> dict:
+        if self._cache is not None:
+            return self._cache
+        sd = self.loader(self.path)
+        if cache:
+            self._cache = sd
+        return sd
+
+
+@dataclass
+class ConfigurationModel:
+    """The trained folds of one configuration.
+
+    Attributes
+    ----------
+    name : str
+        Configuration name as in the plans ('2d', '3d_fullres', '3d_lowres', '3d_cascade_fullres').
+    folds : dict str -> FoldWeights
+        Folds present, sorted by name.
+    num_input_channels, num_outputs : int
+        Network input channels (image channels, + classes for a cascade stage) and outputs.
+    mirror_axes : tuple of int
+        Spatial axes (of the network input, 0-based, transposed order) allowed for test-time mirroring.
+    """
+    name: str
+    folds: Dict[str, FoldWeights]
+    num_input_channels: int
+    num_outputs: int
+    mirror_axes: Tuple[int, ...]
+
+
+@dataclass
+class Model:
+    """A trained model: everything inference needs.
+
+    Attributes
+    ----------
+    path : Path
+        Folder it came from (the extracted folder for an archive).
+    plans : Plans
+    dataset : dict
+        dataset.json content (``channel_names``, ``labels``, ``file_ending``, ...).
+    configurations : dict str -> ConfigurationModel
+        Configurations with at least one trained fold.
+    inference : dict or None
+        Inference instructions (inference.json written by find-best), None when absent: keys
+        ``configurations`` (list of names to ensemble) and ``postprocessing`` (list of steps).
+    metadata : dict
+        model.json content (name, version, description), possibly empty.
+    source : str
+        "autoseg", "work_dir", "archive" or "nnunet".
+    """
+    path: Path
+    plans: Plans
+    dataset: dict
+    configurations: Dict[str, ConfigurationModel]
+    inference: Optional[dict] = None
+    metadata: dict = field(default_factory=dict)
+    source: str = "autoseg"
+
+    @property
+    def channel_names(self) -> Dict[str, str]:
+        return dict(self.plans.channel_names)
+
+    @property
+    def label_layout(self) -> LabelLayout:
+        return self.plans.label_layout()
+
+    @property
+    def file_ending(self) -> str:
+        return self.dataset.get("file_ending", self.plans.file_ending)
+
+    def default_configurations(self) -> Tuple[str, ...]:
+        """What predict runs without ``--configuration``: the inference instructions' choice, else the
+        best-guess single configuration present (3d_fullres, then 2d, then the cascade, then any)."""
+        if self.inference and self.inference.get("configurations"):
+            chosen = tuple(self.inference["configurations"])
+            missing = [c for c in chosen if c not in self.configurations]
+            if not missing:
+                return chosen
+            log.warning("inference instructions name %s, which %s has no weights for; ignoring them",
+                        missing, self.path)
+        for name in ("3d_fullres", "2d", "3d_cascade_fullres", "3d_lowres"):
+            if name in self.configurations:
+                return (name,)
+        return (sorted(self.configurations)[0],)
+
+
+def cascade_label_values(layout: LabelLayout) -> Tuple[int, ...]:
+    """Label values whose one-hot maps (in this order) are the extra inputs of a cascade stage: every
+    foreground integer label value (for regions: every integer a region is made of), ignore excluded."""
+    return tuple(v for v in layout.all_label_values if v != 0 and v != layout.ignore_label)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AutoSegError(f"{path.parent}: not a model: {path.name} is missing ({what}). A model folder holds "
+                           f"dataset.json, plans.json and trained/<configuration>/fold_<k>/checkpoint_final.pt.") from None
+    except json.JSONDecodeError as exc:
+        raise AutoSegError(f"{path}: not valid JSON ({exc}).") from None
+
+
+def _mirror_axes(conf) -> Tuple[int, ...]:
+    return tuple(range(len(conf.patch_size)))
+
+
+def _scan_folds(conf_dir: Path, allow_non_final: bool) -> Dict[str, FoldWeights]:
+    folds = {}
+    for fold in FOLD_NAMES:
+        fdir = conf_dir / f"fold_{fold}"
+        names = CHECKPOINT_PREFERENCE if allow_non_final else CHECKPOINT_PREFERENCE[:1]
+        for name in names:
+            if (fdir / name).is_file():
+                folds[fold] = FoldWeights(fold, fdir / name)
+                break
+    return folds
+
+
+def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Model:
+    """Load an AutoSeg model folder or training WORK_DIR (weights stay on disk until used).
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder.
+    allow_non_final : bool
+        Use checkpoint_best/latest when a fold has no checkpoint_final (a training still running).
+
+    Raises
+    ------
+    AutoSegError
+        When plans.json or dataset.json is missing or unreadable, or no configuration has fold weights.
+    """
+    path = Path(path)
+    plans_path = path / "plans.json"
+    if not plans_path.is_file():
+        _read_json(plans_path, "the plans written by `autoseg plan`")
+    plans = Plans.from_json(plans_path)
+    dataset = _read_json(path / "dataset.json", "labels and channel names")
+    configurations: Dict[str, ConfigurationModel] = {}
+    trained = path / "trained"
+    layout = plans.label_layout()
+    for name, conf in plans.configurations.items():
+        folds = _scan_folds(trained / name, allow_non_final)
+        if not folds:
+            continue
+        n_in = plans.num_channels
+        if conf.previous_stage:  # cascade: + one-hot of the previous stage's foreground label values
+            n_in += len(cascade_label_values(layout))
+        configurations[name] = ConfigurationModel(name, folds, n_in, layout.num_outputs, _mirror_axes(conf))
+    if not configurations:
+        found = sorted(str(p.relative_to(path)) for p in trained.glob("*/fold_*/*.pt")) if trained.is_dir() else []
+        hint = f" Found only: {found}." if found else ""
+        raise AutoSegError(f"{path}: no trained weights: expected trained/<configuration>/fold_<k>/checkpoint_final.pt "
+                           f"for one of the configurations {sorted(plans.configurations)}.{hint} Train a fold first "
+                           f"(`autoseg train`).")
+    inference = None
+    if (path / "inference.json").is_file():
+        inference = _load_inference(path)
+    metadata = json.loads((path / "model.json").read_text()) if (path / "model.json").is_file() else {}
+    source = "work_dir" if (path / "preprocessed").is_dir() else "autoseg"
+    return Model(path, plans, dataset, configurations, inference, metadata, source)
+
+
+def _load_inference(path: Path) -> Optional[dict]:
+    try:
+        from AutoSegLib.postprocessing import load_inference_instructions
+    except ImportError:
+        load_inference_instructions = None
+    if load_inference_instructions is not None:
+        result = load_inference_instructions(path)
+        if result is None or isinstance(result, dict):
+            return result
+        return {"configurations": list(getattr(result, "configurations", ())),
+                "postprocessing": list(getattr(result, "postprocessing", getattr(result, "steps", ()))),
+                "_record": result}
+    return _read_json(path / "inference.json", "inference instructions")
+
+
+def load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "str | Path | None" = None) -> Model:
+    """Load a model from an AutoSeg model folder, a training WORK_DIR, a model archive or an nnU-Net v2
+    results folder.
+
+    Parameters
+    ----------
+    path : str or Path
+    allow_non_final : bool
+        For a WORK_DIR whose folds have no checkpoint_final yet: use best/latest.
+    cache_dir : str or Path, optional
+        Where an archive is extracted (default: a folder next to the archive, ``<archive>.extracted``).
+
+    Raises
+    ------
+    AutoSegError
+        Path missing, unknown kind of model, or a model with missing pieces (the message says which).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AutoSegError(f"{path}: model not found. Pass a model folder, a training work folder, a model "
+                           f"archive or an nnU-Net v2 results folder.")
+    if path.is_file():
+        from AutoSegLib.models.archive import extract_model_archive  # helper h5's module
+        dest = Path(cache_dir) if cache_dir else path.with_name(path.name + ".extracted")
+        folder = extract_model_archive(path, dest)
+        model = load_model_folder(folder or dest, allow_non_final)
+        model.source = "archive"
+        return model
+    if (path / "plans.json").is_file() and (path / "trained").is_dir():
+        return load_model_folder(path, allow_non_final)
+    if any(path.glob("*__*__*/plans.json")) or any(path.glob("fold_*/checkpoint_*.pth")):
+        from AutoSegLib.models.nnunet import load_nnunet_results_folder  # helper h4's module
+        return load_nnunet_results_folder(path)
+    return load_model_folder(path, allow_non_final)  # raises, naming the missing piece
