@@ -1,0 +1,214 @@
+"""Sliding-window prediction with Gaussian importance weighting and test-time mirroring.
+
+Pure: takes an array and a predictor callable, returns the stitched logits. The numerics follow the
+nnU-Net v2 reference so that results agree with it: the array is padded (zeros, centred, the extra voxel
+after) to at least the patch size; window starts per axis are ``round(i * (size - patch) / (n - 1))``
+with ``n = ceil((size - patch) / (patch * step)) + 1``; each window's logits (averaged over the mirror
+combinations, in float32) are multiplied by a Gaussian (sigma = patch / 8 per axis, peak scaled to 10,
+zeros replaced by the smallest non-zero value) and summed into a float16 accumulator together with the
+weights; the result is the weighted mean, cropped back. A 2D patch over 3D data predicts every slice
+along axis 0.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from AutoSegLib.progress import ProgressCallback, ProgressTracker
+
+GAUSSIAN_PEAK = 10.0  # float16 accumulation: keeps weighted sums well inside the float16 range
+
+
+def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_size: float) -> List[List[int]]:
+    """Window start positions per axis.
+
+    Parameters
+    ----------
+    image_size, patch_size : sequence of int
+        Same length; ``image_size >= patch_size`` on every axis (pad first).
+    step_size : float
+        In (0, 1]: the largest step as a fraction of the patch.
+
+    Returns
+    -------
+    list of list of int
+        Per axis, the window starts; the first is 0 and the last is ``image_size - patch_size``.
+    """
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    steps = []
+    for size, patch in zip(image_size, patch_size):
+        if size < patch:
+            raise ValueError(f"image size {tuple(image_size)} is smaller than the patch {tuple(patch_size)}; pad first")
+        n = int(math.ceil((size - patch) / (patch * step_size))) + 1
+        actual = (size - patch) / (n - 1) if n > 1 else 0.0
+        steps.append([int(np.round(actual * i)) for i in range(n)])
+    return steps
+
+
+@lru_cache(maxsize=4)
+def _gaussian_cached(patch_size: Tuple[int, ...], sigma_scale: float, peak: float, dtype: torch.dtype) -> torch.Tensor:
+    from scipy.ndimage import gaussian_filter
+    tmp = np.zeros(patch_size)
+    tmp[tuple(p // 2 for p in patch_size)] = 1
+    g = gaussian_filter(tmp, [p * sigma_scale for p in patch_size], 0, mode="constant", cval=0)
+    g /= np.max(g) / peak
+    t = torch.from_numpy(g).to(dtype)
+    zero = t == 0  # after the cast: float16 underflow at the corners would give 0/0 = NaN
+    if zero.any():
+        t[zero] = torch.min(t[~zero])
+    return t
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8, peak: float = GAUSSIAN_PEAK,
+                            dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Gaussian weight map of shape ``patch_size``, peak ``peak`` at the centre voxel ``p // 2``, never 0.
+
+    Returns a cached tensor: do not modify it in place."""
+    return _gaussian_cached(tuple(int(p) for p in patch_size), float(sigma_scale), float(peak), dtype)
+
+
+def pad_to_patch(array: torch.Tensor, patch_size: Sequence[int]) -> Tuple[torch.Tensor, Tuple[slice, ...]]:
+    """Zero-pad the trailing ``len(patch_size)`` axes of ``array`` to at least ``patch_size`` (content
+    centred, odd remainder after). Returns the padded tensor and the slices of the original region
+    (over all axes)."""
+    spatial = array.shape[array.ndim - len(patch_size):]
+    pads, region = [], [slice(None)] * (array.ndim - len(patch_size))
+    for size, patch in zip(spatial, patch_size):
+        diff = max(int(patch) - size, 0)
+        lo = diff // 2
+        pads.append((lo, diff - lo))
+        region.append(slice(lo, lo + size))
+    if not any(p for pair in pads for p in pair):
+        return array, tuple(region)
+    flat = [p for pair in reversed(pads) for p in pair]  # F.pad wants last axis first
+    return torch.nn.functional.pad(array, flat, mode="constant", value=0), tuple(region)
+
+
+def mirror_combinations(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
+    """Every non-empty combination of the mirror axes, by size then order (the reference's order)."""
+    axes = list(mirror_axes)
+    return [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
+
+
+def predict_with_mirroring(predictor: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
+                           mirror_axes: Sequence[int] = ()) -> torch.Tensor:
+    """Logits of ``batch`` (B, C, *patch) averaged over the original and every mirrored version
+    (``mirror_axes`` are spatial axes, 0-based); each mirrored prediction is flipped back first."""
+    pred = predictor(batch)
+    combos = mirror_combinations(mirror_axes)
+    for axes in combos:
+        dims = [a + 2 for a in axes]
+        pred += torch.flip(predictor(torch.flip(batch, dims)), dims)
+    if combos:
+        pred /= len(combos) + 1
+    return pred
+
+
+def _windows(spatial: Sequence[int], patch_size: Sequence[int], step_size: float) -> Iterator[Tuple]:
+    """Spatial slicers of every window, in the reference's order (slices of axis 0 first for 2D-on-3D)."""
+    if len(patch_size) == len(spatial) - 1:
+        steps = compute_steps(spatial[1:], patch_size, step_size)
+        for d in range(spatial[0]):
+            for starts in itertools.product(*steps):
+                yield (d, *(slice(s, s + p) for s, p in zip(starts, patch_size)))
+    else:
+        steps = compute_steps(spatial, patch_size, step_size)
+        for starts in itertools.product(*steps):
+            yield tuple(slice(s, s + p) for s, p in zip(starts, patch_size))
+
+
+def count_windows(spatial: Sequence[int], patch_size: Sequence[int], step_size: float = 0.5) -> int:
+    """Number of windows for an (unpadded) spatial shape."""
+    padded = list(spatial)
+    off = len(spatial) - len(patch_size)
+    for i, p in enumerate(patch_size):
+        padded[off + i] = max(padded[off + i], int(p))
+    steps = compute_steps(padded[off:], patch_size, step_size)
+    return int(np.prod([len(s) for s in steps])) * (padded[0] if off else 1)
+
+
+def predict_sliding_window(array, predictor: Callable[[torch.Tensor], torch.Tensor], patch_size: Sequence[int],
+                           num_outputs: Optional[int] = None, step_size: float = 0.5, gaussian: bool = True,
+                           mirror_axes: Sequence[int] = (), batch_size: int = 1,
+                           accumulate_dtype: torch.dtype = torch.float16, device: "str | torch.device" = "cpu",
+                           results_device: "str | torch.device | None" = None,
+                           progress: Optional[ProgressCallback] = None, stage: str = "predict") -> torch.Tensor:
+    """Predict a whole array window by window and stitch the logits.
+
+    Parameters
+    ----------
+    array : ndarray or Tensor, (C, *spatial) float
+        Network input (preprocessed image). ``spatial`` has ``len(patch_size)`` axes, or one more for a 2D
+        patch over 3D data (each slice along axis 0 is predicted on its own).
+    predictor : callable
+        ``predictor(batch) -> logits``: batch ``(B, C, *patch)`` on ``device``, logits ``(B, K, *patch)``.
+    patch_size : sequence of int
+        Window size (2 or 3 axes).
+    num_outputs : int, optional
+        K; found from the first prediction when omitted.
+    step_size : float
+        Window step as a fraction of the patch (0.5: half-overlapping windows).
+    gaussian : bool
+        Gaussian importance weighting (else uniform weights).
+    mirror_axes : sequence of int
+        Spatial axes of the window (0-based) to mirror for test-time augmentation; every combination is
+        predicted and the logits averaged.
+    batch_size : int
+        Windows per predictor call. Results equal batch size 1 up to float rounding of the predictor.
+    accumulate_dtype : torch.dtype
+        Accumulator dtype; float16 reproduces the reference (and halves memory), float32 is finer.
+    device : str or torch.device
+        Where windows are sent for the predictor.
+    results_device : str or torch.device, optional
+        Where the accumulator lives (default: the CPU).
+    progress : callable, optional
+        Receives ``progress`` events (one step per window batch).
+
+    Returns
+    -------
+    Tensor, (K, *spatial), ``accumulate_dtype`` on ``results_device``
+        Weighted mean logits, in the input's (unpadded) grid.
+    """
+    x = torch.as_tensor(array)
+    nd_patch = len(patch_size)
+    if x.ndim - 1 not in (nd_patch, nd_patch + 1):
+        raise ValueError(f"array of shape {tuple(x.shape)} (C, *spatial) does not fit a {nd_patch}D patch "
+                         f"{tuple(patch_size)}: expected {nd_patch} or {nd_patch + 1} spatial axes")
+    if mirror_axes and max(mirror_axes) >= nd_patch:
+        raise ValueError(f"mirror axes {tuple(mirror_axes)} do not exist in a {nd_patch}D patch")
+    results_device = torch.device(results_device or "cpu")
+    device = torch.device(device)
+    x, region = pad_to_patch(x, patch_size)
+    spatial = tuple(x.shape[1:])
+    slicers = list(_windows(spatial, patch_size, step_size))
+    if gaussian:
+        weight = gaussian_importance_map(patch_size, dtype=accumulate_dtype).to(results_device)
+    else:
+        weight = torch.ones(tuple(patch_size), dtype=accumulate_dtype, device=results_device)
+    weights_sum = torch.zeros(spatial, dtype=accumulate_dtype, device=results_device)
+    logits = None if num_outputs is None else torch.zeros((num_outputs, *spatial), dtype=accumulate_dtype,
+                                                          device=results_device)
+    tracker = ProgressTracker(progress, stage, int(math.ceil(len(slicers) / max(batch_size, 1))))
+    for b0 in range(0, len(slicers), max(batch_size, 1)):
+        batch_slicers = slicers[b0:b0 + batch_size]
+        batch = torch.stack([x[(slice(None), *sl)] for sl in batch_slicers]).to(device, torch.float32)
+        pred = predict_with_mirroring(predictor, batch, mirror_axes).to(results_device)
+        if logits is None:
+            logits = torch.zeros((pred.shape[1], *spatial), dtype=accumulate_dtype, device=results_device)
+        for sl, p in zip(batch_slicers, pred):
+            if gaussian:
+                p *= weight
+            logits[(slice(None), *sl)] += p
+            weights_sum[sl] += weight
+        tracker.step(f"window {min(b0 + batch_size, len(slicers))}/{len(slicers)}")
+    torch.div(logits, weights_sum, out=logits)
+    if torch.isinf(logits).any():
+        raise FloatingPointError("the stitched logits overflowed the accumulator dtype; predict with "
+                                 "accumulate_dtype=torch.float32")
+    return logits[(slice(None), *region[1:])]
