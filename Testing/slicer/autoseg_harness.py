@@ -35,26 +35,24 @@ class _ErrorCollector:
         self.errors: list = []
         self.warnings: list = []
         self._window = vtk.vtkOutputWindow.GetInstance()
+
+        def on_error(obj, event, calldata=None):
+            self.errors.append(str(calldata))
+
+        def on_warning(obj, event, calldata=None):
+            self.warnings.append(str(calldata))
+
+        on_error.CallDataType = vtk.VTK_STRING  # receive the message text
+        on_warning.CallDataType = vtk.VTK_STRING
+        self._on_error, self._on_warning = on_error, on_warning
         self._observers = [
-            self._window.AddObserver("ErrorEvent", self._on_error),
-            self._window.AddObserver("WarningEvent", self._on_warning),
+            self._window.AddObserver("ErrorEvent", on_error),
+            self._window.AddObserver("WarningEvent", on_warning),
         ]
-        self._window.SetDisplayModeToNever() if hasattr(self._window, "SetDisplayModeToNever") else None
-
-    def _on_error(self, obj, event, calldata=None):
-        self.errors.append(str(calldata) if calldata is not None else event)
-
-    def _on_warning(self, obj, event, calldata=None):
-        self.warnings.append(str(calldata) if calldata is not None else event)
-
-    _on_error.CallDataType = 8  # vtk.VTK_STRING: receive the message text
-    _on_warning.CallDataType = 8
 
     def close(self) -> None:
         for tag in self._observers:
             self._window.RemoveObserver(tag)
-        if hasattr(self._window, "SetDisplayModeToDefault"):
-            self._window.SetDisplayModeToDefault()
 
 
 class SlicerHarness:
@@ -72,12 +70,12 @@ class SlicerHarness:
     def __init__(self):
         import slicer
 
-        self._collector = _ErrorCollector()
         self.scene = slicer.vtkMRMLScene()
         self.app_logic = slicer.vtkSlicerApplicationLogic()
         self.app_logic.SetMRMLScene(self.scene)
 
         self.colors = slicer.vtkSlicerColorLogic()
+        self.colors.SetMRMLApplicationLogic(self.app_logic)
         self.colors.SetMRMLScene(self.scene)  # adds the default colour tables
         self.volumes = slicer.vtkSlicerVolumesLogic()
         self.terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
@@ -93,7 +91,8 @@ class SlicerHarness:
         for name, logic in logics.items():
             if logic is not self.colors:
                 logic.SetMRMLApplicationLogic(self.app_logic)
-                logic.SetMRMLScene(self.scene)
+                if logic is not self.terminologies:  # its default .term.json files are not in slicer-core
+                    logic.SetMRMLScene(self.scene)
             self.app_logic.SetModuleLogic(name, logic)
 
         # What Slicer's application provides and slicer.util relies on.
@@ -103,6 +102,8 @@ class SlicerHarness:
             name.lower(): types.SimpleNamespace(logic=(lambda lg=logic: lg)) for name, logic in logics.items()
         })
         slicer.app = None  # no application: code that needs one must fail loudly
+        # Errors from here on fail the test (set-up itself is checked by test_harness).
+        self._collector = _ErrorCollector()
 
     @property
     def vtk_errors(self) -> list:

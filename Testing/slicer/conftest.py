@@ -9,14 +9,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))  # importlib mode
-from autoseg_harness import SlicerHarness, add_module_to_path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: make helpers importable
+from autoseg_harness import REPO, SlicerHarness, add_module_to_path  # noqa: E402,F401
 
 add_module_to_path()
 
@@ -54,4 +55,4 @@ def autoseg_logic(slicer_harness, tmp_path):
 
     return AutoSegLogic(scene=slicer_harness.scene, segmentations_logic=slicer_harness.segmentations,
                         volumes_logic=slicer_harness.volumes, models_dir=tmp_path / "models",
-                        python_executable=sys.executable, work_root=tmp_path / "work")
+                        python_executable=sys.executable, pythonpath=str(REPO), work_root=tmp_path / "work")
