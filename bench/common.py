@@ -1,0 +1,96 @@
+"""Helpers shared by the benchmarks: a reference-implementation sandbox and measured process runs.
+
+Benchmarks run by hand (not in CI), with the reference installed in ``.bench-venv``. Nothing here is
+imported by AutoSegLib.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AUTOSEG_SHARED", REPO.parent / "shared"))
+AUTOSEG_PYTHON = REPO / ".venv" / "bin" / "python"
+BENCH_VENV = REPO / ".bench-venv"
+BENCH_PYTHON = BENCH_VENV / "bin" / "python"
+
+
+def nnunet_sandbox(root: Path, dataset_path: Path, dataset_id: int) -> Dict[str, str]:
+    """Create ``root/{nnUNet_raw,nnUNet_preprocessed,nnUNet_results}`` with the raw dataset linked in as
+    ``Dataset<id>_<name>``; returns the environment variables the reference needs."""
+    root = Path(root)
+    name = f"Dataset{dataset_id:03d}_{Path(dataset_path).name}"
+    raw = root / "nnUNet_raw" / name
+    raw.mkdir(parents=True, exist_ok=True)
+    for entry in ("imagesTr", "labelsTr", "dataset.json"):
+        link = raw / entry
+        if not link.exists():
+            link.symlink_to(Path(dataset_path).resolve() / entry)
+    for sub in ("nnUNet_preprocessed", "nnUNet_results"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return {"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+            "nnUNet_results": str(root / "nnUNet_results")}
+
+
+def bench_env(extra: Optional[Dict[str, str]] = None, threads: int = 1) -> Dict[str, str]:
+    """The environment for a measured child: thread pools pinned so that only processes count."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env.pop("PYTHONPATH", None)
+    env.update(extra or {})
+    return env
+
+
+def run_measured(cmd: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
+                 interval: float = 0.05, log_path: Optional[Path] = None) -> Dict[str, float]:
+    """Run ``cmd``; return wall time (s) and the peak summed RSS (MiB) of its whole process tree, sampled
+    every ``interval`` seconds with psutil. Raises RuntimeError (with the output tail) on failure."""
+    import psutil
+
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.Error:
+            return
+        while not stop.is_set():
+            total = 0
+            try:
+                procs = [root] + root.children(recursive=True)
+            except psutil.Error:
+                break
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak[0] = max(peak[0], total)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    rc = proc.wait()
+    wall = time.perf_counter() - start
+    stop.set()
+    thread.join()
+    if log_path:
+        out.close()
+    if rc != 0:
+        tail = Path(log_path).read_text()[-3000:] if log_path else ""
+        raise RuntimeError(f"command failed ({rc}): {' '.join(map(str, cmd))}\n{tail}")
+    return {"wall_s": wall, "peak_rss_mib": peak[0] / 2 ** 20}
+
+
+def load_json(path: Path):
+    return json.loads(Path(path).read_text())
