@@ -1,0 +1,145 @@
+"""`TrainingConfig`: every number of the training recipe as one frozen record (variants are values).
+
+Defaults are the nnU-Net trainer's (recipe.md): 1000 epochs x 250 iterations, 50 validation iterations,
+SGD Nesterov (lr 0.01, momentum 0.99, weight decay 3e-5), poly decay with exponent 0.9, gradient norm
+clipped at 12, a third of each batch forced to contain foreground, deep supervision on, EMA factor 0.9 for
+the validation pseudo-Dice. A short schedule is ``TrainingConfig(epochs=5)``, never a subclass.
+
+Fine-tuning (``init_from`` set) uses `finetune_defaults`: unless the user sets them, 100 epochs and an
+initial learning rate of 1e-3 (a tenth of the recipe's), because the weights start close to a solution.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from AutoSegLib.errors import AutoSegError
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+# What fine-tuning changes when the user did not set these fields explicitly.
+FINETUNE_EPOCHS = 100
+FINETUNE_LR = 1e-3
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings of one training run (all have recipe defaults).
+
+    Attributes
+    ----------
+    epochs, iterations_per_epoch, val_iterations : int
+        Schedule: ``epochs`` epochs of ``iterations_per_epoch`` training batches, each followed by
+        ``val_iterations`` validation batches (pseudo-Dice on patches).
+    initial_lr, weight_decay, momentum, poly_exponent : float
+        SGD Nesterov; ``lr(epoch) = initial_lr * (1 - epoch / epochs) ** poly_exponent``.
+    grad_clip : float
+        Gradient-norm clipping threshold.
+    oversample_foreground : float
+        Fraction of each batch forced to contain foreground (the last ``round(B * fraction)`` samples).
+    deep_supervision : bool
+        Loss on every decoder level but the lowest.
+    ema_factor : float
+        ``ema = ema_factor * ema + (1 - ema_factor) * mean_pseudo_dice``; best checkpoint by ``ema``.
+    num_workers : int or None
+        Augmentation worker processes; None chooses (see ``workers.choose_workers``). 0 runs in-process.
+    torch_threads : int or None
+        Intra-op threads of torch on CPU; None chooses.
+    time_budget_minutes : float or None
+        Stop after the epoch during which this much wall-clock time has passed (the fold's final
+        validation still runs).
+    seed : int
+        Seeds weights, sampling and augmentation.
+    device : str
+        "auto" (cuda, then mps, then cpu), "cuda", "cuda:1", "mps" or "cpu".
+    precision : str
+        "auto": float16 autocast + grad scaling on CUDA, bfloat16 autocast on CPU when the CPU supports
+        it natively; or "float32" / "bfloat16" / "float16".
+    channels_last : bool
+        channels_last(_3d) memory layout on CPU (faster convolutions with bfloat16).
+    init_from : str or None
+        Model folder or checkpoint whose weights start the run (fine-tuning).
+    save_every_epoch : bool
+        Write checkpoint_latest.pt after every epoch (always on in the CLI).
+    validate_at_end : bool
+        Predict the fold's validation cases in full after training.
+    mirror_at_validation : bool
+        Test-time mirroring in that final validation (8 flips in 3D: slow on CPU).
+    batch_size : int or None
+        Override the plans' batch size (None: the plans').
+    """
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations: int = 50
+    initial_lr: float = 0.01
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0
+    oversample_foreground: float = 0.33
+    deep_supervision: bool = True
+    ema_factor: float = 0.9
+    num_workers: Optional[int] = None
+    torch_threads: Optional[int] = None
+    time_budget_minutes: Optional[float] = None
+    seed: int = 12345
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    init_from: Optional[str] = None
+    save_every_epoch: bool = True
+    validate_at_end: bool = True
+    mirror_at_validation: bool = True
+    batch_size: Optional[int] = None
+
+    def __post_init__(self):
+        problems = []
+        for name in ("epochs", "iterations_per_epoch"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_iterations < 0:
+            problems.append(f"val_iterations must be >= 0, got {self.val_iterations}")
+        if not 0 <= self.oversample_foreground <= 1:
+            problems.append(f"oversample_foreground must be in [0, 1], got {self.oversample_foreground}")
+        if self.initial_lr <= 0:
+            problems.append(f"initial_lr must be > 0, got {self.initial_lr}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            problems.append(f"time_budget_minutes must be > 0, got {self.time_budget_minutes}")
+        if self.num_workers is not None and self.num_workers < 0:
+            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if problems:
+            raise AutoSegError("invalid training settings: " + "; ".join(problems) + ".")
+
+    def replace(self, **changes) -> "TrainingConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "training_config.json") -> "TrainingConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise AutoSegError(f"{source}: unknown training settings {sorted(unknown)}.")
+        return cls(**d)
+
+    def lr_at(self, epoch: int) -> float:
+        """Poly learning rate for ``epoch`` (0-based)."""
+        return self.initial_lr * (1 - min(epoch, self.epochs) / self.epochs) ** self.poly_exponent
+
+
+def finetune_defaults(config: TrainingConfig, explicitly_set: "set[str]") -> TrainingConfig:
+    """The shorter fine-tuning schedule for fields the user did not set (``explicitly_set`` names those
+    the user did set): 100 epochs, initial learning rate 1e-3."""
+    changes = {}
+    if "epochs" not in explicitly_set:
+        changes["epochs"] = FINETUNE_EPOCHS
+    if "initial_lr" not in explicitly_set:
+        changes["initial_lr"] = FINETUNE_LR
+    return config.replace(**changes)

@@ -1,0 +1,90 @@
+"""Fine-tuning start: load weights from a model folder, a work folder or one checkpoint file, and check
+that they fit (same labels, same architecture) with an error naming the difference."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from AutoSegLib.errors import AutoSegError
+
+
+def _find_checkpoint(path: Path, configuration: str, fold) -> Path:
+    if path.is_file():
+        return path
+    conf_dir = path / "trained" / configuration
+    if not conf_dir.is_dir():
+        raise AutoSegError(f"--init-from {path}: no trained/{configuration}/ inside. Give a model folder or work "
+                           f"folder trained with configuration {configuration!r}, or a checkpoint file.")
+    candidates = [f"fold_{fold}", "fold_all", "fold_0", *sorted(p.name for p in conf_dir.glob("fold_*"))]
+    for name in candidates:
+        for ck in ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt"):
+            p = conf_dir / name / ck
+            if p.is_file():
+                return p
+    raise AutoSegError(f"--init-from {path}: no checkpoint under {conf_dir}.")
+
+
+def _source_labels(path: Path, ckpt: dict) -> Optional[dict]:
+    if isinstance(ckpt.get("labels"), dict):
+        return ckpt["labels"]
+    for folder in (path, *path.parents[:4]):
+        plans = folder / "plans.json"
+        if plans.is_file():
+            try:
+                return json.loads(plans.read_text()).get("labels")
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None
+
+
+def load_initial_weights(source: "str | Path", net: torch.nn.Module, configuration: str, fold,
+                         labels: dict) -> Tuple[Path, Dict[str, object]]:
+    """Load fine-tuning weights into ``net`` (in place).
+
+    Parameters
+    ----------
+    source : path
+        Model folder / work folder (``trained/<configuration>/fold_<k>/checkpoint_*.pt``, the same fold
+        preferred) or a checkpoint file.
+    net : the freshly built network of this run
+    labels : this dataset's ``labels`` (dataset.json form)
+
+    Returns
+    -------
+    (checkpoint path, info dict)
+
+    Raises
+    ------
+    AutoSegError
+        Other labels, another architecture (a parameter missing, extra or of another shape; the first
+        differences are named), or an unreadable checkpoint.
+    """
+    from AutoSegLib.training.checkpoint import load_training_checkpoint
+    path = _find_checkpoint(Path(source), configuration, fold)
+    ckpt = load_training_checkpoint(path)
+    src_labels = _source_labels(path, ckpt)
+    if src_labels is not None and dict(src_labels) != dict(labels):
+        raise AutoSegError(f"--init-from {path}: the model was trained with labels {src_labels}, this dataset has "
+                           f"{labels}. Fine-tuning needs the same labels.")
+    weights = ckpt["network_weights"]
+    own = net.state_dict()
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    shape = [f"{k}: {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+    if missing or extra or shape:
+        parts = []
+        if shape:
+            parts.append(f"{len(shape)} parameter(s) of another shape (e.g. {shape[:3]})")
+        if missing:
+            parts.append(f"{len(missing)} parameter(s) missing (e.g. {missing[:3]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected parameter(s) (e.g. {extra[:3]})")
+        raise AutoSegError(f"--init-from {path}: another architecture than configuration {configuration!r} of these "
+                           f"plans: " + "; ".join(parts) + ". Plan with the same settings as the source model "
+                           f"(patch, stages, features) or train from scratch.")
+    net.load_state_dict(weights, strict=True)
+    return path, {"init_from": str(path), "source_epoch": ckpt.get("epoch")}

@@ -1,0 +1,188 @@
+"""`train_fold`: train one configuration on one cross-validation fold (or on all cases).
+
+One loop for every variant (settings come from `TrainingConfig`):
+
+    setup (plans, data check, split, network, optimiser; resume or fine-tuning start)
+    for each epoch: poly lr -> iterations_per_epoch training steps -> val_iterations validation batches
+        -> pseudo-Dice, EMA -> training_log.jsonl, progress.png, checkpoint_latest/best, "epoch" event
+    checkpoint_final -> full validation of the fold's validation cases (validation/summary.json)
+
+A time budget stops the loop after the current iteration (the partial epoch is validated and logged);
+resume restarts from the last completed epoch. Under torchrun every process trains on its share of each
+batch and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.atomic import write_json
+from AutoSegLib.progress import ProgressCallback, emit
+from AutoSegLib.training.config import TrainingConfig
+from AutoSegLib.training import checkpoint as ckpt_mod
+from AutoSegLib.training import distributed as dist_mod
+
+log = logging.getLogger(__name__)
+
+
+def fold_output_dir(work_dir: Path, configuration: str, fold, output_dir=None) -> Path:
+    return Path(output_dir or work_dir) / "trained" / configuration / f"fold_{fold}"
+
+
+def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str],
+               config: TrainingConfig = TrainingConfig(), output_dir: "str | Path | None" = None,
+               progress: Optional[ProgressCallback] = None, resume: bool = False) -> Path:
+    """Train ``configuration`` on ``fold`` of the work folder.
+
+    Parameters
+    ----------
+    work_dir : path
+        Folder written by ``autoseg plan-and-preprocess`` (plans.json, dataset.json, preprocessed/).
+    configuration : str
+        A configuration of the plans ('2d', '3d_fullres', '3d_lowres').
+    fold : int or "all"
+        0..4 (per splits_final.json, created if absent) or "all" (every case, no validation).
+    config : TrainingConfig
+        Schedule and settings.
+    output_dir : path, optional
+        Root for ``trained/<configuration>/fold_<k>/`` (default: ``work_dir``).
+    progress : callable, optional
+        Receives "stage", "progress" (iterations), "epoch" and "result" events.
+    resume : bool
+        Continue from ``checkpoint_latest.pt`` of that folder.
+
+    Returns
+    -------
+    Path
+        The fold folder (checkpoints, training_log.jsonl, progress.png, validation/).
+
+    Raises
+    ------
+    AutoSegError
+        Unknown configuration or fold; missing preprocessed data or data made with other plans; an existing
+        run without ``resume``; a corrupt checkpoint on resume; ``init_from`` weights with other labels or
+        another architecture; CUDA out of memory. Nothing is overwritten in those cases.
+    """
+    from AutoSegLib.network.unet import build_network
+    from AutoSegLib.planning.plans import Plans
+    from AutoSegLib.training.data import check_preprocessed
+    from AutoSegLib.training.device import choose_execution, resolve_device
+    from AutoSegLib.training.loss import SegmentationLoss
+    from AutoSegLib.training.splits import fold_cases, parse_fold
+    from AutoSegLib.training.workers import choose_workers
+
+    work_dir = Path(work_dir)
+    plans = Plans.from_json(work_dir / "plans.json")
+    plan = plans.configuration(configuration)
+    if plan.previous_stage:
+        raise AutoSegError(f"configuration {configuration!r} is a cascade stage (needs the predictions of "
+                           f"{plan.previous_stage!r} as input); training it is not supported yet. Train "
+                           f"'3d_fullres' or '{plan.previous_stage}' instead.")
+    layout = plans.label_layout()
+    fold = parse_fold(fold, 10 ** 6 if (work_dir / "splits_final.json").is_file() else 5)
+    data_folder, cases = check_preprocessed(work_dir, plans, configuration)
+    train_cases, val_cases = fold_cases(work_dir, cases, fold)
+    fold_dir = fold_output_dir(work_dir, configuration, fold, output_dir)
+    latest = fold_dir / "checkpoint_latest.pt"
+
+    info = dist_mod.from_environment()
+    device = resolve_device(config.device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    dist_mod.init(info, device.type)
+    ex = choose_execution(device, config.precision, config.channels_last, len(plan.patch_size))
+    workers, threads = choose_workers(device.type)
+    workers = workers if config.num_workers is None else config.num_workers
+    threads = threads if config.torch_threads is None else config.torch_threads
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, threads // (info.world_size if info.enabled else 1)))
+
+    resumed = None
+    if resume:
+        if not latest.is_file():
+            raise AutoSegError(f"{latest}: nothing to resume (no checkpoint_latest.pt). Start without --resume.")
+        resumed = ckpt_mod.load_training_checkpoint(latest)
+        want = ckpt_mod.plans_identifier(plan)
+        if resumed.get("plans_identifier") != want or resumed.get("configuration") != configuration:
+            raise AutoSegError(f"{latest}: made with other plans or another configuration than {configuration!r} "
+                               f"of {work_dir / 'plans.json'}. Train into another --output, or delete the folder.")
+    elif any((fold_dir / n).is_file() for n in ("checkpoint_latest.pt", "checkpoint_final.pt")):
+        raise AutoSegError(f"{fold_dir}: holds a training already. Use --resume to continue it, --output for "
+                           f"another place, or delete the folder to start over.")
+
+    torch.manual_seed(config.seed)
+    net = build_network(plan.network, plans.num_channels, layout.num_outputs, deep_supervision=config.deep_supervision)
+    init_info = {}
+    if config.init_from and resumed is None:
+        _, init_info = _load_init(config.init_from, net, configuration, fold, plans.labels)
+    net.to(ex.device).to(memory_format=ex.memory_format)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.initial_lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=True)
+    scaler = torch.amp.GradScaler("cuda") if ex.use_scaler else None
+    state = {"epoch": 0, "log": [], "ema": None, "best_ema": None, "elapsed_s": 0.0, "segment": 0}
+    if resumed is not None:
+        net.load_state_dict(resumed["network_weights"])
+        net.to(memory_format=ex.memory_format)
+        if "optimizer_state" in resumed:
+            optimizer.load_state_dict(resumed["optimizer_state"])
+        if scaler is not None and resumed.get("grad_scaler_state"):
+            scaler.load_state_dict(resumed["grad_scaler_state"])
+        loop = resumed.get("loop_state") or {}
+        state.update({k: loop[k] for k in state if k in loop})
+        state["segment"] = int(state["segment"]) + 1
+        ckpt_mod.set_rng_state(loop.get("rng") or {})
+    model = net
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    n_out = (plan.network.n_stages - 1) if config.deep_supervision else 1
+    loss_fn = SegmentationLoss(layout, plan.batch_dice, n_out, ddp=info.enabled)
+    base = {"configuration": configuration, "plans_identifier": ckpt_mod.plans_identifier(plan),
+            "num_input_channels": plans.num_channels, "num_outputs": layout.num_outputs,
+            "labels": dict(plans.labels), "fold": str(fold), "format_version": ckpt_mod.FORMAT_VERSION}
+    if info.is_main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_mod.cleanup_temporaries(fold_dir)
+        write_json(fold_dir / "training_config.json", {**config.to_dict(), "resolved": {
+            "device": str(ex.device), "autocast": str(ex.autocast_dtype), "memory_format": str(ex.memory_format),
+            "workers": workers, "torch_threads": torch.get_num_threads(), "world_size": info.world_size,
+            "train_cases": len(train_cases), "val_cases": len(val_cases), **init_info}})
+    emit(progress, "stage", stage="train", message=(
+        f"{configuration} fold {fold}: {len(train_cases)} training / {len(val_cases)} validation cases on {ex.device} "
+        f"({ex.autocast_dtype or 'float32'}), {workers} augmentation worker(s), {torch.get_num_threads()} threads"))
+
+    from AutoSegLib.training.epochs import EpochRunner
+    runner = EpochRunner(model, net, optimizer, scaler, loss_fn, ex, plan, config, info, data_folder,
+                         train_cases, val_cases or train_cases, workers, state, progress, configuration, fold)
+    try:
+        runner.run(fold_dir, base)
+    finally:
+        runner.close()
+    if info.is_main:
+        final = {**base, "network_weights": net.state_dict(), "epoch": state["epoch"]}
+        ckpt_mod.save_checkpoint(fold_dir / "checkpoint_final.pt", final)
+        if config.validate_at_end and val_cases:
+            from AutoSegLib.training.validation import validate_fold
+            emit(progress, "stage", stage="validation", message=f"predicting {len(val_cases)} validation cases")
+            summary = validate_fold(net, plans, configuration, data_folder, val_cases, work_dir,
+                                    fold_dir / "validation", ex, config.mirror_at_validation, progress)
+            emit(progress, "result", fold_dir=str(fold_dir), mean_foreground_dice=summary["mean_foreground_dice"],
+                 mean_dice=summary["mean_dice"])
+        else:
+            emit(progress, "result", fold_dir=str(fold_dir))
+    dist_mod.barrier(info)
+    dist_mod.shutdown(info)
+    return fold_dir
+
+
+def _load_init(source, net, configuration, fold, labels):
+    from AutoSegLib.training.init_from import load_initial_weights
+    return load_initial_weights(source, net, configuration, fold, labels)

@@ -1,0 +1,136 @@
+"""A fold's final validation: predict its validation cases in full and score them in their raw grid.
+
+For each validation case: sliding-window prediction of the whole preprocessed image (Gaussian weighting,
+step 0.5, test-time mirroring unless switched off), export to the raw case's own grid
+(``inference.export.export_logits``: resample, softmax/sigmoid, paste into the crop box, transpose back),
+written as ``validation/<case>.npz`` (key ``probabilities``, float32 (K, *raw spatial)) and
+``validation/<case><file_ending>`` (label map with the raw image's geometry). Dice per foreground class
+(or region) against the raw reference label goes to ``validation/summary.json``.
+
+Dice here is this module's own small implementation (`dice_per_label`): 2|P&G| / (|P| + |G|), NaN when
+the class is absent from both, ignore-label voxels excluded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from AutoSegLib.io.atomic import atomic_path, write_json
+from AutoSegLib.io.labels import LabelLayout
+from AutoSegLib.progress import ProgressCallback, ProgressTracker
+from AutoSegLib.training.device import Execution
+
+log = logging.getLogger(__name__)
+
+
+def dice_per_label(pred: np.ndarray, ref: np.ndarray, layout: LabelLayout) -> Dict[str, float]:
+    """Dice per foreground label/region name.
+
+    Parameters
+    ----------
+    pred, ref : ndarray (*spatial) int
+        Label maps (values as in dataset.json).
+    layout : LabelLayout
+
+    Returns
+    -------
+    dict name -> float (NaN when the label is absent from both maps)
+    """
+    valid = np.ones(ref.shape, bool) if layout.ignore_label is None else ref != layout.ignore_label
+    out = {}
+    for name, value in zip(layout.foreground_names, layout.foreground_values):
+        vals = value if isinstance(value, tuple) else (value,)
+        p = np.isin(pred, vals) & valid
+        g = np.isin(ref, vals) & valid
+        denom = int(p.sum()) + int(g.sum())
+        out[name] = float(2 * int((p & g).sum()) / denom) if denom else float("nan")
+    return out
+
+
+def _nanmean(values: Sequence[float]) -> Optional[float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _raw_label_path(work_dir: Path, case: str) -> Optional[Path]:
+    try:
+        ds = json.loads((work_dir / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    root = ds.get("dataset_path")
+    ending = ds.get("file_ending", ".nii.gz")
+    if not root:
+        return None
+    p = Path(root) / "labelsTr" / f"{case}{ending}"
+    return p if p.is_file() else None
+
+
+def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: Path, cases: Sequence[str],
+                  work_dir: Path, out_dir: Path, ex: Execution, mirror: bool = True,
+                  progress: Optional[ProgressCallback] = None) -> dict:
+    """Predict ``cases`` in full, write probabilities, label maps and ``summary.json`` into ``out_dir``.
+
+    Returns the summary dict (also written to ``out_dir/summary.json``)."""
+    from AutoSegLib.inference.export import export_logits
+    from AutoSegLib.inference.sliding_window import predict_sliding_window
+    from AutoSegLib.io.geometry import Geometry
+    from AutoSegLib.io.images import read_image, write_image
+    from AutoSegLib.training.data import load_case
+
+    plan = plans.configuration(configuration)
+    layout = plans.label_layout()
+    ending = plans.file_ending
+    try:
+        ending = json.loads((work_dir / "dataset.json").read_text()).get("file_ending", ending)
+    except (OSError, json.JSONDecodeError):
+        pass
+    net.deep_supervision = False
+    net.eval()
+    mirror_axes = tuple(range(len(plan.patch_size))) if mirror else ()
+
+    @torch.no_grad()
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        with ex.autocast():
+            return net(batch.contiguous(memory_format=ex.memory_format)).float()
+
+    tracker = ProgressTracker(progress, "validation", len(cases))
+    per_case: Dict[str, dict] = {}
+    for case in cases:
+        data, _, props = load_case(data_folder, case, mmap=False)
+        logits = predict_sliding_window(data, predictor, plan.patch_size, num_outputs=layout.num_outputs,
+                                        mirror_axes=mirror_axes, device=ex.device)
+        labels, probs = export_logits(logits, props, plans, configuration)
+        with atomic_path(out_dir / f"{case}.npz") as tmp:
+            np.savez_compressed(tmp, probabilities=probs.astype(np.float32))
+        geometry = Geometry.from_dict(props["geometry"])
+        write_image(labels, geometry, out_dir / f"{case}{ending}")
+        ref_path = _raw_label_path(work_dir, case)
+        entry: dict = {"prediction": f"{case}{ending}", "probabilities": f"{case}.npz"}
+        if ref_path is not None:
+            ref, _ = read_image(ref_path)
+            entry["reference"] = str(ref_path)
+            entry["dice"] = dice_per_label(labels, np.asarray(ref), layout)
+        else:
+            log.warning("no raw label for %s (dataset_path missing in %s): Dice not computed", case,
+                        work_dir / "dataset.json")
+            entry["dice"] = None
+        per_case[case] = entry
+        tracker.step(case)
+    names = list(layout.foreground_names)
+    mean = {n: _nanmean([c["dice"][n] for c in per_case.values() if c["dice"]]) for n in names}
+    summary = {
+        "configuration": configuration,
+        "metric": "Dice per foreground label in the raw image grid (training.validation.dice_per_label)",
+        "mirroring": bool(mirror),
+        "cases": per_case,
+        "mean_dice": mean,
+        "mean_foreground_dice": _nanmean([v for v in mean.values() if v is not None]),
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,62 @@
+"""Fixtures for the training tests: a tiny work folder (synthetic dataset, hand-made plans, preprocessed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def tiny_plans(dataset_path: Path, ndim: int = 3, labels=None, patch=None, batch_size: int = 2,
+               features=(4, 8, 16), spacing=None):
+    """Plans for a tiny U-Net on the synthetic data: 3 stages, zscore, no resampling."""
+    from AutoSegLib.planning.plans import ConfigurationPlan, NetworkTopology, Plans
+
+    labels = labels or {"background": 0, "organ": 1, "lesion": 2}
+    n = len(features)
+    confs = {}
+    if ndim == 3:
+        patch = tuple(patch or (16, 16, 16))
+        strides = ((1, 1, 1),) + ((2, 2, 2),) * (n - 1)
+        kernels = ((3, 3, 3),) * n
+        spacing = tuple(spacing or (1.0, 1.0, 1.0))
+        name = "3d_fullres"
+    else:
+        patch = tuple(patch or (24, 24))
+        strides = ((1, 1),) + ((2, 2),) * (n - 1)
+        kernels = ((3, 3),) * n
+        spacing = tuple(spacing or (1.0, 1.0))
+        name = "2d"
+    topo = NetworkTopology("plain_unet", n, tuple(features), kernels, strides, (2,) * n, (2,) * (n - 1))
+    confs[name] = ConfigurationPlan(
+        name=name, spacing=spacing, patch_size=patch, batch_size=batch_size, median_image_size=(16.0, 24.0, 24.0),
+        normalization=("zscore",), use_mask_for_norm=(False,), network=topo, data_identifier=f"tiny_{name}")
+    return Plans(dataset_name=dataset_path.name, channel_names={"0": "MRI"}, labels=labels,
+                 transpose_forward=(0, 1, 2), transpose_backward=(0, 1, 2), original_median_spacing=(1.0, 1.0, 1.0),
+                 original_median_shape=(16.0, 24.0, 24.0), intensity_properties={}, configurations=confs)
+
+
+def make_work_dir(root: Path, ndim: int = 3, n_cases: int = 6, shape=(16, 24, 24), seed: int = 0, **plan_kwargs) -> Path:
+    """Write a synthetic dataset, plans.json, dataset.json and preprocessed data under ``root``."""
+    from AutoSegLib.io.synthetic import make_synthetic_dataset
+    from AutoSegLib.preprocessing.dataset import preprocess_dataset
+
+    raw = make_synthetic_dataset(root / "raw", n_cases=n_cases, shape=shape, spacing=(1.0, 1.0, 1.0), seed=seed,
+                                 shape_jitter=0.0)
+    work = root / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    plans = tiny_plans(raw, ndim=ndim, **plan_kwargs)
+    plans.to_json(work / "plans.json")
+    ds = json.loads((raw / "dataset.json").read_text())
+    ds["dataset_path"] = str(raw.resolve())
+    (work / "dataset.json").write_text(json.dumps(ds))
+    preprocess_dataset(raw, plans, work_dir=work, num_workers=1)
+    return work
+
+
+@pytest.fixture
+def tiny_work_dir(tmp_path):
+    """Factory: tiny_work_dir(ndim=3, n_cases=6, ...) -> work folder ready for training."""
+    def make(**kwargs):
+        return make_work_dir(tmp_path / f"w{len(list(tmp_path.iterdir()))}", **kwargs)
+    return make
