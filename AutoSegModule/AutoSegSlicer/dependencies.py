@@ -1,0 +1,133 @@
+"""Python dependencies of the child process, installed on first use after asking; never at import time.
+
+- torch comes from the PyTorch extension (declared in the extension's dependencies): its PyTorchUtils
+  logic installs the right build (CUDA or CPU) after asking the user.
+- SimpleITK and numpy are Slicer's own: never installed or upgraded here.
+- The rest (`REQUIREMENTS`) is installed with ``slicer.packaging.pip_ensure`` (Slicer 5.12+: asks, shows
+  progress, offers a restart) or, before 5.12, ``slicer.util.pip_install`` after a confirmation.
+
+Everything Slicer-specific is passed in (``confirm``, ``pip_install``, ``torch_logic``) so the decisions
+are tested headless.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import subprocess
+from typing import Callable, List, Optional, Sequence, Tuple
+
+log = logging.getLogger(__name__)
+
+#: pip requirement -> import name; what AutoSegLib needs beyond torch, numpy and SimpleITK.
+REQUIREMENTS = {
+    "scipy>=1.10": "scipy",
+    "batchgenerators>=0.25": "batchgenerators",
+    "matplotlib>=3.6": "matplotlib",
+}
+TORCH_REQUIREMENT = ">=2.1"
+
+
+def missing_requirements(is_importable: Callable[[str], bool] = None) -> List[str]:
+    """The `REQUIREMENTS` whose module cannot be found (without importing anything)."""
+    is_importable = is_importable or (lambda name: importlib.util.find_spec(name) is not None)
+    return [req for req, module in REQUIREMENTS.items() if not is_importable(module)]
+
+
+def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[List[str]], None],
+                        torch_logic=None, is_importable: Callable[[str], bool] = None,
+                        pip_ensure: Optional[Callable] = None) -> bool:
+    """Make sure torch and `REQUIREMENTS` are importable, asking before installing anything.
+
+    Parameters
+    ----------
+    confirm : callable(message) -> bool
+        Asks the user (``slicer.util.confirmOkCancelDisplay`` in Slicer).
+    pip_install : callable(list of requirement strings)
+        ``slicer.util.pip_install`` (used when ``pip_ensure`` is None: Slicer before 5.12).
+    torch_logic : PyTorchUtils.PyTorchUtilsLogic or None
+        None means the PyTorch extension is missing.
+    pip_ensure : callable or None
+        ``slicer.packaging.pip_ensure`` on Slicer 5.12+ (it asks by itself).
+
+    Returns
+    -------
+    bool
+        True when everything is available; False when the user declined (nothing was installed).
+
+    Raises
+    ------
+    AutoSegError
+        The PyTorch extension is not installed, or installing torch failed.
+    """
+    from AutoSegLib.errors import AutoSegError
+
+    is_importable = is_importable or (lambda name: importlib.util.find_spec(name) is not None)
+    if not is_importable("torch"):
+        if torch_logic is None:
+            raise AutoSegError("AutoSeg needs PyTorch: install the 'PyTorch' extension from the Extensions Manager "
+                               "(it is declared as a dependency of AutoSeg), restart Slicer and try again.")
+        if not torch_logic.torchInstalled():
+            torch = torch_logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                return False
+    missing = missing_requirements(is_importable)
+    if not missing:
+        return True
+    if pip_ensure is not None:
+        pip_ensure(missing, requester="AutoSeg")
+        return not missing_requirements(is_importable)
+    if not confirm("AutoSeg needs these Python packages, which are not installed yet:\n  "
+                   + "\n  ".join(missing) + "\n\nInstall them now (a few minutes, needs internet)?"):
+        return False
+    pip_install(missing)
+    return not missing_requirements(is_importable)
+
+
+_DEVICE_PROBE = (
+    "import json\n"
+    "out = []\n"
+    "try:\n"
+    "    import torch\n"
+    "    if torch.cuda.is_available():\n"
+    "        out += [['cuda', 'CUDA: ' + torch.cuda.get_device_name(i)] for i in range(torch.cuda.device_count())][:1]\n"
+    "    mps = getattr(torch.backends, 'mps', None)\n"
+    "    if mps is not None and mps.is_available():\n"
+    "        out.append(['mps', 'MPS (Apple GPU)'])\n"
+    "    out.append(['cpu', 'CPU (%d threads)' % torch.get_num_threads()])\n"
+    "except Exception as exc:\n"
+    "    out.append(['error', repr(exc)])\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def list_devices(python_executable: str, timeout: float = 120.0) -> Tuple[List[Tuple[str, str]], str]:
+    """Devices torch finds in the child's Python: ``([(id, label), ...], problem)``.
+
+    Always starts with ``("auto", ...)``; ``problem`` is '' or why nothing could be listed (no torch).
+    Runs a short child process (importing torch takes seconds), so the widget calls it on request.
+    """
+    devices = [("auto", "auto (best found)")]
+    try:
+        proc = subprocess.run([python_executable, "-c", _DEVICE_PROBE], capture_output=True, text=True,
+                              timeout=timeout)
+        found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else []
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        return devices + [("cpu", "CPU")], f"Could not list devices: {exc}"
+    problem = ""
+    for dev, label in found:
+        if dev == "error":
+            problem = f"PyTorch is not usable in {python_executable}: {label}"
+        else:
+            devices.append((dev, label))
+    if len(devices) == 1:
+        devices.append(("cpu", "CPU"))
+    devices[0] = ("auto", f"auto ({devices[1][1]})")
+    return devices, problem
+
+
+def parse_requirement_names(requirements: Sequence[str]) -> List[str]:
+    """Distribution names of requirement strings ('scipy>=1.10' -> 'scipy')."""
+    import re
+
+    return [re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in requirements]

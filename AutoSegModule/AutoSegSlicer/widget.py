@@ -1,0 +1,441 @@
+"""The AutoSeg panel: Qt wiring only; every decision is in `logic.AutoSegLogic` (tested headless).
+
+`AutoSegPanel` is created by ``AutoSeg.AutoSegWidget.setup``. It loads Resources/UI/AutoSeg.ui, fills the
+model list, builds one input selector per model channel, runs the logic's child process with a QTimer
+polling its events (so the scene is only touched on the GUI thread), and turns Apply into Cancel while
+it runs.
+
+More sections: a class listed in `SECTIONS` (``"module:Class"``) is constructed with the panel and gets
+``setup()``, ``cleanup()`` and, when present, ``onModelsChanged()`` / ``onSegmentationCreated(node)``. Its
+widgets live in the same .ui file (``self.panel.ui.<name>``).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import qt
+import slicer
+from slicer.util import VTKObservationMixin
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegSlicer import dependencies, parameters
+from AutoSegSlicer.logic import DEVICES, AutoSegLogic, PredictOptions
+
+log = logging.getLogger(__name__)
+
+#: Extra collapsible sections ("module:Class"); the training panel adds itself here.
+SECTIONS: list = []
+
+SETTINGS_MODELS_FOLDER = "AutoSeg/ModelsFolder"
+
+
+def module_library_path() -> str:
+    """The folder holding AutoSegLib: next to the module in an installed extension, one up in a checkout."""
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (here, here.parent):
+        if (candidate / "AutoSegLib" / "__init__.py").is_file():
+            return str(candidate)
+    return str(here)
+
+
+def default_models_folder() -> str:
+    return str(Path(slicer.app.slicerUserSettingsFilePath).parent / "AutoSeg" / "models")
+
+
+def python_executable() -> str:
+    """Slicer's own Python launcher (runs the child processes)."""
+    found = shutil.which("PythonSlicer")
+    if not found:
+        raise AutoSegError("PythonSlicer was not found next to Slicer; AutoSeg runs its work with it. "
+                           "Reinstall Slicer.")
+    return found
+
+
+def make_logic(models_folder: str) -> AutoSegLogic:
+    return AutoSegLogic(scene=slicer.mrmlScene, models_dir=models_folder, python_executable=python_executable(),
+                        pythonpath=module_library_path(),
+                        work_root=Path(slicer.app.temporaryPath) / "AutoSeg")
+
+
+class AutoSegPanel(VTKObservationMixin):
+    """Everything the AutoSeg module panel does; ``module_widget`` is the ScriptedLoadableModuleWidget."""
+
+    def __init__(self, module_widget):
+        VTKObservationMixin.__init__(self)
+        self.module_widget = module_widget
+        self.ui = None
+        self.logic = None
+        self.job = None
+        self.models = []
+        self.input_selectors = []
+        self.sections = []
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._add_model_runner = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._poll)
+
+    # -- set-up ------------------------------------------------------------------------------
+    def setup(self):
+        ui_widget = slicer.util.loadUI(self.module_widget.resourcePath("UI/AutoSeg.ui"))
+        self.module_widget.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+
+        folder = slicer.util.settingsValue(SETTINGS_MODELS_FOLDER, default_models_folder())
+        self.ui.modelsFolderPathLineEdit.currentPath = folder
+        self.logic = make_logic(folder)
+
+        for dev in DEVICES:
+            self.ui.deviceComboBox.addItem(dev, dev)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
+        self.ui.refreshDevicesButton.connect("clicked(bool)", self.onDetectDevices)
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.correctButton.connect("clicked(bool)", self.onCorrect)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        for spec in SECTIONS:
+            module_name, class_name = spec.split(":")
+            section = getattr(importlib.import_module(module_name), class_name)(self)
+            section.setup()
+            self.sections.append(section)
+
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def cleanup(self):
+        self._timer.stop()
+        if self.job is not None and self.job.running:
+            self.logic.cancel(self.job)
+        for section in self.sections:
+            section.cleanup()
+        self.removeObservers()
+        self._unbindParameterNode()
+
+    # -- parameter node ----------------------------------------------------------------------
+    def initializeParameterNode(self):
+        wrapper = parameters.parameter_node_class()
+        self._unbindParameterNode()
+        self._parameterNode = wrapper(self.module_widget.logic.getParameterNode())
+        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        self._updateButtons()
+
+    def _unbindParameterNode(self):
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event):
+        self._unbindParameterNode()
+        self._parameterNode = None
+
+    def onSceneEndClose(self, caller, event):
+        if self.module_widget.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- models ------------------------------------------------------------------------------
+    def refreshModels(self, select_path=None):
+        self.models, problems = self.logic.models()
+        combo = self.ui.modelComboBox
+        previous = select_path or combo.currentData
+        combo.blockSignals(True)
+        combo.clear()
+        for m in self.models:
+            combo.addItem(f"{m.name} {m.version}".strip(), str(m.path))
+            combo.setItemData(combo.count - 1, m.summary(), qt.Qt.ToolTipRole)
+        combo.blockSignals(False)
+        if previous:
+            index = combo.findData(str(previous))
+            if index >= 0:
+                combo.setCurrentIndex(index)
+        for p in problems:
+            self.log(p, "warning")
+        if not self.models:
+            self.ui.modelInfoLabel.text = (f"No model installed in {self.logic.models_dir}. "
+                                           f"Use 'Add model...' to install one.")
+        self.onModelChanged()
+        for section in self.sections:
+            if hasattr(section, "onModelsChanged"):
+                section.onModelsChanged()
+
+    def currentModel(self):
+        index = self.ui.modelComboBox.currentIndex
+        return self.models[index] if 0 <= index < len(self.models) else None
+
+    def onModelChanged(self, *_):
+        model = self.currentModel()
+        layout = self.ui.inputsFormLayout
+        for label, selector in self.input_selectors:
+            layout.removeWidget(label)
+            layout.removeWidget(selector)
+            label.deleteLater()
+            selector.deleteLater()
+        self.input_selectors = []
+        if model is None:
+            self._updateButtons()
+            return
+        self.ui.modelInfoLabel.text = model.summary()
+        volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+        volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
+        defaults = self.logic.default_inputs(model, volumes)
+        for channel, default in zip(model.channel_names, defaults):
+            label = qt.QLabel(f"{channel}:")
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.selectNodeUponCreation = False
+            selector.addEnabled = False
+            selector.removeEnabled = False
+            selector.noneEnabled = True
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.setToolTip(f"Volume for the model input '{channel}'")
+            selector.setCurrentNode(default)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
+            layout.addRow(label, selector)
+            self.input_selectors.append((label, selector))
+        self._updateButtons()
+
+    def onModelsFolderChanged(self, path):
+        qt.QSettings().setValue(SETTINGS_MODELS_FOLDER, path)
+        self.logic.models_dir = Path(path)
+        self.refreshModels()
+
+    def onAddModel(self):
+        source = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), "Model folder or nnU-Net results folder (Cancel to pick an archive)")
+        if not source:
+            source = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Model archive", "",
+                                                    "Model archives (*.zip *.tar.gz *.tgz *.autoseg)")
+        if not source:
+            return
+        if not self.ensureDependencies():
+            return
+        self.log(f"Installing model from {source} ...")
+        self.setBusy(True)
+        try:
+            runner = self.logic.start_add_model(source, on_event=None, on_finished=None)
+        except AutoSegError as exc:
+            self.setBusy(False)
+            slicer.util.errorDisplay(str(exc))
+            return
+        self._add_model_runner = runner
+        self._timer.start()
+
+    def onDetectDevices(self):
+        with slicer.util.tryWithErrorDisplay("Could not list devices.", waitCursor=True):
+            devices, problem = dependencies.list_devices(self.logic.python_executable)
+            current = self.ui.deviceComboBox.currentData
+            self.ui.deviceComboBox.clear()
+            for dev, label in devices:
+                self.ui.deviceComboBox.addItem(label, dev)
+            index = self.ui.deviceComboBox.findData(current)
+            self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
+            if problem:
+                self.log(problem, "warning")
+
+    # -- running -----------------------------------------------------------------------------
+    def inputVolumes(self):
+        return [selector.currentNode() for _, selector in self.input_selectors]
+
+    def options(self) -> PredictOptions:
+        p = self._parameterNode
+        try:
+            folds = parameters.parse_folds(p.folds)
+        except ValueError as exc:
+            raise AutoSegError(str(exc)) from None
+        device = self.ui.deviceComboBox.currentData or "auto"
+        return PredictOptions(device=device, tta=p.useTTA, folds=folds, step_size=p.stepSize, show_3d=p.show3D)
+
+    def onApply(self):
+        if self.job is not None and self.job.running:
+            self.onCancel()
+            return
+        target = self._parameterNode.outputSegmentation
+        if target is not None and not slicer.util.confirmOkCancelDisplay(
+                f"Replace all segments of '{target.GetName()}' with the new result?"):
+            return
+        if not self.ensureDependencies():
+            return
+        self.ui.logTextEdit.clear()
+        try:
+            self.job = self.logic.start_segmentation(self.currentModel(), self.inputVolumes(), self.options(),
+                                                     target_segmentation=target, polling=True)
+        except AutoSegError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
+            return
+        for note in self.job.prepared.notes:
+            self.log(note, "warning")
+        self.setBusy(True)
+        self._timer.start()
+
+    def onCancel(self):
+        self.log("Cancelling ...")
+        self.logic.cancel(self.job)
+        self._timer.stop()
+        self.job = None
+        self.setBusy(False)
+        self.ui.statusLabel.text = "Cancelled; the scene was not changed."
+
+    def _poll(self):
+        runner = self._add_model_runner
+        if runner is not None:
+            for event in runner.poll_events():
+                self.onEvent(event)
+            if not runner.running and runner.result is not None:
+                self._timer.stop()
+                self._add_model_runner = None
+                self.setBusy(False)
+                result = runner.result
+                if result.ok:
+                    self.log("Model installed.")
+                    self.refreshModels()
+                else:
+                    slicer.util.errorDisplay(result.failure_message("Installing the model"), windowTitle="AutoSeg")
+            return
+        if self.job is None:
+            self._timer.stop()
+            return
+        for event in self.job.runner.poll_events():
+            self.onEvent(event)
+        if self.job.running or self.job.runner.result is None:
+            return
+        self._timer.stop()
+        job, self.job = self.job, None
+        self.setBusy(False)
+        try:
+            node = self.logic.finish_segmentation(job)
+        except AutoSegError as exc:
+            self.ui.statusLabel.text = "Failed; the scene was not changed."
+            slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
+            return
+        self._parameterNode.outputSegmentation = node
+        slicer.util.setSliceViewerLayers(background=job.volumes[0], fit=True)
+        self.ui.statusLabel.text = f"Done: '{node.GetName()}'."
+        for section in self.sections:
+            if hasattr(section, "onSegmentationCreated"):
+                section.onSegmentationCreated(node)
+
+    def onEvent(self, event: dict):
+        kind = event.get("event")
+        if kind == "progress":
+            total = max(int(event.get("total") or 1), 1)
+            self.ui.progressBar.maximum = 100
+            self.ui.progressBar.value = int(100 * int(event.get("current") or 0) / total)
+            eta = event.get("eta_s")
+            eta_text = f", {int(eta // 60)}:{int(eta % 60):02d} left" if isinstance(eta, (int, float)) else ""
+            self.ui.statusLabel.text = f"{event.get('stage', '')}: {self.ui.progressBar.value}%{eta_text}"
+        elif kind == "stage":
+            self.ui.statusLabel.text = f"{event.get('stage')}: {event.get('message', '')}"
+            self.log(f"== {event.get('stage')}: {event.get('message', '')}")
+        elif kind == "log":
+            self.log(str(event.get("message", "")), event.get("level", "info"))
+        elif kind == "error":
+            self.log(f"ERROR: {event.get('message')}", "error")
+        elif kind == "result":
+            self.log("Result: " + ", ".join(f"{k}={v}" for k, v in event.items() if k != "event"))
+
+    def setBusy(self, busy: bool):
+        self.ui.applyButton.text = "Cancel" if busy else "Apply"
+        self.ui.progressBar.value = 0
+        for w in (self.ui.modelComboBox, self.ui.addModelButton, self.ui.exportButton,
+                  self.ui.addToTrainingSetButton, self.ui.correctButton):
+            w.enabled = not busy
+        if busy:
+            self.ui.applyButton.enabled = True
+
+    def log(self, message: str, level: str = "info"):
+        prefix = "" if level == "info" else f"{level.upper()}: "
+        self.ui.logTextEdit.appendPlainText(prefix + message)
+        getattr(log, "warning" if level == "warning" else "error" if level == "error" else "info")(message)
+
+    def _updateButtons(self, *_):
+        if self.ui is None:
+            return
+        busy = self.job is not None and self.job.running
+        has_inputs = bool(self.input_selectors) and all(s.currentNode() for _, s in self.input_selectors)
+        self.ui.applyButton.enabled = busy or (self.currentModel() is not None and has_inputs)
+        self.ui.applyButton.toolTip = ("Segment the input volume(s)" if not busy else "Cancel the running segmentation")
+        seg = self.ui.outputSegmentationSelector.currentNode()
+        for w in (self.ui.correctButton, self.ui.exportButton, self.ui.addToTrainingSetButton):
+            w.enabled = seg is not None and not busy
+
+    # -- dependencies ------------------------------------------------------------------------
+    def ensureDependencies(self) -> bool:
+        try:
+            import PyTorchUtils
+            torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+        except ImportError:
+            torch_logic = None
+        packaging = getattr(slicer, "packaging", None)
+        try:
+            with slicer.util.WaitCursor():
+                return dependencies.ensure_dependencies(
+                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="AutoSeg"),
+                    pip_install=slicer.util.pip_install, torch_logic=torch_logic,
+                    pip_ensure=getattr(packaging, "pip_ensure", None))
+        except AutoSegError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
+            return False
+
+    # -- correct, export, collect ------------------------------------------------------------
+    def currentSegmentation(self):
+        return self.ui.outputSegmentationSelector.currentNode()
+
+    def onCorrect(self):
+        seg = self.currentSegmentation()
+        volume = self.logic.source_volume(seg) if seg else None
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(seg)
+        editor.setSourceVolumeNode(volume)
+
+    def onExport(self):
+        seg = self.currentSegmentation()
+        volume = self.logic.source_volume(seg) if seg else None
+        start = str(Path(volume.GetStorageNode().GetFileName()).parent) if volume and volume.GetStorageNode() \
+            and volume.GetStorageNode().GetFileName() else ""
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export labels", start,
+                                              "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd)")
+        if not path:
+            return
+        overwrite = False
+        if os.path.exists(path):
+            # Qt's dialog asks too on most platforms; the logic never overwrites without this flag.
+            overwrite = slicer.util.confirmOkCancelDisplay(f"{path} exists. Overwrite it?")
+            if not overwrite:
+                return
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            assignment = self.logic.export_labels(seg, path, overwrite=overwrite)
+            for w in assignment.warnings:
+                self.log(w, "warning")
+            self.log(f"Exported {path} (values: "
+                     + ", ".join(f"{n}={v}" for n, v in zip(assignment.names, assignment.values)) + ")")
+            if assignment.warnings:
+                slicer.util.warningDisplay("\n".join(assignment.warnings), windowTitle="AutoSeg export")
+
+    def onAddToTrainingSet(self):
+        seg = self.currentSegmentation()
+        folder = str(self._parameterNode.datasetFolder or "")
+        if not folder or folder == ".":
+            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Dataset folder (raw layout)")
+            if not folder:
+                return
+            self._parameterNode.datasetFolder = Path(folder)
+        volumes = [v for v in self.inputVolumes() if v is not None] or [self.logic.source_volume(seg)]
+        with slicer.util.tryWithErrorDisplay("Could not add the case.", waitCursor=True):
+            case, written, assignment = self.logic.add_to_training_set(
+                seg, volumes, folder, case_name=self._parameterNode.caseName or None)
+            for w in assignment.warnings:
+                self.log(w, "warning")
+            self.log(f"Added case '{case}' to {folder}: {written['label']}")
+            self._parameterNode.caseName = ""
