@@ -29,12 +29,14 @@ FOLD_NAMES = ("0", "1", "2", "3", "4", "all")
 
 
 def load_autoseg_checkpoint_weights(path: Path) -> dict:
-    """State dict of an AutoSeg checkpoint (``network_weights``), loaded tensors-only."""
-    import torch
+    """State dict of an AutoSeg checkpoint (``network_weights``), loaded tensors-only (models.safe_load)."""
+    from AutoSegLib.models.safe_load import load_checkpoint
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file or one holding arbitrary Python objects
-        raise AutoSegError(f"{path}: cannot load the checkpoint as tensors-only data ({exc}). "
+        ckpt = load_checkpoint(path)
+    except AutoSegError:
+        raise
+    except Exception as exc:  # a corrupt or truncated file
+        raise AutoSegError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {exc}). "
                            f"Re-export the model or re-run training for this fold.") from None
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
         raise AutoSegError(f"{path}: not an AutoSeg checkpoint (no 'network_weights' entry).")
@@ -118,6 +120,7 @@ class Model:
     inference: Optional[dict] = None
     metadata: dict = field(default_factory=dict)
     source: str = "autoseg"
+    cache_weights: bool = False   # keep loaded fold weights in memory (several cases in a row)
 
     @property
     def channel_names(self) -> Dict[str, str]:

@@ -1,0 +1,152 @@
+"""Network logits (preprocessed grid) -> probabilities and label map in the raw case's own grid.
+
+Order of operations (the reference's, so that results agree with it): the logits are resampled from the
+configuration's spacing to the cropped original shape with the probability resampling settings (one
+channel at a time, stored as float16 like the reference's float16 logits), THEN softmax (sigmoid for
+regions) in float32, argmax (regions: painted in ``regions_class_order`` where > 0.5), pasted into the
+crop bounding box (probabilities outside: background 1, regions 0), and transposed back.
+
+Memory: the full-resolution logits are float16 and the non-linearity runs in slabs along axis 0, so a
+512x512x400 volume with 3 classes needs about 2 x 0.6 GB plus the outputs.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from AutoSegLib.io.labels import LabelLayout
+from AutoSegLib.planning.plans import ConfigurationPlan, Plans
+
+SLAB_VOXELS = 16_000_000  # voxels per channel processed at once in the non-linearity
+
+
+def case_properties(properties: dict) -> dict:
+    """The properties export needs, from a ``preprocess_case`` properties dict (transposed axis order):
+    ``shape_before_cropping``, ``bbox`` ([[lo, hi], ...]), ``shape_after_cropping``, ``spacing``
+    (original spacing, transposed)."""
+    def first(*names):
+        for n in names:
+            if n in properties and properties[n] is not None:
+                return properties[n]
+        raise KeyError(f"preprocessing properties lack {names[0]!r} (have {sorted(properties)})")
+
+    return {
+        "shape_before_cropping": tuple(int(s) for s in first("shape_before_cropping")),
+        "bbox": [[int(a), int(b)] for a, b in first("bbox_used_for_cropping", "bbox")],
+        "shape_after_cropping": tuple(int(s) for s in first("shape_after_cropping_and_before_resampling",
+                                                            "shape_after_cropping")),
+        "spacing": tuple(float(s) for s in first("spacing_transposed", "spacing")),
+    }
+
+
+def resample_logits(logits: torch.Tensor, current_spacing: Sequence[float], new_shape: Sequence[int],
+                    new_spacing: Sequence[float], conf: ConfigurationPlan) -> torch.Tensor:
+    """Resample (K, *spatial) logits to ``new_shape`` one channel at a time; returns float16 (K, *new_shape)
+    (the reference stores its resampled logits in the dtype of its float16 accumulator)."""
+    new_shape = tuple(int(s) for s in new_shape)
+    if tuple(logits.shape[1:]) == new_shape:
+        return logits.to(torch.float16)
+    from AutoSegLib.preprocessing.resampling import resample_image
+    params = inspect.signature(resample_image).parameters
+    extra = {"new_spacing": tuple(new_spacing)} if "new_spacing" in params else {}
+    out = torch.empty((logits.shape[0], *new_shape), dtype=torch.float16)
+    for c in range(logits.shape[0]):
+        chan = logits[c:c + 1].float().cpu().numpy()
+        res = resample_image(chan, tuple(current_spacing), new_shape, conf.resampling, is_probabilities=True, **extra)
+        out[c] = torch.from_numpy(np.asarray(res, dtype=np.float32)[0]).to(torch.float16)
+        del chan, res
+    return out
+
+
+def apply_nonlinearity(logits: torch.Tensor, layout: LabelLayout) -> torch.Tensor:
+    """float32 probabilities: softmax over channels, or sigmoid per region."""
+    x = logits.float()
+    return torch.sigmoid(x) if layout.has_regions else torch.softmax(x, 0)
+
+
+def probabilities_to_labels(probs: torch.Tensor, layout: LabelLayout) -> torch.Tensor:
+    """(K, *spatial) probabilities -> (*spatial) int16 label values."""
+    if layout.has_regions:
+        seg = torch.zeros(probs.shape[1:], dtype=torch.int16)
+        for i, value in enumerate(layout.regions_class_order):
+            seg[probs[i] > 0.5] = int(value)
+        return seg
+    values = torch.tensor([int(v) for v in layout.values], dtype=torch.int16)
+    return values[probs.argmax(0)]
+
+
+def label_dtype(layout: LabelLayout):
+    return np.uint8 if max(layout.all_label_values) < 255 else np.uint16
+
+
+def logits_to_probabilities(logits: torch.Tensor, layout: LabelLayout, want_probabilities: bool
+                            ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Non-linearity and labels in slabs along axis 0. Returns ``(labels (*spatial), probabilities (K,
+    *spatial) float32 or None)``."""
+    spatial = tuple(logits.shape[1:])
+    labels = np.zeros(spatial, dtype=label_dtype(layout))
+    probs_out = np.empty((logits.shape[0], *spatial), dtype=np.float32) if want_probabilities else None
+    per_slice = int(np.prod(spatial[1:])) if len(spatial) > 1 else 1
+    step = max(1, SLAB_VOXELS // max(per_slice, 1))
+    for z0 in range(0, spatial[0], step):
+        p = apply_nonlinearity(logits[:, z0:z0 + step], layout)
+        labels[z0:z0 + step] = probabilities_to_labels(p, layout).numpy()
+        if probs_out is not None:
+            probs_out[:, z0:z0 + step] = p.numpy()
+    return labels, probs_out
+
+
+def paste_and_transpose(labels: np.ndarray, probs: Optional[np.ndarray], props: dict, plans: Plans,
+                        layout: LabelLayout) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Put the cropped results into the full (transposed) shape, then transpose back to the input's axes."""
+    full_shape = props["shape_before_cropping"]
+    region = tuple(slice(lo, hi) for lo, hi in props["bbox"])
+    out_labels = np.zeros(full_shape, dtype=labels.dtype)
+    out_labels[region] = labels
+    back = tuple(plans.transpose_backward)
+    out_labels = out_labels.transpose(back)
+    out_probs = None
+    if probs is not None:
+        out_probs = np.zeros((probs.shape[0], *full_shape), dtype=np.float32)
+        if not layout.has_regions:
+            out_probs[0] = 1.0  # outside the crop: certainly background
+        out_probs[(slice(None), *region)] = probs
+        out_probs = out_probs.transpose((0, *[a + 1 for a in back]))
+    return np.ascontiguousarray(out_labels), (np.ascontiguousarray(out_probs) if out_probs is not None else None)
+
+
+def export_logits(logits: torch.Tensor, properties: dict, plans: Plans, configuration: str,
+                  return_probabilities: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Logits of one case in its preprocessed grid -> label map and probabilities in its raw grid.
+
+    Parameters
+    ----------
+    logits : Tensor, (K, *preprocessed spatial), float16 or float32
+        Network output (after sliding window and fold averaging), transposed axis order.
+    properties : dict
+        From ``preprocess_case`` (shape before cropping, bbox, shape after cropping, original spacing).
+    plans : Plans
+    configuration : str
+        The configuration that produced the logits (its spacing and resampling settings).
+    return_probabilities : bool
+        Also return the probabilities.
+
+    Returns
+    -------
+    labels : ndarray (*raw spatial), uint8 (uint16 for label values >= 255)
+        Label values as in dataset.json, in the raw image's array order.
+    probabilities : ndarray (K, *raw spatial) float32, or None
+        Softmax (or sigmoid per region) probabilities; background 1 (regions: 0) outside the crop.
+    """
+    conf = plans.configuration(configuration)
+    props = case_properties(properties)
+    layout = plans.label_layout()
+    spacing = props["spacing"]
+    current = tuple(conf.spacing) if len(conf.spacing) == len(spacing) else (spacing[0], *conf.spacing)
+    full = resample_logits(logits, current, props["shape_after_cropping"], spacing, conf)
+    labels, probs = logits_to_probabilities(full, layout, return_probabilities)
+    del full
+    return paste_and_transpose(labels, probs, props, plans, layout)

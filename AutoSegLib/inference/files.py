@@ -1,0 +1,170 @@
+"""Predicting image files: a folder of cases (``<case>_<XXXX><ext>``) or one case's channel files.
+
+Each output is a label map in its input's own grid and file format (size, spacing, origin, direction
+copied from the input), written atomically: an interrupted run leaves no partial file. With
+``save_probabilities`` a ``<case>.npz`` (key ``probabilities``, float32, (K, *spatial)) is written next
+to it.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.atomic import atomic_path
+from AutoSegLib.io.images import SUPPORTED_ENDINGS, file_ending, read_case, write_image
+from AutoSegLib.progress import ProgressCallback, emit
+
+log = logging.getLogger(__name__)
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and any(p.name.lower().endswith(e) for e in SUPPORTED_ENDINGS)
+
+
+def _stem(p: Path) -> str:
+    return p.name[: len(p.name) - len(file_ending(p))]
+
+
+def find_cases(inputs: "str | Path | Sequence[str | Path]", num_channels: int) -> Dict[str, List[Path]]:
+    """Group input files into cases: ``{case: [channel 0 file, channel 1 file, ...]}``.
+
+    ``inputs`` is a folder of ``<case>_<XXXX><ext>`` files (for a one-channel model also plain
+    ``<case><ext>`` files), or a list of one case's channel files (in channel order, or named
+    ``_0000``, ``_0001`` ...), or one file.
+
+    Raises
+    ------
+    AutoSegError
+        Nothing found, or a case with missing/extra channels (named).
+    """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    paths = [Path(p).expanduser() for p in inputs]
+    for p in paths:
+        if not p.exists():
+            raise AutoSegError(f"{p}: input not found.")
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+        files = sorted(p for p in folder.iterdir() if _is_image(p))
+        if not files:
+            raise AutoSegError(f"{folder}: no image files found (expected <case>_0000{SUPPORTED_ENDINGS[0]} ...).")
+        cases: Dict[str, Dict[int, Path]] = {}
+        plain: List[Path] = []
+        for f in files:
+            m = _CHANNEL.match(_stem(f))
+            if m:
+                cases.setdefault(m["case"], {})[int(m["channel"])] = f
+            else:
+                plain.append(f)
+        if plain and num_channels == 1:
+            for f in plain:
+                cases.setdefault(_stem(f), {})[0] = f
+        elif plain:
+            log.warning("ignoring %d file(s) not named <case>_XXXX: %s", len(plain), [p.name for p in plain[:5]])
+        problems = []
+        out = {}
+        for case, chans in sorted(cases.items()):
+            want = list(range(num_channels))
+            if sorted(chans) != want:
+                problems.append(f"case {case!r}: channels {sorted(chans)} found, expected {want}")
+            else:
+                out[case] = [chans[i] for i in want]
+        if problems:
+            raise AutoSegError(f"{folder}: the model expects {num_channels} channel file(s) per case "
+                               f"(<case>_0000 .. <case>_{num_channels - 1:04d}):\n" + "\n".join(f"  - {p}" for p in problems))
+        if not out:
+            raise AutoSegError(f"{folder}: no cases found (expected files named <case>_0000<ext>).")
+        return out
+    for p in paths:
+        if p.is_dir():
+            raise AutoSegError(f"{p}: give either one folder of cases or the channel files of one case, not both.")
+    if len(paths) != num_channels:
+        raise AutoSegError(f"the model expects {num_channels} channel file(s) for a case, got {len(paths)}: "
+                           f"{[p.name for p in paths]}.")
+    matches = [_CHANNEL.match(_stem(p)) for p in paths]
+    if all(matches) and len({m["case"] for m in matches}) == 1:
+        paths = [p for _, p in sorted(zip([int(m["channel"]) for m in matches], paths))]
+        case = matches[0]["case"]
+    else:
+        case = _stem(paths[0])
+    return {case: paths}
+
+
+def _output_path(output: Path, case: str, ending: str, single_file_output: bool) -> Path:
+    return output if single_file_output else output / f"{case}{ending}"
+
+
+def predict_files(model, inputs, output: "str | Path", configuration=None, folds=None, tta: bool = True,
+                  step_size: float = 0.5, device="auto", precision: str = "auto", save_probabilities: bool = False,
+                  postprocess: bool = True, batch_size: int = 1, output_ending: Optional[str] = None,
+                  overwrite: bool = True, progress: Optional[ProgressCallback] = None) -> List[Path]:
+    """Segment image files and write label maps in each input's own grid and format.
+
+    Parameters
+    ----------
+    model : models.folder.Model
+    inputs : path or sequence of paths
+        A folder of cases, or one case's channel files (see ``find_cases``).
+    output : path
+        Output folder (created), or for a single case a file name with an image ending.
+    configuration, folds, tta, step_size, device, precision, postprocess, batch_size
+        See ``predict_arrays``.
+    save_probabilities : bool
+        Also write ``<case>.npz`` with key ``probabilities`` (float32, (K, *spatial)).
+    output_ending : str, optional
+        Force a file format (".nii.gz", ".nrrd", ...); default: each input's own.
+    overwrite : bool
+        When False, cases whose output exists are skipped.
+
+    Returns
+    -------
+    list of Path
+        The label-map files written (or kept).
+    """
+    from AutoSegLib.inference.predict import check_input, predict_arrays
+
+    cases = find_cases(inputs, model.plans.num_channels)
+    output = Path(output).expanduser()
+    single = len(cases) == 1 and any(output.name.lower().endswith(e) for e in SUPPORTED_ENDINGS)
+    if not single:
+        if output.exists() and not output.is_dir():
+            raise AutoSegError(f"{output}: exists and is not a folder; give an output folder.")
+        output.mkdir(parents=True, exist_ok=True)
+    written = []
+    n = len(cases)
+    start = time.monotonic()
+    for i, (case, files) in enumerate(cases.items()):
+        ending = output_ending or file_ending(files[0])
+        dest = _output_path(output, case, ending, single)
+        if dest.exists() and not overwrite:
+            emit(progress, "log", level="info", message=f"{case}: output exists, skipped")
+            written.append(dest)
+            continue
+        emit(progress, "stage", stage="predict", message=f"case {i + 1}/{n}: {case}")
+        images, geometry = read_case(files)
+        check_input(model, images, geometry, source=str(files[0]))
+        labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
+                                       precision, return_probabilities=save_probabilities, postprocess=postprocess,
+                                       batch_size=batch_size, progress=progress)
+        del images
+        if save_probabilities:
+            npz = dest.with_name(dest.name[: len(dest.name) - len(ending)] + ".npz")
+            with atomic_path(npz) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, probabilities=probs)
+            del probs
+        write_image(labels, geometry, dest)
+        written.append(dest)
+        elapsed = time.monotonic() - start
+        emit(progress, "progress", stage="predict cases", current=i + 1, total=n,
+             eta_s=elapsed / (i + 1) * (n - i - 1), message=case)
+    emit(progress, "result", outputs=[str(p) for p in written])
+    return written

@@ -1,0 +1,181 @@
+"""Predicting one case held in memory: preprocessing, fold and configuration ensembles, cascade,
+export to the input grid, post-processing.
+
+`predict_arrays` is what the Slicer module and `predict_files` call. For each configuration the case is
+preprocessed exactly like the training data, predicted fold by fold (``runner.predict_logits``), and the
+logits exported to the input grid (``export.export_logits``). An ensemble of configurations averages the
+probabilities; a cascade stage gets the previous stage's label map as one-hot extra channels; the
+model's post-processing steps (inference.json) run last.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.inference.export import export_logits, label_dtype, probabilities_to_labels
+from AutoSegLib.inference.runner import NetworkPredictor, predict_logits, resolve_device, resolve_precision
+from AutoSegLib.io.geometry import Geometry
+from AutoSegLib.progress import ProgressCallback, emit
+
+log = logging.getLogger(__name__)
+
+
+def check_input(model, images: np.ndarray, geometry: Geometry, source: str = "input") -> None:
+    """Refuse images whose channel count or dimensionality does not fit the model (AutoSegError)."""
+    names = [model.plans.channel_names[k] for k in sorted(model.plans.channel_names, key=int)]
+    model_ndim = len(model.plans.transpose_forward)
+    if images.ndim != geometry.ndim + 1:
+        raise AutoSegError(f"{source}: image array of shape {images.shape} does not match its {geometry.ndim}D "
+                           f"geometry; expected (channels, *spatial).")
+    if geometry.ndim != model_ndim:
+        raise AutoSegError(f"{source}: the model was trained on {model_ndim}D images, this image is "
+                           f"{geometry.ndim}D of size {tuple(images.shape[1:])}. Give a {model_ndim}D image.")
+    if images.shape[0] != len(names):
+        raise AutoSegError(f"{source}: the model expects {len(names)} channel(s) {names} "
+                           f"(files <case>_0000{'' if len(names) == 1 else f' .. <case>_{len(names) - 1:04d}'}), "
+                           f"found {images.shape[0]}.")
+
+
+def _one_hot(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    out = np.zeros((len(values), *labels.shape), dtype=np.float32)
+    for i, v in enumerate(values):
+        out[i] = labels == v
+    return out
+
+
+def predict_configuration(model, images: np.ndarray, geometry: Geometry, configuration: str,
+                          folds=None, tta: bool = True, step_size: float = 0.5, device="auto",
+                          precision: str = "auto", batch_size: int = 1, return_probabilities: bool = True,
+                          progress: Optional[ProgressCallback] = None, _cache: Optional[dict] = None
+                          ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """One configuration (its folds averaged) -> (labels, probabilities) in the input grid; a cascade stage
+    first predicts its previous stage (result cached in ``_cache`` for ensembles)."""
+    from AutoSegLib.models.folder import cascade_label_values
+    from AutoSegLib.preprocessing.case import preprocess_case
+
+    _cache = {} if _cache is None else _cache
+    key = (configuration, return_probabilities)
+    if key in _cache:
+        return _cache[key]
+    conf = model.plans.configuration(configuration)
+    prev_labels = None
+    if conf.previous_stage:
+        if conf.previous_stage not in model.configurations:
+            raise AutoSegError(f"{model.path}: {configuration!r} is a cascade stage and needs the trained "
+                               f"{conf.previous_stage!r} configuration, which this model lacks.")
+        emit(progress, "log", level="info", message=f"cascade: predicting {conf.previous_stage} first")
+        prev_labels, _ = predict_configuration(model, images, geometry, conf.previous_stage, folds, tta, step_size,
+                                               device, precision, batch_size, False, progress, _cache)
+    emit(progress, "stage", stage="predict", message=f"{configuration}: preprocessing")
+    label_in = None if prev_labels is None else prev_labels[None].astype(np.int16)
+    data, seg, props = preprocess_case(images, geometry, model.plans, configuration, label=label_in)
+    if prev_labels is not None:
+        seg_arr = np.asarray(seg)[0]
+        data = np.concatenate([np.asarray(data, dtype=np.float32),
+                               _one_hot(seg_arr, cascade_label_values(model.label_layout))])
+    dev = resolve_device(device)
+    logits = predict_logits(model, configuration, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
+                            folds=folds, tta=tta, step_size=step_size, device=dev, precision=precision,
+                            batch_size=batch_size, progress=progress)
+    del data
+    emit(progress, "stage", stage="predict", message=f"{configuration}: resampling to the input grid")
+    result = export_logits(logits, props, model.plans, configuration, return_probabilities=return_probabilities)
+    _cache[key] = result
+    return result
+
+
+def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration: "str | Sequence[str] | None" = None,
+                   folds=None, tta: bool = True, step_size: float = 0.5, device="auto", precision: str = "auto",
+                   return_probabilities: bool = False, postprocess: bool = True, batch_size: int = 1,
+                   progress: Optional[ProgressCallback] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Segment one case given as arrays.
+
+    Parameters
+    ----------
+    model : models.folder.Model
+        From ``load_model``.
+    images : ndarray, (C, *spatial)
+        The case's channels in array order (z, y, x), as ``io.images.read_case`` returns them.
+    geometry : Geometry
+        Their geometry (spacing in array order).
+    configuration : str or sequence of str, optional
+        One configuration or several to ensemble (probabilities averaged). Default: the model's inference
+        instructions, else its best single configuration.
+    folds : sequence, optional
+        Folds to use (default: all present).
+    tta : bool
+        Test-time mirroring.
+    step_size : float
+        Sliding-window step as a fraction of the patch.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    precision : str
+        ``auto`` (float32 on CPU/MPS, float16 autocast on CUDA, as the reference), ``float32``, ``bfloat16``,
+        ``float16``.
+    return_probabilities : bool
+        Also return the probabilities.
+    postprocess : bool
+        Apply the model's post-processing steps (when it has instructions for this configuration choice).
+    batch_size : int
+        Windows per network call.
+
+    Returns
+    -------
+    labels : ndarray (*spatial), uint8 (uint16 for label values >= 255)
+        In the input grid.
+    probabilities : ndarray (K, *spatial) float32, or None
+        Softmax probabilities (sigmoid per region for region-based models).
+
+    Raises
+    ------
+    AutoSegError
+        Wrong channel count or dimensionality, unknown configuration or fold.
+    """
+    check_input(model, images, geometry)
+    if configuration is None:
+        configurations = tuple(model.default_configurations())
+    elif isinstance(configuration, str):
+        configurations = (configuration,)
+    else:
+        configurations = tuple(configuration)
+    for c in configurations:
+        if c not in model.configurations:
+            raise AutoSegError(f"{model.path}: no trained weights for configuration {c!r}; "
+                               f"available: {sorted(model.configurations)}.")
+    layout = model.label_layout
+    cache: dict = {}
+    need_probs = return_probabilities or len(configurations) > 1
+    if len(configurations) == 1:
+        labels, probs = predict_configuration(model, images, geometry, configurations[0], folds, tta, step_size,
+                                              device, precision, batch_size, need_probs, progress, cache)
+    else:
+        probs = None
+        for c in configurations:
+            _, p = predict_configuration(model, images, geometry, c, folds, tta, step_size, device, precision,
+                                         batch_size, True, progress, cache)
+            probs = p.copy() if probs is None else probs + p
+        probs /= len(configurations)
+        labels = probabilities_to_labels(torch.from_numpy(probs), layout).numpy().astype(label_dtype(layout))
+    if postprocess:
+        labels = _postprocess(model, labels, configurations, layout)
+    return labels, (probs if return_probabilities else None)
+
+
+def _postprocess(model, labels: np.ndarray, configurations: Tuple[str, ...], layout) -> np.ndarray:
+    instr = model.inference or {}
+    steps = instr.get("postprocessing") or []
+    if not steps:
+        return labels
+    if tuple(instr.get("configurations") or ()) != tuple(configurations):
+        log.info("post-processing skipped: it was chosen for %s, not %s", instr.get("configurations"), configurations)
+        return labels
+    from AutoSegLib.postprocessing import apply_postprocessing
+    return np.asarray(apply_postprocessing(labels, steps, layout)).astype(labels.dtype, copy=False)
+
+
+__all__ = ["predict_arrays", "predict_configuration", "check_input", "NetworkPredictor", "resolve_device",
+           "resolve_precision"]

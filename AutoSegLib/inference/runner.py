@@ -1,0 +1,162 @@
+"""Running a model's networks: device choice, precision, and fold-averaged sliding-window logits.
+
+`predict_logits` is the one place where weights meet data: for each requested fold it loads that fold's
+weights into one network, predicts the preprocessed array window by window (with test-time mirroring),
+and averages the folds' logits.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional, Sequence
+
+import torch
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.inference.sliding_window import count_windows, predict_sliding_window
+from AutoSegLib.progress import ProgressCallback
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+CHANNELS_LAST = False
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
+    """``auto``: CUDA if available, else MPS, else CPU. An unavailable explicit choice is an AutoSegError."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise AutoSegError(f"unknown device {device!r}; choose one of {DEVICES}.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise AutoSegError("device 'cuda' requested but this PyTorch sees no CUDA GPU "
+                           f"(torch {torch.__version__}); use --device cpu or auto.")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise AutoSegError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for plain float32. ``auto``: float16 autocast on CUDA (as the reference
+    does there), float32 elsewhere (the reference's CPU mode)."""
+    p = str(precision).lower()
+    if p not in PRECISIONS:
+        raise AutoSegError(f"unknown precision {precision!r}; choose one of {PRECISIONS}.")
+    if p == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[p]
+
+
+class NetworkPredictor:
+    """Callable ``batch -> float32 logits`` around an eval-mode network on ``device``, with channels-last
+    memory layout for 3D/2D convolutions and optional autocast."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device, autocast_dtype: Optional[torch.dtype] = None,
+                 channels_last: bool = CHANNELS_LAST):
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        network.deep_supervision = False
+        network.eval().to(device)
+        self.memory_format = None
+        if channels_last and device.type != "mps":
+            ndim = len(network.topology.kernel_sizes[0])
+            self.memory_format = torch.channels_last_3d if ndim == 3 else torch.channels_last
+            network.to(memory_format=self.memory_format)
+        self.network = network
+
+    def load(self, state_dict: dict) -> None:
+        self.network.load_state_dict(state_dict, strict=True)
+        if self.memory_format is not None:
+            self.network.to(memory_format=self.memory_format)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.memory_format is not None:
+            batch = batch.contiguous(memory_format=self.memory_format)
+        ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            out = self.network(batch)
+        return out.float().contiguous()
+
+
+def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str]] = None, tta: bool = True,
+                   step_size: float = 0.5, device: "str | torch.device" = "auto", precision: str = "auto",
+                   batch_size: int = 1, progress: Optional[ProgressCallback] = None,
+                   predictor: Optional[NetworkPredictor] = None) -> torch.Tensor:
+    """Fold-averaged logits of one preprocessed case.
+
+    Parameters
+    ----------
+    model : models.folder.Model
+    configuration : str
+    data : ndarray or Tensor, (C, *spatial) float32
+        Preprocessed image (plus one-hot previous-stage channels for a cascade), transposed order.
+    folds : sequence of str, optional
+        Folds to use (default: every fold present).
+    tta : bool
+        Test-time mirroring over the configuration's mirror axes.
+    step_size, batch_size : see ``predict_sliding_window``.
+    device, precision : see ``resolve_device`` / ``resolve_precision``.
+
+    Returns
+    -------
+    Tensor, (K, *spatial) float16 on the CPU
+        Mean over folds of the stitched logits (float16 like the reference's accumulator).
+    """
+    from AutoSegLib.network.unet import build_network
+
+    cm = model.configurations.get(configuration)
+    if cm is None:
+        raise AutoSegError(f"{model.path}: no trained weights for configuration {configuration!r}; "
+                           f"this model has {sorted(model.configurations)}.")
+    fold_names = select_folds(model, configuration, folds)
+    conf = model.plans.configuration(configuration)
+    dev = resolve_device(device)
+    data = torch.as_tensor(data)
+    if data.shape[0] != cm.num_input_channels:
+        raise AutoSegError(f"configuration {configuration!r} expects {cm.num_input_channels} input channels, "
+                           f"got {data.shape[0]}.")
+    if predictor is None:
+        net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
+        predictor = NetworkPredictor(net, dev, resolve_precision(precision, dev))
+    mirror = tuple(cm.mirror_axes) if tta else ()
+    total = None
+    for i, fold in enumerate(fold_names):
+        predictor.load(cm.folds[fold].state_dict(cache=getattr(model, "cache_weights", False)))
+        log.info("predicting %s fold %s: %d windows, mirror axes %s", configuration, fold,
+                 count_windows(tuple(data.shape[1:]), conf.patch_size, step_size), mirror)
+        with torch.inference_mode():
+            logits = predict_sliding_window(data, predictor, conf.patch_size, num_outputs=cm.num_outputs,
+                                            step_size=step_size, mirror_axes=mirror, batch_size=batch_size,
+                                            device=dev, progress=progress,
+                                            stage=f"predict {configuration} fold {fold} ({i + 1}/{len(fold_names)})")
+        if total is None:
+            total = logits
+        else:
+            total += logits  # float16 sum, as the reference
+        del logits
+    if len(fold_names) > 1:
+        total /= len(fold_names)
+    return total
+
+
+def select_folds(model, configuration: str, folds: Optional[Sequence] = None) -> list:
+    """The fold names to use; an AutoSegError names the folds present when a requested one is missing."""
+    present = list(model.configurations[configuration].folds)
+    if folds is None or len(folds) == 0:
+        return present
+    wanted = [str(f) for f in folds]
+    missing = [f for f in wanted if f not in present]
+    if missing:
+        raise AutoSegError(f"{model.path}: configuration {configuration!r} has no weights for fold(s) {missing}; "
+                           f"folds present: {present}.")
+    return wanted
