@@ -192,6 +192,17 @@ def preprocess_dataset(dataset_path: "str | os.PathLike", plans: Plans, configur
     return result
 
 
+def _start_method() -> str:
+    """'fork' (workers start in milliseconds, no re-import) unless this process has loaded SimpleITK or
+    torch, whose thread pools do not survive a fork reliably; then 'spawn'."""
+    import multiprocessing
+    import sys
+
+    if "fork" in multiprocessing.get_all_start_methods() and not ({"SimpleITK", "torch"} & set(sys.modules)):
+        return "fork"
+    return "spawn"
+
+
 def _execute(tasks: List[dict], plans: Plans, workers: int, tracker: ProgressTracker) -> None:
     if workers <= 1:
         _init_worker(plans.to_dict())
@@ -203,8 +214,7 @@ def _execute(tasks: List[dict], plans: Plans, workers: int, tracker: ProgressTra
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
+    ctx = multiprocessing.get_context(_start_method())
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                initargs=(plans.to_dict(),))
     futures = {}

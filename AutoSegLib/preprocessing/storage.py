@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path, write_json
+from AutoSegLib.io.atomic import atomic_path
 
 
 def case_paths(folder: "str | os.PathLike", case: str) -> Tuple[Path, Path, Path]:
@@ -68,7 +68,11 @@ def save_preprocessed_case(folder: "str | os.PathLike", case: str, data: np.ndar
         _save_npy(image_path, data.astype(np.float32, copy=False))
         if seg is not None:
             _save_npy(seg_path, seg)
-    return write_json(json_path, _jsonable_properties(properties), indent=None)
+    # one-shot C encoder (json.dump streams through the pure-Python one: 10x slower on class locations)
+    text = json.dumps(_jsonable_properties(properties), separators=(",", ":"))
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(text)
+    return json_path
 
 
 def read_case_properties(folder: "str | os.PathLike", case: str) -> Optional[dict]:
