@@ -127,6 +127,33 @@ class Fingerprint:
         }
 
     @classmethod
+    def from_reference_dict(cls, ref: dict, dataset_json: dict, dataset_name: str = "",
+                            dataset_path: str = "") -> "Fingerprint":
+        """Build a fingerprint from the reference implementation's dataset_fingerprint.json and the
+        dataset.json it belongs to (cases are named case_000, ...; boxes and shapes before cropping are
+        unknown there and set to the cropped extent)."""
+        try:
+            spacings, shapes = ref["spacings"], ref["shapes_after_crop"]
+            channels = dataset_json.get("channel_names", dataset_json.get("modality"))
+            cases = tuple(CaseFingerprint(
+                case_id=f"case_{i:03d}", spacing=tuple(float(v) for v in sp), shape_before_crop=tuple(int(v) for v in sh),
+                shape_after_crop=tuple(int(v) for v in sh), bbox=tuple((0, int(v)) for v in sh),
+                relative_size_after_cropping=float(ref["median_relative_size_after_cropping"]), foreground_voxels=-1)
+                for i, (sp, sh) in enumerate(zip(spacings, shapes)))
+            rco = dataset_json.get("regions_class_order")
+            return cls(dataset_name=dataset_name or str(dataset_json.get("name", "")), dataset_path=dataset_path,
+                       channel_names={str(k): str(v) for k, v in channels.items()}, labels=dict(dataset_json["labels"]),
+                       regions_class_order=tuple(rco) if rco else None,
+                       file_ending=str(dataset_json.get("file_ending", ".nii.gz")), ndim=len(spacings[0]),
+                       cases=cases,
+                       intensity_properties={str(k): dict(v) for k, v in
+                                             ref["foreground_intensity_properties_per_channel"].items()},
+                       median_relative_size_after_cropping=float(ref["median_relative_size_after_cropping"]),
+                       foreground_samples_per_case=0)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise AutoSegError(f"not a reference dataset_fingerprint.json / dataset.json pair ({exc!r}).") from None
+
+    @classmethod
     def from_dict(cls, d: dict, source: str = "fingerprint") -> "Fingerprint":
         if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
             version = d.get("schema_version") if isinstance(d, dict) else None

@@ -9,9 +9,10 @@ Convolutions use "same" padding, so a conv with stride ``s`` turns a size ``n`` 
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import TYPE_CHECKING, Sequence, Tuple
 
-from AutoSegLib.planning.plans import NetworkTopology
+if TYPE_CHECKING:  # only attributes are read; no import cycle with planning at run time
+    from AutoSegLib.planning.plans import NetworkTopology
 
 
 def _prod(values) -> int:
@@ -44,7 +45,7 @@ def _residual_stack(size, stride, n_blocks: int, in_features: int, features: int
     return total
 
 
-def feature_map_size(topology: NetworkTopology, patch_size: Sequence[int], n_input_channels: int,
+def feature_map_size(topology: "NetworkTopology", patch_size: Sequence[int], n_input_channels: int,
                      n_outputs: int, deep_supervision: bool = False) -> int:
     """Feature-map elements written by the U-Net of ``topology`` for one sample of ``patch_size``.
 
