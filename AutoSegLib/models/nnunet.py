@@ -233,7 +233,8 @@ def _read_model_folder(folder: Path, folds) -> Tuple[dict, dict, str, Dict[str, 
 
 
 def load_nnunet_results_folder(path: "str | Path", configurations: "List[str] | None" = None,
-                               folds: "List[str] | None" = None, check_weights: bool = True) -> Model:
+                               folds: "List[str] | None" = None, check_weights: bool = True,
+                               require_previous_stage: bool = True) -> Model:
     """Read an nnU-Net v2 results folder as an AutoSeg `Model` (weights stay on disk until used).
 
     Parameters
@@ -246,6 +247,9 @@ def load_nnunet_results_folder(path: "str | Path", configurations: "List[str] | 
         Keep only these folds ("0".."4", "all").
     check_weights : bool
         Compare the first fold's weights with the network described by the plans (keys and shapes).
+    require_previous_stage : bool
+        Refuse a cascade stage whose previous stage is not found (False: the caller combines models and
+        checks later, as `models.install.import_models` does).
 
     Returns
     -------
@@ -284,6 +288,9 @@ def load_nnunet_results_folder(path: "str | Path", configurations: "List[str] | 
         folders = [f for f in folders if _split_identifier(f.name)[2] in configurations]
         if not folders:
             raise AutoSegError(f"{path}: none of the configurations {list(configurations)} is trained here.")
+    if single:  # a cascade stage passed alone: its previous stage is usually a sibling folder
+        all_folders = [folders[0]] + [f for f in sorted(dataset_dir.glob("*__*__*")) if f != folders[0] and
+                                      f.is_dir() and _is_model_folder(f)]
     folders = _with_previous_stages(folders, all_folders)
     if pp_json is None and len(folders) == 1:
         pp_json = _model_pp_json(folders[0])
@@ -315,7 +322,7 @@ def load_nnunet_results_folder(path: "str | Path", configurations: "List[str] | 
     for plans, dataset, conf, fold_weights, mirror_axes, info, weights in read:
         plan = converted.configurations[conf]
         n_in = converted.num_channels + (len(cascade_label_values(layout)) if plan.previous_stage else 0)
-        if plan.previous_stage and plan.previous_stage not in by_conf:
+        if require_previous_stage and plan.previous_stage and plan.previous_stage not in by_conf:
             raise AutoSegError(f"{by_conf[conf]}: cascade stage {conf!r} needs the predictions of "
                                f"{plan.previous_stage!r}, whose trained model is not in {path}. Pass the dataset "
                                f"folder holding both.")

@@ -115,6 +115,12 @@ def test_cascade_stage_without_its_previous_stage_is_refused(tiny_copy):
         load_nnunet_results_folder(folder)
 
 
+def test_cascade_stage_passed_alone_finds_its_sibling_previous_stage():
+    model = load_nnunet_results_folder(CASCADE / "nnUNetTrainer__nnUNetPlans__3d_cascade_fullres")
+    assert set(model.configurations) == {"3d_cascade_fullres", "3d_lowres"}
+    assert model.inference["configurations"] == ["3d_cascade_fullres"]
+
+
 def test_inheritance_resolution_and_cycles():
     plans = {"configurations": {"a": {"x": 1, "y": 2}, "b": {"inherits_from": "a", "y": 3},
                                 "c": {"inherits_from": "b", "z": 4}, "d": {"inherits_from": "e"},

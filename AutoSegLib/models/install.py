@@ -1,0 +1,232 @@
+"""Install models: turn nnU-Net v2 results folders, AutoSeg archives or folders into one AutoSeg model folder.
+
+`import_models(sources, models_dir, name)` loads every source (`models.folder.load_model`, which reads
+reference results folders through `models.nnunet`), merges their configurations into one model (they
+must share labels, channels and axis order), and writes ``models_dir/<name>/`` in AutoSeg's model-folder
+layout (DEVELOPERS.md):
+
+    plans.json, dataset.json, model.json, [inference.json],
+    trained/<configuration>/fold_<k>/checkpoint_final.pt     tensors + plain values only
+
+The folder is assembled under a hidden temporary name in ``models_dir`` (model listings skip dot-folders),
+checked by loading it back (every checkpoint through the safe loader, every state dict against the
+network), then renamed into place: an interrupted import leaves no half-written model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.atomic import atomic_path, write_json
+from AutoSegLib.progress import ProgressCallback, ProgressTracker, emit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["import_models", "write_model_folder", "merge_models"]
+
+
+def _load_source(source: Path, scratch: Path):
+    from AutoSegLib.models.folder import load_model
+    from AutoSegLib.models.nnunet import is_nnunet_results_folder, load_nnunet_results_folder
+
+    if not source.exists():
+        raise AutoSegError(f"{source}: not found. Pass an nnU-Net v2 results folder, an AutoSeg model folder or a "
+                           f"model archive.")
+    if source.is_dir() and is_nnunet_results_folder(source):
+        return load_nnunet_results_folder(source, require_previous_stage=False)
+    return load_model(source, cache_dir=scratch / f"archive-{uuid.uuid4().hex[:8]}")
+
+
+def merge_models(models: Sequence, sources: Sequence[Path]):
+    """One `Model` holding the configurations of all ``models`` (first model's plans-level values).
+
+    Raises
+    ------
+    AutoSegError
+        The models differ in labels, channels or axis order, or two of them bring the same configuration.
+    """
+    base = models[0]
+    if len(models) == 1:
+        _check_cascades(base, sources[0])
+        return base
+    plans_confs = dict(base.plans.configurations)
+    confs = dict(base.configurations)
+    instructions = base.inference
+    for model, source in zip(models[1:], sources[1:]):
+        for what, a, b in (("labels", base.plans.labels, model.plans.labels),
+                           ("channels", base.plans.channel_names, model.plans.channel_names),
+                           ("axis order (transpose_forward)", base.plans.transpose_forward, model.plans.transpose_forward),
+                           ("regions_class_order", base.plans.regions_class_order, model.plans.regions_class_order)):
+            if a != b:
+                raise AutoSegError(f"{source}: its {what} {b!r} differ from {sources[0]}'s {a!r}; only models of the "
+                                   f"same dataset can be combined into one model.")
+        for name, conf in model.configurations.items():
+            if name in confs:
+                raise AutoSegError(f"{source}: configuration {name!r} is also in {sources[0]}; import them as "
+                                   f"separate models (different --name).")
+            confs[name] = conf
+        for name, plan in model.plans.configurations.items():
+            plans_confs.setdefault(name, plan)
+        instructions = instructions or model.inference
+    plans = replace(base.plans, configurations=plans_confs)
+    merged = replace(base, plans=plans, configurations=confs, inference=instructions)
+    _check_cascades(merged, sources[0])
+    return merged
+
+
+def _check_cascades(model, source: Path) -> None:
+    for name in model.configurations:
+        prev = model.plans.configurations[name].previous_stage
+        if prev and prev not in model.configurations:
+            raise AutoSegError(f"{source}: cascade stage {name!r} needs the trained {prev!r} configuration, which "
+                               f"none of the sources holds. Add its results folder as another SOURCE.")
+
+
+def _sanitize(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._")
+    if not clean:
+        raise AutoSegError(f"model name {name!r} has no usable characters; use letters, digits, '.', '_', '-'.")
+    return clean
+
+
+def _save_tensors(path: Path, payload: dict) -> None:
+    import torch
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_model_folder(model, dest: "str | Path", progress: Optional[ProgressCallback] = None) -> Path:
+    """Write ``model`` (a `models.folder.Model`) as an AutoSeg model folder at ``dest`` (must not exist).
+
+    Checkpoints hold ``network_weights`` (contiguous CPU tensors), ``configuration``, ``plans_identifier``,
+    ``num_input_channels``, ``num_outputs``, ``epoch`` (-1: imported) and ``mirror_axes``.
+    """
+    from AutoSegLib.models.nnunet import check_state_dict
+    from AutoSegLib.training.checkpoint import plans_identifier
+
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    model.plans.to_json(dest / "plans.json")
+    dataset = {k: v for k, v in model.dataset.items() if k != "dataset_path"}
+    write_json(dest / "dataset.json", dataset)
+    layout = model.label_layout
+    total = sum(len(c.folds) for c in model.configurations.values())
+    tracker = ProgressTracker(progress, "import-model", total)
+    for name, conf in model.configurations.items():
+        plan = model.plans.configurations[name]
+        for fold, weights in conf.folds.items():
+            state = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.state_dict().items()}
+            check_state_dict(state, plan.network, conf.num_input_channels, layout.num_outputs, str(weights.path))
+            _save_tensors(dest / "trained" / name / f"fold_{fold}" / "checkpoint_final.pt", {
+                "network_weights": state, "configuration": name, "plans_identifier": plans_identifier(plan),
+                "num_input_channels": int(conf.num_input_channels), "num_outputs": int(conf.num_outputs),
+                "epoch": -1, "mirror_axes": [int(a) for a in conf.mirror_axes]})
+            tracker.step(f"{name} fold {fold}")
+    if model.inference:
+        _write_inference(model.inference, dest)
+    meta = dict(model.metadata or {})
+    meta.setdefault("name", model.plans.dataset_name)
+    meta.setdefault("version", "")
+    meta.setdefault("description", "")
+    meta["imported"] = {"from": model.source, "path": str(model.path),
+                        "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    meta["mirror_axes"] = {n: [int(a) for a in c.mirror_axes] for n, c in model.configurations.items()}
+    write_json(dest / "model.json", meta)
+    return dest
+
+
+def _write_inference(inference: dict, dest: Path) -> None:
+    """inference.json through the post-processing package's own writer (its schema), else as given."""
+    record = inference.get("_record")
+    try:
+        from AutoSegLib.postprocessing import save_inference_instructions
+    except ImportError:
+        save_inference_instructions = None
+    if save_inference_instructions is None:
+        write_json(dest / "inference.json", {k: v for k, v in inference.items() if not k.startswith("_")})
+        return
+    if record is None:
+        from AutoSegLib.postprocessing import InferenceInstructions
+        record = InferenceInstructions.from_dict(
+            {"configurations": list(inference.get("configurations") or []),
+             "postprocessing": list(inference.get("postprocessing") or [])})
+    save_inference_instructions(dest, record)
+
+
+def import_models(sources: Sequence["str | os.PathLike"], models_dir: "str | os.PathLike", name: Optional[str] = None,
+                  overwrite: bool = False, progress: Optional[ProgressCallback] = None) -> Path:
+    """Install one model made of ``sources`` into ``models_dir/<name>``.
+
+    Parameters
+    ----------
+    sources : sequence of path
+        nnU-Net v2 results folders (``Dataset<ID>_<Name>/`` or ``<Trainer>__<Plans>__<configuration>/``),
+        AutoSeg model folders / work folders, or model archives; their configurations are combined.
+    models_dir : path
+        Where models are installed (created if missing).
+    name : str, optional
+        Folder name of the new model (default: the dataset name, e.g. ``Dataset900_Synth``).
+    overwrite : bool
+        Replace an installed model of the same name (the old one is removed only after the new one is
+        complete).
+
+    Returns
+    -------
+    Path
+        The installed model folder.
+
+    Raises
+    ------
+    AutoSegError
+        A source is missing or not a model, the sources do not fit together, or the name is taken
+        (without ``overwrite``).
+    """
+    from AutoSegLib.models.folder import load_model_folder
+
+    if not sources:
+        raise AutoSegError("import-model: give at least one SOURCE (a results folder, model folder or archive).")
+    sources = [Path(s).expanduser().resolve() for s in sources]
+    models_dir = Path(models_dir).expanduser().resolve()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    emit(progress, "stage", stage="import-model", message=f"reading {len(sources)} source(s)")
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=models_dir) as scratch:
+        models = [_load_source(s, Path(scratch)) for s in sources]
+        model = merge_models(models, sources)
+        final = models_dir / _sanitize(name or model.metadata.get("name") or model.plans.dataset_name)
+        if final.exists() and not overwrite:
+            raise AutoSegError(f"{final}: a model of this name is already installed. Choose another --name, or "
+                               f"pass --overwrite to replace it.")
+        if name:
+            model.metadata = {**(model.metadata or {}), "name": name}
+        staging = models_dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            write_model_folder(model, staging, progress)
+            check = load_model_folder(staging)  # the written folder must load back completely
+            missing = sorted(set(model.configurations) - set(check.configurations))
+            if missing:
+                raise AutoSegError(f"{staging}: written without {missing}; nothing was installed.")
+            old = None
+            if final.exists():
+                old = models_dir / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+            os.replace(staging, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    emit(progress, "result", model=str(final), configurations=sorted(model.configurations),
+         folds={c: sorted(m.folds) for c, m in model.configurations.items()})
+    return final
