@@ -303,3 +303,25 @@ def _cases_from_listing(root: Path, listing, json_path: Path, n_channels: int,
 def _resolve(root: Path, p: str) -> Path:
     q = Path(os.path.expandvars(str(p))).expanduser()
     return q if q.is_absolute() else (root / q)
+
+
+# ---- work folder helpers (used by every command that writes) -------------------------------------
+def resolve_work_dir(dataset_path: "str | os.PathLike", output: "str | os.PathLike | None" = None) -> Path:
+    """The work folder for ``dataset_path``: ``output`` if given, else `default_work_dir`.
+
+    Raises AutoSegError when it would lie inside the dataset folder (nothing is ever written there).
+    """
+    work = Path(output).expanduser().resolve() if output else default_work_dir(dataset_path)
+    root = Path(dataset_path).expanduser().resolve()
+    if work == root or root in work.parents:
+        raise AutoSegError(f"{work}: the output folder is inside the dataset folder {root}; AutoSeg never writes "
+                           f"there. Choose another --output, e.g. {default_work_dir(dataset_path)}.")
+    return work
+
+
+def write_work_dataset_json(dataset: Dataset, work_dir: "str | os.PathLike") -> Path:
+    """Write ``WORK/dataset.json``: the raw dataset.json plus "dataset_path" (absolute), atomically."""
+    from AutoSegLib.io.atomic import write_json
+    data = dict(dataset.raw_json)
+    data["dataset_path"] = str(dataset.root)
+    return write_json(Path(work_dir) / "dataset.json", data)
