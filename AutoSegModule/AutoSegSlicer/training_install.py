@@ -1,0 +1,227 @@
+"""Installing a finished training as a model (a new model, or a new version of a fine-tuned one), and its
+cross-validation report as a table node.
+
+The model folder (DEVELOPERS.md) is the work folder minus preprocessed data and non-final checkpoints. It is
+assembled in a hidden folder beside its destination and renamed into place when complete, so the model list
+never shows a half-copied model. An existing model is never touched: fine-tuning installs version k+1 in
+its own folder (``<name>_v<k+1>``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+#: Files copied from the work folder's top level when present.
+TOP_FILES = ("dataset.json", "plans.json", "fingerprint.json", "inference.json", "find_best_report.json",
+             "find_best_report.md", "splits_final.json")
+#: Files copied from each fold folder when present (checkpoint_final.pt is required).
+FOLD_FILES = ("checkpoint_final.pt", "training_log.jsonl", "training_config.json", "progress.png")
+
+
+def trained_folds(work) -> Dict[str, List[str]]:
+    """``{configuration: [fold, ...]}`` of the folds with a final checkpoint under ``work/trained``."""
+    out: Dict[str, List[str]] = {}
+    trained = Path(work) / "trained"
+    if not trained.is_dir():
+        return out
+    for conf in sorted(p for p in trained.iterdir() if p.is_dir()):
+        folds = sorted(p.name[len("fold_"):] for p in conf.glob("fold_*") if (p / "checkpoint_final.pt").is_file())
+        if folds:
+            out[conf.name] = folds
+    return out
+
+
+def folder_name(name: str) -> str:
+    """A folder name for a model name (spaces and odd characters become '_')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip()).strip("._") or "model"
+
+
+def next_version(models_dir, name: str) -> int:
+    """1 + the highest integer version installed under ``name`` (1 when none)."""
+    from AutoSegSlicer.models import list_models
+
+    found, _ = list_models(models_dir)
+    versions = []
+    for m in found:
+        if m.name == name:
+            try:
+                versions.append(int(float(m.version or 1)))
+            except ValueError:
+                versions.append(1)
+    return max(versions, default=0) + 1
+
+
+def install_model(work, models_dir, name: str, description: str = "", base_model=None,
+                  extra: Optional[dict] = None) -> Path:
+    """Copy a finished training from ``work`` into ``models_dir`` as a model; returns the model folder.
+
+    Parameters
+    ----------
+    work : path
+        Work folder with dataset.json, plans.json and trained/<configuration>/fold_<k>/checkpoint_final.pt.
+    models_dir : path
+        The module's models folder.
+    name : str
+        The model's name (model.json); its version is the next free one for that name.
+    base_model : path, optional
+        The model that was fine-tuned: its model.json terminology and colours are carried over and it is
+        recorded as ``parent``.
+    extra : dict, optional
+        More model.json keys (training settings).
+
+    Raises
+    ------
+    AutoSegError
+        No final checkpoint (training did not finish), or dataset.json / plans.json missing.
+    """
+    work, models_dir = Path(work), Path(models_dir)
+    folds = trained_folds(work)
+    if not folds:
+        raise AutoSegError(f"{work}: no trained/<configuration>/fold_<k>/checkpoint_final.pt: the training did not "
+                           f"finish, so there is no model to install. Resume the training.")
+    for required in ("dataset.json", "plans.json"):
+        if not (work / required).is_file():
+            raise AutoSegError(f"{work / required}: missing; the work folder is incomplete, train again.")
+    version = next_version(models_dir, name)
+    dest = models_dir / (folder_name(name) + ("" if version == 1 else f"_v{version}"))
+    while dest.exists():
+        version += 1
+        dest = models_dir / f"{folder_name(name)}_v{version}"
+    stage = models_dir / f".installing-{uuid.uuid4().hex[:8]}"
+    stage.mkdir(parents=True)
+    try:
+        for f in TOP_FILES:
+            if (work / f).is_file():
+                shutil.copy2(work / f, stage / f)
+        for conf, fold_list in folds.items():
+            for fold in fold_list:
+                src = work / "trained" / conf / f"fold_{fold}"
+                dst = stage / "trained" / conf / f"fold_{fold}"
+                dst.mkdir(parents=True)
+                for f in FOLD_FILES:
+                    if (src / f).is_file():
+                        shutil.copy2(src / f, dst / f)
+                if (src / "validation" / "summary.json").is_file():
+                    (dst / "validation").mkdir()
+                    shutil.copy2(src / "validation" / "summary.json", dst / "validation" / "summary.json")
+        meta = {"name": name, "version": str(version), "description": description,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "configurations": folds}
+        if base_model is not None:
+            base_meta = _read_json(Path(base_model) / "model.json") or {}
+            for k in ("terminology", "colors"):
+                if k in base_meta:
+                    meta[k] = base_meta[k]
+            meta["parent"] = {"path": str(base_model), "name": base_meta.get("name"),
+                              "version": base_meta.get("version")}
+        meta.update(extra or {})
+        write_json(stage / "model.json", meta)
+        stage.rename(dest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log.info("Installed model %s version %s in %s", name, version, dest)
+    return dest
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- cross-validation report ---------------------------------------------------------------------------
+def _dice_by_label(summary: dict, labels: List[Tuple[str, int]]) -> Dict[str, float]:
+    """Mean Dice per foreground label from a fold's validation/summary.json: ``mean_dice`` keyed by label name
+    (AutoSegLib.training.validation), or nnU-Net's ``mean`` keyed by label value with ``{"Dice": x}``."""
+    out: Dict[str, float] = {}
+    if not isinstance(summary, dict):
+        return out
+    by_name = summary.get("mean_dice")
+    mean = summary.get("mean")
+    for name, value in labels:
+        if value == 0:
+            continue
+        dice = by_name.get(name) if isinstance(by_name, dict) else None
+        if dice is None and isinstance(mean, dict):
+            entry = mean.get(str(value), mean.get(name))
+            dice = entry.get("Dice", entry.get("dice")) if isinstance(entry, dict) else None
+        if isinstance(dice, (int, float)):
+            out[name] = float(dice)
+    return out
+
+
+def cv_report(folder) -> dict:
+    """The cross-validation report of a work or model folder.
+
+    Returns
+    -------
+    dict
+        ``rows``: list of ``(configuration, fold, {label: Dice})`` from each fold's validation/summary.json;
+        ``labels``: foreground label names; ``chosen``: configurations find-best chose (inference.json), or
+        []; ``postprocessing``: its post-processing steps (list, possibly empty).
+    """
+    folder = Path(folder)
+    dataset = _read_json(folder / "dataset.json") or {}
+    labels = [(str(n), int(v)) for n, v in (dataset.get("labels") or {}).items()
+              if n != "ignore" and isinstance(v, int)]
+    rows = []
+    trained = folder / "trained"
+    for conf in sorted(p for p in trained.iterdir() if p.is_dir()) if trained.is_dir() else []:
+        for fold_dir in sorted(conf.glob("fold_*")):
+            summary = _read_json(fold_dir / "validation" / "summary.json")
+            if summary is not None:
+                rows.append((conf.name, fold_dir.name[len("fold_"):], _dice_by_label(summary, labels)))
+    inference = _read_json(folder / "inference.json") or {}
+    chosen = inference.get("configurations") or []
+    chosen = [c if isinstance(c, str) else str(c.get("name", c)) if isinstance(c, dict) else str(c) for c in chosen]
+    post = inference.get("postprocessing") or inference.get("post_processing") or []
+    return {"rows": rows, "labels": [n for n, v in labels if v != 0], "chosen": chosen, "postprocessing": post}
+
+
+def cv_report_table(scene, folder, title: str):
+    """A table node with one row per (configuration, fold): Dice per label and their mean; the chosen
+    configuration(s) and post-processing are in the node's attributes ``AutoSeg.Chosen`` /
+    ``AutoSeg.PostProcessing`` and in the last row. Returns the node (None when there is no validation)."""
+    import vtk
+
+    report = cv_report(folder)
+    if not report["rows"]:
+        return None
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{title} cross-validation"))
+    names = report["labels"]
+    cols = [("configuration", vtk.vtkStringArray), ("fold", vtk.vtkStringArray)]
+    cols += [(f"Dice {n}", vtk.vtkDoubleArray) for n in names] + [("mean Dice", vtk.vtkDoubleArray)]
+    arrays = []
+    for col, cls in cols:
+        arr = cls()
+        arr.SetName(col)
+        node.AddColumn(arr)
+        arrays.append(node.GetTable().GetColumnByName(col))
+    table = node.GetTable()
+    for conf, fold, dice in report["rows"]:
+        row = table.InsertNextBlankRow()
+        arrays[0].SetValue(row, conf)
+        arrays[1].SetValue(row, fold)
+        vals = [dice.get(n, float("nan")) for n in names]
+        for i, v in enumerate(vals):
+            arrays[2 + i].SetValue(row, v)
+        known = [v for v in vals if v == v]
+        arrays[-1].SetValue(row, sum(known) / len(known) if known else float("nan"))
+    chosen = " + ".join(report["chosen"]) or "(no model selection: single fold)"
+    post = json.dumps(report["postprocessing"]) if report["postprocessing"] else "none"
+    node.SetAttribute("AutoSeg.Chosen", chosen)
+    node.SetAttribute("AutoSeg.PostProcessing", post)
+    table.Modified()
+    return node

@@ -1,0 +1,253 @@
+"""The steps of a training run and their state on disk, so that a run interrupted (cancelled, crashed, Slicer
+closed) can be resumed from where it stopped.
+
+A run is a list of steps, each one ``python -m AutoSegLib <command> ...`` child process, or an in-process
+step of the module ("prepare" for fine-tuning, "install" at the end)::
+
+    new model:   verify -> plan-and-preprocess (fingerprint, plan, preprocess) -> train <conf> <fold> ...
+                 -> find-best (full mode) -> install
+    fine-tune:   verify -> prepare (the model's plans/fingerprint into the work folder) -> preprocess
+                 -> train <conf> <fold> --init-from MODEL ... -> find-best (5 folds) -> install
+
+The train steps of a new model depend on the plans, so they are added ("expanded") once
+plan-and-preprocess is done. The state lives in ``WORK/autoseg_training.json`` (written atomically after
+every change of a step's status); a train step that was running when the run stopped is restarted with
+``--resume`` (the trainer continues from ``checkpoint_latest.pt``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.atomic import write_json
+from AutoSegSlicer.training_options import TrainingOptions, budget_per_training
+
+STATE_FILE = "autoseg_training.json"
+LOG_FILE = "autoseg_training.log"
+STATE_FORMAT = 1
+#: Preference order of quick mode's single configuration.
+QUICK_CONFIGURATIONS = ("3d_fullres", "2d", "3d_lowres")
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+
+@dataclass
+class Step:
+    """One step: ``command`` is an AutoSegLib CLI command, or "prepare" / "expand" / "install" (in-process)."""
+    command: str
+    args: List[str] = field(default_factory=list)
+    status: str = PENDING
+    configuration: Optional[str] = None
+    fold: Optional[str] = None
+
+    @property
+    def in_process(self) -> bool:
+        return self.command in ("prepare", "expand", "install")
+
+    @property
+    def label(self) -> str:
+        if self.command == "train":
+            return f"train {self.configuration} fold {self.fold}"
+        return self.command
+
+    def to_dict(self) -> dict:
+        return {"command": self.command, "args": list(self.args), "status": self.status,
+                "configuration": self.configuration, "fold": self.fold}
+
+
+@dataclass
+class TrainingState:
+    """Everything needed to continue a run: what it trains, where, and each step's status.
+
+    Attributes
+    ----------
+    kind : str
+        "train" (a new model) or "finetune".
+    dataset, work : Path
+        The raw dataset folder and the work folder (preprocessed data, checkpoints, this state).
+    options : TrainingOptions
+    folds : list of str
+        The folds trained (resolved from the options and the number of cases).
+    base_model : Path or None
+        The model being fine-tuned.
+    steps : list of Step
+    model_path : Path or None
+        Where the finished model was installed.
+    """
+    kind: str
+    dataset: Path
+    work: Path
+    options: TrainingOptions
+    folds: List[str]
+    base_model: Optional[Path] = None
+    steps: List[Step] = field(default_factory=list)
+    model_path: Optional[Path] = None
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.steps) and all(s.status == DONE for s in self.steps)
+
+    @property
+    def path(self) -> Path:
+        return self.work / STATE_FILE
+
+    def next_step(self) -> Optional[Step]:
+        return next((s for s in self.steps if s.status != DONE), None)
+
+    def train_steps(self) -> List[Step]:
+        return [s for s in self.steps if s.command == "train"]
+
+    def to_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "kind": self.kind, "dataset": str(self.dataset), "work": str(self.work),
+                "options": self.options.to_dict(), "folds": list(self.folds),
+                "base_model": str(self.base_model) if self.base_model else None,
+                "steps": [s.to_dict() for s in self.steps],
+                "model_path": str(self.model_path) if self.model_path else None}
+
+    def save(self) -> Path:
+        return write_json(self.path, self.to_dict())
+
+    @classmethod
+    def load(cls, work) -> "TrainingState":
+        """Read ``WORK/autoseg_training.json``.
+
+        Raises
+        ------
+        AutoSegError
+            No state there, unreadable JSON, or a format this version does not know.
+        """
+        path = Path(work) / STATE_FILE
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise AutoSegError(f"{path}: not found; {work} holds no training started from Slicer.") from None
+        except ValueError as exc:
+            raise AutoSegError(f"{path}: not valid JSON ({exc}); the run cannot be resumed. Start a new training.") from None
+        if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
+            raise AutoSegError(f"{path}: unknown format {d.get('format') if isinstance(d, dict) else d!r} "
+                               f"(expected {STATE_FORMAT}); start a new training.")
+        return cls(kind=d["kind"], dataset=Path(d["dataset"]), work=Path(d["work"]),
+                   options=TrainingOptions.from_dict(d["options"]), folds=list(d["folds"]),
+                   base_model=Path(d["base_model"]) if d.get("base_model") else None,
+                   steps=[Step(**s) for s in d["steps"]],
+                   model_path=Path(d["model_path"]) if d.get("model_path") else None)
+
+
+def _train_args(work: Path, configuration: str, fold: str, options: TrainingOptions, n_trainings: int,
+                init_from: Optional[Path] = None) -> List[str]:
+    args = [str(work), configuration, str(fold)]
+    if options.epochs is not None:
+        args += ["--epochs", str(int(options.epochs))]
+    budget = budget_per_training(options, n_trainings)
+    if budget is not None:
+        args += ["--time-budget-minutes", f"{budget:g}"]
+    if options.iterations_per_epoch is not None:
+        args += ["--iterations-per-epoch", str(int(options.iterations_per_epoch))]
+    if options.val_iterations is not None:
+        args += ["--val-iterations", str(int(options.val_iterations))]
+    if options.device != "auto":
+        args += ["--device", options.device]
+    if options.mode == "quick":
+        args.append("--no-mirroring")  # the fold's final validation without 8 flips: quick means quick
+    if init_from is not None:
+        args += ["--init-from", str(init_from)]
+    return args
+
+
+def new_model_state(dataset: Path, work: Path, options: TrainingOptions, folds: List[str]) -> TrainingState:
+    """The steps of training a new model (train steps are added by `expand_train_steps`)."""
+    steps = [Step("verify", [str(dataset)]),
+             Step("plan-and-preprocess", [str(dataset), "--output", str(work)]),
+             Step("expand")]
+    return TrainingState("train", Path(dataset), Path(work), options, list(folds), steps=steps)
+
+
+def trainable_configurations(plans: dict) -> List[str]:
+    """Configurations of a plans.json dict that train on their own (the cascade's second stage excluded)."""
+    confs = plans.get("configurations") or {}
+    return [name for name, c in confs.items() if not (isinstance(c, dict) and c.get("previous_stage"))]
+
+
+def choose_configurations(plans: dict, options: TrainingOptions, source: str = "plans.json") -> List[str]:
+    """Quick mode: the one configuration (forced, else the first of `QUICK_CONFIGURATIONS` planned);
+    full mode: every trainable configuration."""
+    available = trainable_configurations(plans)
+    if not available:
+        raise AutoSegError(f"{source}: no trainable configuration planned; re-run planning or check the dataset.")
+    if options.configuration:
+        if options.configuration not in available:
+            raise AutoSegError(f"{source}: configuration {options.configuration!r} is not planned; available: "
+                               f"{', '.join(available)}.")
+        return [options.configuration]
+    if options.mode == "full":
+        return available
+    return [next((c for c in QUICK_CONFIGURATIONS if c in available), available[0])]
+
+
+def expand_train_steps(state: TrainingState) -> None:
+    """After planning: replace the "expand" step with one train step per (configuration, fold), then
+    find-best (full mode with 5 folds) and install."""
+    plans_path = state.work / "plans.json"
+    try:
+        plans = json.loads(plans_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AutoSegError(f"{plans_path}: planning finished but its plans cannot be read ({exc}).") from None
+    confs = choose_configurations(plans, state.options, str(plans_path))
+    idx = next(i for i, s in enumerate(state.steps) if s.command == "expand")
+    new = _train_and_finish_steps(state, confs, init_from=None)
+    state.steps[idx:idx + 1] = [Step("expand", status=DONE)] + new
+
+
+def _train_and_finish_steps(state: TrainingState, confs: List[str], init_from: Optional[Path]) -> List[Step]:
+    n = len(confs) * len(state.folds)
+    steps = [Step("train", _train_args(state.work, c, f, state.options, n, init_from), configuration=c, fold=f)
+             for c in confs for f in state.folds]
+    if sorted(state.folds) == [str(i) for i in range(5)]:
+        steps.append(Step("find-best", [str(state.work)]))
+    steps.append(Step("install"))
+    return steps
+
+
+def finetune_state(dataset: Path, work: Path, options: TrainingOptions, folds: List[str], model) -> TrainingState:
+    """The steps of fine-tuning ``model`` (a `models.ModelInfo`): its configurations, the given folds, each
+    initialised from the model's weights."""
+    state = TrainingState("finetune", Path(dataset), Path(work), options, list(folds), base_model=Path(model.path))
+    confs = [options.configuration] if options.configuration else list(model.configurations)
+    unknown = [c for c in confs if c not in model.configurations]
+    if unknown:
+        raise AutoSegError(f"Model '{model.name}' has no trained configuration {unknown[0]!r}; it has "
+                           f"{', '.join(model.configurations)}.")
+    state.steps = [Step("verify", [str(dataset)]), Step("prepare"), Step("preprocess", [str(work)])]
+    state.steps += _train_and_finish_steps(state, confs, init_from=Path(model.path))
+    return state
+
+
+def resume_args(step: Step, work: Path) -> List[str]:
+    """The arguments a train step is (re)started with: ``--resume`` when its fold has a latest checkpoint."""
+    args = list(step.args)
+    if step.command == "train" and "--resume" not in args:
+        if (fold_dir(work, step.configuration, step.fold) / "checkpoint_latest.pt").is_file():
+            args.append("--resume")
+    return args
+
+
+def fold_dir(work: Path, configuration: str, fold: str) -> Path:
+    return Path(work) / "trained" / str(configuration) / f"fold_{fold}"
+
+
+def find_resumable(work_root) -> List[TrainingState]:
+    """Unfinished runs under ``work_root`` (one sub-folder per run), newest first; unreadable states skipped."""
+    root = Path(work_root)
+    found = []
+    if not root.is_dir():
+        return found
+    for state_file in root.glob(f"*/{STATE_FILE}"):
+        try:
+            state = TrainingState.load(state_file.parent)
+        except (AutoSegError, KeyError, TypeError):
+            continue
+        if not state.finished:
+            found.append((state_file.stat().st_mtime, state))
+    return [s for _, s in sorted(found, key=lambda t: -t[0])]

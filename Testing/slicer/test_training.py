@@ -1,0 +1,340 @@
+"""Training and fine-tuning from the module, against slicer-core: progress into table/plot nodes, the run's
+steps, cancel and resume, installation of the model, and bad input.
+
+The child here is training_fake_autoseglib.py (real `autoseg verify`; scripted plan/preprocess/train/
+find-best writing the real files with known numbers), so these run in seconds; test_training_real.py
+runs the real pipeline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from AutoSegLib.errors import AutoSegError, DatasetError
+from AutoSegSlicer import models
+from AutoSegSlicer.runner import ProcessRunner
+from AutoSegSlicer.training import TrainingLogic
+from AutoSegSlicer.training_options import TooFewCasesError, TrainingOptions
+from AutoSegSlicer.training_pipeline import STATE_FILE, TrainingState
+from AutoSegSlicer.training_progress import TrainingCurves, TrainingStatus
+from autoseg_harness import REPO
+from autoseg_testing import make_model_folder
+
+FAKE = Path(__file__).resolve().parent / "training_fake_autoseglib.py"
+
+
+def fake_factory():
+    class FakeRunner(ProcessRunner):
+        def start(self, argv):
+            assert argv[1:3] == ["-m", "AutoSegLib"], argv
+            super().start([argv[0], str(FAKE), *argv[3:]])
+
+    def factory(**kw):
+        kw.setdefault("pythonpath", str(REPO))
+        return FakeRunner(**kw)
+
+    return factory
+
+
+@pytest.fixture
+def logic(slicer_harness, tmp_path):
+    return TrainingLogic(slicer_harness.scene, tmp_path / "models", sys.executable, work_root=tmp_path / "runs",
+                         pythonpath=str(REPO), runner_factory=fake_factory())
+
+
+@pytest.fixture
+def dataset(synthetic_dataset):
+    def make(n=5, name="Synth", **kw):
+        return synthetic_dataset(name=name, n_cases=n, shape=(6, 10, 10), spacing=(2.0, 1.0, 1.0), **kw)
+    return make
+
+
+def calls(work):
+    return [json.loads(line) for line in (Path(work) / "fake_calls.jsonl").read_text().splitlines()]
+
+
+def expected_row(epoch, epochs, n_labels=2):
+    dice = [(epoch + 1) / (epochs + k + 1) for k in range(n_labels)]
+    return {"epoch": epoch, "train_loss": 1 / (epoch + 1), "val_loss": 1 / (epoch + 1) + 0.1,
+            "ema_pseudo_dice": sum(dice) / n_labels, "dice organ": dice[0], "dice lesion": dice[1]}
+
+
+def check_rows(rows, epochs):
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    for r in rows:
+        for k, v in expected_row(int(r["epoch"]), epochs).items():
+            assert r[k] == pytest.approx(v), (k, r)
+
+
+# -- progress nodes -------------------------------------------------------------------------------------
+def test_epoch_events_fill_the_table_and_the_chart_shows_its_series(slicer_harness):
+    import slicer
+
+    curves = TrainingCurves(slicer_harness.scene, "Liver", ["organ", "lesion"])
+    for e in range(3):
+        curves.add_epoch({"configuration": "3d_fullres", "fold": "0", "epoch": e, "epochs": 3,
+                          "train_loss": 1 / (e + 1), "val_loss": 1 / (e + 1) + 0.1,
+                          "pseudo_dice": [(e + 1) / 4, (e + 1) / 5], "ema_pseudo_dice": ((e + 1) / 4 + (e + 1) / 5) / 2,
+                          "lr": 0.01, "epoch_time_s": 1.0, "eta_s": 2.0 - e})
+    check_rows(curves.rows("3d_fullres", "0"), 3)
+    table = curves.tables[("3d_fullres", "0")]
+    assert isinstance(table, slicer.vtkMRMLTableNode) and table.GetNumberOfRows() == 3
+    assert table.GetScene() is slicer_harness.scene
+    chart = curves.chart
+    assert chart.GetNumberOfPlotSeriesNodes() == 3
+    ys = sorted(chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(3))
+    assert ys == ["ema_pseudo_dice", "train_loss", "val_loss"]
+    assert all(chart.GetNthPlotSeriesNode(i).GetTableNode() is table for i in range(3))
+    # a repeated epoch (after a resume) replaces the rows from it on
+    curves.add_epoch({"configuration": "3d_fullres", "fold": "0", "epoch": 1, "epochs": 3, "train_loss": 9.0,
+                      "pseudo_dice": [0.1, None]})
+    rows = curves.rows("3d_fullres", "0")
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and rows[1]["train_loss"] == 9.0
+    assert np.isnan(rows[1]["dice lesion"]) and np.isnan(rows[1]["val_loss"])
+    # the next fold gets its own table; the chart follows it
+    curves.add_epoch({"configuration": "3d_fullres", "fold": "1", "epoch": 0, "epochs": 3, "train_loss": 0.5})
+    assert chart.GetNthPlotSeriesNode(0).GetTableNode() is curves.tables[("3d_fullres", "1")]
+    assert len(curves.rows("3d_fullres", "0")) == 2
+
+
+def test_status_line_follows_events():
+    s = TrainingStatus()
+    s.start_step("train 3d_fullres fold 0", 4, 5)
+    s.update({"event": "epoch", "configuration": "3d_fullres", "fold": "0", "epoch": 9, "epochs": 50,
+              "ema_pseudo_dice": 0.8123, "eta_s": 3725})
+    assert s.text() == "Step 4/5: train 3d_fullres fold 0 - 3d_fullres fold 0, epoch 10/50 - pseudo-Dice 0.812 - ETA 1:02:05"
+    s.start_step("plan-and-preprocess", 2, 5)
+    s.update({"event": "progress", "stage": "preprocess", "current": 3, "total": 5, "eta_s": 61, "message": "case_002"})
+    assert s.text() == "Step 2/5: plan-and-preprocess - 3/5 case_002 - ETA 01:01"
+
+
+# -- a whole run --------------------------------------------------------------------------------------
+def test_quick_training_runs_every_step_installs_the_model_and_shows_curves(logic, dataset, monkeypatch):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=3")
+    ds = dataset(5)
+    summary = logic.summarize(ds)
+    assert summary.ok and summary.num_cases == 5 and summary.channel_names == ["MRI"]
+    assert summary.labels == [("background", 0), ("organ", 1), ("lesion", 2)] and summary.ignore_label is None
+    events = []
+    job = logic.start_training(ds, TrainingOptions("Liver quick", device="cpu"), on_event=events.append)
+    assert job.wait(120), job.status.text()
+    assert job.error is None and job.finished, job.error
+    work = logic.work_dir(job.state.options)
+    cmds = calls(work)
+    assert [c[0] for c in cmds] == ["plan-and-preprocess", "train"]
+    train = cmds[1]
+    assert train[1:4] == [str(work), "3d_fullres", "0"]          # quick: 3d_fullres, fold 0 (5 cases)
+    assert train[train.index("--time-budget-minutes") + 1] == "30" and train[train.index("--device") + 1] == "cpu"
+    assert "--no-mirroring" in train and "--epochs" not in train and "--resume" not in train
+    check_rows(job.curves.rows("3d_fullres", "0"), 3)
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1, 2]
+    # installed: listed, version 1, weights and validation copied, no preprocessed data
+    found, problems = models.list_models(logic.models_dir)
+    assert problems == [] and [(m.name, m.version, m.configurations, m.folds) for m in found] == \
+        [("Liver quick", "1", ("3d_fullres",), ("0",))]
+    assert found[0].path == job.model_path and job.model_path.name == "Liver_quick"
+    assert found[0].labels == (("background", 0), ("organ", 1), ("lesion", 2))
+    assert (job.model_path / "trained/3d_fullres/fold_0/checkpoint_final.pt").read_text() == "final 3"
+    assert not (job.model_path / "preprocessed").exists() and not list(job.model_path.rglob("checkpoint_latest.pt"))
+    # cross-validation report table: Dice per label from the fold's summary (fake: 0.5 + value / 10)
+    t = job.report_table
+    assert t is not None and t.GetNumberOfRows() == 1
+    assert [t.GetCellText(0, c) for c in range(2)] == ["3d_fullres", "0"]
+    assert [float(t.GetCellText(0, c)) for c in (2, 3, 4)] == pytest.approx([0.6, 0.7, 0.65])
+    assert "single fold" in t.GetAttribute("AutoSeg.Chosen")
+    state = TrainingState.load(work)
+    assert state.finished and state.model_path == job.model_path
+    assert logic.resumable() == []
+    log_text = (work / "autoseg_training.log").read_text()
+    assert "epoch 3/3" in log_text and "=== finished" in log_text
+
+
+def test_full_mode_trains_every_configuration_on_five_folds_then_find_best(logic, dataset, monkeypatch):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=2")
+    job = logic.start_training(dataset(5), TrainingOptions("Full", mode="full", time_budget_minutes=100))
+    assert job.wait(300) and job.error is None, job.error
+    cmds = calls(logic.work_dir(job.state.options))
+    trains = [tuple(c[2:4]) for c in cmds if c[0] == "train"]
+    assert trains == [(c, str(f)) for c in ("2d", "3d_fullres") for f in range(5)]   # cascade excluded
+    assert all(c[c.index("--time-budget-minutes") + 1] == "10" for c in cmds if c[0] == "train")  # 100 min / 10
+    assert all("--no-mirroring" not in c for c in cmds)
+    assert cmds[-1][0] == "find-best"
+    info = models.read_model_info(job.model_path)
+    assert info.configurations == ("2d", "3d_fullres") and info.folds == tuple("01234")
+    t = job.report_table
+    assert t.GetNumberOfRows() == 10 and t.GetAttribute("AutoSeg.Chosen") == "3d_fullres"
+    assert len(job.curves.tables) == 10
+
+
+# -- cancel and resume -----------------------------------------------------------------------------------
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (not yet reaped) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def test_cancel_kills_the_child_and_resume_continues_from_the_last_checkpoint(logic, dataset, monkeypatch,
+                                                                               slicer_harness):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=6,sleep=0.25")
+    job = logic.start_training(dataset(5), TrainingOptions("Resumable", epochs=6))
+    work = job.state.work
+    import time
+    deadline = time.monotonic() + 60
+    while job.poll() and len(job.curves.rows("3d_fullres", "0")) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    pid = job.runner.pid
+    job.cancel()
+    assert job.cancelled and not job.running and not _pid_alive(pid)
+    done = len(job.curves.rows("3d_fullres", "0"))
+    assert 2 <= done < 6
+    assert not (work / "trained/3d_fullres/fold_0/checkpoint_final.pt").exists()
+    assert (work / "trained/3d_fullres/fold_0/checkpoint_latest.pt").is_file()
+    # Slicer closed and opened again: a new logic finds the unfinished run
+    again = TrainingLogic(slicer_harness.scene, logic.models_dir, sys.executable, work_root=logic.work_root,
+                          pythonpath=str(REPO), runner_factory=fake_factory())
+    pending = again.resumable()
+    assert [s.work for s in pending] == [work]
+    assert [s.status for s in pending[0].steps][:3] == ["done", "done", "done"]
+    with pytest.raises(AutoSegError, match="unfinished training named 'Resumable'"):
+        again.start_training(dataset(5, name="Other"), TrainingOptions("Resumable"))
+    job2 = again.resume(work)
+    assert job2.wait(120) and job2.error is None, job2.error
+    trains = [c for c in calls(work) if c[0] == "train"]
+    assert len(trains) == 2 and "--resume" not in trains[0] and "--resume" in trains[1]
+    rows = job2.curves.rows("3d_fullres", "0")      # curves rebuilt from training_log.jsonl, then continued
+    check_rows(rows, 6)
+    log_lines = (work / "trained/3d_fullres/fold_0/training_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in log_lines] == list(range(6))
+    assert models.read_model_info(job2.model_path).name == "Resumable"
+    assert again.resumable() == []
+
+
+def test_disk_full_stops_with_a_clear_message_and_keeps_the_last_checkpoint(logic, dataset, monkeypatch):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=4,diskfull=2")
+    job = logic.start_training(dataset(5), TrainingOptions("Full disk"))
+    assert job.wait(120)
+    work = job.state.work
+    ckpt = work / "trained/3d_fullres/fold_0/checkpoint_latest.pt"
+    assert job.error is not None and not job.finished
+    assert "is full" in job.error and "No space left on device" in job.error
+    assert f"The last good checkpoint (after epoch 2) is kept: {ckpt}" in job.error and "Resume" in job.error
+    assert ckpt.read_text() == "epoch 1"
+    assert models.list_models(logic.models_dir) == ([], [])
+    assert [s.work for s in logic.resumable()] == [work]
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=4")       # space freed
+    job2 = logic.resume(work)
+    assert job2.wait(120) and job2.error is None, job2.error
+    check_rows(job2.curves.rows("3d_fullres", "0"), 4)
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+def test_a_dataset_with_broken_structure_does_not_start(logic, dataset):
+    ds = dataset(5)
+    (ds / "labelsTr" / "case_002.nii.gz").unlink()
+    with pytest.raises(DatasetError) as info:
+        logic.start_training(ds, TrainingOptions("Broken"))
+    assert "training was not started" in str(info.value) and "case_002" in str(info.value)
+    assert not logic.work_root.exists()
+    assert not logic.summarize(ds).ok
+
+
+def test_a_dataset_failing_verification_stops_before_planning_with_the_messages(logic, dataset):
+    import SimpleITK as sitk
+
+    ds = dataset(5)
+    path = ds / "labelsTr" / "case_001.nii.gz"
+    img = sitk.ReadImage(str(path))
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, 0, 0] = 7                                    # a label value the dataset does not declare
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(path))
+    assert logic.summarize(ds).ok                       # structure fine: only the content check finds it
+    job = logic.start_training(ds, TrainingOptions("Bad labels"))
+    assert job.wait(120)
+    assert job.error is not None and "failed verification; training did not start" in job.error
+    assert "case_001" in job.error and "7" in job.error
+    assert ("error", job.error) in job.messages
+    work = job.state.work
+    assert not (work / "fake_calls.jsonl").exists() and not (work / "plans.json").exists()
+    ok, errors, _ = logic.verify(ds, timeout=60)
+    assert not ok and any("case_001" in e for e in errors)
+
+
+def test_too_few_cases_for_five_folds_is_explained_and_a_single_fold_offered(logic, dataset, monkeypatch):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=2")
+    ds = dataset(3)
+    with pytest.raises(TooFewCasesError) as info:
+        logic.start_training(ds, TrainingOptions("Few", mode="full"))
+    msg = str(info.value)
+    assert "3 case(s)" in msg and "at least 5" in msg and "fold 'all'" in msg
+    assert info.value.suggestion.folds == ("all",) and not logic.work_root.exists()
+    job = logic.start_training(ds, info.value.suggestion)
+    assert job.wait(120) and job.error is None, job.error
+    cmds = calls(job.state.work)
+    assert [c[0] for c in cmds] == ["plan-and-preprocess", "train"] and cmds[1][3] == "all"
+    assert models.read_model_info(job.model_path).folds == ("all",)
+    # quick mode below 5 cases picks fold 'all' by itself
+    assert logic.plan_training(ds, TrainingOptions("Few2")).folds == ["all"]
+
+
+def test_bad_options_are_refused():
+    for kw, text in [({"model_name": ""}, "model name"), ({"model_name": "a/b"}, "model name"),
+                     ({"model_name": "x", "mode": "fast"}, "mode"), ({"model_name": "x", "epochs": 0}, "epochs"),
+                     ({"model_name": "x", "folds": ("5",)}, "fold"), ({"model_name": "x", "device": "tpu"}, "device"),
+                     ({"model_name": "x", "time_budget_minutes": -1}, "time budget")]:
+        with pytest.raises(AutoSegError, match=text):
+            TrainingOptions(**kw)
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def base_model(logic):
+    return make_model_folder(logic.models_dir / "Organs", channel_names=("MRI",),
+                             model_json={"name": "Organs", "version": "1", "colors": {"lesion": [1, 1, 0]}})
+
+
+def test_finetune_produces_a_new_version_and_keeps_the_old(logic, dataset, base_model, monkeypatch):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=2")
+    before = {p: p.read_bytes() for p in base_model.rglob("*") if p.is_file()}
+    ds = dataset(3, name="Corrected")
+    job = logic.start_finetune(base_model, ds, TrainingOptions("Organs", epochs=2))
+    assert job.wait(120) and job.error is None, job.error
+    work = job.state.work
+    cmds = calls(work)
+    assert [c[0] for c in cmds] == ["preprocess", "train"]
+    train = cmds[1]
+    assert train[2:4] == ["3d_fullres", "all"] and train[train.index("--init-from") + 1] == str(base_model)
+    assert json.loads((work / "plans.json").read_text()) == json.loads((base_model / "plans.json").read_text())
+    assert json.loads((work / "dataset.json").read_text())["dataset_path"] == str(ds.resolve())
+    found, _ = models.list_models(logic.models_dir)
+    assert [(m.name, m.version, m.path.name) for m in found] == [("Organs", "1", "Organs"), ("Organs", "2", "Organs_v2")]
+    meta = json.loads((job.model_path / "model.json").read_text())
+    assert meta["parent"] == {"path": str(base_model), "name": "Organs", "version": "1"}
+    assert meta["colors"] == {"lesion": [1, 1, 0]}
+    assert {p: p.read_bytes() for p in base_model.rglob("*") if p.is_file()} == before   # old model untouched
+
+
+def test_finetune_refuses_other_labels_or_channel_count(logic, dataset, base_model, synthetic_dataset):
+    ds = dataset(3)
+    data = json.loads((ds / "dataset.json").read_text())
+    data["labels"] = {"background": 0, "liver": 1, "lesion": 2}
+    (ds / "dataset.json").write_text(json.dumps(data))
+    with pytest.raises(AutoSegError, match=r"only in the model: \[\('organ', 1\)\].*only in the dataset: \[\('liver', 1\)\]"):
+        logic.start_finetune(base_model, ds, TrainingOptions("Organs"))
+    two = synthetic_dataset(name="TwoChannels", n_cases=3, shape=(6, 10, 10), n_channels=2)
+    with pytest.raises(AutoSegError, match=r"takes 1 input channel\(s\) \(MRI\).*has 2"):
+        logic.start_finetune(base_model, two, TrainingOptions("Organs"))
+    assert not logic.work_root.exists()
