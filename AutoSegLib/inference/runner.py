@@ -19,7 +19,6 @@ from AutoSegLib.progress import ProgressCallback
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-CHANNELS_LAST = False
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -57,16 +56,22 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
 
 
 class NetworkPredictor:
-    """Callable ``batch -> float32 logits`` around an eval-mode network on ``device``, with channels-last
-    memory layout for 3D/2D convolutions and optional autocast."""
+    """Callable ``batch -> float32 logits`` around an eval-mode network on ``device``, with optional autocast.
+
+    ``channels_last`` (default: on with autocast or CUDA, off for float32 on the CPU) switches the
+    convolutions to the channels-last memory layout: faster on CPU, but float32 results then differ from
+    the reference's in the last bits, which its float16 accumulator can round into 1-ulp logit differences
+    (up to ~2e-3 in probability); the default float32 CPU path is bit-identical to the reference."""
 
     def __init__(self, network: torch.nn.Module, device: torch.device, autocast_dtype: Optional[torch.dtype] = None,
-                 channels_last: bool = CHANNELS_LAST):
+                 channels_last: Optional[bool] = None):
         self.device = device
         self.autocast_dtype = autocast_dtype
         network.deep_supervision = False
         network.eval().to(device)
         self.memory_format = None
+        if channels_last is None:
+            channels_last = autocast_dtype is not None or device.type == "cuda"
         if channels_last and device.type != "mps":
             ndim = len(network.topology.kernel_sizes[0])
             self.memory_format = torch.channels_last_3d if ndim == 3 else torch.channels_last
@@ -130,22 +135,22 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
         predictor = NetworkPredictor(net, dev, resolve_precision(precision, dev))
     mirror = tuple(cm.mirror_axes) if tta else ()
     total = None
-    for i, fold in enumerate(fold_names):
-        predictor.load(cm.folds[fold].state_dict(cache=getattr(model, "cache_weights", False)))
-        log.info("predicting %s fold %s: %d windows, mirror axes %s", configuration, fold,
-                 count_windows(tuple(data.shape[1:]), conf.patch_size, step_size), mirror)
-        with torch.inference_mode():
+    with torch.inference_mode():  # the fold sum too: inference tensors cannot be updated outside it
+        for i, fold in enumerate(fold_names):
+            predictor.load(cm.folds[fold].state_dict(cache=getattr(model, "cache_weights", False)))
+            log.info("predicting %s fold %s: %d windows, mirror axes %s", configuration, fold,
+                     count_windows(tuple(data.shape[1:]), conf.patch_size, step_size), mirror)
             logits = predict_sliding_window(data, predictor, conf.patch_size, num_outputs=cm.num_outputs,
                                             step_size=step_size, mirror_axes=mirror, batch_size=batch_size,
                                             device=dev, progress=progress,
                                             stage=f"predict {configuration} fold {fold} ({i + 1}/{len(fold_names)})")
-        if total is None:
-            total = logits
-        else:
-            total += logits  # float16 sum, as the reference
-        del logits
-    if len(fold_names) > 1:
-        total /= len(fold_names)
+            if total is None:
+                total = logits
+            else:
+                total += logits  # float16 sum, as the reference
+            del logits
+        if len(fold_names) > 1:
+            total /= len(fold_names)
     return total
 
 

@@ -1,0 +1,66 @@
+"""`autoseg predict -m MODEL -i INPUT... -o OUTPUT`: segment images with a trained model."""
+from __future__ import annotations
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-m", "--model", required=True,
+                        help="model folder, training work folder, model archive or nnU-Net v2 results folder")
+    parser.add_argument("-i", "--input", required=True, nargs="+",
+                        help="folder of cases (<case>_0000.nii.gz, ...) or the channel files of one case")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder (or, for one case, an output file name such as seg.nii.gz)")
+    parser.add_argument("-c", "--configuration", nargs="+", default=None,
+                        help="configuration(s) to use; several are ensembled (default: the model's choice "
+                             "from find-best, else 3d_fullres or 2d)")
+    parser.add_argument("-f", "--folds", nargs="+", default=None,
+                        help="folds to average, e.g. 0 1 2 (default: every fold present)")
+    parser.add_argument("--step-size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch (default 0.5; larger is faster)")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="disable test-time mirroring (about 8x faster in 3D, slightly less accurate)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="compute device (default: best available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: float32 on CPU (same numbers as nnU-Net), float16 autocast on CUDA; "
+                             "bfloat16 is faster on recent CPUs at a small cost in agreement")
+    parser.add_argument("--batch-size", type=int, default=1, help="sliding windows per network call (default 1)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <case>.npz with the class probabilities (key 'probabilities')")
+    parser.add_argument("--no-postprocessing", action="store_true",
+                        help="skip the model's post-processing steps")
+    parser.add_argument("--output-ending", default=None,
+                        help="file format of the label maps, e.g. .nii.gz or .nrrd (default: the input's own)")
+    parser.add_argument("--skip-existing", action="store_true", help="skip cases whose output already exists")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
+
+
+def run(args, progress) -> int:
+    import torch
+
+    from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.inference.files import predict_files
+    from AutoSegLib.models.folder import load_model
+
+    if not 0 < args.step_size <= 1:
+        raise AutoSegError(f"--step-size must be in (0, 1], got {args.step_size}.")
+    if args.batch_size < 1:
+        raise AutoSegError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    model.cache_weights = True  # several cases in a row: read each fold's weights once
+    progress({"event": "stage", "stage": "predict",
+              "message": f"model {model.path} ({model.source}); configurations {sorted(model.configurations)}"})
+    inputs = args.input[0] if len(args.input) == 1 else args.input
+    configuration = None
+    if args.configuration:
+        configuration = args.configuration[0] if len(args.configuration) == 1 else args.configuration
+    written = predict_files(model, inputs, args.output, configuration=configuration, folds=args.folds,
+                            tta=not args.no_tta, step_size=args.step_size, device=args.device,
+                            precision=args.precision, save_probabilities=args.save_probabilities,
+                            postprocess=not args.no_postprocessing, batch_size=args.batch_size,
+                            output_ending=args.output_ending, overwrite=not args.skip_existing, progress=progress)
+    progress({"event": "log", "level": "info", "message": f"wrote {len(written)} label map(s) to {args.output}"})
+    return 0

@@ -1,0 +1,188 @@
+"""predict_arrays / predict_files on tiny random-weight models: geometry round trips, fold and
+configuration averaging, cascade inputs, probabilities, refusals, atomic outputs, the CLI."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.inference.predict import predict_arrays
+from AutoSegLib.io.geometry import Geometry
+
+torch.set_num_threads(1)
+
+
+def oblique_left_handed():
+    """A rotation about an oblique axis, then one axis flipped: det = -1."""
+    a, b = 0.3, 0.5
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    m = rz @ rx @ np.diag([1, -1, 1])
+    assert np.linalg.det(m) < 0
+    return tuple(m.ravel())
+
+
+def write_case(path: Path, array: np.ndarray, spacing_zyx, origin, direction):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(tuple(reversed(spacing_zyx)))
+    img.SetOrigin(origin)
+    img.SetDirection(direction)
+    sitk.WriteImage(img, str(path))
+
+
+def image(shape=(10, 20, 18), seed=0, channels=1):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(100, 20, (channels, *shape))).astype(np.float32)
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nrrd"])
+def test_predict_files_output_has_the_input_geometry(tiny_model, tmp_path, ending):
+    model = tiny_model()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    spacing = (3.1, 0.9, 0.8)  # anisotropic; model spacing (2, 1, 1) forces resampling both ways
+    origin, direction = (-12.5, 40.25, 7.0), oblique_left_handed()
+    write_case(inp / f"caseA_0000{ending}", image()[0], spacing, origin, direction)
+    write_case(inp / f"caseB_0000{ending}", image((7, 15, 22), 1)[0], (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+               (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    out = tmp_path / "out"
+    written = model_predict_files(model, inp, out, save_probabilities=True)
+    assert sorted(p.name for p in written) == [f"caseA{ending}", f"caseB{ending}"]
+    for name in ("caseA", "caseB"):
+        src = sitk.ReadImage(str(inp / f"{name}_0000{ending}"))
+        seg = sitk.ReadImage(str(out / f"{name}{ending}"))
+        assert seg.GetSize() == src.GetSize()
+        if ending == ".nrrd":  # stores doubles: exact
+            assert (seg.GetSpacing(), seg.GetOrigin(), seg.GetDirection()) == \
+                (src.GetSpacing(), src.GetOrigin(), src.GetDirection())
+        else:  # NIfTI keeps float32 quaternions: re-encoding the same direction moves it by ~1e-9
+            np.testing.assert_allclose(seg.GetSpacing(), src.GetSpacing(), rtol=1e-7)
+            np.testing.assert_allclose(seg.GetOrigin(), src.GetOrigin(), atol=1e-5)
+            np.testing.assert_allclose(seg.GetDirection(), src.GetDirection(), atol=1e-7)
+            assert np.linalg.det(np.reshape(seg.GetDirection(), (3, 3))) < 0 or name == "caseB"
+        labels = sitk.GetArrayFromImage(seg)
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        probs = np.load(out / f"{name}.npz")["probabilities"]
+        assert probs.dtype == np.float32 and probs.shape == (3, *labels.shape)
+        np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+        assert (probs.argmax(0) == labels).mean() > 0.999  # float16 ties aside
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def model_predict_files(model, inp, out, **kw):
+    from AutoSegLib.inference.files import predict_files
+    return predict_files(model, inp, out, device="cpu", **kw)
+
+
+def test_fold_average_is_the_mean_of_the_folds(tiny_model):
+    from AutoSegLib.inference.runner import predict_logits
+    model = tiny_model(folds=("0", "1"))
+    data = torch.from_numpy(image((8, 20, 17), 3))
+    l0 = predict_logits(model, "3d_fullres", data, folds=["0"], device="cpu")
+    l1 = predict_logits(model, "3d_fullres", data, folds=["1"], device="cpu")
+    both = predict_logits(model, "3d_fullres", data, device="cpu")
+    assert not torch.equal(l0, l1)
+    expected = (l0.float() + l1.float()) / 2
+    torch.testing.assert_close(both.float(), expected, rtol=2e-3, atol=2e-3)  # float16 accumulator
+    assert (both.float() - expected).abs().max() <= expected.abs().max() * 2 ** -10  # within one fp16 ulp
+
+
+def test_configuration_ensemble_averages_probabilities_exactly(tiny_model):
+    model = tiny_model(configurations=("3d_fullres", "2d"))
+    img = image((6, 20, 18), 4)
+    geo = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    _, p3 = predict_arrays(model, img, geo, "3d_fullres", return_probabilities=True, device="cpu", tta=False)
+    _, p2 = predict_arrays(model, img, geo, "2d", return_probabilities=True, device="cpu", tta=False)
+    labels, pe = predict_arrays(model, img, geo, ["3d_fullres", "2d"], return_probabilities=True, device="cpu",
+                                tta=False)
+    np.testing.assert_array_equal(pe, (p3 + p2) / 2)
+    np.testing.assert_array_equal(labels, pe.argmax(0))
+    assert not np.array_equal(p3, p2)
+
+
+def test_cascade_feeds_the_lowres_labels_as_one_hot_channels(tiny_model, monkeypatch):
+    import AutoSegLib.inference.predict as predict_mod
+    model = tiny_model(configurations=("3d_lowres", "3d_cascade_fullres"), spacing=(2.0, 1.0, 1.0))
+    assert model.configurations["3d_cascade_fullres"].num_input_channels == 3
+    seen = {}
+    real = predict_mod.predict_logits
+
+    def spy(model_, configuration, data, **kw):
+        seen[configuration] = data.clone()
+        return real(model_, configuration, data, **kw)
+
+    monkeypatch.setattr(predict_mod, "predict_logits", spy)
+    img = image((6, 20, 18), 5)  # no zeros: the crop is the whole image; spacing equals the plans': no resampling
+    geo = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    lowres_labels, _ = predict_arrays(model, img, geo, "3d_lowres", device="cpu", tta=False)
+    labels, _ = predict_arrays(model, img, geo, "3d_cascade_fullres", device="cpu", tta=False)
+    extra = seen["3d_cascade_fullres"][1:].numpy()
+    assert extra.shape == (2, *img.shape[1:])
+    np.testing.assert_array_equal(extra[0], lowres_labels == 1)
+    np.testing.assert_array_equal(extra[1], lowres_labels == 2)
+    assert labels.shape == img.shape[1:]
+
+
+def test_regions_use_sigmoid_and_class_order(tiny_model):
+    model = tiny_model(labels={"background": 0, "whole": [1, 2], "core": 2}, regions_class_order=(1, 2))
+    img = image((6, 16, 16), 6)
+    geo = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    labels, probs = predict_arrays(model, img, geo, return_probabilities=True, device="cpu", tta=False)
+    assert probs.shape == (2, *img.shape[1:]) and probs.min() >= 0 and probs.max() <= 1
+    expected = np.zeros(img.shape[1:], np.uint8)
+    expected[probs[0] > 0.5] = 1
+    expected[probs[1] > 0.5] = 2
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_refusals_name_the_problem(tiny_model, tmp_path):
+    model = tiny_model(num_channels=2)
+    geo = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    with pytest.raises(AutoSegError, match=r"expects 2 channel\(s\) \['MR0', 'MR1'\]"):
+        predict_arrays(model, image(), geo, device="cpu")
+    with pytest.raises(AutoSegError, match="trained on 3D images"):
+        predict_arrays(model, image((20, 18), channels=2), Geometry((1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1)))
+    with pytest.raises(AutoSegError, match="no trained weights for configuration '2d'"):
+        predict_arrays(model, image(channels=2), geo, "2d")
+    with pytest.raises(AutoSegError, match=r"no weights for fold\(s\) \['3'\]"):
+        predict_arrays(model, image(channels=2), geo, folds=[3], device="cpu")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_case(inp / "c_0000.nii.gz", image()[0], (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(AutoSegError, match=r"case 'c': channels \[0\] found, expected \[0, 1\]"):
+        model_predict_files(model, inp, tmp_path / "out")
+
+
+def test_interrupted_run_leaves_only_complete_files(tiny_model, tmp_path):
+    model = tiny_model()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(3):
+        write_case(inp / f"c{i}_0000.nii.gz", image((6, 16, 16), i)[0], (2, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    cases_started = []
+
+    def progress(event):
+        if event.get("event") == "stage" and str(event.get("message", "")).startswith("case "):
+            cases_started.append(event["message"])
+            if len(cases_started) == 2:
+                raise KeyboardInterrupt
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        model_predict_files(model, inp, out, progress=progress)
+    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz"]
+    sitk.ReadImage(str(out / "c0.nii.gz"))  # complete and readable
+
+
+def test_cli_predict_single_case_to_a_file_and_bad_channels(tiny_model, tmp_path, capsys):
+    from AutoSegLib.cli import main
+    model = tiny_model()
+    f = tmp_path / "one_0000.nrrd"
+    write_case(f, image((6, 16, 16))[0], (2, 1, 1), (1, 2, 3), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    dest = tmp_path / "seg.nrrd"
+    assert main(["predict", "-m", str(model.path), "-i", str(f), "-o", str(dest), "--no-tta", "--device", "cpu"]) == 0
+    assert sitk.ReadImage(str(dest)).GetSize() == (16, 16, 6)
+    code = main(["predict", "-m", str(model.path), "-i", str(f), str(f), "-o", str(tmp_path / "o")])
+    assert code == 2
+    assert "expects 1 channel file(s)" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""load_model on AutoSeg model folders and work folders: what it finds, lazy tensors-only weights,
+defaults from inference instructions, and the messages for missing pieces."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.models.folder import cascade_label_values, load_model
+
+_spec = importlib.util.spec_from_file_location("inference_conftest",
+                                               Path(__file__).parents[1] / "inference" / "conftest.py")
+_factory = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_factory)
+make_plans, write_model = _factory.make_plans, _factory.write_model
+
+
+def test_loads_folds_lazily_and_weights_fit_the_network(tmp_path):
+    folder = write_model(tmp_path / "m", make_plans(configurations=("3d_fullres", "2d")), folds=("0", "2", "all"))
+    model = load_model(folder)
+    assert set(model.configurations) == {"3d_fullres", "2d"}
+    cm = model.configurations["3d_fullres"]
+    assert list(cm.folds) == ["0", "2", "all"]
+    assert (cm.num_input_channels, cm.num_outputs, cm.mirror_axes) == (1, 3, (0, 1, 2))
+    assert model.configurations["2d"].mirror_axes == (0, 1)
+    assert cm.folds["0"]._cache is None  # nothing read yet
+    sd = cm.folds["2"].state_dict()
+    from AutoSegLib.network.unet import build_network
+    build_network(model.plans.configurations["3d_fullres"].network, 1, 3).load_state_dict(sd, strict=True)
+    assert model.source == "autoseg" and model.channel_names == {"0": "MR0"}
+    assert model.default_configurations() == ("3d_fullres",)
+
+
+def test_inference_instructions_choose_the_default(tmp_path):
+    folder = write_model(tmp_path / "m", make_plans(configurations=("3d_fullres", "2d")))
+    (folder / "inference.json").write_text(json.dumps({"schema_version": 1, "configurations": ["2d"],
+                                                       "postprocessing": []}))
+    model = load_model(folder)
+    assert model.inference is not None
+    assert tuple(model.default_configurations()) == ("2d",)
+
+
+def test_work_dir_with_unfinished_training(tmp_path):
+    folder = write_model(tmp_path / "w", make_plans(), checkpoint="checkpoint_latest.pt")
+    (folder / "preprocessed").mkdir()
+    with pytest.raises(AutoSegError, match=r"no trained weights.*Found only: \['trained/3d_fullres/fold_0/checkpoint_latest.pt'\]"):
+        load_model(folder)
+    model = load_model(folder, allow_non_final=True)
+    assert model.source == "work_dir" and list(model.configurations["3d_fullres"].folds) == ["0"]
+
+
+def test_missing_pieces_are_named(tmp_path):
+    with pytest.raises(AutoSegError, match="model not found"):
+        load_model(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AutoSegError, match="plans.json is missing"):
+        load_model(empty)
+    folder = write_model(tmp_path / "m", make_plans())
+    (folder / "dataset.json").unlink()
+    with pytest.raises(AutoSegError, match="dataset.json is missing"):
+        load_model(folder)
+
+
+def test_corrupt_or_pickled_checkpoint_is_refused_when_used(tmp_path):
+    folder = write_model(tmp_path / "m", make_plans())
+    ckpt = folder / "trained" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    model = load_model(folder)  # lazy: loading the folder still works
+    with pytest.raises(AutoSegError, match="checkpoint_final.pt"):
+        model.configurations["3d_fullres"].folds["0"].state_dict()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({"network_weights": {}, "x": Evil()}, ckpt)
+    with pytest.raises(AutoSegError):
+        model.configurations["3d_fullres"].folds["0"].state_dict()
+
+
+def test_cascade_inputs_count_foreground_label_values():
+    layout = make_plans(labels={"background": 0, "a": 1, "b": 2, "ignore": 3}).label_layout()
+    assert cascade_label_values(layout) == (1, 2)
+    regions = make_plans(labels={"background": 0, "whole": [1, 2], "core": 2},
+                         regions_class_order=(1, 2)).label_layout()
+    assert cascade_label_values(regions) == (1, 2)
+
+
+def test_nnunet_results_folder_is_delegated(shared_dir):
+    folder = shared_dir / "reference/nnunet_models/Dataset900_Synth/nnUNetTrainerCPUBench__nnUNetPlans__3d_fullres"
+    if not folder.is_dir() or importlib.util.find_spec("AutoSegLib.models.nnunet") is None:
+        pytest.skip("no reference fixture model or no nnU-Net import module")
+    model = load_model(folder)
+    assert model.source == "nnunet" and "3d_fullres" in model.configurations
