@@ -1,0 +1,68 @@
+"""A real prediction through the module: 'Add model...' (autoseg import-model in a child process) on the
+reference's tiny trained 2d model, then Apply (autoseg predict in a child process) on the reference's test
+input, into a segmentation node; compared with the reference implementation's own prediction."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from autoseg_harness import REPO
+from AutoSegSlicer import conversion, export, segmentation
+from AutoSegSlicer.logic import PredictOptions
+
+REF = REPO.parent / "shared" / "reference" / "nnunet_models"
+MODEL_SRC = REF / "Dataset900_Synth" / "nnUNetTrainerCPUBench__nnUNetPlans__2d"
+INPUT = REF / "inputs" / "test_000_0000.nii.gz"
+REFERENCE_OUTPUT = REF / "outputs" / "2d_tta" / "test_000.nii.gz"
+
+pytestmark = [
+    pytest.mark.skipif(not (REPO / "AutoSegLib" / "commands" / "predict.py").is_file()
+                       or not (REPO / "AutoSegLib" / "commands" / "import_model.py").is_file(),
+                       reason="the library's predict / import-model commands are not there yet"),
+    pytest.mark.skipif(not MODEL_SRC.is_dir() or not INPUT.is_file(), reason=f"reference model not found in {REF}"),
+]
+
+
+@pytest.fixture(scope="module")
+def installed_models(tmp_path_factory):
+    """The reference 2d model installed once through the module's 'Add model...' logic (child process)."""
+    import sys
+
+    from AutoSegSlicer.logic import AutoSegLogic
+
+    models_dir = tmp_path_factory.mktemp("models")
+    logic = AutoSegLogic(scene=None, models_dir=models_dir, python_executable=sys.executable, pythonpath=str(REPO))
+    logic.add_model(MODEL_SRC, timeout=300)
+    return models_dir
+
+
+def test_add_model_then_segment_matches_the_reference_prediction(installed_models, autoseg_logic, slicer_harness):
+    autoseg_logic.models_dir = installed_models
+    models, problems = autoseg_logic.models()
+    assert problems == [] and len(models) == 1
+    model = models[0]
+    assert model.channel_names == ("MRI",) and model.labels == (("background", 0), ("organ", 1), ("lesion", 2))
+    volume = slicer_harness.load_volume(INPUT)
+    assert autoseg_logic.default_inputs(model, [volume]) == [volume]
+    events = []
+    seg = autoseg_logic.segment(model, [volume], PredictOptions(tta=True, device="cpu"), on_event=events.append,
+                                timeout=600)
+    s = seg.GetSegmentation()
+    segs = [s.GetSegment(s.GetNthSegmentID(i)) for i in range(s.GetNumberOfSegments())]
+    assert [x.GetName() for x in segs] == ["organ", "lesion"]
+    assert [segmentation.segment_label_value(x) for x in segs] == [1, 2]
+    assert segs[0].GetColor() != segs[1].GetColor()
+    assert any(e["event"] == "progress" for e in events), "no progress events from the child"
+    ours, _ = export.labelmap_array(seg, volume)
+    ours, _ = conversion.array_in_file_grid(ours, volume)
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(REFERENCE_OUTPUT)))
+    assert ours.shape == reference.shape
+    agreement = float((ours == reference).mean())
+    for value in (1, 2):
+        a, b = ours == value, reference == value
+        dice = 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+        print(f"label {value}: Dice {dice:.4f} against the reference prediction")
+        assert dice > 0.98, f"label {value}: Dice {dice:.4f} against the reference prediction"
+    print(f"voxel agreement with the reference prediction: {agreement:.5f}")
+    assert agreement > 0.995, agreement
