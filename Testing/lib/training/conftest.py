@@ -54,6 +54,12 @@ def make_work_dir(root: Path, ndim: int = 3, n_cases: int = 6, shape=(16, 24, 24
     return work
 
 
+@pytest.fixture(scope="session")
+def make_work():
+    """The `make_work_dir` function (test modules cannot import conftest in importlib mode)."""
+    return make_work_dir
+
+
 @pytest.fixture
 def tiny_work_dir(tmp_path):
     """Factory: tiny_work_dir(ndim=3, n_cases=6, ...) -> work folder ready for training."""

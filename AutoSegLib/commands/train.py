@@ -1,0 +1,62 @@
+"""`autoseg train WORK_DIR CONFIGURATION FOLD`: train one configuration on one fold (0-4) or on all cases.
+
+Under ``torchrun --nproc_per_node N -m AutoSegLib train ...`` the processes train data-parallel.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("work_dir", metavar="WORK_DIR", help="folder written by `autoseg plan-and-preprocess`")
+    parser.add_argument("configuration", metavar="CONFIGURATION", help="2d, 3d_fullres or 3d_lowres (as in plans.json)")
+    parser.add_argument("fold", metavar="FOLD", help="cross-validation fold 0-4, or 'all' to train on every case")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="number of epochs (default 1000; 100 with --init-from)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=None, help="training batches per epoch (default 250)")
+    parser.add_argument("--val-iterations", type=int, default=None, help="validation batches per epoch (default 50)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="initial learning rate (default 0.01; 0.001 with --init-from)")
+    parser.add_argument("--time-budget-minutes", type=float, default=None,
+                        help="stop cleanly after this much training time; the final validation still runs")
+    parser.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="auto: float16 mixed precision on CUDA, bfloat16 on CPUs that support it natively")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="augmentation worker processes (default: 1 on CPU, up to 12 on a GPU; 0 = in-process)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: all cores)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 12345)")
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt of this fold")
+    parser.add_argument("--init-from", metavar="MODEL_OR_CHECKPOINT", default=None,
+                        help="fine-tune: start from the weights of a model folder, work folder or checkpoint "
+                             "(same labels and architecture); shorter default schedule")
+    parser.add_argument("--output", default=None,
+                        help="root for trained/<configuration>/fold_<k>/ (default: WORK_DIR)")
+    parser.add_argument("--no-mirroring", action="store_true",
+                        help="no test-time mirroring in the fold's final validation (8x faster in 3D)")
+    parser.add_argument("--no-validation", action="store_true", help="skip the fold's final full validation")
+
+
+def config_from_args(args) -> "object":
+    """Build the TrainingConfig from parsed arguments (fine-tuning defaults where not set)."""
+    from AutoSegLib.training.config import TrainingConfig, finetune_defaults
+
+    mapping = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch", "val_iterations": "val_iterations",
+               "learning_rate": "initial_lr", "time_budget_minutes": "time_budget_minutes", "workers": "num_workers",
+               "threads": "torch_threads", "seed": "seed"}
+    values = {field: getattr(args, arg) for arg, field in mapping.items() if getattr(args, arg, None) is not None}
+    config = TrainingConfig(device=args.device, precision=args.precision, init_from=args.init_from,
+                            mirror_at_validation=not args.no_mirroring, validate_at_end=not args.no_validation,
+                            **values)
+    if args.init_from:
+        config = finetune_defaults(config, set(values))
+    return config
+
+
+def run(args, progress) -> int:
+    from AutoSegLib.training.trainer import train_fold
+
+    config = config_from_args(args)
+    train_fold(args.work_dir, args.configuration, args.fold, config, output_dir=args.output, progress=progress,
+               resume=args.resume)
+    return 0

@@ -1,0 +1,201 @@
+"""train_fold on a tiny synthetic work folder: learning, outputs, checkpoints, resume, bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.training.config import TrainingConfig
+from AutoSegLib.training.trainer import train_fold
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[2]
+FAST = TrainingConfig(epochs=2, iterations_per_epoch=10, val_iterations=3, num_workers=0, torch_threads=1,
+                      mirror_at_validation=False, seed=1)
+
+
+@pytest.fixture(scope="module")
+def base_work(tmp_path_factory, make_work):
+    return make_work(tmp_path_factory.mktemp("tiny3d"))
+
+
+@pytest.fixture
+def work(base_work, tmp_path):
+    """A private copy of the tiny work folder (raw data shared)."""
+    dst = tmp_path / "work"
+    shutil.copytree(base_work, dst)
+    return dst
+
+
+def test_two_epochs_lower_the_loss_and_beat_chance(work):
+    events = []
+    out = train_fold(work, "3d_fullres", 0, FAST, progress=events.append)
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [0, 1]
+    assert log[1]["train_loss"] < log[0]["train_loss"]
+    assert log[1]["lr"] < log[0]["lr"] == pytest.approx(0.01)
+    assert (out / "progress.png").stat().st_size > 1000
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert len(epochs) == 2 and {"train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr", "eta_s"} <= set(epochs[0])
+    # full validation of the fold's cases, in the raw grid; chance Dice for a class = its voxel fraction
+    summary = json.loads((out / "validation" / "summary.json").read_text())
+    splits = json.loads((work / "splits_final.json").read_text())
+    assert sorted(summary["cases"]) == sorted(splits[0]["val"])
+    raw = Path(json.loads((work / "dataset.json").read_text())["dataset_path"])
+    from AutoSegLib.io.images import read_image
+    for case, entry in summary["cases"].items():
+        ref, _ = read_image(raw / "labelsTr" / f"{case}.nii.gz")
+        probs = np.load(out / "validation" / f"{case}.npz")["probabilities"]
+        assert probs.shape == (3, *ref.shape) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(0), 1, atol=1e-3)
+        organ_fraction = float(np.isin(ref, (1, 2)).mean())
+        assert entry["dice"]["organ"] > max(0.5, 2 * organ_fraction)
+    # checkpoints: tensors and plain values only
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"):
+        ck = torch.load(out / name, weights_only=True)
+        assert ck["configuration"] == "3d_fullres" and ck["epoch"] == 2 and ck["num_outputs"] == 3
+        assert "network_weights" in ck and ck["plans_identifier"]
+    latest = torch.load(out / "checkpoint_latest.pt", weights_only=True)
+    assert {"optimizer_state", "grad_scaler_state", "loop_state"} <= set(latest)
+    assert len(latest["loop_state"]["log"]) == 2
+
+
+def test_2d_configuration_trains(tmp_path, make_work):
+    work = make_work(tmp_path, ndim=2, n_cases=4)
+    cfg = FAST.replace(epochs=1, iterations_per_epoch=4, val_iterations=1)
+    out = train_fold(work, "2d", 1, cfg)
+    summary = json.loads((out / "validation" / "summary.json").read_text())
+    assert summary["cases"] and all(c["dice"] is not None for c in summary["cases"].values())
+
+
+_KILL_SCRIPT = """
+from AutoSegLib.training.config import TrainingConfig
+from AutoSegLib.training.trainer import train_fold
+train_fold({work!r}, "3d_fullres", 0, TrainingConfig(epochs=200, iterations_per_epoch=3, val_iterations=1,
+           num_workers=0, torch_threads=1, seed=1))
+"""
+
+
+def test_resume_after_kill_restores_the_state(work):
+    out = work / "trained" / "3d_fullres" / "fold_0"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT.format(work=str(work))],
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            log = out / "training_log.jsonl"
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not write 3 epochs in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = torch.load(out / "checkpoint_latest.pt", weights_only=True)
+    done = saved["epoch"]
+    assert done >= 3
+    # resume with a shorter total: the loop continues at the saved epoch with the saved weights/optimizer/log
+    from AutoSegLib.training import trainer as trainer_mod
+    seen = {}
+    real = trainer_mod.ckpt_mod.set_rng_state
+
+    def spy(state):
+        seen["rng"] = state
+        real(state)
+
+    trainer_mod.ckpt_mod.set_rng_state = spy
+    try:
+        train_fold(work, "3d_fullres", 0, FAST.replace(epochs=done + 1, validate_at_end=False), resume=True)
+    finally:
+        trainer_mod.ckpt_mod.set_rng_state = real
+    assert torch.equal(seen["rng"]["torch"], saved["loop_state"]["rng"]["torch"])
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == list(range(done + 1))
+    old = saved["loop_state"]["log"]
+    assert [e["train_loss"] for e in log[:done]] == pytest.approx([e["train_loss"] for e in old])
+    final = torch.load(out / "checkpoint_latest.pt", weights_only=True)
+    assert final["epoch"] == done + 1
+    # the optimizer continued from the saved momentum (state for every parameter)
+    assert len(final["optimizer_state"]["state"]) == len(saved["optimizer_state"]["state"])
+
+
+def test_kill_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from AutoSegLib.training import checkpoint as ck
+    path = tmp_path / "checkpoint_latest.pt"
+    ck.save_checkpoint(path, {"network_weights": {"w": torch.ones(3)}, "configuration": "x", "epoch": 1})
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(path, {"network_weights": {"w": torch.zeros(3)}, "configuration": "x", "epoch": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == before
+    assert ck.load_training_checkpoint(path)["epoch"] == 1
+    assert not list(tmp_path.glob(".checkpoint_latest.tmp-*"))
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+def test_unknown_configuration_and_fold(work):
+    with pytest.raises(AutoSegError, match="unknown configuration '3d_fulres'.*Did you mean '3d_fullres'"):
+        train_fold(work, "3d_fulres", 0, FAST)
+    with pytest.raises(AutoSegError, match="unknown fold 7: expected 0..4 or 'all'"):
+        train_fold(work, "3d_fullres", 7, FAST)
+
+
+def test_missing_and_stale_preprocessed_data(work):
+    folder = work / "preprocessed" / "tiny_3d_fullres"
+    props = json.loads((folder / "case_000.json").read_text())
+    props["preprocessing_signature"] = "made-with-other-plans"
+    (folder / "case_000.json").write_text(json.dumps(props))
+    with pytest.raises(AutoSegError, match="made with other plans"):
+        train_fold(work, "3d_fullres", 0, FAST)
+    assert not (work / "trained").exists()
+    shutil.rmtree(folder)
+    with pytest.raises(AutoSegError, match="no preprocessed data"):
+        train_fold(work, "3d_fullres", 0, FAST)
+
+
+def test_existing_run_corrupt_checkpoint_and_init_from(work, tmp_path):
+    cfg = FAST.replace(epochs=1, iterations_per_epoch=2, val_iterations=1, validate_at_end=False)
+    out = train_fold(work, "3d_fullres", "all", cfg)
+    with pytest.raises(AutoSegError, match="holds a training already.*--resume"):
+        train_fold(work, "3d_fullres", "all", cfg)
+    # a corrupt latest checkpoint: clear error, nothing overwritten
+    latest = out / "checkpoint_latest.pt"
+    latest.write_bytes(latest.read_bytes()[:200])
+    damaged = latest.read_bytes()
+    with pytest.raises(AutoSegError, match="checkpoint_latest.pt"):
+        train_fold(work, "3d_fullres", "all", cfg, resume=True)
+    assert latest.read_bytes() == damaged
+    # fine-tuning from the final checkpoint works (same labels and architecture)
+    ft = train_fold(work, "3d_fullres", 0, cfg.replace(init_from=str(work)), output_dir=tmp_path / "ft")
+    assert json.loads((ft / "training_config.json").read_text())["resolved"]["init_from"].endswith("checkpoint_final.pt")
+    # other labels
+    plans = json.loads((work / "plans.json").read_text())
+    other = tmp_path / "other_labels.pt"
+    ck = torch.load(out / "checkpoint_final.pt", weights_only=True)
+    torch.save({**ck, "labels": {"background": 0, "liver": 1, "tumour": 2}}, other)
+    with pytest.raises(AutoSegError, match="labels"):
+        train_fold(work, "3d_fullres", 0, cfg.replace(init_from=str(other)), output_dir=tmp_path / "x")
+    # another architecture (a different first-stage width)
+    w = dict(ck["network_weights"])
+    w["encoder.stages.0.0.convs.0.conv.weight"] = torch.zeros(8, 1, 3, 3, 3)
+    arch = tmp_path / "other_arch.pt"
+    torch.save({**ck, "network_weights": w}, arch)
+    with pytest.raises(AutoSegError, match="another architecture.*encoder.stages.0.0.convs.0.conv.weight"):
+        train_fold(work, "3d_fullres", 0, cfg.replace(init_from=str(arch)), output_dir=tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "trained" / "3d_fullres" / "fold_0" / "checkpoint_latest.pt").exists()
