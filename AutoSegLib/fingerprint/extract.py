@@ -73,7 +73,7 @@ def analyze_case(case: CaseFiles, n_samples: int, label_values: Optional[Tuple[i
     ``label_values`` is given the case is also verified (io.verify.check_case_arrays).
     """
     from AutoSegLib.io.images import read_image
-    from AutoSegLib.io.verify import check_case_arrays
+    from AutoSegLib.io.verify import check_case_arrays, raw_file_errors
 
     errors: List[str] = []
     try:
@@ -85,6 +85,7 @@ def analyze_case(case: CaseFiles, n_samples: int, label_values: Optional[Tuple[i
     if label_values is not None:
         errors, warnings = check_case_arrays(case, [a for a, _ in read], [g for _, g in read], label, label_geo,
                                              label_values)
+        errors += raw_file_errors(case)
         if errors:
             return {"case": None, "samples": None, "errors": errors, "warnings": warnings}
     images = np.stack([a for a, _ in read]).astype(np.float32, copy=False)
