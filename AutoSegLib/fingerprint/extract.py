@@ -123,6 +123,7 @@ def pooled_statistics(values: Sequence[np.ndarray], counts: Sequence[np.ndarray]
     """
     v = np.concatenate([np.asarray(x, np.float64) for x in values]) if values else np.zeros(0)
     c = np.concatenate([np.asarray(x, np.int64) for x in counts]) if counts else np.zeros(0, np.int64)
+    v, c = v[c > 0], c[c > 0]  # a value never drawn is not in the sample (matters for min/max)
     n = int(c.sum())
     if n == 0:
         return {k: None for k in ("mean", "median", "std", "min", "max", "percentile_99_5", "percentile_00_5")}
@@ -150,7 +151,8 @@ def pooled_statistics(values: Sequence[np.ndarray], counts: Sequence[np.ndarray]
 
 
 def extract_fingerprint(dataset_path: "str | os.PathLike", num_workers: Optional[int] = None,
-                        progress: Optional[ProgressCallback] = None, verify: bool = True) -> Fingerprint:
+                        progress: Optional[ProgressCallback] = None, verify: bool = True,
+                        foreground_samples: float = TOTAL_FOREGROUND_SAMPLES) -> Fingerprint:
     """Extract the fingerprint of a raw dataset.
 
     Parameters
@@ -164,6 +166,9 @@ def extract_fingerprint(dataset_path: "str | os.PathLike", num_workers: Optional
     verify : bool
         Also run the per-case integrity checks on the arrays read (no extra reading); any problem
         raises DatasetError listing all of them.
+    foreground_samples : float
+        Foreground intensity samples over the whole dataset (1e8, the reference's; split evenly over
+        the cases). Smaller values are faster and approximate the statistics less closely.
 
     Returns
     -------
@@ -179,7 +184,7 @@ def extract_fingerprint(dataset_path: "str | os.PathLike", num_workers: Optional
     dataset = load_dataset(dataset_path)
     emit(progress, "stage", stage="fingerprint", message=f"{dataset.name}: {len(dataset.cases)} case(s)")
     cases = list(dataset.cases.values())
-    n_samples = int(TOTAL_FOREGROUND_SAMPLES // len(cases))
+    n_samples = int(foreground_samples // len(cases))
     values = dataset.labels.all_label_values if verify else None
     results = map_cases(analyze_case, [(c, n_samples, values) for c in cases], num_workers, progress, "fingerprint")
     errors = [e for r in results for e in r["errors"]]
