@@ -1,0 +1,75 @@
+"""A tiny real training started from the module (real `autoseg verify / plan-and-preprocess / train` in child
+processes): its curves match the trainer's own log, the model is installed, listed, and segments a volume
+through the module's prediction path (real `autoseg predict`)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from AutoSegLib.io.images import read_image
+from AutoSegSlicer.runner import ProcessRunner
+from AutoSegSlicer.training import TrainingLogic
+from AutoSegSlicer.training_options import TrainingOptions
+from autoseg_harness import REPO
+
+MISSING = [c for c in ("plan_and_preprocess", "train", "predict")
+           if importlib.util.find_spec(f"AutoSegLib.commands.{c}") is None]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"library commands not available yet: {MISSING}")
+
+
+def small_runner_factory():
+    """The real runner; train gets 0 augmentation workers and 1 thread (2 shared CPU cores in CI)."""
+    class Runner(ProcessRunner):
+        def start(self, argv):
+            argv = list(argv)
+            if argv[3] == "train":
+                argv[-1:-1] = ["--workers", "0", "--threads", "1"]
+            elif argv[3] == "plan-and-preprocess":
+                argv[-1:-1] = ["--workers", "1"]
+            super().start(argv)
+
+    def factory(**kw):
+        kw.setdefault("pythonpath", str(REPO))
+        return Runner(**kw)
+
+    return factory
+
+
+def test_a_real_tiny_training_installs_a_model_that_segments(slicer_harness, synthetic_dataset, tmp_path, make_volume):
+    from AutoSegSlicer.logic import AutoSegLogic, PredictOptions
+
+    ds = synthetic_dataset(name="Tiny", n_cases=3, shape=(8, 16, 16), spacing=(2.0, 1.0, 1.0), seed=1)
+    logic = TrainingLogic(slicer_harness.scene, tmp_path / "models", sys.executable, work_root=tmp_path / "runs",
+                          pythonpath=str(REPO), runner_factory=small_runner_factory())
+    options = TrainingOptions("Tiny organs", epochs=2, iterations_per_epoch=2, val_iterations=1, device="cpu")
+    job = logic.start_training(ds, options)
+    assert job.wait(500), job.status.text()
+    assert job.error is None and job.finished, job.error
+    assert [s.label for s in job.state.steps] == ["verify", "plan-and-preprocess", "expand",
+                                                  "train 3d_fullres fold all", "install"]
+    # the curves hold exactly what the trainer logged
+    logged = [json.loads(x) for x in (job.state.work / "trained/3d_fullres/fold_all/training_log.jsonl")
+              .read_text().splitlines()]
+    rows = job.curves.rows("3d_fullres", "all")
+    assert [int(r["epoch"]) for r in rows] == [e["epoch"] for e in logged] == [0, 1]
+    for r, e in zip(rows, logged):
+        assert r["train_loss"] == pytest.approx(e["train_loss"]) and r["val_loss"] == pytest.approx(e["val_loss"])
+        assert [r["dice organ"], r["dice lesion"]] == pytest.approx(e["pseudo_dice"])
+    # installed and listed by the module's model picker; segments a loaded volume
+    seg_logic = AutoSegLogic(scene=slicer_harness.scene, models_dir=logic.models_dir, python_executable=sys.executable,
+                             pythonpath=str(REPO), work_root=tmp_path / "predict")
+    found, problems = seg_logic.models()
+    assert problems == [] and [(m.name, m.version, m.folds) for m in found] == [("Tiny organs", "1", ("all",))]
+    image, geo = read_image(ds / "imagesTr" / "case_000_0000.nii.gz")
+    volume = make_volume(image[0] if image.ndim == 4 else image, geo.spacing, geo.origin, geo.direction, name="scan")
+    seg = seg_logic.segment(found[0], [volume], PredictOptions(tta=False, device="cpu"), timeout=300)
+    s = seg.GetSegmentation()
+    assert [s.GetSegment(s.GetNthSegmentID(i)).GetName() for i in range(s.GetNumberOfSegments())] == ["organ", "lesion"]
+    from AutoSegSlicer import export
+    label, _ = export.labelmap_array(seg, volume)
+    assert label.shape == volume.GetImageData().GetDimensions()[::-1]
+    assert set(np.unique(label).tolist()) <= {0, 1, 2}
