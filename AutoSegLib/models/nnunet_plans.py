@@ -149,6 +149,32 @@ def _convert_topology(arch: dict, ndim: int, where: str) -> NetworkTopology:
     )
 
 
+def _legacy_architecture(conf: dict, where: str) -> dict:
+    """The ``architecture`` entry of plans written before nnU-Net v2.2 (``UNet_class_name``,
+    ``UNet_base_num_features``, ``n_conv_per_stage_encoder``, ...): same network, older key names.
+    Features double per stage from the base, capped at ``unet_max_num_features``; InstanceNorm, LeakyReLU,
+    conv bias, as those versions built them."""
+    needed = ("UNet_class_name", "UNet_base_num_features", "n_conv_per_stage_encoder", "n_conv_per_stage_decoder",
+              "pool_op_kernel_sizes", "conv_kernel_sizes", "unet_max_num_features")
+    missing = [k for k in needed if k not in conf]
+    if missing:
+        raise AutoSegError(f"{where}: no 'architecture' entry, and not the older format either (missing {missing}).")
+    cls = conf["UNet_class_name"]
+    if cls not in ARCHITECTURE_NAMES:
+        raise AutoSegError(f"{where}: network class {cls!r} is not supported; AutoSeg runs {sorted(ARCHITECTURE_NAMES)}.")
+    n = len(conf["n_conv_per_stage_encoder"])
+    ndim = len(conf["patch_size"])
+    base, cap = int(conf["UNet_base_num_features"]), int(conf["unet_max_num_features"])
+    return {"network_class_name": cls, "arch_kwargs": {
+        "n_stages": n, "features_per_stage": [min(base * 2 ** i, cap) for i in range(n)],
+        "conv_op": f"torch.nn.modules.conv.Conv{ndim}d", "kernel_sizes": conf["conv_kernel_sizes"],
+        "strides": conf["pool_op_kernel_sizes"],
+        ("n_conv_per_stage" if cls == "PlainConvUNet" else "n_blocks_per_stage"): conf["n_conv_per_stage_encoder"],
+        "n_conv_per_stage_decoder": conf["n_conv_per_stage_decoder"], "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{ndim}d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}}
+
+
 def _convert_resampling(conf: dict, where: str) -> ResamplingSettings:
     orders, order_z, force, threshold = {}, set(), set(), set()
     for kind in ("data", "seg", "probabilities"):
@@ -188,8 +214,7 @@ def convert_configuration(plans: dict, name: str, num_channels: int, source: str
     conf = resolve_configuration(plans, name, source)
     where = f"{source}: configuration {name!r}"
     if "architecture" not in conf:
-        raise AutoSegError(f"{where}: no 'architecture' entry (plans written by an nnU-Net v2 older than 2.2). "
-                           f"Re-run the reference's planning or update the plans file.")
+        conf["architecture"] = _legacy_architecture(conf, where)
     patch = tuple(int(p) for p in conf["patch_size"])
     ndim = len(patch)
     schemes = []

@@ -215,3 +215,20 @@ def test_convert_plans_rejects_channel_mismatch():
     dataset["channel_names"] = {"0": "CT"}
     with pytest.raises(AutoSegError, match="1 channel"):
         convert_plans(plans, dataset)
+
+
+def test_plans_of_nnunet_before_2_2_convert_like_current_ones():
+    """Older plans name the same network with other keys (UNet_class_name, conv_kernel_sizes, ...)."""
+    plans = json.loads((CASCADE / "nnUNetTrainer__nnUNetPlans__3d_lowres" / "plans.json").read_text())
+    dataset = json.loads((CASCADE / "nnUNetTrainer__nnUNetPlans__3d_lowres" / "dataset.json").read_text())
+    current = convert_plans(plans, dataset, ["3d_fullres"])
+    entry = plans["configurations"]["3d_fullres"]
+    kw = entry.pop("architecture")["arch_kwargs"]
+    entry.update(UNet_class_name="PlainConvUNet", UNet_base_num_features=4, unet_max_num_features=16,
+                 n_conv_per_stage_encoder=kw["n_conv_per_stage"], n_conv_per_stage_decoder=kw["n_conv_per_stage_decoder"],
+                 pool_op_kernel_sizes=kw["strides"], conv_kernel_sizes=kw["kernel_sizes"])
+    legacy = convert_plans(plans, dataset, ["3d_fullres"])
+    assert legacy.configurations["3d_fullres"] == current.configurations["3d_fullres"]
+    del entry["UNet_base_num_features"]
+    with pytest.raises(AutoSegError, match="UNet_base_num_features"):
+        convert_plans(plans, dataset, ["3d_fullres"])
