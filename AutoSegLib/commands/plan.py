@@ -18,6 +18,9 @@ def run(args, progress) -> int:
     from AutoSegLib.planning.planner import plan_experiment
     from AutoSegLib.planning.workdir import fingerprint_for
 
+    if not args.gpu_memory_gb > 0:
+        from AutoSegLib.errors import AutoSegError
+        raise AutoSegError(f"--gpu-memory-gb must be a positive number of gigabytes; got {args.gpu_memory_gb}.")
     work = resolve_work_dir(args.dataset, args.output)
     dataset = load_dataset(args.dataset)
     fp = fingerprint_for(dataset, work, num_workers=args.workers, progress=progress, force=args.force_fingerprint)
