@@ -107,3 +107,17 @@ def test_slicer_module_lists_an_imported_reference_model(tmp_path):
     info = models[0]
     assert info.channel_names == ("CT", "MRI") and info.configurations == ("3d_fullres",) and info.folds == ("0",)
     assert dict(info.labels) == {"background": 0, "whole": 1, "core": 2}
+
+
+def test_archive_of_an_imported_model_imports_again(tmp_path):
+    from AutoSegLib.models.archive import export_model_archive
+
+    first = import_models([TINY / "Dataset901_ResEncRegions"], tmp_path / "models")
+    archive = export_model_archive(first, tmp_path / "resenc.zip")
+    second = import_models([archive], tmp_path / "models", name="from_archive")
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["Dataset901_ResEncRegions", "from_archive"]
+    a, b = load_model(first), load_model(second)
+    assert a.plans == b.plans and set(a.configurations) == set(b.configurations) == {"3d_fullres"}
+    wa = a.configurations["3d_fullres"].folds["0"].state_dict()
+    wb = b.configurations["3d_fullres"].folds["0"].state_dict()
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
