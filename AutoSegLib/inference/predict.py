@@ -84,7 +84,8 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
     del data
     emit(progress, "stage", stage="predict", message=f"{configuration}: resampling to the input grid")
     result = export_logits(logits, props, model.plans, configuration, return_probabilities=return_probabilities)
-    _cache[key] = result
+    if not return_probabilities:
+        _cache[key] = result  # label maps only (a cascade's previous stage): small
     return result
 
 
@@ -147,17 +148,28 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
             raise AutoSegError(f"{model.path}: no trained weights for configuration {c!r}; "
                                f"available: {sorted(model.configurations)}.")
     layout = model.label_layout
+    folds_for = {c: folds for c in configurations}
+    if folds is None and configuration is None and model.inference and model.inference.get("folds"):
+        for c in configurations:  # the folds find-best chose, when the user named none
+            chosen = model.inference["folds"].get(c)
+            if chosen and all(str(f) in model.configurations[c].folds for f in chosen):
+                folds_for[c] = list(chosen)
     cache: dict = {}
     need_probs = return_probabilities or len(configurations) > 1
     if len(configurations) == 1:
-        labels, probs = predict_configuration(model, images, geometry, configurations[0], folds, tta, step_size,
+        labels, probs = predict_configuration(model, images, geometry, configurations[0], folds_for[configurations[0]],
+                                              tta, step_size,
                                               device, precision, batch_size, need_probs, progress, cache)
     else:
         probs = None
         for c in configurations:
-            _, p = predict_configuration(model, images, geometry, c, folds, tta, step_size, device, precision,
+            _, p = predict_configuration(model, images, geometry, c, folds_for[c], tta, step_size, device, precision,
                                          batch_size, True, progress, cache)
-            probs = p.copy() if probs is None else probs + p
+            if probs is None:
+                probs = p
+            else:
+                probs += p
+            del p
         probs /= len(configurations)
         labels = probabilities_to_labels(torch.from_numpy(probs), layout).numpy().astype(label_dtype(layout))
     if postprocess:

@@ -229,18 +229,21 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
 
 
 def _load_inference(path: Path) -> Optional[dict]:
-    try:
-        from AutoSegLib.postprocessing import load_inference_instructions
-    except ImportError:
-        load_inference_instructions = None
-    if load_inference_instructions is not None:
-        result = load_inference_instructions(path)
-        if result is None or isinstance(result, dict):
-            return result
-        return {"configurations": list(getattr(result, "configurations", ())),
-                "postprocessing": list(getattr(result, "postprocessing", getattr(result, "steps", ()))),
-                "_record": result}
-    return _read_json(path / "inference.json", "inference instructions")
+    """inference.json as a plain dict (``configurations``, ``postprocessing``, optional ``folds``), validated
+    by ``postprocessing.load_inference_instructions``."""
+    from AutoSegLib.postprocessing import load_inference_instructions
+    record = load_inference_instructions(path)
+    if record is None:
+        return None
+    d = record.to_dict()
+    d["_record"] = record
+    return d
+
+
+def default_archive_cache(archive: Path) -> Path:
+    """Where an archive is extracted by default: ``~/.cache/autoseg/models/<archive name>`` (extraction
+    is skipped when the same archive, by checksum, is already there)."""
+    return Path.home() / ".cache" / "autoseg" / "models" / archive.name.replace(".", "_")
 
 
 def load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "str | Path | None" = None) -> Model:
@@ -253,7 +256,7 @@ def load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "st
     allow_non_final : bool
         For a WORK_DIR whose folds have no checkpoint_final yet: use best/latest.
     cache_dir : str or Path, optional
-        Where an archive is extracted (default: a folder next to the archive, ``<archive>.extracted``).
+        Where an archive is extracted (default: ``default_archive_cache(path)``).
 
     Raises
     ------
@@ -266,7 +269,7 @@ def load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "st
                            f"archive or an nnU-Net v2 results folder.")
     if path.is_file():
         from AutoSegLib.models.archive import extract_model_archive  # helper h5's module
-        dest = Path(cache_dir) if cache_dir else path.with_name(path.name + ".extracted")
+        dest = Path(cache_dir) if cache_dir else default_archive_cache(path)
         folder = extract_model_archive(path, dest)
         model = load_model_folder(folder or dest, allow_non_final)
         model.source = "archive"

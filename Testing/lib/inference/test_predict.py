@@ -186,3 +186,25 @@ def test_cli_predict_single_case_to_a_file_and_bad_channels(tiny_model, tmp_path
     code = main(["predict", "-m", str(model.path), "-i", str(f), str(f), "-o", str(tmp_path / "o")])
     assert code == 2
     assert "expects 1 channel file(s)" in capsys.readouterr().err
+
+
+def test_inference_instructions_drive_configuration_folds_and_postprocessing(tiny_model):
+    import json
+    from AutoSegLib.models.folder import load_model
+    from AutoSegLib.postprocessing import apply_postprocessing
+    model = tiny_model(configurations=("3d_fullres", "2d"), folds=("0", "1"))
+    steps = [{"step": "largest_component", "labels": "foreground"}]
+    (model.path / "inference.json").write_text(json.dumps(
+        {"schema_version": 1, "configurations": ["2d"], "folds": {"2d": ["1"]}, "postprocessing": steps}))
+    model = load_model(model.path)
+    img = image((6, 20, 18), 7)
+    geo = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    raw, _ = predict_arrays(model, img, geo, "2d", folds=["1"], postprocess=False, device="cpu", tta=False)
+    chosen, _ = predict_arrays(model, img, geo, device="cpu", tta=False)  # 2d, fold 1, post-processed
+    np.testing.assert_array_equal(chosen, apply_postprocessing(raw, steps, model.label_layout))
+    other_fold, _ = predict_arrays(model, img, geo, "2d", folds=["0"], postprocess=False, device="cpu", tta=False)
+    assert not np.array_equal(raw, other_fold)
+    # an explicit other choice does not get the post-processing chosen for 2d
+    plain3d, _ = predict_arrays(model, img, geo, "3d_fullres", device="cpu", tta=False)
+    nopp3d, _ = predict_arrays(model, img, geo, "3d_fullres", postprocess=False, device="cpu", tta=False)
+    np.testing.assert_array_equal(plain3d, nopp3d)
