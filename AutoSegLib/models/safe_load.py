@@ -129,7 +129,7 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | None" = "cpu
     map_location : str or None
         Passed to ``torch.load`` (default ``"cpu"``).
     mmap : bool
-        Memory-map the tensors instead of reading them (zip format only).
+        Memory-map the tensors instead of reading them (zip format; ignored for the legacy format).
 
     Returns
     -------
@@ -156,7 +156,8 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | None" = "cpu
         raise _refused(path, "the global" + ("s " if len(refused) > 1 else " ") + ", ".join(repr(g) for g in refused))
     try:
         with torch.serialization.safe_globals(allowed_extra_globals()):
-            obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap or None)
+            obj = torch.load(str(path), map_location=map_location, weights_only=True,
+                             mmap=(mmap and zipfile.is_zipfile(path)) or None)  # legacy format: no mmap
     except pickle.UnpicklingError as exc:
         message = str(exc)
         match = re.search(r"GLOBAL ([\w.]+)", message)

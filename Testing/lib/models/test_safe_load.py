@@ -134,3 +134,11 @@ def test_reference_checkpoints_load(shared_dir):
         weights = ck["network_weights"]
         assert weights["encoder.stages.0.0.convs.0.conv.weight"].ndim == ndim + 2
         assert all(isinstance(v, torch.Tensor) for v in weights.values())
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_memory_mapped_loading_of_both_formats(tmp_path, zip_format):
+    path = tmp_path / "w.pt"
+    torch.save({"network_weights": _weights()}, path, _use_new_zipfile_serialization=zip_format)
+    loaded = load_checkpoint(path, mmap=True)
+    assert torch.equal(loaded["network_weights"]["conv"], _weights()["conv"])
