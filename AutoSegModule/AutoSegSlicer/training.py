@@ -108,11 +108,13 @@ class TrainingLogic:
                 state = TrainingState.load(work)
             except AutoSegError:
                 state = None  # unreadable: nothing to resume
-        if state is not None and not state.finished:
+        trained = any((work / "trained").rglob("checkpoint_latest.pt")) if work.is_dir() else False
+        if state is not None and not state.finished and trained:
             raise AutoSegError(f"An unfinished training named '{options.model_name}' exists in {work}. Resume it, "
                                f"discard it, or choose another model name.")
         if work.exists():
-            shutil.rmtree(work)  # a finished (installed) or unreadable run: its model is already installed
+            # finished (its model is installed), unreadable, or stopped before any training: nothing to keep
+            shutil.rmtree(work)
         return work
 
     # -- starting ----------------------------------------------------------------------------

@@ -271,6 +271,14 @@ def test_a_dataset_failing_verification_stops_before_planning_with_the_messages(
     assert not (work / "fake_calls.jsonl").exists() and not (work / "plans.json").exists()
     ok, errors, _ = logic.verify(ds, timeout=60)
     assert not ok and any("case_001" in e for e in errors)
+    # fixed: the same name starts again (a run stopped before any training blocks nothing)
+    arr[0, 0, 0] = 0
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(path))
+    assert logic.verify(ds, timeout=60)[0]
+    job = logic.start_training(ds, TrainingOptions("Bad labels", epochs=1))
+    assert job.wait(120) and job.error is None, job.error
 
 
 def test_too_few_cases_for_five_folds_is_explained_and_a_single_fold_offered(logic, dataset, monkeypatch):

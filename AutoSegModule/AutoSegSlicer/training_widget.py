@@ -1,0 +1,257 @@
+"""The "Train / fine-tune" section of the AutoSeg panel: Qt wiring only; the decisions are in
+`training.TrainingLogic` (tested headless against slicer-core).
+
+Registered in `widget.SECTIONS` as ``"AutoSegSlicer.training_widget:TrainingSection"``. Its widgets are in
+Resources/UI/AutoSegTraining.ui (kept as ``self.form``, apart from the panel's ``ui``), added below the
+panel's sections. A QTimer drives `TrainingJob.poll` so that curves and tables change on the GUI thread.
+``qt`` and ``slicer`` are imported inside the methods: only widget.py / AutoSeg.py import them at module level
+(Testing/slicer/test_ui_and_packaging.py), so this file imports headless.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegSlicer.training import TrainingLogic
+from AutoSegSlicer.training_options import MODES, TooFewCasesError, TrainingOptions
+from AutoSegSlicer.training_partial import MODES as UNANNOTATED_MODES
+from AutoSegSlicer.training_partial import add_partial_case
+
+log = logging.getLogger(__name__)
+
+SETTINGS_DATASET = "AutoSeg/TrainingDataset"
+
+
+class TrainingSection:
+    """The training section; ``panel`` is the `widget.AutoSegPanel`."""
+
+    def __init__(self, panel):
+        import qt
+        self.panel = panel
+        self.form = None
+        self.widget = None
+        self.logic = None
+        self.job = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self._poll)
+
+    # -- set-up ------------------------------------------------------------------------------
+    def setup(self):
+        import slicer
+        self.widget = slicer.util.loadUI(self.panel.module_widget.resourcePath("UI/AutoSegTraining.ui"))
+        self.panel.module_widget.layout.addWidget(self.widget)
+        self.form = slicer.util.childWidgetVariables(self.widget)
+        self.widget.setMRMLScene(slicer.mrmlScene)
+        base = self.panel.logic
+        self.logic = TrainingLogic(slicer.mrmlScene, base.models_dir, base.python_executable,
+                                   work_root=Path(slicer.app.temporaryPath) / "AutoSeg" / "training",
+                                   pythonpath=base.pythonpath)
+        for mode in MODES:
+            self.form.modeComboBox.addItem(mode, mode)
+        for dev in ("auto", "cuda", "mps", "cpu"):
+            self.form.trainingDeviceComboBox.addItem(dev, dev)
+        for mode, text in zip(UNANNOTATED_MODES, ("outside drawn segments", "slices without segments")):
+            self.form.unannotatedModeComboBox.addItem(text, mode)
+        self.form.datasetPathLineEdit.currentPath = slicer.util.settingsValue(SETTINGS_DATASET, "")
+        self.form.datasetPathLineEdit.connect("currentPathChanged(QString)", self.onDatasetChanged)
+        self.form.verifyButton.connect("clicked(bool)", self.onVerify)
+        self.form.startTrainingButton.connect("clicked(bool)", self.onStart)
+        self.form.resumeTrainingButton.connect("clicked(bool)", self.onResume)
+        self.form.openLogButton.connect("clicked(bool)", self.onOpenLog)
+        self.form.addPartialCaseButton.connect("clicked(bool)", self.onAddPartialCase)
+        self.form.fineTuneCheckBox.connect("toggled(bool)", self.onFineTuneToggled)
+        self.onDatasetChanged(self.form.datasetPathLineEdit.currentPath)
+        self.refreshResumable()
+
+    def cleanup(self):
+        self._timer.stop()
+        if self.job is not None and self.job.running:
+            self.job.cancel()  # the child must not outlive Slicer; the run stays resumable
+
+    def onModelsChanged(self):
+        self.logic.models_dir = Path(self.panel.logic.models_dir)
+        self.onFineTuneToggled(self.form.fineTuneCheckBox.checked)
+
+    # -- dataset -----------------------------------------------------------------------------
+    def datasetPath(self) -> str:
+        return str(self.form.datasetPathLineEdit.currentPath or "")
+
+    def onDatasetChanged(self, path):
+        import qt
+        qt.QSettings().setValue(SETTINGS_DATASET, path)
+        if not path:
+            self.form.datasetSummaryLabel.text = "Choose a dataset folder."
+            return
+        summary = self.logic.summarize(path)
+        self.form.datasetSummaryLabel.text = summary.text()
+        if summary.ok and not self.form.modelNameLineEdit.text:
+            self.form.modelNameLineEdit.text = summary.name
+
+    def onVerify(self):
+        import slicer
+        with slicer.util.tryWithErrorDisplay("Verification could not run.", waitCursor=True):
+            ok, errors, warnings = self.logic.verify(self.datasetPath(), timeout=3600)
+            self.form.trainingMessagesTextEdit.clear()
+            for line in errors:
+                self.message(line, "error")
+            for line in warnings:
+                self.message(line, "warning")
+            self.message("Dataset OK." if ok else "The dataset has problems (above); training would not start.")
+
+    def onFineTuneToggled(self, checked):
+        model = self.panel.currentModel()
+        if checked and model is not None:
+            self.form.modelNameLineEdit.text = model.name
+            self.form.startTrainingButton.text = f"Fine-tune '{model.name}'"
+        else:
+            self.form.startTrainingButton.text = "Start training"
+
+    # -- running -----------------------------------------------------------------------------
+    def options(self, **changes) -> TrainingOptions:
+        budget = float(self.form.budgetSpinBox.value)
+        epochs = int(self.form.epochsSpinBox.value)
+        values = dict(model_name=self.form.modelNameLineEdit.text.strip(),
+                      mode=self.form.modeComboBox.currentData or "quick",
+                      epochs=epochs or None, time_budget_minutes=budget or None,
+                      device=self.form.trainingDeviceComboBox.currentData or "auto")
+        values.update(changes)
+        return TrainingOptions(**values)
+
+    def onStart(self):
+        import slicer
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.finish()
+            return
+        if not self.panel.ensureDependencies():
+            return
+        try:
+            self._start(self.options())
+        except TooFewCasesError as exc:
+            if slicer.util.confirmYesNoDisplay(f"{exc}\n\nTrain a single fold on all cases instead?",
+                                               windowTitle="AutoSeg training"):
+                with slicer.util.tryWithErrorDisplay("Training could not start."):
+                    self._start(exc.suggestion)
+        except AutoSegError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg training")
+
+    def _start(self, options: TrainingOptions):
+        dataset = self.datasetPath()
+        if self.form.fineTuneCheckBox.checked:
+            model = self.panel.currentModel()
+            if model is None:
+                raise AutoSegError("Fine-tuning needs a model: select one in the Segment section.")
+            job = self.logic.start_finetune(model, dataset, options)
+        else:
+            job = self.logic.start_training(dataset, options)
+        self._follow(job)
+
+    def onResume(self):
+        import qt
+        import slicer
+        states = self.logic.resumable()
+        if not states:
+            self.refreshResumable()
+            return
+        names = [f"{s.options.model_name} ({s.kind}, {sum(st.status == 'done' for st in s.steps)}/{len(s.steps)} steps "
+                 f"done) - {s.work}" for s in states]
+        choice = qt.QInputDialog.getItem(slicer.util.mainWindow(), "Resume training", "Unfinished training:", names,
+                                         0, False)
+        if not choice or choice not in names:
+            return
+        with slicer.util.tryWithErrorDisplay("Training could not be resumed."):
+            self._follow(self.logic.resume(states[names.index(choice)].work))
+
+    def _follow(self, job):
+        import slicer
+        self.job = job
+        self.form.trainingMessagesTextEdit.clear()
+        self.form.startTrainingButton.text = "Cancel"
+        self.form.openLogButton.enabled = True
+        self.form.resumeTrainingButton.enabled = False
+        if job.curves is not None:
+            try:
+                slicer.modules.plots.logic().ShowChartInLayout(job.curves.chart)
+            except AttributeError:  # no Plots module (custom Slicer builds)
+                pass
+        self._timer.start()
+
+    def _poll(self):
+        if self.job is None:
+            self._timer.stop()
+            return
+        running = self.job.poll()
+        status = self.job.status
+        self.form.trainingStatusLabel.text = status.text()
+        if status.epoch is not None and status.epochs:
+            self.form.trainingProgressBar.maximum = int(status.epochs)
+            self.form.trainingProgressBar.value = int(status.epoch)
+        while self.job.messages:
+            level, text = self.job.messages.pop(0)
+            self.message(text, level)
+        if not running:
+            self.finish()
+
+    def finish(self):
+        import slicer
+        self._timer.stop()
+        job, self.job = self.job, None
+        self.onFineTuneToggled(self.form.fineTuneCheckBox.checked)
+        self.refreshResumable()
+        if job is None:
+            return
+        for level, text in job.messages:
+            self.message(text, level)
+        if job.error:
+            self.form.trainingStatusLabel.text = "Stopped: see the messages below."
+            slicer.util.errorDisplay(job.error, windowTitle="AutoSeg training")
+        elif job.cancelled:
+            self.form.trainingStatusLabel.text = "Cancelled; press Resume to continue."
+        elif job.model_path is not None:
+            self.form.trainingStatusLabel.text = f"Done: model installed in {job.model_path}."
+            self.panel.refreshModels(select_path=job.model_path)
+            if job.report_table is not None:
+                slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(job.report_table.GetID())
+                slicer.app.applicationLogic().PropagateTableSelection()
+
+    def refreshResumable(self):
+        states = self.logic.resumable()
+        self.form.resumeTrainingButton.enabled = bool(states) and self.job is None
+        self.form.resumeTrainingButton.toolTip = (
+            "Continue an interrupted training: " + ", ".join(s.options.model_name for s in states)
+            if states else "No unfinished training.")
+
+    def onOpenLog(self):
+        import qt
+        work = self.job.state.work if self.job is not None else None
+        if work is None:
+            states = self.logic.resumable()
+            work = states[0].work if states else None
+        if work is not None and (work / "autoseg_training.log").is_file():
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(work / "autoseg_training.log")))
+
+    def message(self, text: str, level: str = "info"):
+        prefix = "" if level == "info" else f"{level.upper()}: "
+        self.form.trainingMessagesTextEdit.appendPlainText(prefix + text)
+
+    # -- partial annotations -----------------------------------------------------------------
+    def onAddPartialCase(self):
+        import slicer
+        seg = self.panel.currentSegmentation()
+        dataset = self.datasetPath()
+        if not dataset:
+            slicer.util.errorDisplay("Choose the dataset folder first.", windowTitle="AutoSeg training")
+            return
+        volumes = [v for v in self.panel.inputVolumes() if v is not None]
+        if not volumes and seg is not None:
+            volumes = [self.panel.logic.source_volume(seg)]
+        model = self.panel.currentModel()
+        names = list(model.channel_names) if model is not None and len(model.channel_names) == len(volumes) else None
+        with slicer.util.tryWithErrorDisplay("Could not add the case.", waitCursor=True):
+            case, written, labels = add_partial_case(seg, volumes, dataset,
+                                                     mode=self.form.unannotatedModeComboBox.currentData,
+                                                     channel_names=names)
+            self.message(f"Added partially annotated case '{case}' (ignore label {labels['ignore']}): {written['label']}")
+            self.onDatasetChanged(dataset)
