@@ -133,7 +133,10 @@ class AutoSegLogic:
         args = models.import_model_args(source, self.models_dir)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         runner = self.runner_factory(on_event=on_event, on_finished=on_finished, pythonpath=self.pythonpath)
-        runner.start(autoseglib_command(self.python_executable, "import-model", args))
+        try:
+            runner.start(autoseglib_command(self.python_executable, "import-model", args))
+        except OSError as exc:
+            raise AutoSegError(f"Could not start {self.python_executable} to install the model: {exc}.") from None
         return runner
 
     def add_model(self, source, timeout: Optional[float] = None) -> RunResult:
@@ -240,6 +243,10 @@ class AutoSegLogic:
         args = ["-m", str(model.path), "-i", str(prepared.input_dir), "-o", str(prepared.output_dir), *option_args]
         try:
             runner.start(autoseglib_command(self.python_executable, "predict", args))
+        except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise AutoSegError(f"Could not start {self.python_executable} to run the segmentation: {exc}. "
+                               f"AutoSeg runs its work with Slicer's PythonSlicer; reinstall Slicer if it is missing.") from None
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise

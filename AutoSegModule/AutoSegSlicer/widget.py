@@ -48,11 +48,8 @@ def default_models_folder() -> str:
 
 def python_executable() -> str:
     """Slicer's own Python launcher (runs the child processes)."""
-    found = shutil.which("PythonSlicer")
-    if not found:
-        raise AutoSegError("PythonSlicer was not found next to Slicer; AutoSeg runs its work with it. "
-                           "Reinstall Slicer.")
-    return found
+    # Not found: keep the name; starting a run then fails with a clear AutoSegError (logic.start_segmentation).
+    return shutil.which("PythonSlicer") or "PythonSlicer"
 
 
 def make_logic(models_folder: str) -> AutoSegLogic:
@@ -257,6 +254,9 @@ class AutoSegPanel(VTKObservationMixin):
         return PredictOptions(device=device, tta=p.useTTA, folds=folds, step_size=p.stepSize, show_3d=p.show3D)
 
     def onApply(self):
+        if self._add_model_runner is not None and self._add_model_runner.running:
+            self._add_model_runner.cancel()  # _poll reports it and restores the buttons
+            return
         if self.job is not None and self.job.running:
             self.onCancel()
             return

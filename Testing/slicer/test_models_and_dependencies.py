@@ -1,0 +1,152 @@
+"""Model listing from model folders, the dependency decisions, device listing, dataset-case validation."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.geometry import Geometry
+from AutoSegSlicer import dataset_case, dependencies, models, parameters
+from autoseg_testing import make_model_folder
+
+
+def test_model_info_reads_channels_labels_folds_and_model_json(tmp_path):
+    path = make_model_folder(tmp_path / "Brain", channel_names=("T1", "FLAIR"),
+                             labels={"background": 0, "edema": 2, "tumor": 1},
+                             model_json={"name": "Brain tumours", "version": "2.1", "colors": {"edema": [0, 1, 0]}})
+    (path / "trained" / "3d_fullres" / "fold_3").mkdir()
+    (path / "trained" / "3d_fullres" / "fold_3" / "checkpoint_final.pt").write_bytes(b"x")
+    (path / "trained" / "3d_fullres" / "fold_4").mkdir()  # no checkpoint: not a usable fold
+    info = models.read_model_info(path)
+    assert info.name == "Brain tumours" and info.version == "2.1"
+    assert info.channel_names == ("T1", "FLAIR")
+    assert info.labels == (("background", 0), ("edema", 2), ("tumor", 1))
+    assert info.foreground_labels == (("edema", 2), ("tumor", 1))
+    assert info.folds == ("0", "3") and info.configurations == ("3d_fullres",)
+    assert info.colors == {"edema": (0.0, 1.0, 0.0)} and info.image_ndim == 3
+    assert "inputs: T1, FLAIR" in info.summary() and "edema (2)" in info.summary()
+
+
+def test_region_model_lists_one_label_per_region_with_its_painted_value(tmp_path):
+    path = make_model_folder(tmp_path / "Regions", labels={"background": 0, "whole": [1, 2, 3], "core": [2, 3],
+                                                           "enhancing": 3})
+    data = json.loads((path / "dataset.json").read_text())
+    data["regions_class_order"] = [1, 2, 3]
+    (path / "dataset.json").write_text(json.dumps(data))
+    info = models.read_model_info(path)
+    assert info.labels == (("background", 0), ("whole", 1), ("core", 2), ("enhancing", 3))
+
+
+def test_bad_model_folders_give_clear_messages(tmp_path):
+    with pytest.raises(AutoSegError, match="model folder not found"):
+        models.read_model_info(tmp_path / "nowhere")
+    path = make_model_folder(tmp_path / "M")
+    (path / "dataset.json").write_text("{not json")
+    with pytest.raises(AutoSegError, match="not valid JSON"):
+        models.read_model_info(path)
+    (path / "dataset.json").write_text(json.dumps({"channel_names": {}, "labels": {"background": 0}}))
+    with pytest.raises(AutoSegError, match="'channel_names' must map"):
+        models.read_model_info(path)
+    with pytest.raises(AutoSegError, match="not found. Choose a model folder"):
+        models.import_model_args(tmp_path / "missing.zip", tmp_path)
+
+
+def test_list_models_sorts_by_name_and_reports_non_models(tmp_path):
+    make_model_folder(tmp_path / "b_folder", model_json={"name": "Zeta"})
+    make_model_folder(tmp_path / "a_folder", model_json={"name": "alpha"})
+    (tmp_path / "notes").mkdir()
+    found, problems = models.list_models(tmp_path)
+    assert [m.name for m in found] == ["alpha", "Zeta"]
+    assert len(problems) == 1 and "notes" in problems[0]
+    assert models.list_models(tmp_path / "absent") == ([], [])
+
+
+class _TorchLogic:
+    def __init__(self, installed, install_result="torch"):
+        self.installed, self.install_result, self.calls = installed, install_result, []
+
+    def torchInstalled(self):
+        return self.installed
+
+    def installTorch(self, askConfirmation, torchVersionRequirement):
+        self.calls.append((askConfirmation, torchVersionRequirement))
+        return self.install_result
+
+
+def test_dependencies_ask_before_installing_and_respect_a_refusal():
+    present = {"torch", "scipy"}
+    installed, asked = [], []
+
+    def pip(reqs):
+        installed.extend(reqs)
+        present.update(dependencies.REQUIREMENTS[r] for r in reqs)
+
+    def confirm(text):
+        asked.append(text)
+        return False
+
+    ok = dependencies.ensure_dependencies(confirm, pip, torch_logic=None, is_importable=present.__contains__)
+    assert ok is False and installed == [] and "batchgenerators>=0.25" in asked[0]
+    ok = dependencies.ensure_dependencies(lambda t: True, pip, torch_logic=None, is_importable=present.__contains__)
+    assert ok is True and sorted(installed) == ["batchgenerators>=0.25", "matplotlib>=3.6"]
+    # Slicer 5.12+: pip_ensure does the asking
+    present.discard("matplotlib")
+    ensured = []
+    ok = dependencies.ensure_dependencies(lambda t: pytest.fail("must not ask twice"), pip,
+                                          is_importable=present.__contains__,
+                                          pip_ensure=lambda reqs, requester: (ensured.append((reqs, requester)), pip(reqs)))
+    assert ok and ensured == [(["matplotlib>=3.6"], "AutoSeg")]
+
+
+def test_torch_comes_from_the_pytorch_extension():
+    present = {"scipy", "batchgenerators", "matplotlib"}
+    with pytest.raises(AutoSegError, match="install the 'PyTorch' extension"):
+        dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=None,
+                                         is_importable=present.__contains__)
+    declined = _TorchLogic(installed=False, install_result=None)
+    assert dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=declined,
+                                            is_importable=present.__contains__) is False
+    assert declined.calls == [(True, dependencies.TORCH_REQUIREMENT)]
+    accepted = _TorchLogic(installed=False)
+    assert dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=accepted,
+                                            is_importable=present.__contains__) is True
+
+
+def test_list_devices_reports_what_torch_finds_in_the_child():
+    devices, problem = dependencies.list_devices(sys.executable)   # this environment: torch, CPU build
+    ids = [d for d, _ in devices]
+    assert problem == "" and ids[0] == "auto" and ids[-1] == "cpu"
+    assert devices[0][1] == f"auto ({devices[1][1]})" and devices[-1][1].startswith("CPU (")
+    devices, problem = dependencies.list_devices("/nonexistent/python")
+    assert [d for d, _ in devices] == ["auto", "cpu"] and "Could not list devices" in problem
+
+
+def test_parse_folds():
+    assert parameters.parse_folds("") is None and parameters.parse_folds("0, 2 4") == ("0", "2", "4")
+    assert parameters.parse_folds("all") == ("all",)
+    with pytest.raises(ValueError, match="Folds must be numbers"):
+        parameters.parse_folds("zero")
+
+
+def test_add_case_validates_before_writing(tmp_path):
+    geo = Geometry.identity((1.0, 1.0, 1.0))
+    img = np.zeros((3, 4, 5), np.float32)
+    lab = np.zeros((3, 4, 5), np.uint8)
+    lab[1, 1, 1] = 2
+    labels = {"background": 0, "organ": 1, "lesion": 2}
+    ds = tmp_path / "ds"
+    with pytest.raises(AutoSegError, match="not valid"):
+        dataset_case.add_case(ds, "bad/name", [img], geo, lab, labels, ["MRI"])
+    with pytest.raises(AutoSegError, match="size"):
+        dataset_case.add_case(ds, "c1", [np.zeros((3, 4, 6), np.float32)], geo, lab, labels, ["MRI"])
+    with pytest.raises(AutoSegError, match=r"values \[7\] not in the label set"):
+        dataset_case.add_case(ds, "c1", [img], geo, np.full_like(lab, 7), labels, ["MRI"])
+    assert not ds.exists()
+    dataset_case.add_case(ds, "c1", [img], geo, lab, labels, ["MRI"])
+    with pytest.raises(AutoSegError, match="1 input channel"):
+        dataset_case.add_case(ds, "c2", [img, img], geo, lab, labels, ["MRI", "CT"])
+    assert dataset_case.next_case_name(ds) == "case_000"
+    assert sorted(p.name for p in (ds / "imagesTr").iterdir()) == ["c1_0000.nii.gz"]
