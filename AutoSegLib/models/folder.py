@@ -166,7 +166,12 @@ def _read_json(path: Path, what: str) -> dict:
         raise AutoSegError(f"{path}: not valid JSON ({exc}).") from None
 
 
-def _mirror_axes(conf) -> Tuple[int, ...]:
+def _mirror_axes(conf, metadata: dict) -> Tuple[int, ...]:
+    """Test-time mirroring axes: model.json's ``mirror_axes[<configuration>]`` when recorded (an imported
+    nnU-Net model keeps its trainer's choice), else every axis of the patch."""
+    recorded = (metadata.get("mirror_axes") or {}).get(conf.name) if isinstance(metadata, dict) else None
+    if recorded is not None:
+        return tuple(int(a) for a in recorded)
     return tuple(range(len(conf.patch_size)))
 
 
@@ -203,6 +208,7 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
         _read_json(plans_path, "the plans written by `autoseg plan`")
     plans = Plans.from_json(plans_path)
     dataset = _read_json(path / "dataset.json", "labels and channel names")
+    metadata = json.loads((path / "model.json").read_text()) if (path / "model.json").is_file() else {}
     configurations: Dict[str, ConfigurationModel] = {}
     trained = path / "trained"
     layout = plans.label_layout()
@@ -213,7 +219,7 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
         n_in = plans.num_channels
         if conf.previous_stage:  # cascade: + one-hot of the previous stage's foreground label values
             n_in += len(cascade_label_values(layout))
-        configurations[name] = ConfigurationModel(name, folds, n_in, layout.num_outputs, _mirror_axes(conf))
+        configurations[name] = ConfigurationModel(name, folds, n_in, layout.num_outputs, _mirror_axes(conf, metadata))
     if not configurations:
         found = sorted(str(p.relative_to(path)) for p in trained.glob("*/fold_*/*.pt")) if trained.is_dir() else []
         hint = f" Found only: {found}." if found else ""
@@ -223,7 +229,6 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
     inference = None
     if (path / "inference.json").is_file():
         inference = _load_inference(path)
-    metadata = json.loads((path / "model.json").read_text()) if (path / "model.json").is_file() else {}
     source = "work_dir" if (path / "preprocessed").is_dir() else "autoseg"
     return Model(path, plans, dataset, configurations, inference, metadata, source)
 

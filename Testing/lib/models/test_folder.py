@@ -95,3 +95,12 @@ def test_nnunet_results_folder_is_delegated(shared_dir):
         pytest.skip("no reference fixture model or no nnU-Net import module")
     model = load_model(folder)
     assert model.source == "nnunet" and "3d_fullres" in model.configurations
+
+
+def test_mirror_axes_recorded_in_model_json_win(tmp_path):
+    folder = write_model(tmp_path / "m", make_plans(configurations=("3d_fullres", "2d")))
+    (folder / "model.json").write_text(json.dumps({"name": "x", "mirror_axes": {"3d_fullres": [1, 2]}}))
+    model = load_model(folder)
+    assert model.configurations["3d_fullres"].mirror_axes == (1, 2)
+    assert model.configurations["2d"].mirror_axes == (0, 1)
+    assert model.metadata["name"] == "x"
