@@ -6,11 +6,10 @@ Run from the repository root with the project environment::
 
 A BraTS 2015 case (FLAIR) is loaded through Slicer's volume storage node; its reference label map is turned
 into an AutoSeg segmentation by the module's own logic (`AutoSegLogic.apply_labels`: one segment per
-label, label values as tags, colours). The overlay is that segmentation's export (`export.labelmap_array`:
-stored label values on the volume's grid) as the slice views' label layer, coloured with the segments'
-colours, blended by Slicer's own slice logic (vtkMRMLSliceLogic). Slicer's 2-D segmentation displayable
-manager is attached too, but offscreen with slice-core 5.13 it drew nothing here (its actors stay hidden),
-hence the label layer. Writes
+label, label values as tags, colours) and drawn by Slicer's own 2-D segmentation displayable manager
+(fill + outline) over the slice logic's blended background: the pipeline of a Slicer slice view (the
+views must be "mapped in layout" and the background image actor drawn behind the managers' actors).
+``--label-layer`` draws the module's export (`export.labelmap_array`) as the label layer instead. Writes
 ``segmentation-axial.png`` and ``segmentation-three-views.png`` next to this script.
 """
 from __future__ import annotations
@@ -57,12 +56,14 @@ class OffscreenSliceView:
         self.logic.SetMRMLScene(harness.scene)
         self.node = self.logic.AddSliceNode(name)
         self.node.SetOrientation(orientation)
+        self.node.SetMappedInLayout(1)  # displayable managers draw only in views shown in the layout
         self.managers.SetMRMLDisplayableNode(self.node)
         mapper = vtk.vtkImageMapper()
         mapper.SetColorWindow(255)
         mapper.SetColorLevel(127.5)
         self.actor = vtk.vtkActor2D()
         self.actor.SetMapper(mapper)
+        self.actor.GetProperty().SetDisplayLocationToBackground()  # under the displayable managers' actors
         self.renderer.AddViewProp(self.actor)
 
     def show(self, background, offset_ras=None, label=None):
@@ -112,6 +113,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--case", default="brats_2013_pat0003")
+    parser.add_argument("--label-layer", action="store_true",
+                        help="draw the exported label map as the label layer instead of the segmentation itself")
     args = parser.parse_args(argv)
 
     from autoseg_harness import SlicerHarness
@@ -132,7 +135,7 @@ def main(argv=None):
                       labels=labels, file_ending=".nii.gz", configurations=(), folds=())
     logic = AutoSegLogic(scene=h.scene, models_dir=ROOT / "autoseg_work" / "models", python_executable=sys.executable)
     seg = logic.apply_labels(model, volume, label)
-    seg.GetDisplayNode().SetOpacity2DFill(0.45)
+    seg.GetDisplayNode().SetOpacity2DFill(0.7)
     seg.GetDisplayNode().SetOpacity2DOutline(1.0)
 
     # centre of the tumour, in RAS, to put every view through it
@@ -160,7 +163,7 @@ def main(argv=None):
     label_node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
     shots = {}
     for orientation, view in views.items():
-        view.show(volume, offsets[orientation], label_node)
+        view.show(volume, offsets[orientation], label_node if args.label_layer else None)
         shots[orientation] = view.render_rgb()
     out_dir = Path(__file__).resolve().parent
     plt.imsave(out_dir / "segmentation-axial.png", shots["Axial"])
