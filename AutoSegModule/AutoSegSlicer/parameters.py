@@ -9,6 +9,7 @@ references ``AutoSeg.Input<N>`` on the parameter node (`INPUT_REFERENCE_ROLE`).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 #: name -> (type name, default). Type names: "bool", "int", "float", "str", "Path", or an MRML class name.
@@ -43,8 +44,9 @@ def parse_folds(text: str):
     return tuple(parts) or None
 
 
+@functools.lru_cache(maxsize=None)
 def parameter_node_class():
-    """Build the ``parameterNodeWrapper`` class (inside Slicer only)."""
+    """Build the ``parameterNodeWrapper`` class once (inside Slicer only)."""
     import slicer
     from slicer.parameterNodeWrapper import parameterNodeWrapper
 
