@@ -232,3 +232,18 @@ def test_plans_of_nnunet_before_2_2_convert_like_current_ones():
     del entry["UNet_base_num_features"]
     with pytest.raises(AutoSegError, match="UNet_base_num_features"):
         convert_plans(plans, dataset, ["3d_fullres"])
+
+
+def test_postprocessing_file_of_the_training_machine_maps_onto_this_copy(tmp_path):
+    from AutoSegLib.models.nnunet import _local_pp_json
+
+    ds = tmp_path / "copy" / "Dataset123_X"
+    ens = ds / "ensembles" / "ensemble___a__p__2d___a__p__3d_fullres___0_1_2_3_4"
+    ens.mkdir(parents=True)
+    (ens / "postprocessing.json").write_text("{}")
+    recorded = "/old/machine/results/Dataset123_X/ensembles/ensemble___a__p__2d___a__p__3d_fullres___0_1_2_3_4/postprocessing.pkl"
+    assert _local_pp_json(ds, recorded) == ens / "postprocessing.json"
+    renamed = tmp_path / "renamed_copy"
+    ds.rename(renamed)  # the dataset folder itself renamed: found by the path's tail
+    assert _local_pp_json(renamed, recorded) == renamed / "ensembles" / ens.name / "postprocessing.json"
+    assert _local_pp_json(renamed, "/old/Dataset123_X/other/postprocessing.pkl") is None
