@@ -1,0 +1,316 @@
+"""`autoseg demo`: the whole pipeline end to end, on generated data or on a real dataset.
+
+    generate (or take) a dataset -> verify -> fingerprint -> plan -> preprocess -> train the folds ->
+    find-best -> predict held-out cases -> evaluate -> PNG of a case (image | reference | prediction)
+
+Without ``--dataset`` a small synthetic 3D dataset (``io.synthetic``; organ + lesion, with held-out test
+cases in imagesTs/labelsTs) is generated, sized to train in a few minutes on 2 CPU cores. With
+``--dataset PATH`` the same runs on a real dataset; its held-out cases are imagesTs/labelsTs when the
+dataset has them, else ``--holdout`` training cases set aside before preprocessing (they are never
+trained on; the fingerprint's intensity statistics still include them).
+
+Everything goes under ``--output`` (default ``./autoseg_demo``): ``raw/`` (generated data), ``work/``
+(the training work folder), ``predictions/``, ``evaluation/``, ``demo_case.png`` and ``demo_summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+SYNTH_DEFAULTS = {"n_cases": 20, "n_test": 5, "shape": (24, 40, 40), "spacing": (2.0, 1.0, 1.0)}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-o", "--output", default="autoseg_demo", metavar="DIR",
+                        help="folder for everything the demo writes (default ./autoseg_demo)")
+    parser.add_argument("--dataset", metavar="PATH", help="run on this raw dataset instead of generated data")
+    parser.add_argument("--time-budget-minutes", type=float, default=None,
+                        help="training time for all folds together (default: 6 for the generated data, "
+                             "30 for a real dataset); split evenly between the folds")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per fold (default: 8 for the generated data, 1000 capped by the time budget "
+                             "for a real dataset)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=None,
+                        help="training batches per epoch (default 10 for the generated data, 250 otherwise)")
+    parser.add_argument("--folds", nargs="+", default=None, metavar="K",
+                        help="cross-validation folds to train (default 0 1 2 3 4)")
+    parser.add_argument("--configuration", default="3d_fullres", help="configuration to train (default 3d_fullres)")
+    parser.add_argument("--cases", type=int, default=SYNTH_DEFAULTS["n_cases"],
+                        help="generated training cases (default 20)")
+    parser.add_argument("--test-cases", type=int, default=SYNTH_DEFAULTS["n_test"],
+                        help="generated held-out test cases (default 5)")
+    parser.add_argument("--shape", type=int, nargs=3, default=list(SYNTH_DEFAULTS["shape"]), metavar=("Z", "Y", "X"),
+                        help="generated image size in voxels (default 24 40 40; spacing 2 x 1 x 1 mm)")
+    parser.add_argument("--val-iterations", type=int, default=None,
+                        help="validation batches per epoch (default 2 for the generated data, 20 otherwise)")
+    parser.add_argument("--holdout", type=int, default=None,
+                        help="real dataset without imagesTs/labelsTs: training cases held out for testing "
+                             "(default 20%%, at most 20)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    parser.add_argument("--tta", dest="tta", action="store_true", default=None,
+                        help="test-time mirroring when predicting (default: on for a real dataset, off for the "
+                             "generated data, where it would multiply the prediction time by 8)")
+    parser.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time mirroring")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes for data steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and the training")
+
+
+def _holdout_cases(case_ids: Sequence[str], n: Optional[int], seed: int) -> List[str]:
+    import numpy as np
+
+    ids = sorted(case_ids)
+    if n is None:
+        n = min(20, max(1, round(0.2 * len(ids))))
+    if not 1 <= n <= len(ids) - 2:
+        from AutoSegLib.errors import AutoSegError
+        raise AutoSegError(f"--holdout {n}: must leave at least 2 of the {len(ids)} training cases for training.")
+    pick = np.random.default_rng(seed).permutation(len(ids))[:n]
+    return sorted(ids[i] for i in pick)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    import shutil
+
+    from AutoSegLib.io.atomic import atomic_path
+
+    if dst.is_file() and dst.stat().st_size == src.stat().st_size:
+        return
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _fold_done(fold_dir: Path) -> bool:
+    return (fold_dir / "checkpoint_final.pt").is_file() and (fold_dir / "validation" / "summary.json").is_file()
+
+
+def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.PathLike | None" = None,
+             time_budget_minutes: Optional[float] = None, epochs: Optional[int] = None,
+             iterations_per_epoch: Optional[int] = None, folds: Optional[Sequence] = None,
+             configuration: str = "3d_fullres", n_cases: int = SYNTH_DEFAULTS["n_cases"],
+             n_test: int = SYNTH_DEFAULTS["n_test"], shape: Sequence[int] = SYNTH_DEFAULTS["shape"],
+             spacing: Sequence[float] = SYNTH_DEFAULTS["spacing"], holdout: Optional[int] = None,
+             device: str = "auto", tta: Optional[bool] = None, num_workers: Optional[int] = None, seed: int = 0,
+             val_iterations: Optional[int] = None, progress=None) -> dict:
+    """Run the whole pipeline; returns the summary also written to ``output/demo_summary.json``.
+
+    Parameters
+    ----------
+    output : folder for everything written.
+    dataset : raw dataset folder; None generates a synthetic one (``n_cases``, ``n_test``, ``shape``,
+        ``spacing``, ``seed``).
+    time_budget_minutes : training time for all folds together (split evenly).
+    epochs, iterations_per_epoch, val_iterations : training schedule per fold.
+    folds : folds to train (default 0-4).
+    configuration : the configuration trained.
+    holdout : real dataset without labelsTs: number of training cases held out for the test.
+    device, tta, num_workers : prediction/training device, test-time mirroring (None: off for generated
+        data, on for a real dataset), data workers.
+    progress : callable, optional
+
+    Returns
+    -------
+    dict with ``test_dice`` (per label), ``test_foreground_dice``, ``cv_foreground_dice``, ``timings_s``,
+    ``paths`` and ``notes``.
+    """
+    from AutoSegLib.commands.plan_and_preprocess import write_work_files
+    from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.evaluation.figure import save_case_figure
+    from AutoSegLib.evaluation.folders import evaluate_folders
+    from AutoSegLib.fingerprint.extract import extract_fingerprint
+    from AutoSegLib.inference.files import predict_files
+    from AutoSegLib.io.atomic import write_json
+    from AutoSegLib.io.datasets import load_dataset, verify_dataset
+    from AutoSegLib.io.images import read_case, read_image
+    from AutoSegLib.io.synthetic import make_synthetic_dataset
+    from AutoSegLib.models.folder import load_model
+    from AutoSegLib.planning.planner import plan_experiment
+    from AutoSegLib.postprocessing.selection import find_best
+    from AutoSegLib.preprocessing.dataset import preprocess_dataset
+    from AutoSegLib.progress import emit
+    from AutoSegLib.training.config import TrainingConfig
+    from AutoSegLib.training.trainer import train_fold
+
+    output = Path(output).expanduser().resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    synthetic = dataset is None
+    folds = [str(f) for f in (folds if folds is not None else range(5))]
+    if time_budget_minutes is None:
+        time_budget_minutes = 6.0 if synthetic else 30.0
+    if epochs is None:
+        epochs = 8 if synthetic else 1000
+    if iterations_per_epoch is None:
+        iterations_per_epoch = 10 if synthetic else 250
+    if val_iterations is None:
+        val_iterations = 2 if synthetic else 20
+    if tta is None:
+        tta = not synthetic
+    notes: List[str] = []
+    timings = {}
+    t0 = time.monotonic()
+
+    def lap(name):
+        nonlocal t0
+        now = time.monotonic()
+        timings[name] = round(now - t0, 2)
+        t0 = now
+
+    # 1. data
+    if synthetic:
+        raw = output / "raw" / "AutoSegDemo"
+        if not (raw / "dataset.json").is_file():
+            emit(progress, "stage", stage="generate",
+                 message=f"synthetic dataset: {n_cases} training + {n_test} test cases of {tuple(shape)} voxels")
+            make_synthetic_dataset(raw, n_cases=n_cases, shape=shape, spacing=spacing, n_test=n_test, seed=seed)
+        else:
+            emit(progress, "log", level="info", message=f"reusing the generated dataset in {raw}")
+    else:
+        raw = Path(dataset).expanduser().resolve()
+    lap("generate")
+    # 2. verify
+    report = verify_dataset(raw, num_workers=num_workers, progress=progress)
+    report.raise_if_failed()
+    ds = load_dataset(raw)
+    lap("verify")
+    # held-out cases
+    ending = ds.file_ending
+    if (raw / "labelsTs").is_dir() and (raw / "imagesTs").is_dir():
+        test_images, test_labels = raw / "imagesTs", raw / "labelsTs"
+        train_cases = list(ds.case_ids)
+        held = sorted(p.name[: -len(ending)] for p in test_labels.glob(f"*{ending}"))
+    else:
+        held = _holdout_cases(ds.case_ids, holdout, seed)
+        test_images, test_labels = output / "holdout" / "images", output / "holdout" / "labels"
+        for case in held:
+            for img in ds.cases[case].images:
+                _copy(img, test_images / img.name)
+            _copy(ds.cases[case].label, test_labels / f"{case}{ending}")
+        train_cases = [c for c in ds.case_ids if c not in held]
+        notes.append(f"{len(held)} training case(s) held out for testing (never trained on; the fingerprint's "
+                     f"intensity statistics include them): {held}")
+    if not held:
+        raise AutoSegError(f"{raw}: no held-out cases to test on (labelsTs is empty).")
+    # 3. fingerprint + plan
+    fingerprint = extract_fingerprint(raw, num_workers=num_workers, progress=progress, verify=False)
+    lap("fingerprint")
+    emit(progress, "stage", stage="plan", message="planning")
+    plans = plan_experiment(fingerprint, ds)
+    plans.configuration(configuration)  # "did you mean" for an unknown name
+    work = output / "work"
+    if (work / "plans.json").is_file():
+        from AutoSegLib.planning.plans import Plans
+        if Plans.from_json(work / "plans.json").to_dict() != plans.to_dict():
+            raise AutoSegError(f"{work}: holds a training made with other plans; use a new --output folder.")
+    write_work_files(work, ds, fingerprint, plans)
+    lap("plan")
+    # 4. preprocess (training cases only)
+    preprocess_dataset(raw, plans, [configuration], work, num_workers=num_workers, progress=progress,
+                       cases=train_cases)
+    lap("preprocess")
+    # 5. train
+    n_train = len(train_cases)
+    if n_train < len(folds):
+        folds = folds[:max(1, n_train)]
+        notes.append(f"only {n_train} training cases: trained folds {folds}")
+    if len(folds) < 5:
+        notes.append(f"trained {len(folds)} of the 5 cross-validation folds ({folds}): the cross-validation Dice "
+                     f"covers only their validation cases, and the model ensembles {len(folds)} fold(s)")
+    per_fold = time_budget_minutes / len(folds)
+    config = TrainingConfig(epochs=epochs, iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations,
+                            time_budget_minutes=per_fold, mirror_at_validation=False, device=device,
+                            num_workers=num_workers, seed=12345 + seed)
+    for fold in folds:
+        fold_dir = work / "trained" / configuration / f"fold_{fold}"
+        if _fold_done(fold_dir):
+            emit(progress, "log", level="info", message=f"fold {fold}: already trained, reused")
+            continue
+        resume = (fold_dir / "checkpoint_latest.pt").is_file()
+        emit(progress, "stage", stage="train",
+             message=f"{configuration} fold {fold}: {epochs} epochs x {iterations_per_epoch} iterations, "
+                     f"at most {per_fold:.1f} min")
+        train_fold(work, configuration, fold, config, progress=progress, resume=resume)
+    lap("train")
+    # 6. find-best
+    selection = find_best(work, [configuration], folds, progress=progress)
+    lap("find_best")
+    # 7. predict held-out cases
+    model = load_model(work)
+    pred_dir = output / "predictions"
+    emit(progress, "stage", stage="predict", message=f"{len(held)} held-out case(s)")
+    predict_files(model, test_images, pred_dir, tta=tta, device=device, progress=progress)
+    lap("predict")
+    # 8. evaluate
+    evaluation = evaluate_folders(pred_dir, test_labels, ds.labels, output / "evaluation", progress=progress)
+    lap("evaluate")
+    # 9. figure of the first held-out case
+    case = held[0]
+    channels = sorted(test_images.glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
+    image, geometry = read_case(channels)
+    reference, _ = read_image(test_labels / f"{case}{ending}")
+    prediction, _ = read_image(pred_dir / f"{case}{ending}")
+    organ = ds.labels.foreground_names[0]
+    dice_case = next(c for c in evaluation["cases"] if c["case"] == case)["metrics"][organ]["Dice"]
+    png = save_case_figure(image, reference, prediction, output / "demo_case.png", geometry.spacing,
+                           title=f"{case}: reference vs prediction ({organ} Dice {dice_case:.3f})")
+    lap("figure")
+
+    test_dice = {n: evaluation["mean"][n]["Dice"] for n in evaluation["labels"]}
+    summary = {
+        "dataset": str(raw), "synthetic": synthetic, "configuration": configuration, "folds": folds,
+        "training_cases": n_train, "test_cases": held,
+        "schedule": {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
+                     "time_budget_minutes_total": time_budget_minutes},
+        "cv_foreground_dice": selection.dice_after, "postprocessing": list(selection.instructions.postprocessing),
+        "test_dice": test_dice, "test_foreground_dice": evaluation["foreground_mean"]["Dice"],
+        "test_hd95_mm": {n: evaluation["mean"][n]["HD95_mm"] for n in evaluation["labels"]},
+        "timings_s": timings, "total_s": round(sum(timings.values()), 1),
+        "paths": {"work": str(work), "predictions": str(pred_dir), "evaluation": str(output / "evaluation"),
+                  "figure": str(png), "find_best_report": str(work / "find_best_report.md")},
+        "notes": notes,
+    }
+    write_json(output / "demo_summary.json", _json_safe(summary))
+    return summary
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def run(args, progress) -> int:
+    from AutoSegLib.progress import emit
+
+    summary = run_demo(args.output, args.dataset, args.time_budget_minutes, args.epochs, args.iterations_per_epoch,
+                       args.folds, args.configuration, args.cases, args.test_cases, shape=args.shape,
+                       holdout=args.holdout, val_iterations=args.val_iterations,
+                       device=args.device, tta=args.tta, num_workers=args.workers, seed=args.seed,
+                       progress=progress)
+
+    def f(v):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    lines = [f"held-out Dice ({len(summary['test_cases'])} cases): "
+             + ", ".join(f"{n} {f(v)}" for n, v in summary["test_dice"].items())
+             + f"; mean {f(summary['test_foreground_dice'])}",
+             f"cross-validation Dice (folds {summary['folds']}): {f(summary['cv_foreground_dice'])}",
+             f"figure: {summary['paths']['figure']}",
+             f"everything: {Path(summary['paths']['work']).parent} (demo_summary.json); total "
+             f"{summary['total_s'] / 60:.1f} min"]
+    for n in summary["notes"]:
+        emit(progress, "log", level="warning", message=n)
+    for line in lines:
+        emit(progress, "log", level="info", message=line)
+    emit(progress, "result", **{k: summary[k] for k in ("test_dice", "test_foreground_dice", "cv_foreground_dice",
+                                                        "paths", "total_s")})
+    return 0
