@@ -150,3 +150,16 @@ def test_add_case_validates_before_writing(tmp_path):
         dataset_case.add_case(ds, "c2", [img, img], geo, lab, labels, ["MRI", "CT"])
     assert dataset_case.next_case_name(ds) == "case_000"
     assert sorted(p.name for p in (ds / "imagesTr").iterdir()) == ["c1_0000.nii.gz"]
+
+
+def test_list_devices_labels_a_gpu_the_child_finds(tmp_path):
+    """What a CUDA machine's child reports (a stand-in interpreter printing the probe's answer)."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho '[[\"cuda\", \"CUDA: NVIDIA H100\"], [\"cpu\", \"CPU (16 threads)\"]]'\n")
+    fake.chmod(0o755)
+    devices, problem = dependencies.list_devices(str(fake))
+    assert problem == ""
+    assert devices == [("auto", "auto (CUDA: NVIDIA H100)"), ("cuda", "CUDA: NVIDIA H100"), ("cpu", "CPU (16 threads)")]
+    fake.write_text("#!/bin/sh\necho '[[\"error\", \"ModuleNotFoundError: torch\"]]'\n")
+    devices, problem = dependencies.list_devices(str(fake))
+    assert devices == [("auto", "auto (CPU)"), ("cpu", "CPU")] and "PyTorch is not usable" in problem

@@ -226,3 +226,12 @@ def _verify_dataset(ds):
         case = lab.name[: -len(data["file_ending"])]
         for c in range(len(data["channel_names"])):
             assert (ds / "imagesTr" / f"{case}_{c:04d}{data['file_ending']}").is_file()
+
+
+def test_correct_in_segment_editor_points_the_editor_at_segmentation_and_source(segmented, autoseg_logic,
+                                                                                 slicer_harness):
+    volume, seg, _, _ = segmented
+    assert autoseg_logic.source_volume(seg) is volume
+    editor = slicer_harness.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    autoseg_logic.setup_segment_editor(editor, seg, volume)
+    assert editor.GetSegmentationNode() is seg and editor.GetSourceVolumeNode() is volume
