@@ -179,12 +179,15 @@ class TrainingJob:
         elif is_disk_full(message):
             text = self._disk_full_message(step, message)
         elif step.command == "train":
-            text = (f"Training {step.configuration} fold {step.fold} stopped: {message}\nThe last saved checkpoint "
-                    f"is kept; press Resume to continue from it. Log: {self.log_path}")
+            ckpt = fold_dir(self.state.work, step.configuration, step.fold) / "checkpoint_latest.pt"
+            kept = (f"The last saved checkpoint is kept ({ckpt}); press Resume to continue from it." if ckpt.is_file()
+                    else "No epoch had finished, so there is no checkpoint to continue from.")
+            text = f"Training {step.configuration} fold {step.fold} stopped: {message}\n{kept} Log: {self.log_path}"
         else:
             text = f"Step '{step.label}' failed: {message}\nLog: {self.log_path}"
-        if result is not None and result.log_tail and step.command != "verify":
-            text += "\n\nLast lines of its output:\n" + "\n".join(result.log_tail[-10:])
+        tail = [ln for ln in (result.log_tail if result is not None else []) if message not in ln]
+        if tail and step.command != "verify":
+            text += "\n\nLast lines of its output:\n" + "\n".join(tail[-10:])
         self.error = text
         self.messages.append(("error", text))
         self._log("=== failed: " + text)

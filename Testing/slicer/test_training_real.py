@@ -73,3 +73,29 @@ def test_a_real_tiny_training_installs_a_model_that_segments(slicer_harness, syn
     label, _ = export.labelmap_array(seg, volume)
     assert label.shape == volume.GetImageData().GetDimensions()[::-1]
     assert set(np.unique(label).tolist()) <= {0, 1, 2}
+
+
+
+@pytest.mark.slow
+def test_a_real_finetune_starts_from_the_model_and_installs_a_new_version(synthetic_dataset, tmp_path):
+    ds = synthetic_dataset(name="Tiny", n_cases=3, shape=(8, 16, 16), spacing=(2.0, 1.0, 1.0), seed=1)
+    logic = TrainingLogic(None, tmp_path / "models", sys.executable, work_root=tmp_path / "runs",
+                          pythonpath=str(REPO), runner_factory=small_runner_factory())
+    options = TrainingOptions("Tiny organs", epochs=1, iterations_per_epoch=2, val_iterations=1, device="cpu")
+    job = logic.start_training(ds, options)
+    assert job.wait(500) and job.error is None, job.error
+    first = job.model_path
+    before = (first / "trained/3d_fullres/fold_all/checkpoint_final.pt").read_bytes()
+    # fine-tune on two more cases: a new version starting from its weights; the old one kept and unchanged
+    more = synthetic_dataset(name="More", n_cases=2, shape=(8, 16, 16), spacing=(2.0, 1.0, 1.0), seed=4)
+    job = logic.start_finetune(first, more, options)
+    assert job.wait(500) and job.error is None, job.error
+    assert [s.label for s in job.state.steps] == ["verify", "prepare", "preprocess", "train 3d_fullres fold all",
+                                                  "install"]
+    resolved = json.loads((job.model_path / "trained/3d_fullres/fold_all/training_config.json").read_text())["resolved"]
+    assert resolved["init_from"] == str(first / "trained/3d_fullres/fold_all/checkpoint_final.pt")
+    assert resolved["train_cases"] == 2
+    from AutoSegSlicer import models
+    found, _ = models.list_models(logic.models_dir)
+    assert [(m.name, m.version) for m in found] == [("Tiny organs", "1"), ("Tiny organs", "2")]
+    assert (first / "trained/3d_fullres/fold_all/checkpoint_final.pt").read_bytes() == before
