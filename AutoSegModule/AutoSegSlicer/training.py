@@ -238,6 +238,10 @@ class TrainingLogic:
                 inference = json.loads(base_inf.read_text())
                 confs = [c if isinstance(c, str) else c.get("name") for c in inference.get("configurations", [])]
                 if confs and all(c in trained for c in confs):
+                    # Same choice and post-processing as the model, on the folds this run trained.
+                    inference["folds"] = {c: trained[c] for c in confs}
+                    inference["notes"] = list(inference.get("notes") or []) + [
+                        f"configuration choice and post-processing inherited from {state.base_model}"]
                     write_json(state.work / "inference.json", inference)
         extra = {"training": {"kind": state.kind, "dataset": str(state.dataset), "options": state.options.to_dict()}}
         what = "fine-tuned" if state.kind == "finetune" else "trained"

@@ -190,10 +190,24 @@ def cv_report(folder) -> dict:
     return {"rows": rows, "labels": [n for n, v in labels if v != 0], "chosen": chosen, "postprocessing": post}
 
 
+def _describe_steps(steps) -> str:
+    """Post-processing steps in words: ``largest_component(foreground)``, ..."""
+    if not steps:
+        return "none"
+    out = []
+    for st in steps:
+        if isinstance(st, dict):
+            out.append(f"{st.get('step', '?')}({st.get('labels', '')})")
+        else:
+            out.append(str(st))
+    return ", ".join(out)
+
+
 def cv_report_table(scene, folder, title: str):
-    """A table node with one row per (configuration, fold): Dice per label and their mean; the chosen
-    configuration(s) and post-processing are in the node's attributes ``AutoSeg.Chosen`` /
-    ``AutoSeg.PostProcessing`` and in the last row. Returns the node (None when there is no validation)."""
+    """A table node of the cross-validation: one row per (configuration, fold) with Dice per label and their
+    mean, a "mean" row per configuration with several folds, and a last row naming the chosen
+    configuration(s) and the post-processing (also in the node attributes ``AutoSeg.Chosen`` /
+    ``AutoSeg.PostProcessing``). Returns the node, or None when no fold has a validation summary."""
     import vtk
 
     report = cv_report(folder)
@@ -210,17 +224,35 @@ def cv_report_table(scene, folder, title: str):
         node.AddColumn(arr)
         arrays.append(node.GetTable().GetColumnByName(col))
     table = node.GetTable()
-    for conf, fold, dice in report["rows"]:
+
+    def add_row(conf: str, fold: str, vals):
         row = table.InsertNextBlankRow()
         arrays[0].SetValue(row, conf)
         arrays[1].SetValue(row, fold)
-        vals = [dice.get(n, float("nan")) for n in names]
         for i, v in enumerate(vals):
             arrays[2 + i].SetValue(row, v)
         known = [v for v in vals if v == v]
-        arrays[-1].SetValue(row, sum(known) / len(known) if known else float("nan"))
+        if vals:
+            arrays[-1].SetValue(row, sum(known) / len(known) if known else float("nan"))
+
+    nan = float("nan")
+    by_conf: Dict[str, List[List[float]]] = {}
+    for conf, fold, dice in report["rows"]:
+        vals = [dice.get(n, nan) for n in names]
+        add_row(conf, fold, vals)
+        by_conf.setdefault(conf, []).append(vals)
+    for conf, rows in by_conf.items():
+        if len(rows) > 1:
+            means = []
+            for i in range(len(names)):
+                known = [r[i] for r in rows if r[i] == r[i]]
+                means.append(sum(known) / len(known) if known else nan)
+            add_row(conf, "mean", means)
     chosen = " + ".join(report["chosen"]) or "(no model selection: single fold)"
-    post = json.dumps(report["postprocessing"]) if report["postprocessing"] else "none"
+    post = _describe_steps(report["postprocessing"])
+    add_row(f"chosen: {chosen}", f"post-processing: {post}", [])
+    for i in range(2, len(arrays)):
+        arrays[i].SetValue(table.GetNumberOfRows() - 1, nan)
     node.SetAttribute("AutoSeg.Chosen", chosen)
     node.SetAttribute("AutoSeg.PostProcessing", post)
     table.Modified()

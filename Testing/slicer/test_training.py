@@ -143,9 +143,11 @@ def test_quick_training_runs_every_step_installs_the_model_and_shows_curves(logi
     assert not (job.model_path / "preprocessed").exists() and not list(job.model_path.rglob("checkpoint_latest.pt"))
     # cross-validation report table: Dice per label from the fold's summary (fake: 0.5 + value / 10)
     t = job.report_table
-    assert t is not None and t.GetNumberOfRows() == 1
+    assert t is not None and t.GetNumberOfRows() == 2
     assert [t.GetCellText(0, c) for c in range(2)] == ["3d_fullres", "0"]
     assert [float(t.GetCellText(0, c)) for c in (2, 3, 4)] == pytest.approx([0.6, 0.7, 0.65])
+    assert [t.GetCellText(1, c) for c in range(2)] == ["chosen: (no model selection: single fold)",
+                                                       "post-processing: none"]
     assert "single fold" in t.GetAttribute("AutoSeg.Chosen")
     state = TrainingState.load(work)
     assert state.finished and state.model_path == job.model_path
@@ -166,8 +168,11 @@ def test_full_mode_trains_every_configuration_on_five_folds_then_find_best(logic
     assert cmds[-1][0] == "find-best"
     info = models.read_model_info(job.model_path)
     assert info.configurations == ("2d", "3d_fullres") and info.folds == tuple("01234")
-    t = job.report_table
-    assert t.GetNumberOfRows() == 10 and t.GetAttribute("AutoSeg.Chosen") == "3d_fullres"
+    t = job.report_table   # 10 folds, a mean row per configuration, the choice (fake find-best: 3d_fullres)
+    assert t.GetNumberOfRows() == 13 and t.GetAttribute("AutoSeg.Chosen") == "3d_fullres"
+    assert [t.GetCellText(r, 1) for r in (10, 11)] == ["mean", "mean"]
+    assert float(t.GetCellText(11, 2)) == pytest.approx(0.6)
+    assert t.GetCellText(12, 0) == "chosen: 3d_fullres"
     assert len(job.curves.tables) == 10
 
 
@@ -316,6 +321,10 @@ def base_model(logic):
 
 def test_finetune_produces_a_new_version_and_keeps_the_old(logic, dataset, base_model, monkeypatch):
     monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=2")
+    steps = [{"step": "largest_component", "labels": "foreground"}]
+    (base_model / "inference.json").write_text(json.dumps({
+        "schema_version": 1, "configurations": ["3d_fullres"], "folds": {"3d_fullres": list("01234")},
+        "postprocessing": steps}))
     before = {p: p.read_bytes() for p in base_model.rglob("*") if p.is_file()}
     ds = dataset(3, name="Corrected")
     job = logic.start_finetune(base_model, ds, TrainingOptions("Organs", epochs=2))
@@ -332,6 +341,9 @@ def test_finetune_produces_a_new_version_and_keeps_the_old(logic, dataset, base_
     meta = json.loads((job.model_path / "model.json").read_text())
     assert meta["parent"] == {"path": str(base_model), "name": "Organs", "version": "1"}
     assert meta["colors"] == {"lesion": [1, 1, 0]}
+    inference = json.loads((job.model_path / "inference.json").read_text())   # choice kept, on the folds trained
+    assert inference["folds"] == {"3d_fullres": ["all"]} and inference["postprocessing"] == steps
+    assert inference["configurations"] == ["3d_fullres"]
     assert {p: p.read_bytes() for p in base_model.rglob("*") if p.is_file()} == before   # old model untouched
 
 
