@@ -81,3 +81,35 @@ def test_add_model_then_segment_matches_the_reference_prediction(installed_model
         assert dice > min_dice, f"label {value}: Dice {dice:.4f} against the reference prediction"
     print(f"voxel agreement with the reference prediction: {agreement:.5f}")
     assert agreement > min_agreement, agreement
+
+
+TINY = REPO / "Testing" / "lib" / "models" / "data" / "nnunet_tiny"
+
+
+@pytest.mark.skipif(not (TINY / "Dataset901_ResEncRegions").is_dir(), reason="tiny fixture models not present")
+def test_two_channel_region_model_through_the_module_equals_the_reference(autoseg_logic, slicer_harness, tmp_path):
+    """2 inputs (CT, MRI) pre-filled by channel name, an oblique grid, region labels (whole = [1, 2],
+    core = 2): the exported label file equals the reference implementation's prediction voxel for voxel,
+    on the same grid."""
+    from AutoSegLib.io.geometry import Geometry
+
+    autoseg_logic.add_model(TINY / "Dataset901_ResEncRegions" / "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres",
+                            timeout=300)
+    (model,), problems = autoseg_logic.models()
+    assert problems == [] and model.channel_names == ("CT", "MRI")
+    assert model.labels == (("background", 0), ("whole", 1), ("core", 2))
+    mri = slicer_harness.load_volume(TINY / "inputs" / "resenc_000_0001.nii.gz", name="resenc MRI")
+    ct = slicer_harness.load_volume(TINY / "inputs" / "resenc_000_0000.nii.gz", name="resenc CT")
+    inputs = autoseg_logic.default_inputs(model, [mri, ct])
+    assert inputs == [ct, mri]
+    seg = autoseg_logic.segment(model, inputs, PredictOptions(tta=False, device="cpu"), timeout=300)
+    s = seg.GetSegmentation()
+    assert [s.GetNthSegment(i).GetName() for i in range(s.GetNumberOfSegments())] == ["whole", "core"]
+    out = tmp_path / "resenc_000.nii.gz"
+    autoseg_logic.export_labels(seg, out)
+    ours = sitk.ReadImage(str(out))
+    reference = sitk.ReadImage(str(TINY / "expected" / "Dataset901_ResEncRegions" / "notta" / "resenc_000.nii.gz"))
+    assert Geometry.from_sitk(ours).is_close(Geometry.from_sitk(reference))
+    a, b = sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(reference)
+    assert set(np.unique(b)) >= {1, 2}, "fixture prediction should hold both labels"
+    assert np.array_equal(a, b), f"{int((a != b).sum())} of {a.size} voxels differ from the reference"
