@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: float32 on CPU (same numbers as nnU-Net), float16 autocast on CUDA; "
                              "bfloat16 is faster on recent CPUs at a small cost in agreement")
+    parser.add_argument("--channels-last", action="store_true", default=None,
+                        help="channels-last convolutions in float32 on CPU: faster, probabilities within ~1e-3 of "
+                             "nnU-Net's instead of identical (always on with bfloat16/float16 and on CUDA)")
     parser.add_argument("--batch-size", type=int, default=1, help="sliding windows per network call (default 1)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>.npz with the class probabilities (key 'probabilities')")
@@ -61,6 +64,7 @@ def run(args, progress) -> int:
                             tta=not args.no_tta, step_size=args.step_size, device=args.device,
                             precision=args.precision, save_probabilities=args.save_probabilities,
                             postprocess=not args.no_postprocessing, batch_size=args.batch_size,
-                            output_ending=args.output_ending, overwrite=not args.skip_existing, progress=progress)
+                            output_ending=args.output_ending, overwrite=not args.skip_existing, progress=progress,
+                            channels_last=args.channels_last)
     progress({"event": "log", "level": "info", "message": f"wrote {len(written)} label map(s) to {args.output}"})
     return 0

@@ -105,7 +105,8 @@ def _output_path(output: Path, case: str, ending: str, single_file_output: bool)
 def predict_files(model, inputs, output: "str | Path", configuration=None, folds=None, tta: bool = True,
                   step_size: float = 0.5, device="auto", precision: str = "auto", save_probabilities: bool = False,
                   postprocess: bool = True, batch_size: int = 1, output_ending: Optional[str] = None,
-                  overwrite: bool = True, progress: Optional[ProgressCallback] = None) -> List[Path]:
+                  overwrite: bool = True, progress: Optional[ProgressCallback] = None,
+                  channels_last: Optional[bool] = None) -> List[Path]:
     """Segment image files and write label maps in each input's own grid and format.
 
     Parameters
@@ -115,7 +116,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         A folder of cases, or one case's channel files (see ``find_cases``).
     output : path
         Output folder (created), or for a single case a file name with an image ending.
-    configuration, folds, tta, step_size, device, precision, postprocess, batch_size
+    configuration, folds, tta, step_size, device, precision, postprocess, batch_size, channels_last
         See ``predict_arrays``.
     save_probabilities : bool
         Also write ``<case>.npz`` with key ``probabilities`` (float32, (K, *spatial)).
@@ -153,7 +154,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         check_input(model, images, geometry, source=str(files[0]))
         labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
                                        precision, return_probabilities=save_probabilities, postprocess=postprocess,
-                                       batch_size=batch_size, progress=progress)
+                                       batch_size=batch_size, progress=progress, channels_last=channels_last)
         del images
         if save_probabilities:
             npz = dest.with_name(dest.name[: len(dest.name) - len(ending)] + ".npz")

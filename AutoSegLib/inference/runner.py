@@ -96,7 +96,8 @@ class NetworkPredictor:
 def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str]] = None, tta: bool = True,
                    step_size: float = 0.5, device: "str | torch.device" = "auto", precision: str = "auto",
                    batch_size: int = 1, progress: Optional[ProgressCallback] = None,
-                   predictor: Optional[NetworkPredictor] = None) -> torch.Tensor:
+                   predictor: Optional[NetworkPredictor] = None, channels_last: Optional[bool] = None
+                   ) -> torch.Tensor:
     """Fold-averaged logits of one preprocessed case.
 
     Parameters
@@ -111,6 +112,8 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
         Test-time mirroring over the configuration's mirror axes.
     step_size, batch_size : see ``predict_sliding_window``.
     device, precision : see ``resolve_device`` / ``resolve_precision``.
+    channels_last : bool, optional
+        Channels-last convolutions (see ``NetworkPredictor``); default: on with autocast or CUDA.
 
     Returns
     -------
@@ -132,7 +135,7 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
                            f"got {data.shape[0]}.")
     if predictor is None:
         net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
-        predictor = NetworkPredictor(net, dev, resolve_precision(precision, dev))
+        predictor = NetworkPredictor(net, dev, resolve_precision(precision, dev), channels_last=channels_last)
     mirror = tuple(cm.mirror_axes) if tta else ()
     total = None
     with torch.inference_mode():  # the fold sum too: inference tensors cannot be updated outside it
