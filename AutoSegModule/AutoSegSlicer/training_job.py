@@ -17,6 +17,7 @@ from AutoSegLib.errors import AutoSegError
 from AutoSegSlicer.runner import RunResult, autoseglib_command
 from AutoSegSlicer.training_pipeline import (DONE, FAILED, LOG_FILE, PENDING, RUNNING, Step, TrainingState,
                                              fold_dir, resume_args)
+from AutoSegSlicer.training_options import budget_per_training
 from AutoSegSlicer.training_progress import TrainingCurves, TrainingStatus
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class TrainingJob:
         self.curves = curves
         self.on_event = on_event
         self.label_names = list(label_names)
-        self.status = TrainingStatus()
+        budget = budget_per_training(state.options, max(1, len(state.train_steps())))
+        self.status = TrainingStatus(budget_s=budget * 60 if budget is not None else None)
         self.messages: List[tuple] = []
         self.error: Optional[str] = None
         self.cancelled = False
@@ -132,7 +134,14 @@ class TrainingJob:
             self._emit({"event": "stage", "stage": step.label, "message": f"step {index}/{len(self.state.steps)}"})
             self._log(f"--- step {index}/{len(self.state.steps)}: {step.label}")
             if not step.in_process:
-                self._start_child(step)
+                rest = self.state.steps[index:]
+                self.status.remaining_trainings = sum(1 for s in rest if s.command == "train")
+                try:
+                    self._start_child(step)
+                except OSError as exc:  # the interpreter is missing or cannot be executed
+                    self.runner = None
+                    self._fail(step, f"could not start {self.logic.python_executable} ({exc}). Check the "
+                                     f"Python that runs AutoSeg (PythonSlicer in Slicer).")
                 return
             try:
                 self.logic.run_in_process_step(self, step)

@@ -165,9 +165,16 @@ class TrainingCurves:
 
 
 class TrainingStatus:
-    """The panel's status line: step k of n, stage, configuration/fold, epoch, ETA; updated from events."""
+    """The panel's status line: step k of n, stage, configuration/fold, epoch, ETA; updated from events.
 
-    def __init__(self):
+    The run's ETA adds to the current training's ETA ``remaining_trainings`` more trainings, each estimated
+    as epochs x the last epoch's time, capped by the per-training time budget ``budget_s``.
+    """
+
+    def __init__(self, budget_s: Optional[float] = None):
+        self.budget_s = budget_s
+        self.remaining_trainings = 0
+        self.run_eta_s: Optional[float] = None
         self.step_label = ""
         self.step_index = 0
         self.step_count = 0
@@ -182,7 +189,7 @@ class TrainingStatus:
 
     def start_step(self, label: str, index: int, count: int) -> None:
         self.step_label, self.step_index, self.step_count = label, index, count
-        self.stage, self.message, self.eta_s = label, "", None
+        self.stage, self.message, self.eta_s, self.run_eta_s = label, "", None, None
         self.epoch = self.epochs = None
 
     def update(self, event: dict) -> None:
@@ -203,6 +210,15 @@ class TrainingStatus:
             self.eta_s = event.get("eta_s")
             self.last_dice = event.get("ema_pseudo_dice")
             self.message = ""
+            self.run_eta_s = None
+            try:
+                per_training = float(event.get("epoch_time_s")) * int(self.epochs)
+                if self.budget_s is not None:
+                    per_training = min(per_training, self.budget_s)
+                if self.eta_s is not None and self.remaining_trainings > 1:
+                    self.run_eta_s = float(self.eta_s) + (self.remaining_trainings - 1) * per_training
+            except (TypeError, ValueError):
+                pass
 
     def text(self) -> str:
         parts = [f"Step {self.step_index}/{self.step_count}: {self.step_label}" if self.step_count else self.stage]
@@ -213,5 +229,6 @@ class TrainingStatus:
         elif self.message:
             parts.append(self.message)
         if self.eta_s is not None:
-            parts.append(f"ETA {format_eta(self.eta_s)}")
+            whole = f" (whole run {format_eta(self.run_eta_s)})" if self.run_eta_s is not None else ""
+            parts.append(f"ETA {format_eta(self.eta_s)}{whole}")
         return " - ".join(parts)

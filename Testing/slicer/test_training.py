@@ -108,6 +108,13 @@ def test_status_line_follows_events():
     s.update({"event": "epoch", "configuration": "3d_fullres", "fold": "0", "epoch": 9, "epochs": 50,
               "ema_pseudo_dice": 0.8123, "eta_s": 3725})
     assert s.text() == "Step 4/5: train 3d_fullres fold 0 - 3d_fullres fold 0, epoch 10/50 - pseudo-Dice 0.812 - ETA 1:02:05"
+    # 3 trainings left in the run (this one included): + 2 x 50 epochs x 60 s, capped by a 30 min budget each
+    s = TrainingStatus(budget_s=1800)
+    s.remaining_trainings = 3
+    s.start_step("train 3d_fullres fold 0", 4, 7)
+    s.update({"event": "epoch", "configuration": "3d_fullres", "fold": "0", "epoch": 9, "epochs": 50,
+              "epoch_time_s": 60.0, "eta_s": 2400.0})
+    assert s.run_eta_s == 2400 + 2 * 1800 and s.text().endswith("ETA 40:00 (whole run 1:40:00)")
     s.start_step("plan-and-preprocess", 2, 5)
     s.update({"event": "progress", "stage": "preprocess", "current": 3, "total": 5, "eta_s": 61, "message": "case_002"})
     assert s.text() == "Step 2/5: plan-and-preprocess - 3/5 case_002 - ETA 01:01"
@@ -301,6 +308,12 @@ def test_too_few_cases_for_five_folds_is_explained_and_a_single_fold_offered(log
     assert models.read_model_info(job.model_path).folds == ("all",)
     # quick mode below 5 cases picks fold 'all' by itself
     assert logic.plan_training(ds, TrainingOptions("Few2")).folds == ["all"]
+
+
+def test_a_missing_python_stops_the_run_with_a_message(logic, dataset):
+    logic.python_executable = "/nonexistent/PythonSlicer"
+    job = logic.start_training(dataset(5), TrainingOptions("NoPython"))
+    assert not job.running and "could not start /nonexistent/PythonSlicer" in job.error
 
 
 def test_bad_options_are_refused():
