@@ -62,8 +62,8 @@ def geometry_from_node(volume_node) -> Geometry:
     return geometry_from_ijk_to_ras(node_ijk_to_ras(volume_node))
 
 
-def array_from_node(volume_node, allow_single_slice: bool = True) -> Tuple[np.ndarray, Geometry]:
-    """Copy of a scalar volume node's voxels, shape (z, y, x), its own dtype, and its `Geometry`.
+def check_volume_node(volume_node, allow_single_slice: bool = True) -> Tuple[int, int, int]:
+    """Check that a node holds one scalar 3-D volume (without copying voxels); returns its (i, j, k) size.
 
     Raises
     ------
@@ -71,8 +71,6 @@ def array_from_node(volume_node, allow_single_slice: bool = True) -> Tuple[np.nd
         The node has no image data, several components per voxel (vector/RGB/4-D) or, when
         ``allow_single_slice`` is False, a single slice (a 2-D image given to a 3-D model).
     """
-    import slicer
-
     name = volume_node.GetName()
     image = volume_node.GetImageData()
     if image is None or image.GetNumberOfPoints() == 0:
@@ -85,6 +83,17 @@ def array_from_node(volume_node, allow_single_slice: bool = True) -> Tuple[np.nd
     if not allow_single_slice and min(dims) == 1:
         raise AutoSegError(f"Volume '{name}' is 2-D (size {dims[0]} x {dims[1]} x {dims[2]}); the model expects "
                            f"3-D volumes. Choose a volume with several slices.")
+    return tuple(dims)
+
+
+def array_from_node(volume_node, allow_single_slice: bool = True) -> Tuple[np.ndarray, Geometry]:
+    """Copy of a scalar volume node's voxels, shape (z, y, x), its own dtype, and its `Geometry`.
+
+    Raises AutoSegError as `check_volume_node`.
+    """
+    import slicer
+
+    check_volume_node(volume_node, allow_single_slice)
     array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
     return array, geometry_from_node(volume_node)
 

@@ -181,8 +181,8 @@ class AutoSegLogic:
         if len(volumes) > n:
             raise AutoSegError(f"Model '{model.name}' takes {n} input volume(s), {len(volumes)} were given.")
         for v in volumes:
-            conversion.array_from_node(v, allow_single_slice=model.image_ndim == 2)  # raises for 2-D / 4-D
-            if model.image_ndim == 2 and min(v.GetImageData().GetDimensions()) > 1:
+            dims = conversion.check_volume_node(v, allow_single_slice=model.image_ndim == 2)  # raises for 2-D / 4-D
+            if model.image_ndim == 2 and min(dims) > 1:
                 raise AutoSegError(f"Model '{model.name}' was trained on 2-D images; volume '{v.GetName()}' has "
                                    f"several slices.")
         return model
