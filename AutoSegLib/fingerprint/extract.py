@@ -160,7 +160,8 @@ def extract_fingerprint(dataset_path: "str | os.PathLike", num_workers: Optional
     dataset_path : str or PathLike
         Raw dataset folder.
     num_workers : int, optional
-        Worker processes (default: cpu count, at most the number of cases; 1 = in this process).
+        Worker processes (default: io.verify.default_workers: the cores, at most one per case, or 1 for
+        datasets under 8 MB; 1 = in this process).
     progress : callable, optional
         Receives ``stage``/``progress`` events (stage "fingerprint").
     verify : bool

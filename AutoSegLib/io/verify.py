@@ -54,7 +54,8 @@ def verify_dataset(path: "str | os.PathLike", num_workers: Optional[int] = None,
     path : str or PathLike
         Dataset folder.
     num_workers : int, optional
-        Worker processes; default ``min(cpu count, number of cases)``; 1 runs in this process.
+        Worker processes; default `default_workers` (cores, or 1 for small datasets); 1 runs in this
+        process.
     progress : callable, optional
         Receives ``stage`` and ``progress`` events (stage "verify").
 
@@ -85,14 +86,35 @@ def verify_dataset(path: "str | os.PathLike", num_workers: Optional[int] = None,
     return report
 
 
+SMALL_DATASET_BYTES = 8 << 20  # below this, starting worker processes costs more than it saves
+
+
+def default_workers(cases: Sequence[CaseFiles]) -> int:
+    """Worker processes when none are asked for: the machine's cores (at most one per case), or 1 when
+    the files total less than 8 MB (a spawned worker needs about a second just to start)."""
+    total = 0
+    for c in cases:
+        for p in tuple(c.images) + ((c.label,) if c.label is not None else ()):
+            try:
+                total += p.stat().st_size
+            except OSError:
+                pass
+    if total < SMALL_DATASET_BYTES:
+        return 1
+    return max(1, min(os.cpu_count() or 1, len(cases)))
+
+
 def map_cases(fn, args: Sequence[tuple], num_workers: Optional[int], progress: Optional[ProgressCallback],
               stage: str) -> list:
     """Run ``fn(*a)`` for each ``a`` in ``args`` in worker processes (spawned; results in input order),
-    emitting one progress event per finished case."""
+    emitting one progress event per finished case. ``num_workers`` None: `default_workers` of the cases
+    (each ``a[0]`` is a CaseFiles)."""
     tracker = ProgressTracker(progress, stage, len(args))
     if not args:
         return []
-    n = min(int(num_workers) if num_workers else (os.cpu_count() or 1), len(args))
+    if not num_workers:
+        num_workers = default_workers([a[0] for a in args if a and isinstance(a[0], CaseFiles)])
+    n = min(int(num_workers), len(args))
     if n <= 1:
         out = []
         for a in args:

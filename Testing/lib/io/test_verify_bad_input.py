@@ -246,3 +246,13 @@ def test_float_label_files_with_integral_values_pass_and_fractions_fail(tiny_dat
     _rewrite(ds / "labelsTr" / "case_001.nii.gz", lambda a, g: (a.astype(np.float32) * 0.5, g))
     report = verify_dataset(ds, num_workers=1)
     assert not report.ok and "case_001.nii.gz" in report.errors[0] and "non-integer" in report.errors[0]
+
+
+def test_default_workers(tiny_dataset, monkeypatch):
+    import AutoSegLib.io.verify as v
+    d = load_dataset(tiny_dataset())
+    cases = list(d.cases.values())
+    assert v.default_workers(cases) == 1  # a few kB: not worth starting processes
+    monkeypatch.setattr(v, "SMALL_DATASET_BYTES", 0)
+    monkeypatch.setattr(v.os, "cpu_count", lambda: 16)
+    assert v.default_workers(cases) == 3  # at most one per case
