@@ -42,7 +42,7 @@ def foreground_classes(plans: Plans) -> List:
 
 
 def preprocess_case(image: np.ndarray, geometry: Geometry, plans: Plans, configuration_name: str,
-                    label: Optional[np.ndarray] = None, seed: int = 1234):
+                    label: Optional[np.ndarray] = None, seed: int = 1234, sample_locations: bool = True):
     """Preprocess one case for ``configuration_name`` of ``plans``.
 
     Parameters
@@ -52,6 +52,9 @@ def preprocess_case(image: np.ndarray, geometry: Geometry, plans: Plans, configu
     plans : Plans
     configuration_name : str
     label : ndarray, integer, shape (*spatial) or (1, *spatial), optional
+    seed : int, seeds the class-location sampling
+    sample_locations : bool, sample ``class_locations`` (training data); False skips it (e.g. a cascade's
+        previous-stage prediction at inference)
 
     Returns
     -------
@@ -62,8 +65,8 @@ def preprocess_case(image: np.ndarray, geometry: Geometry, plans: Plans, configu
         ``geometry`` (original), ``original_shape``, ``transpose_forward``, ``shape_before_cropping``,
         ``bbox_used_for_cropping`` ([start, end) per transposed axis), ``shape_after_cropping_and_before_resampling``,
         ``spacing_transposed`` (original spacing, transposed), ``target_spacing``, ``shape_after_resampling``,
-        ``configuration``, and with a label ``class_locations`` (see class_locations.py; spatial coordinates
-        in the preprocessed array).
+        ``configuration``, and with a label (unless ``sample_locations`` is False) ``class_locations`` (see
+        class_locations.py; spatial coordinates in the preprocessed array).
     """
     cfg = plans.configuration(configuration_name)
     image = np.asarray(image)
@@ -119,7 +122,8 @@ def preprocess_case(image: np.ndarray, geometry: Geometry, plans: Plans, configu
         return data, None, properties
 
     seg_out = resample_label(seg_cropped, spacing, new_shape, cfg.resampling, new_spacing=target)
-    properties["class_locations"] = sample_class_locations(seg_out[0], foreground_classes(plans), seed=seed)
+    if sample_locations:
+        properties["class_locations"] = sample_class_locations(seg_out[0], foreground_classes(plans), seed=seed)
     top = int(seg_out.max()) if seg_out.size else 0
     seg_out = seg_out.astype(np.int8 if top <= 127 else np.int16, copy=False)
     return data, seg_out, properties

@@ -156,10 +156,15 @@ def _resample_axis(x: np.ndarray, axis: int, n_out: int, order: int) -> np.ndarr
         widths = [(0, 0)] * x.ndim
         widths[axis] = (pad, pad)
         x = spline_filter1d(np.pad(x, widths, mode="edge"), order, axis=axis, output=np.float64, mode="nearest")
+    return _apply_matrix(x, axis, matrix)
+
+
+def _apply_matrix(x: np.ndarray, axis: int, matrix) -> np.ndarray:
+    """Multiply every line of ``x`` along ``axis`` by the sparse ``matrix`` (n_out, n_in)."""
     moved = np.moveaxis(x, axis, 0)
     rest = moved.shape[1:]
     flat = np.ascontiguousarray(moved).reshape(moved.shape[0], -1)
-    out = np.asarray(matrix @ flat).reshape((n_out,) + rest)
+    out = np.asarray(matrix @ flat).reshape((matrix.shape[0],) + rest)
     return np.moveaxis(out, 0, axis)
 
 
@@ -274,7 +279,11 @@ def resample_label(seg: np.ndarray, current_spacing: Sequence[float], new_shape:
 
 
 def _resample_labels_argmax(x: np.ndarray, new_shape, axes, order: int) -> np.ndarray:
-    """Argmax over per-label interpolated indicators; exact ties to the nearest-neighbour label."""
+    """Argmax over per-label interpolated indicators; exact ties to the nearest-neighbour label.
+
+    For order <= 1 (no prefilter) a label's score is zero outside the image of its bounding box, so each
+    label is interpolated only there: the cost is the sum of the labels' box volumes, not labels x volume.
+    """
     if all(x.shape[a] == new_shape[a] for a in axes):
         return x.copy()
     nearest = x
@@ -285,25 +294,51 @@ def _resample_labels_argmax(x: np.ndarray, new_shape, axes, order: int) -> np.nd
     labels = np.unique(x)
     if len(labels) == 1:
         return np.full(new_shape, labels[0], dtype=x.dtype)
-    best = None
-    winner = np.zeros(new_shape, dtype=x.dtype)
+    order_axes = sorted((a for a in axes if x.shape[a] != new_shape[a]), key=lambda a: new_shape[a] / x.shape[a])
+    if order <= 1:
+        from scipy.ndimage import find_objects
+
+        boxes = find_objects(np.searchsorted(labels, x).astype(np.int32) + 1, max_label=len(labels))
+    else:
+        boxes = [tuple(slice(0, n) for n in x.shape)] * len(labels)
+    best = np.zeros(new_shape, dtype=np.float64)
+    winner = np.full(new_shape, labels[0], dtype=x.dtype)
     nn_score = np.zeros(new_shape, dtype=np.float64)
-    for lab in labels:
-        score = _resample_axes((x == lab).astype(np.float64), new_shape, axes, order)
-        if order >= 2:
-            np.clip(score, 0.0, 1.0, out=score)   # each indicator is clipped to its own range [0, 1]
-        if best is None:
-            best = score
-            winner[...] = lab
+    for lab, box in zip(labels, boxes):
+        if order <= 1:
+            out_box, matrices = _output_box(box, x.shape, new_shape, order_axes, order)
+            score = (x[box] == lab).astype(np.float64)
+            for a in order_axes:
+                score = _apply_matrix(score, a, matrices[a])
         else:
-            better = score > best
-            winner[better] = lab
-            np.maximum(best, score, out=best)
-        is_nn = nearest == lab
-        nn_score[is_nn] = score[is_nn]
+            out_box = tuple(slice(0, n) for n in new_shape)
+            score = _resample_axes((x == lab).astype(np.float64), new_shape, axes, order)
+            np.clip(score, 0.0, 1.0, out=score)   # each indicator is clipped to its own range [0, 1]
+        sub_best = best[out_box]
+        better = score > sub_best
+        winner[out_box][better] = lab
+        np.maximum(sub_best, score, out=sub_best)
+        is_nn = nearest[out_box] == lab
+        nn_score[out_box][is_nn] = score[is_nn]
     tie_to_nn = (nn_score == best) & (nn_score > 0)
     winner[tie_to_nn] = nearest[tie_to_nn]
     return winner
+
+
+def _output_box(box, in_shape, new_shape, order_axes, order):
+    """Output slices reached by input ``box`` and the evaluation sub-matrices (per resampled axis)."""
+    out, matrices = [], {}
+    for a, sl in enumerate(box):
+        if a not in order_axes:
+            out.append(sl)
+            continue
+        matrix, _ = _evaluation_matrix(in_shape[a], new_shape[a], order)
+        cols = matrix[:, sl.start:sl.stop]
+        rows = np.flatnonzero(np.diff(cols.indptr))
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        out.append(slice(lo, hi))
+        matrices[a] = cols[lo:hi]
+    return tuple(out), matrices
 
 
 def _resample_labels_along(y: np.ndarray, axis: int, n_out: int, order_z: int) -> np.ndarray:

@@ -73,6 +73,9 @@ def test_without_label_and_bad_input(rng, plans_factory):
     plans = plans_factory(spacing3d=(1.0, 1.0, 1.0))
     data, seg, props = preprocess_case(image, Geometry.identity((1.0, 1.0, 1.0)), plans, "3d_fullres")
     assert seg is None and "class_locations" not in props and data.shape == (1, 8, 9, 10)
+    _, seg, props = preprocess_case(image, Geometry.identity((1.0, 1.0, 1.0)), plans, "3d_fullres",
+                                    label=np.ones(image.shape[1:], np.int16), sample_locations=False)
+    assert seg.shape == (1, 8, 9, 10) and "class_locations" not in props
     with pytest.raises(AutoSegError, match="channel"):
         preprocess_case(np.concatenate([image, image]), Geometry.identity((1.0, 1.0, 1.0)), plans, "3d_fullres")
     with pytest.raises(AutoSegError, match="Did you mean '3d_fullres'"):

@@ -144,10 +144,15 @@ def test_equal_to_reference_resampling(tmp_path, rng):
             ours.append(resample_image(img, spacing, new_shape, ResamplingSettings(order_data=order),
                                        new_spacing=new_spacing))
             np.save(tmp_path / f"in_{len(meta) - 1}.npy", img)
-        meta.append(dict(new_shape=list(new_shape), spacing=list(spacing), new_spacing=new_spacing,
-                         is_seg=True, order=1))
-        ours.append(resample_label(seg, spacing, new_shape, new_spacing=new_spacing))
-        np.save(tmp_path / f"in_{len(meta) - 1}.npy", seg)
+        sparse = np.zeros_like(seg)               # small objects: the per-label bounding-box path
+        sparse[0, 2:5, 3:9, 4:7] = 1
+        sparse[0, -4:-1, -6:-2, 1:3] = 2
+        sparse[0, 3, 5, 5] = 3
+        for s in (seg, sparse):
+            meta.append(dict(new_shape=list(new_shape), spacing=list(spacing), new_spacing=new_spacing,
+                             is_seg=True, order=1))
+            ours.append(resample_label(s, spacing, new_shape, new_spacing=new_spacing))
+            np.save(tmp_path / f"in_{len(meta) - 1}.npy", s)
     (tmp_path / "cases.json").write_text(json.dumps(meta))
     env = dict(os.environ, nnUNet_raw=str(tmp_path), nnUNet_preprocessed=str(tmp_path),
                nnUNet_results=str(tmp_path), OMP_NUM_THREADS="1")
