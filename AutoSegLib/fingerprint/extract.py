@@ -17,7 +17,7 @@ import numpy as np
 
 from AutoSegLib.errors import AutoSegError, DatasetError
 from AutoSegLib.fingerprint.record import CaseFingerprint, Fingerprint
-from AutoSegLib.io.datasets import CaseFiles, load_dataset
+from AutoSegLib.io.datasets import CaseFiles, dataset_signature, load_dataset
 from AutoSegLib.progress import ProgressCallback, emit
 
 TOTAL_FOREGROUND_SAMPLES = 10e7   # over the whole dataset, as the reference
@@ -183,6 +183,7 @@ def extract_fingerprint(dataset_path: "str | os.PathLike", num_workers: Optional
     from AutoSegLib.io.verify import map_cases
 
     dataset = load_dataset(dataset_path)
+    signature = dataset_signature(dataset)  # before reading: an edit during extraction makes it stale
     emit(progress, "stage", stage="fingerprint", message=f"{dataset.name}: {len(dataset.cases)} case(s)")
     cases = list(dataset.cases.values())
     n_samples = int(foreground_samples // len(cases))
@@ -214,4 +215,4 @@ def extract_fingerprint(dataset_path: "str | os.PathLike", num_workers: Optional
         regions_class_order=tuple(raw["regions_class_order"]) if raw.get("regions_class_order") else None,
         file_ending=dataset.file_ending, ndim=ndims.pop(), cases=tuple(records), intensity_properties=stats,
         median_relative_size_after_cropping=float(np.median([r.relative_size_after_cropping for r in records])),
-        foreground_samples_per_case=n_samples)
+        foreground_samples_per_case=n_samples, dataset_signature=signature)

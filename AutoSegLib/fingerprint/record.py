@@ -55,6 +55,9 @@ class Fingerprint:
         Median over cases of (voxels after crop) / (voxels before crop).
     foreground_samples_per_case : int
         Samples drawn per case and channel (with replacement, seed 1234) for the statistics.
+    dataset_signature : str
+        io.datasets.dataset_signature of the files it was computed from ('' when unknown): a fingerprint
+        whose signature differs from the dataset's is stale.
     """
     dataset_name: str
     dataset_path: str
@@ -67,6 +70,7 @@ class Fingerprint:
     intensity_properties: Dict[str, Dict[str, Optional[float]]]
     median_relative_size_after_cropping: float
     foreground_samples_per_case: int
+    dataset_signature: str = ""
     schema_version: int = SCHEMA_VERSION
 
     # ---- derived ----

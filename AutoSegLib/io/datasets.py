@@ -319,6 +319,23 @@ def resolve_work_dir(dataset_path: "str | os.PathLike", output: "str | os.PathLi
     return work
 
 
+def dataset_signature(dataset: Dataset) -> str:
+    """A short hash of dataset.json and of every training file's name, size and modification time: it
+    changes when a case is added, removed, replaced or edited (or the folder is copied without keeping
+    times), so stored results derived from the files can tell they are stale."""
+    import hashlib
+    h = hashlib.sha1()
+    h.update((dataset.root / "dataset.json").read_bytes() if (dataset.root / "dataset.json").is_file() else b"")
+    for case in dataset.cases.values():
+        for p in tuple(case.images) + ((case.label,) if case.label is not None else ()):
+            try:
+                st = p.stat()
+                h.update(f"{case.case_id}|{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{case.case_id}|{p.name}|missing\n".encode())
+    return h.hexdigest()[:16]
+
+
 def write_work_dataset_json(dataset: Dataset, work_dir: "str | os.PathLike") -> Path:
     """Write ``WORK/dataset.json``: the raw dataset.json plus "dataset_path" (absolute), atomically."""
     from AutoSegLib.io.atomic import write_json

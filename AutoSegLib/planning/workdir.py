@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 def fingerprint_for(dataset, work_dir: "str | Path", num_workers: Optional[int] = None,
                     progress: Optional[ProgressCallback] = None, force: bool = False):
     """Return the dataset's fingerprint, read from ``WORK/fingerprint.json`` when it matches ``dataset``
-    (same folder, cases, channels and labels), else extracted (with verification) and written there.
+    (same folder, cases, channels, labels and file signature), else extracted (with verification) and
+    written there.
 
     Parameters
     ----------
@@ -52,4 +53,7 @@ def _stale_reason(fp, dataset) -> str:
         return "the dataset's cases changed"
     if fp.channel_names != dataset.channel_names or fp.labels != dataset.raw_json.get("labels"):
         return "dataset.json's channels or labels changed"
+    from AutoSegLib.io.datasets import dataset_signature
+    if fp.dataset_signature != dataset_signature(dataset):
+        return "files of the dataset changed since it was made"
     return ""

@@ -76,3 +76,16 @@ def test_bad_budget_is_a_user_error(small_dataset, tmp_path, capsys):
                     "--workers", "1")
     assert rc == 2 and "--gpu-memory-gb must be a positive" in text
     assert not (tmp_path / "o").exists()
+
+
+def test_edited_label_makes_the_fingerprint_stale(small_dataset, tmp_path, capsys):
+    import os
+    work = tmp_path / "w"
+    assert _run(capsys, "plan", str(small_dataset), "-o", str(work), "--workers", "1")[0] == 0
+    label = small_dataset / "labelsTr" / "case_001.nii.gz"
+    st = label.stat()
+    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # "edited in Slicer"
+    rc, text = _run(capsys, "plan", str(small_dataset), "-o", str(work), "--workers", "1")
+    assert rc == 0 and "files of the dataset changed" in text
+    rc, text = _run(capsys, "plan", str(small_dataset), "-o", str(work), "--workers", "1")
+    assert rc == 0 and "using the existing fingerprint" in text
