@@ -6,14 +6,14 @@ polling its events (so the scene is only touched on the GUI thread), and turns A
 it runs.
 
 More sections: a class listed in `SECTIONS` (``"module:Class"``) is constructed with the panel and gets
-``setup()``, ``cleanup()`` and, when present, ``onModelsChanged()`` / ``onSegmentationCreated(node)``. Its
-widgets live in the same .ui file (``self.panel.ui.<name>``).
+``setup()``, ``cleanup()`` and, when present, ``onModelsChanged()``, ``onSegmentationCreated(node)`` and
+``onStateChanged(busy, segmentation)``. Its widgets live in the same .ui file (``self.panel.ui.<name>``).
+"Correct and export" (widget_corrections.py) is such a section.
 """
 from __future__ import annotations
 
 import importlib
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -27,8 +27,9 @@ from AutoSegSlicer.logic import DEVICES, AutoSegLogic, PredictOptions
 
 log = logging.getLogger(__name__)
 
-#: Extra collapsible sections ("module:Class"); the training panel adds itself here.
-SECTIONS: list = []
+#: Collapsible sections beyond "Segment" ("module:Class"), set up in this order. The training panel adds
+#: itself here (one line).
+SECTIONS: list = ["AutoSegSlicer.widget_corrections:CorrectionsSection"]
 
 SETTINGS_MODELS_FOLDER = "AutoSeg/ModelsFolder"
 
@@ -95,9 +96,6 @@ class AutoSegPanel(VTKObservationMixin):
         self.ui.refreshDevicesButton.connect("clicked(bool)", self.onDetectDevices)
         self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
-        self.ui.correctButton.connect("clicked(bool)", self.onCorrect)
-        self.ui.exportButton.connect("clicked(bool)", self.onExport)
-        self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -218,14 +216,12 @@ class AutoSegPanel(VTKObservationMixin):
         if not self.ensureDependencies():
             return
         self.log(f"Installing model from {source} ...")
-        self.setBusy(True)
         try:
-            runner = self.logic.start_add_model(source, on_event=None, on_finished=None)
+            self._add_model_runner = self.logic.start_add_model(source, on_event=None, on_finished=None)
         except AutoSegError as exc:
-            self.setBusy(False)
-            slicer.util.errorDisplay(str(exc))
+            slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
             return
-        self._add_model_runner = runner
+        self.setBusy(True)
         self._timer.start()
 
     def onDetectDevices(self):
@@ -347,11 +343,11 @@ class AutoSegPanel(VTKObservationMixin):
     def setBusy(self, busy: bool):
         self.ui.applyButton.text = "Cancel" if busy else "Apply"
         self.ui.progressBar.value = 0
-        for w in (self.ui.modelComboBox, self.ui.addModelButton, self.ui.exportButton,
-                  self.ui.addToTrainingSetButton, self.ui.correctButton):
+        for w in (self.ui.modelComboBox, self.ui.addModelButton):
             w.enabled = not busy
         if busy:
             self.ui.applyButton.enabled = True
+        self._updateButtons()
 
     def log(self, message: str, level: str = "info"):
         prefix = "" if level == "info" else f"{level.upper()}: "
@@ -365,9 +361,13 @@ class AutoSegPanel(VTKObservationMixin):
         has_inputs = bool(self.input_selectors) and all(s.currentNode() for _, s in self.input_selectors)
         self.ui.applyButton.enabled = busy or (self.currentModel() is not None and has_inputs)
         self.ui.applyButton.toolTip = ("Segment the input volume(s)" if not busy else "Cancel the running segmentation")
-        seg = self.ui.outputSegmentationSelector.currentNode()
-        for w in (self.ui.correctButton, self.ui.exportButton, self.ui.addToTrainingSetButton):
-            w.enabled = seg is not None and not busy
+        busy = busy or (self._add_model_runner is not None and self._add_model_runner.running)
+        for section in self.sections:
+            if hasattr(section, "onStateChanged"):
+                section.onStateChanged(busy, self.currentSegmentation())
+
+    def currentSegmentation(self):
+        return self.ui.outputSegmentationSelector.currentNode()
 
     # -- dependencies ------------------------------------------------------------------------
     def ensureDependencies(self) -> bool:
@@ -386,56 +386,3 @@ class AutoSegPanel(VTKObservationMixin):
         except AutoSegError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
             return False
-
-    # -- correct, export, collect ------------------------------------------------------------
-    def currentSegmentation(self):
-        return self.ui.outputSegmentationSelector.currentNode()
-
-    def onCorrect(self):
-        seg = self.currentSegmentation()
-        volume = self.logic.source_volume(seg) if seg else None
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(seg)
-        editor.setSourceVolumeNode(volume)
-
-    def onExport(self):
-        seg = self.currentSegmentation()
-        volume = self.logic.source_volume(seg) if seg else None
-        start = str(Path(volume.GetStorageNode().GetFileName()).parent) if volume and volume.GetStorageNode() \
-            and volume.GetStorageNode().GetFileName() else ""
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export labels", start,
-                                              "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd)")
-        if not path:
-            return
-        overwrite = False
-        if os.path.exists(path):
-            # Qt's dialog asks too on most platforms; the logic never overwrites without this flag.
-            overwrite = slicer.util.confirmOkCancelDisplay(f"{path} exists. Overwrite it?")
-            if not overwrite:
-                return
-        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
-            assignment = self.logic.export_labels(seg, path, overwrite=overwrite)
-            for w in assignment.warnings:
-                self.log(w, "warning")
-            self.log(f"Exported {path} (values: "
-                     + ", ".join(f"{n}={v}" for n, v in zip(assignment.names, assignment.values)) + ")")
-            if assignment.warnings:
-                slicer.util.warningDisplay("\n".join(assignment.warnings), windowTitle="AutoSeg export")
-
-    def onAddToTrainingSet(self):
-        seg = self.currentSegmentation()
-        folder = str(self._parameterNode.datasetFolder or "")
-        if not folder or folder == ".":
-            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Dataset folder (raw layout)")
-            if not folder:
-                return
-            self._parameterNode.datasetFolder = Path(folder)
-        volumes = [v for v in self.inputVolumes() if v is not None] or [self.logic.source_volume(seg)]
-        with slicer.util.tryWithErrorDisplay("Could not add the case.", waitCursor=True):
-            case, written, assignment = self.logic.add_to_training_set(
-                seg, volumes, folder, case_name=self._parameterNode.caseName or None)
-            for w in assignment.warnings:
-                self.log(w, "warning")
-            self.log(f"Added case '{case}' to {folder}: {written['label']}")
-            self._parameterNode.caseName = ""

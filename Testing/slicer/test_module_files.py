@@ -45,5 +45,11 @@ def test_widget_module_imports_and_builds_its_panel_object(monkeypatch):
     monkeypatch.delitem(sys.modules, "AutoSegSlicer.widget", raising=False)
     widget = importlib.import_module("AutoSegSlicer.widget")
     panel = widget.AutoSegPanel(module_widget=mock.MagicMock())
-    assert panel.job is None and panel.sections == [] and widget.SECTIONS == []
+    assert panel.job is None and panel.sections == []
+    # every registered section resolves to a class with the section interface
+    for spec in widget.SECTIONS:
+        module_name, class_name = spec.split(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        assert callable(getattr(cls, "setup")) and callable(getattr(cls, "cleanup")), spec
+    assert "AutoSegSlicer.widget_corrections:CorrectionsSection" in widget.SECTIONS
     assert widget.module_library_path() == str(MODULE_DIR.parent)   # checkout layout: AutoSegLib one up

@@ -89,7 +89,7 @@ def test_slicer_util_functions_are_always_called_as_slicer_util_x():
 
 def test_module_code_imports_no_qt_outside_the_widget_and_nothing_at_import_time():
     for path in MODULE_SOURCES:
-        if path.name in ("widget.py", "AutoSeg.py"):
+        if path.name == "AutoSeg.py" or path.name.startswith("widget"):  # the Qt side: widget*.py only
             continue
         tree = ast.parse(path.read_text())
         for node in tree.body:
