@@ -307,7 +307,7 @@ class AutoSegLogic(CorrectionLogic):
         node = target
         if node is None:
             node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                self.scene.GenerateUniqueName(f"{volume.GetName()} {model.name}"))
+                                                self.scene.GenerateUniqueName(f"{_base_name(volume)} {model.name}"))
         try:
             if node.GetDisplayNode() is None:
                 node.CreateDefaultDisplayNodes()
@@ -337,3 +337,12 @@ class AutoSegLogic(CorrectionLogic):
             self.cancel(job)
             raise AutoSegError(f"Segmentation did not finish within {timeout} s and was cancelled.")
         return self.finish_segmentation(job, result)
+
+
+def _base_name(volume) -> str:
+    """The volume's name without a file ending (nodes loaded outside the app keep it: trap 13)."""
+    name = volume.GetName()
+    for ending in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd"):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return name

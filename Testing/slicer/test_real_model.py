@@ -66,6 +66,7 @@ def test_add_model_then_segment_matches_the_reference_prediction(installed_model
     s = seg.GetSegmentation()
     segs = [s.GetSegment(s.GetNthSegmentID(i)) for i in range(s.GetNumberOfSegments())]
     assert [x.GetName() for x in segs] == ["organ", "lesion"]
+    assert seg.GetName() == f"test_000_0000 {model.name}"   # file ending dropped (trap 13)
     assert [segmentation.segment_label_value(x) for x in segs] == [1, 2]
     assert segs[0].GetColor() != segs[1].GetColor()
     assert any(e["event"] == "progress" for e in events), "no progress events from the child"
