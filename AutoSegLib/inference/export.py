@@ -82,40 +82,38 @@ def label_dtype(layout: LabelLayout):
     return np.uint8 if max(layout.all_label_values) < 255 else np.uint16
 
 
-def logits_to_probabilities(logits: torch.Tensor, layout: LabelLayout, want_probabilities: bool
+def logits_to_probabilities(logits: torch.Tensor, layout: LabelLayout, want_probabilities: bool,
+                            labels_out: Optional[np.ndarray] = None, probs_out: Optional[np.ndarray] = None
                             ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Non-linearity and labels in slabs along axis 0. Returns ``(labels (*spatial), probabilities (K,
-    *spatial) float32 or None)``."""
+    """Non-linearity and labels in slabs along axis 0.
+
+    Returns ``(labels (*spatial), probabilities (K, *spatial) float32 or None)``, written into
+    ``labels_out`` / ``probs_out`` when given (views into larger arrays: no extra copy)."""
     spatial = tuple(logits.shape[1:])
-    labels = np.zeros(spatial, dtype=label_dtype(layout))
-    probs_out = np.empty((logits.shape[0], *spatial), dtype=np.float32) if want_probabilities else None
+    labels = np.zeros(spatial, dtype=label_dtype(layout)) if labels_out is None else labels_out
+    probs = None
+    if want_probabilities:
+        probs = np.empty((logits.shape[0], *spatial), dtype=np.float32) if probs_out is None else probs_out
     per_slice = int(np.prod(spatial[1:])) if len(spatial) > 1 else 1
     step = max(1, SLAB_VOXELS // max(per_slice, 1))
     for z0 in range(0, spatial[0], step):
         p = apply_nonlinearity(logits[:, z0:z0 + step], layout)
         labels[z0:z0 + step] = probabilities_to_labels(p, layout).numpy()
-        if probs_out is not None:
-            probs_out[:, z0:z0 + step] = p.numpy()
-    return labels, probs_out
+        if probs is not None:
+            probs[:, z0:z0 + step] = p.numpy()
+        del p
+    return labels, probs
 
 
-def paste_and_transpose(labels: np.ndarray, probs: Optional[np.ndarray], props: dict, plans: Plans,
-                        layout: LabelLayout) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Put the cropped results into the full (transposed) shape, then transpose back to the input's axes."""
-    full_shape = props["shape_before_cropping"]
-    region = tuple(slice(lo, hi) for lo, hi in props["bbox"])
-    out_labels = np.zeros(full_shape, dtype=labels.dtype)
-    out_labels[region] = labels
-    back = tuple(plans.transpose_backward)
-    out_labels = out_labels.transpose(back)
-    out_probs = None
+def _transpose_back(labels: np.ndarray, probs: Optional[np.ndarray], plans: Plans
+                    ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    back = tuple(int(a) for a in plans.transpose_backward)
+    if back == tuple(range(len(back))):
+        return labels, probs
+    labels = np.ascontiguousarray(labels.transpose(back))
     if probs is not None:
-        out_probs = np.zeros((probs.shape[0], *full_shape), dtype=np.float32)
-        if not layout.has_regions:
-            out_probs[0] = 1.0  # outside the crop: certainly background
-        out_probs[(slice(None), *region)] = probs
-        out_probs = out_probs.transpose((0, *[a + 1 for a in back]))
-    return np.ascontiguousarray(out_labels), (np.ascontiguousarray(out_probs) if out_probs is not None else None)
+        probs = np.ascontiguousarray(probs.transpose((0, *[a + 1 for a in back])))
+    return labels, probs
 
 
 def export_logits(logits: torch.Tensor, properties: dict, plans: Plans, configuration: str,
@@ -147,6 +145,15 @@ def export_logits(logits: torch.Tensor, properties: dict, plans: Plans, configur
     spacing = props["spacing"]
     current = tuple(conf.spacing) if len(conf.spacing) == len(spacing) else (spacing[0], *conf.spacing)
     full = resample_logits(logits, current, props["shape_after_cropping"], spacing, conf)
-    labels, probs = logits_to_probabilities(full, layout, return_probabilities)
+    # the full-size outputs are allocated once; the crop's results are written straight into them
+    region = tuple(slice(lo, hi) for lo, hi in props["bbox"])
+    labels = np.zeros(props["shape_before_cropping"], dtype=label_dtype(layout))
+    probs = None
+    if return_probabilities:
+        probs = np.zeros((full.shape[0], *props["shape_before_cropping"]), dtype=np.float32)
+        if not layout.has_regions:
+            probs[0] = 1.0  # outside the crop: certainly background
+    logits_to_probabilities(full, layout, return_probabilities, labels[region],
+                            None if probs is None else probs[(slice(None), *region)])
     del full
-    return paste_and_transpose(labels, probs, props, plans, layout)
+    return _transpose_back(labels, probs, plans)
