@@ -210,6 +210,7 @@ class TrainingSection:
         elif job.cancelled:
             self.form.trainingStatusLabel.text = "Cancelled; press Resume to continue."
         elif job.model_path is not None:
+            self.form.trainingProgressBar.value = self.form.trainingProgressBar.maximum
             self.form.trainingStatusLabel.text = f"Done: model installed in {job.model_path}."
             self.panel.refreshModels(select_path=job.model_path)
             if job.report_table is not None:
