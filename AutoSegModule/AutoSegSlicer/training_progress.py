@@ -61,10 +61,19 @@ class TrainingCurves:
         self.tables: Dict[Tuple[str, str], object] = {}
         self.series: Dict[Tuple[str, str], List[object]] = {}
         self.current: Optional[Tuple[str, str]] = None
-        self.chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(f"{title} training"))
-        self.chart.SetTitle(f"{title}: training curves")
+        self.chart = None
+        self._ensure_chart()
+
+    def _ensure_chart(self) -> None:
+        """(Re)create the chart, e.g. after the user closed the scene during training."""
+        if self.chart is not None and self.chart.GetScene() is self.scene:
+            return
+        self.chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode",
+                                                  self.scene.GenerateUniqueName(f"{self.title} training"))
+        self.chart.SetTitle(f"{self.title}: training curves")
         self.chart.SetXAxisTitle("epoch")
         self.chart.SetYAxisTitle("loss / Dice")
+        self.current = None
 
     def columns(self) -> List[str]:
         return list(BASE_COLUMNS) + [f"dice {n}" for n in self.label_names]
@@ -73,6 +82,9 @@ class TrainingCurves:
     def table(self, configuration: str, fold: str):
         """The table node of one training (created, with its series, on first use) and shown in the chart."""
         key = (str(configuration), str(fold))
+        self._ensure_chart()
+        if key in self.tables and self.tables[key].GetScene() is not self.scene:  # scene closed meanwhile
+            del self.tables[key], self.series[key]
         if key not in self.tables:
             import slicer
             import vtk

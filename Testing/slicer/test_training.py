@@ -100,6 +100,13 @@ def test_epoch_events_fill_the_table_and_the_chart_shows_its_series(slicer_harne
     curves.add_epoch({"configuration": "3d_fullres", "fold": "1", "epoch": 0, "epochs": 3, "train_loss": 0.5})
     assert chart.GetNthPlotSeriesNode(0).GetTableNode() is curves.tables[("3d_fullres", "1")]
     assert len(curves.rows("3d_fullres", "0")) == 2
+    # the user closes the scene during training: the next epoch recreates the nodes in it
+    slicer_harness.scene.Clear(0)
+    curves.add_epoch({"configuration": "3d_fullres", "fold": "1", "epoch": 1, "epochs": 3, "train_loss": 0.4})
+    assert curves.chart.GetScene() is slicer_harness.scene
+    assert curves.tables[("3d_fullres", "1")].GetScene() is slicer_harness.scene
+    assert [r["train_loss"] for r in curves.rows("3d_fullres", "1")] == [0.4]
+    assert curves.chart.GetNthPlotSeriesNode(0).GetTableNode() is curves.tables[("3d_fullres", "1")]
 
 
 def test_status_line_follows_events():

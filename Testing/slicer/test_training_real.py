@@ -99,3 +99,26 @@ def test_a_real_finetune_starts_from_the_model_and_installs_a_new_version(synthe
     found, _ = models.list_models(logic.models_dir)
     assert [(m.name, m.version) for m in found] == [("Tiny organs", "1"), ("Tiny organs", "2")]
     assert (first / "trained/3d_fullres/fold_all/checkpoint_final.pt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_real_full_run_cross_validates_selects_and_reports(slicer_harness, synthetic_dataset, tmp_path):
+    """Full mode (one configuration forced to keep it short): 5 folds, real find-best, report table from the
+    real validation summaries and inference.json."""
+    ds = synthetic_dataset(name="Five", n_cases=5, shape=(8, 16, 16), spacing=(2.0, 1.0, 1.0), seed=2)
+    logic = TrainingLogic(slicer_harness.scene, tmp_path / "models", sys.executable, work_root=tmp_path / "runs",
+                          pythonpath=str(REPO), runner_factory=small_runner_factory())
+    options = TrainingOptions("Five", mode="full", configuration="3d_fullres", epochs=1, iterations_per_epoch=2,
+                              val_iterations=1, device="cpu")
+    job = logic.start_training(ds, options)
+    assert job.wait(1200) and job.error is None, job.error
+    assert [s.label for s in job.state.steps][-2:] == ["find-best", "install"]
+    inference = json.loads((job.model_path / "inference.json").read_text())
+    assert inference["configurations"] == ["3d_fullres"]
+    t = job.report_table
+    assert t.GetNumberOfRows() == 7                      # 5 folds, their mean, the choice
+    for fold in range(5):
+        summary = json.loads((job.model_path / f"trained/3d_fullres/fold_{fold}/validation/summary.json").read_text())
+        assert t.GetCellText(fold, 1) == str(fold)
+        assert float(t.GetCellText(fold, 2)) == pytest.approx(summary["mean_dice"]["organ"], abs=1e-6)
+    assert t.GetCellText(6, 0) == "chosen: 3d_fullres"
