@@ -49,11 +49,15 @@ def bench_env(extra: Optional[Dict[str, str]] = None, threads: int = 1) -> Dict[
 
 def run_measured(cmd: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
                  interval: float = 0.05, log_path: Optional[Path] = None) -> Dict[str, float]:
-    """Run ``cmd``; return wall time (s) and the peak summed RSS (MiB) of its whole process tree, sampled
+    """Run ``cmd``; return wall time (``wall_s``), CPU time of the process tree (``cpu_s``, user + sys of every
+    waited-for descendant) and the peak summed RSS (``peak_rss_mib``) of the whole process tree, sampled
     every ``interval`` seconds with psutil. Raises RuntimeError (with the output tail) on failure."""
     import psutil
 
+    import resource
+
     out = open(log_path, "w") if log_path else subprocess.DEVNULL
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     peak = [0]
@@ -82,6 +86,7 @@ def run_measured(cmd: List[str], env: Optional[Dict[str, str]] = None, cwd: Opti
     thread.start()
     rc = proc.wait()
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     stop.set()
     thread.join()
     if log_path:
@@ -89,7 +94,8 @@ def run_measured(cmd: List[str], env: Optional[Dict[str, str]] = None, cwd: Opti
     if rc != 0:
         tail = Path(log_path).read_text()[-3000:] if log_path else ""
         raise RuntimeError(f"command failed ({rc}): {' '.join(map(str, cmd))}\n{tail}")
-    return {"wall_s": wall, "peak_rss_mib": peak[0] / 2 ** 20}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "peak_rss_mib": peak[0] / 2 ** 20, "cpu_s": cpu}
 
 
 def load_json(path: Path):

@@ -106,3 +106,20 @@ def test_sampling_rule_by_hand():
     assert len(np.unique(np.ravel_multi_index(locs["1"].T, seg.shape))) == 250   # without replacement
     again = sample_class_locations(seg, [1, 2, (1, 2), 3], max_samples=100, min_fraction=0.5)
     assert np.array_equal(again["1"], locs["1"])                                  # seeded
+
+
+def test_2d_images(rng):
+    from AutoSegLib.planning.plans import ConfigurationPlan, NetworkTopology, Plans
+
+    topo = NetworkTopology("plain_unet", 2, (4, 8), ((3, 3), (3, 3)), ((1, 1), (2, 2)), (1, 1), (1,))
+    cfg = ConfigurationPlan("2d", (0.5, 0.5), (16, 16), 2, (16, 16), ("zscore",), (False,), topo, data_identifier="x")
+    plans = Plans("d", {"0": "MRI"}, {"background": 0, "a": 1}, (1, 0), (1, 0), (1.0, 1.0), (20.0, 30.0), {},
+                  {"2d": cfg})
+    image = rng.normal(size=(1, 20, 30)).astype(np.float32)
+    label = np.zeros((20, 30), np.uint8)
+    label[5:10, 8:20] = 1
+    data, seg, props = preprocess_case(image, Geometry.identity((1.0, 2.0)), plans, "2d", label)
+    # transposed spacing (2, 1) -> 0.5 mm: 30 * 4 by 20 * 2
+    assert data.shape == seg.shape == (1, 120, 40) and props["target_spacing"] == [0.5, 0.5]
+    assert props["class_locations"]["1"].shape[1] == 2
+    assert abs(int((seg == 1).sum()) - 5 * 12 * 8) <= 12 * 4   # area scales by 8, up to the rim

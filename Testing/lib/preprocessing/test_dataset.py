@@ -106,3 +106,34 @@ def test_unknown_configuration_is_a_user_error(small_dataset, plans_factory, tmp
     with pytest.raises(AutoSegError, match="Did you mean '3d_fullres'"):
         preprocess_dataset(small_dataset, plans_factory(), ["3dfullres"], tmp_path / "w", num_workers=1)
     assert not (tmp_path / "w").exists()
+
+
+def test_killed_worker_is_reported_and_leaves_no_partial_case(small_dataset, plans_factory, tmp_path):
+    import multiprocessing
+    import signal
+
+    from AutoSegLib.errors import AutoSegError
+
+    plans = plans_factory(spacing3d=(2.0, 1.0, 1.0))
+    work = tmp_path / "work"
+    folder = work / "preprocessed" / "Plans_3d_fullres"
+
+    def kill_workers(event):   # out of memory / kill -9 while the other cases are in flight
+        if event["event"] == "progress":
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+
+    with pytest.raises(AutoSegError, match="worker process died"):
+        preprocess_dataset(small_dataset, plans, ["3d_fullres"], work, num_workers=2, progress=kill_workers)
+    _assert_no_partial_case_after_kill(folder)
+    r = preprocess_dataset(small_dataset, plans, ["3d_fullres"], work, num_workers=1)
+    assert r["processed"] >= 1 and r["processed"] + r["skipped"] == 4
+    _assert_no_partial_case(folder)                # temporaries of killed writers are gone too
+    assert all(case_paths(folder, c)[2].exists() for c in CASES)
+
+
+def _assert_no_partial_case_after_kill(folder):
+    for case in CASES:
+        image, seg, props = case_paths(folder, case)
+        if props.exists():
+            assert image.exists() and seg.exists()
