@@ -114,7 +114,7 @@ def _bspline_weights(t: np.ndarray, order: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _evaluation_matrix(n_in: int, n_out: int, order: int):
+def _evaluation_matrix(n_in: int, n_out: int, order: int, dtype: str = "float64"):
     """Sparse (n_out, n_in + 2 * pad) matrix evaluating the spline (coefficients for order >= 2, samples for
     order 0/1) at the output voxel centres, with edge clamping. Returns (matrix, pad)."""
     from scipy.sparse import csr_matrix
@@ -139,17 +139,19 @@ def _evaluation_matrix(n_in: int, n_out: int, order: int):
     rows = np.repeat(np.arange(n_out), order + 1)
     m = csr_matrix((weights.ravel(), (rows, cols.ravel())), shape=(n_out, n_src))
     m.sum_duplicates()
-    return m, pad
+    return m.astype(dtype), pad
 
 
 def _resample_axis(x: np.ndarray, axis: int, n_out: int, order: int) -> np.ndarray:
-    """Spline-resample float64 array ``x`` along ``axis`` to ``n_out`` samples (edge mode)."""
+    """Spline-resample ``x`` (float64, or float32 for order <= 1) along ``axis`` to ``n_out`` samples (edge
+    mode). Orders >= 2 prefilter in float64."""
     n_in = x.shape[axis]
     if n_in == n_out:
         return x
     if order == 0:
         return np.take(x, _nearest_indices(n_in, n_out), axis=axis)
-    matrix, pad = _evaluation_matrix(n_in, n_out, order)
+    matrix, pad = _evaluation_matrix(n_in, n_out, order, "float32" if x.dtype == np.float32 and order <= 1
+                                     else "float64")
     if pad:
         from scipy.ndimage import spline_filter1d
 
@@ -215,8 +217,11 @@ def resample_image(data: np.ndarray, current_spacing: Sequence[float], new_shape
     axis = separate_axis(current_spacing, new_spacing, settings)
     ndim = len(spatial)
     out = np.empty((data.shape[0],) + new_shape, dtype=np.float32)
+    # linear (and nearest) interpolation is accurate to ~1e-7 relative in float32, at half the memory and
+    # 1.5x the speed; splines of order >= 2 are computed in float64 like the reference
+    work = np.float32 if order <= 1 and settings.order_z <= 1 and data.dtype.itemsize <= 4 else np.float64
     for c in range(data.shape[0]):
-        x = data[c].astype(np.float64, copy=False)
+        x = data[c].astype(work, copy=False)
         if axis is None:
             y = _resample_axes(x, new_shape, range(ndim), order)
             np.clip(y, x.min(), x.max(), out=y)
