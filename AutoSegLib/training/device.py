@@ -4,7 +4,7 @@
 - Precision "auto": float16 autocast with a gradient scaler on CUDA (the recipe's mixed precision);
   bfloat16 autocast on a CPU with native bfloat16 support (AVX-512 BF16 / AMX: about 2x faster steps,
   see performance-notes.md); float32 elsewhere (mps, older CPUs).
-- Layout: channels_last(_3d) on CPU, which speeds convolutions up (and more with bfloat16).
+- Layout: channels_last(_3d) on CPU when asked (``TrainingConfig.channels_last``; off by default, see there).
 """
 from __future__ import annotations
 
