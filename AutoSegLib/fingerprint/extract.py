@@ -69,7 +69,8 @@ def analyze_case(case: CaseFiles, n_samples: int, label_values: Optional[Tuple[i
     """Read one case and compute its fingerprint entry (run in a worker process).
 
     Returns a dict with ``case`` (CaseFingerprint or None), ``samples`` (per channel ``(values float32,
-    counts int32)`` of the foreground voxels that were drawn), ``errors`` and ``warnings``. When
+    counts int64)``: the distinct intensities among the drawn foreground voxels and how often they were
+    drawn), ``errors`` and ``warnings``. When
     ``label_values`` is given the case is also verified (io.verify.check_case_arrays).
     """
     from AutoSegLib.io.images import read_image
@@ -104,7 +105,10 @@ def analyze_case(case: CaseFiles, n_samples: int, label_values: Optional[Tuple[i
         values = cropped[c][fg]
         counts = sample_foreground_counts(values, n_samples, rs)
         keep = counts > 0
-        samples.append((values[keep], counts[keep]))
+        # merge equal intensities (integer-valued data such as CT has few distinct values): the parent
+        # then pools thousands of (value, count) pairs instead of millions of samples
+        distinct, inverse = np.unique(values[keep], return_inverse=True)
+        samples.append((distinct, np.bincount(inverse, weights=counts[keep]).astype(np.int64)))
     before, after = images.shape[1:], cropped.shape[1:]
     record = CaseFingerprint(
         case_id=case.case_id, spacing=tuple(geometry.spacing), shape_before_crop=tuple(int(s) for s in before),

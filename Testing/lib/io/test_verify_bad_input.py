@@ -60,6 +60,16 @@ def break_label_spacing(ds):
     return ["case_002", "case_002.nii.gz", "spacing"]
 
 
+def break_labels_without_background(ds):
+    _edit_json(ds, lambda d: d.update(labels={"organ": 1, "lesion": 2}))
+    return ["dataset.json", "background with value 0"]
+
+
+def break_channel_names(ds):
+    _edit_json(ds, lambda d: d.update(channel_names={"1": "T1", "2": "T2"}))
+    return ["dataset.json", "'channel_names' must map"]
+
+
 def break_channel_origin(ds):
     _rewrite(ds / "imagesTr" / "case_000_0001.nii.gz",
              lambda a, g: (a, Geometry(g.spacing, tuple(np.add(g.origin, (5.0, 0, 0))), g.direction)))
@@ -145,7 +155,7 @@ def break_label_missing(ds):
     return ["case_002", "label file missing", "case_002.nii.gz"]
 
 
-BREAKERS = [break_missing_json, break_missing_keys, break_missing_channel, break_label_spacing,
+BREAKERS = [break_missing_json, break_missing_keys, break_labels_without_background, break_channel_names, break_missing_channel, break_label_spacing,
             break_channel_origin, break_label_size, break_label_values, break_nan, break_nan_nrrd, break_truncated, break_truncated_label, break_garbage_file, break_4d,
             break_empty_labels, break_num_training, break_not_a_dataset, break_label_missing]
 
