@@ -34,7 +34,7 @@ from AutoSegSlicer.training_job import TrainingJob
 from AutoSegSlicer.training_options import (DatasetSummary, TrainingOptions, check_finetune_compatible,
                                             resolve_folds, summarize_dataset)
 from AutoSegSlicer.training_pipeline import (STATE_FILE, TrainingState, expand_train_steps, finetune_state,
-                                             find_resumable, new_model_state)
+                                             find_resumable, new_model_state, process_running)
 from AutoSegSlicer.training_progress import TrainingCurves
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,13 @@ class TrainingLogic:
         if state.finished:
             raise AutoSegError(f"The training in {work} has finished; its model is in {state.model_path}.")
         for s in state.steps:
+            if s.status == "running" and process_running(s.pid):
+                raise AutoSegError(f"Step '{s.label}' of this training is still running (process {s.pid}, started "
+                                   f"by a Slicer session that ended). Wait for it to finish or stop that process, "
+                                   f"then resume.")
+        for s in state.steps:
             if s.status != "done":
-                s.status = "pending"
+                s.status, s.pid = "pending", None
         return self._start(state, on_event)
 
     def discard(self, work) -> None:

@@ -113,7 +113,7 @@ class TrainingJob:
                 self._handle(event)
             self.runner, self._result = None, None
         if self._step is not None and self._step.status == RUNNING:
-            self._step.status = PENDING
+            self._step.status, self._step.pid = PENDING, None
             self.state.save()
         self.cancelled = True
         self._log("=== cancelled")
@@ -166,12 +166,15 @@ class TrainingJob:
         argv = autoseglib_command(self.logic.python_executable, step.command, args)
         self._log("$ " + " ".join(argv))
         self.runner.start(argv)
+        step.pid = self.runner.pid
+        self.state.save()
 
     def _on_finished(self, result: RunResult) -> None:  # called inside runner.poll_events
         self._result = result
 
     def _step_finished(self, result: RunResult) -> None:
         step = self._step
+        step.pid = None
         if result.ok:
             step.status = DONE
             self.state.save()

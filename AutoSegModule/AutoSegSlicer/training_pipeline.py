@@ -17,6 +17,7 @@ every change of a step's status); a train step that was running when the run sto
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -41,6 +42,7 @@ class Step:
     status: str = PENDING
     configuration: Optional[str] = None
     fold: Optional[str] = None
+    pid: Optional[int] = None   # the child process while it runs (a Slicer that crashed may leave it running)
 
     @property
     def in_process(self) -> bool:
@@ -54,7 +56,7 @@ class Step:
 
     def to_dict(self) -> dict:
         return {"command": self.command, "args": list(self.args), "status": self.status,
-                "configuration": self.configuration, "fold": self.fold}
+                "configuration": self.configuration, "fold": self.fold, "pid": self.pid}
 
 
 @dataclass
@@ -235,6 +237,25 @@ def resume_args(step: Step, work: Path) -> List[str]:
 
 def fold_dir(work: Path, configuration: str, fold: str) -> Path:
     return Path(work) / "trained" / str(configuration) / f"fold_{fold}"
+
+
+def process_running(pid: Optional[int]) -> bool:
+    """Whether ``pid`` is a live AutoSegLib child (POSIX; on other systems: False, nothing is checked)."""
+    if not pid or os.name != "posix":
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{int(pid)}/cmdline")
+    if cmdline.is_file():  # Linux: make sure the pid was not reused by something else
+        try:
+            return b"autoseglib" in cmdline.read_bytes().lower()
+        except OSError:
+            return False
+    return True
 
 
 def find_resumable(work_root) -> List[TrainingState]:

@@ -240,6 +240,28 @@ def test_cancel_kills_the_child_and_resume_continues_from_the_last_checkpoint(lo
     assert again.resumable() == []
 
 
+def test_resume_is_refused_while_an_orphaned_child_still_trains(logic, dataset, monkeypatch, slicer_harness):
+    """Slicer crashed (no cancel): its child keeps training; a new session must not start a second one."""
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=50,sleep=0.2")
+    job = logic.start_training(dataset(5), TrainingOptions("Orphan", epochs=50))
+    import time
+    deadline = time.monotonic() + 60
+    while job.poll() and job.status.epoch is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        state = TrainingState.load(job.state.work)
+        running = [s for s in state.steps if s.status == "running"]
+        assert len(running) == 1 and running[0].pid == job.runner.pid
+        again = TrainingLogic(slicer_harness.scene, logic.models_dir, sys.executable, work_root=logic.work_root,
+                              pythonpath=str(REPO), runner_factory=fake_factory())
+        with pytest.raises(AutoSegError, match=f"still running \\(process {job.runner.pid}"):
+            again.resume(job.state.work)
+    finally:
+        job.cancel()
+    assert TrainingState.load(job.state.work).train_steps()[0].pid is None
+
+
 def test_disk_full_stops_with_a_clear_message_and_keeps_the_last_checkpoint(logic, dataset, monkeypatch):
     monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=4,diskfull=2")
     job = logic.start_training(dataset(5), TrainingOptions("Full disk"))
