@@ -208,3 +208,39 @@ def test_inference_instructions_drive_configuration_folds_and_postprocessing(tin
     plain3d, _ = predict_arrays(model, img, geo, "3d_fullres", device="cpu", tta=False)
     nopp3d, _ = predict_arrays(model, img, geo, "3d_fullres", postprocess=False, device="cpu", tta=False)
     np.testing.assert_array_equal(plain3d, nopp3d)
+
+
+def test_cli_progress_json_events(tiny_model, tmp_path, capsys):
+    import json
+    from AutoSegLib.cli import main
+    model = tiny_model()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(2):
+        write_case(inp / f"c{i}_0000.nii.gz", image((6, 16, 40), i)[0], (2, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert main(["predict", "-m", str(model.path), "-i", str(inp), "-o", str(tmp_path / "o"), "--device", "cpu",
+                 "--progress-json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    windows = [e for e in events if e["event"] == "progress" and e["stage"].startswith("predict 3d_fullres")]
+    # x: 40 wide, patch 16, step 8 -> starts 0, 8, 16, 24; y fits one patch; z (6) is padded to 8: 4 windows
+    assert windows and windows[-1]["current"] == windows[-1]["total"] == 4
+    assert all("eta_s" in e for e in windows)
+    cases = [e for e in events if e["event"] == "progress" and e["stage"] == "predict cases"]
+    assert [e["current"] for e in cases] == [1, 2]
+    result = [e for e in events if e["event"] == "result"][-1]
+    assert sorted(Path(p).name for p in result["outputs"]) == ["c0.nii.gz", "c1.nii.gz"]
+
+
+def test_device_and_precision_choices():
+    from AutoSegLib.inference.runner import resolve_device, resolve_precision
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(AutoSegError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(AutoSegError, match="unknown device"):
+        resolve_device("tpu")
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("auto", torch.device("cuda")) is torch.float16
+    assert resolve_precision("bfloat16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(AutoSegError, match="unknown precision"):
+        resolve_precision("int8", torch.device("cpu"))
