@@ -130,7 +130,8 @@ def test_start_offers_a_single_fold_for_few_cases_then_installs(section, synthet
     _run(section)
     assert section.shown["errors"] == []
     assert section.form.trainingStatusLabel.text.startswith("Done: model installed in ")
-    assert section.form.trainingProgressBar.value == 3 and section.form.trainingProgressBar.maximum == 3
+    bar = section.form.trainingProgressBar
+    assert bar.value == bar.maximum and bar.maximum in (3, 100)   # 3 epochs, unless no poll fell within them
     assert len(section.refreshed) == 1 and section.refreshed[0].name == "Few"
     assert section.form.startTrainingButton.text == "Start training"
     table_id = slicer_harness.app_logic.GetSelectionNode().GetActiveTableID()
