@@ -4,7 +4,8 @@ For each variant (float32 as the reference computes it; float32 with channels-la
 bfloat16 autocast; larger window batches) and each fixture input, predicts in-process with the
 reference's nnU-Net model folder (imported on the fly) and compares with the reference's own outputs in
 ../shared/reference/nnunet_models/outputs: max |p - p_ref|, label voxels that differ, Dice per class,
-and the wall time of `predict_arrays` (after one warm-up case).
+and the wall and CPU time of `predict_arrays` (after one warm-up case; on a shared machine the CPU
+time is the steadier figure).
 
     .venv/bin/python bench/predict_precision.py [--configurations 3d_fullres 2d] [--threads 2]
 """
@@ -65,22 +66,22 @@ def main() -> int:
                 predict_arrays(model, *warm, conf, tta=tta, device="cpu", **kw)  # warm-up
                 for case in cases:
                     img, geo = read_case([SHARED / "inputs" / f"{case}_0000.nii.gz"])
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     labels, probs = predict_arrays(model, img, geo, conf, tta=tta, device="cpu",
                                                    return_probabilities=True, **kw)
-                    wall = time.perf_counter() - t0
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                     ref_p = np.load(ref_dir / f"{case}.npz")["probabilities"]
                     ref_l = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_dir / f"{case}.nii.gz")))
                     row = {"configuration": conf, "tta": tta, "variant": variant, "case": case,
-                           "wall_s": round(wall, 3), "max_abs_prob_diff": float(np.abs(probs - ref_p).max()),
+                           "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "max_abs_prob_diff": float(np.abs(probs - ref_p).max()),
                            "label_voxels_differing": int((labels != ref_l).sum()),
                            "dice": {int(c): round(dice(labels == c, ref_l == c), 5) for c in (1, 2)}}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    print("\n| configuration | TTA | variant | case | wall s | max abs prob diff | labels differing | Dice |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| configuration | TTA | variant | case | wall s | CPU s | max abs prob diff | labels differing | Dice |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['configuration']} | {'on' if r['tta'] else 'off'} | {r['variant']} | {r['case']} | {r['wall_s']:.2f} "
+        print(f"| {r['configuration']} | {'on' if r['tta'] else 'off'} | {r['variant']} | {r['case']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
               f"| {r['max_abs_prob_diff']:.2e} | {r['label_voxels_differing']} | {r['dice']} |")
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=1))

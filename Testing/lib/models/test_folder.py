@@ -104,3 +104,19 @@ def test_mirror_axes_recorded_in_model_json_win(tmp_path):
     assert model.configurations["3d_fullres"].mirror_axes == (1, 2)
     assert model.configurations["2d"].mirror_axes == (0, 1)
     assert model.metadata["name"] == "x"
+
+
+def test_archive_round_trip_predicts_the_same(tmp_path):
+    archive_mod = pytest.importorskip("AutoSegLib.models.archive")
+    import numpy as np
+    from AutoSegLib.inference.predict import predict_arrays
+    from AutoSegLib.io.geometry import Geometry
+    folder = write_model(tmp_path / "m", make_plans())
+    archive = archive_mod.export_model_archive(folder, tmp_path / "model.zip")
+    model = load_model(archive, cache_dir=tmp_path / "cache")
+    assert model.source == "archive" and (tmp_path / "cache" / "plans.json").is_file()
+    img = np.random.default_rng(0).normal(size=(1, 6, 16, 16)).astype(np.float32)
+    geo = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    a, _ = predict_arrays(model, img, geo, tta=False, device="cpu")
+    b, _ = predict_arrays(load_model(folder), img, geo, tta=False, device="cpu")
+    np.testing.assert_array_equal(a, b)
