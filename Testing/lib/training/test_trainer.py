@@ -199,3 +199,34 @@ def test_existing_run_corrupt_checkpoint_and_init_from(work, tmp_path):
     with pytest.raises(AutoSegError, match="another architecture.*encoder.stages.0.0.convs.0.conv.weight"):
         train_fold(work, "3d_fullres", 0, cfg.replace(init_from=str(arch)), output_dir=tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "trained" / "3d_fullres" / "fold_0" / "checkpoint_latest.pt").exists()
+
+
+def test_time_budget_stops_cleanly_and_still_validates(work):
+    cfg = FAST.replace(epochs=100, iterations_per_epoch=50, time_budget_minutes=1e-4)
+    out = train_fold(work, "3d_fullres", 0, cfg)
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["iterations"] == 1          # stopped after the first iteration
+    assert torch.load(out / "checkpoint_final.pt", weights_only=True)["epoch"] == 1
+    assert (out / "validation" / "summary.json").is_file()
+
+
+def test_cuda_out_of_memory_names_the_fix():
+    from AutoSegLib.io.labels import LabelLayout
+    from AutoSegLib.training.device import Execution
+    from AutoSegLib.training.loop import train_step
+    from AutoSegLib.training.loss import SegmentationLoss
+
+    class Oom(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    net = Oom()
+    ex = Execution(torch.device("cpu"), None, False, torch.contiguous_format)
+    loss = SegmentationLoss(LabelLayout.from_dataset_labels({"background": 0, "fg": 1}))
+    with pytest.raises(AutoSegError, match="--gpu-memory-gb"):
+        train_step(net, torch.optim.SGD(net.parameters(), lr=0.1), None, loss, np.zeros((1, 1, 4, 4), np.float32),
+                   np.zeros((1, 1, 4, 4), np.int16), ex, [(4, 4)], 12.0)
