@@ -130,11 +130,15 @@ class TrainingState:
         if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
             raise AutoSegError(f"{path}: unknown format {d.get('format') if isinstance(d, dict) else d!r} "
                                f"(expected {STATE_FORMAT}); start a new training.")
-        return cls(kind=d["kind"], dataset=Path(d["dataset"]), work=Path(d["work"]),
-                   options=TrainingOptions.from_dict(d["options"]), folds=list(d["folds"]),
-                   base_model=Path(d["base_model"]) if d.get("base_model") else None,
-                   steps=[Step(**s) for s in d["steps"]],
-                   model_path=Path(d["model_path"]) if d.get("model_path") else None)
+        try:
+            return cls(kind=d["kind"], dataset=Path(d["dataset"]), work=Path(d["work"]),
+                       options=TrainingOptions.from_dict(d["options"]), folds=list(d["folds"]),
+                       base_model=Path(d["base_model"]) if d.get("base_model") else None,
+                       steps=[Step(**s) for s in d["steps"]],
+                       model_path=Path(d["model_path"]) if d.get("model_path") else None)
+        except (KeyError, TypeError) as exc:
+            raise AutoSegError(f"{path}: incomplete or unknown entries ({exc!r}); the run cannot be resumed. Start a "
+                               f"new training.") from None
 
 
 def _train_args(work: Path, configuration: str, fold: str, options: TrainingOptions, n_trainings: int,

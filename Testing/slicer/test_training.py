@@ -345,6 +345,21 @@ def test_a_missing_python_stops_the_run_with_a_message(logic, dataset):
     assert not job.running and "could not start /nonexistent/PythonSlicer" in job.error
 
 
+def test_damaged_state_files_are_reported_not_resumed(logic, tmp_path):
+    work = logic.work_root / "Damaged"
+    work.mkdir(parents=True)
+    for text, match in [("{", "not valid JSON"), ('{"format": 99}', "unknown format"),
+                        ('{"format": 1, "kind": "train"}', "incomplete")]:
+        (work / STATE_FILE).write_text(text)
+        with pytest.raises(AutoSegError, match=match):
+            logic.resume(work)
+        assert logic.resumable() == []
+    with pytest.raises(AutoSegError, match="not a training work folder"):
+        logic.discard(tmp_path)
+    logic.discard(work)
+    assert not work.exists()
+
+
 def test_bad_options_are_refused():
     for kw, text in [({"model_name": ""}, "model name"), ({"model_name": "a/b"}, "model name"),
                      ({"model_name": "x", "mode": "fast"}, "mode"), ({"model_name": "x", "epochs": 0}, "epochs"),
