@@ -74,19 +74,30 @@ class TrainingLogic:
         """Cases, labels and channels of a dataset folder, with structural problems (no image read)."""
         return summarize_dataset(dataset)
 
-    def verify(self, dataset, timeout: Optional[float] = None):
-        """Run ``autoseg verify`` in a child process (blocking); returns ``(ok, errors, warnings)`` where
-        ``errors`` is the child's error message split in lines (one problem each)."""
-        events: List[dict] = []
-        runner = self.runner_factory(on_event=events.append, pythonpath=self.pythonpath)
+    def start_verify(self, dataset):
+        """Start ``autoseg verify DATASET`` in a child process; returns the runner (events queued for
+        ``runner.poll_events``; pass them and ``runner.result`` to `verify_messages`)."""
+        runner = self.runner_factory(on_event=None, pythonpath=self.pythonpath)
         runner.start(autoseglib_command(self.python_executable, "verify", [str(dataset)]))
+        return runner
+
+    @staticmethod
+    def verify_messages(events: List[dict], result):
+        """``(ok, errors, warnings)`` of a finished verify child: ``errors`` is its error message split in
+        lines (one problem each), ``warnings`` its warning log events."""
+        warnings = [str(e.get("message")) for e in events if e.get("event") == "log" and e.get("level") == "warning"]
+        errors = [] if result.ok else [ln for ln in (result.error or result.failure_message("verify")).splitlines()
+                                       if ln.strip()]
+        return result.ok, errors, warnings
+
+    def verify(self, dataset, timeout: Optional[float] = None):
+        """Blocking `start_verify`: returns ``(ok, errors, warnings)``."""
+        runner = self.start_verify(dataset)
         result = runner.wait(timeout)
         if result is None:
             runner.cancel()
             raise AutoSegError(f"Verifying {dataset} did not finish within {timeout} s.")
-        warnings = [str(e.get("message")) for e in events if e.get("event") == "log" and e.get("level") == "warning"]
-        errors = [] if result.ok else [ln for ln in (result.error or result.failure_message("verify")).splitlines() if ln.strip()]
-        return result.ok, errors, warnings
+        return self.verify_messages(runner.poll_events(), result)
 
     def work_dir(self, options: TrainingOptions) -> Path:
         from AutoSegSlicer.training_install import folder_name

@@ -33,6 +33,8 @@ class TrainingSection:
         self.widget = None
         self.logic = None
         self.job = None
+        self._verify_runner = None
+        self._verify_events = []
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self._poll)
@@ -67,6 +69,8 @@ class TrainingSection:
 
     def cleanup(self):
         self._timer.stop()
+        if self._verify_runner is not None:
+            self._verify_runner.cancel()
         if self.job is not None and self.job.running:
             self.job.cancel()  # the child must not outlive Slicer; the run stays resumable
 
@@ -91,14 +95,32 @@ class TrainingSection:
 
     def onVerify(self):
         import slicer
-        with slicer.util.tryWithErrorDisplay("Verification could not run.", waitCursor=True):
-            ok, errors, warnings = self.logic.verify(self.datasetPath(), timeout=3600)
-            self.form.trainingMessagesTextEdit.clear()
-            for line in errors:
-                self.message(line, "error")
-            for line in warnings:
-                self.message(line, "warning")
-            self.message("Dataset OK." if ok else "The dataset has problems (above); training would not start.")
+        if self._verify_runner is not None:
+            return
+        try:
+            self._verify_runner = self.logic.start_verify(self.datasetPath())
+        except (AutoSegError, OSError) as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg training")
+            return
+        self._verify_events = []
+        self.form.verifyButton.enabled = False
+        self.form.trainingMessagesTextEdit.clear()
+        self.message(f"Verifying {self.datasetPath()} ...")
+        self._timer.start()
+
+    def _poll_verify(self):
+        runner = self._verify_runner
+        self._verify_events += runner.poll_events()
+        if runner.result is None:
+            return
+        self._verify_runner = None
+        self.form.verifyButton.enabled = True
+        ok, errors, warnings = self.logic.verify_messages(self._verify_events, runner.result)
+        for line in errors:
+            self.message(line, "error")
+        for line in warnings:
+            self.message(line, "warning")
+        self.message("Dataset OK." if ok else "The dataset has problems (above); training would not start.")
 
     def onFineTuneToggled(self, checked):
         model = self.panel.currentModel()
@@ -179,8 +201,11 @@ class TrainingSection:
         self._timer.start()
 
     def _poll(self):
+        if self._verify_runner is not None:
+            self._poll_verify()
         if self.job is None:
-            self._timer.stop()
+            if self._verify_runner is None:
+                self._timer.stop()
             return
         running = self.job.poll()
         status = self.job.status
@@ -196,7 +221,8 @@ class TrainingSection:
 
     def finish(self):
         import slicer
-        self._timer.stop()
+        if self._verify_runner is None:
+            self._timer.stop()
         job, self.job = self.job, None
         self.onFineTuneToggled(self.form.fineTuneCheckBox.checked)
         self.refreshResumable()

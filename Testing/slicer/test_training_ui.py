@@ -151,6 +151,17 @@ def test_a_failed_verification_is_shown_and_nothing_installed(section, synthetic
     bad.CopyInformation(img)
     sitk.WriteImage(bad, str(path))
     section.form.datasetPathLineEdit.currentPath = str(ds)
+    section.onVerify()                                   # in a child; the panel stays responsive
+    assert section._verify_runner is not None and not section.form.verifyButton.enabled
+    import time
+    deadline = time.monotonic() + 60
+    while section._verify_runner is not None:
+        assert time.monotonic() < deadline
+        section._poll()
+        time.sleep(0.05)
+    lines = section.form.trainingMessagesTextEdit.lines
+    assert any(ln.startswith("ERROR: ") and "case_003" in ln for ln in lines) and "training would not start" in lines[-1]
+    assert section.form.verifyButton.enabled
     section.form.modelNameLineEdit.text = "Bad"
     section.onStart()
     _run(section)
