@@ -8,7 +8,7 @@ import pytest
 
 
 def tiny_plans(dataset_path: Path, ndim: int = 3, labels=None, patch=None, batch_size: int = 2,
-               features=(4, 8, 16), spacing=None):
+               features=(4, 8, 16), spacing=None, regions_class_order=None):
     """Plans for a tiny U-Net on the synthetic data: 3 stages, zscore, no resampling."""
     from AutoSegLib.planning.plans import ConfigurationPlan, NetworkTopology, Plans
 
@@ -33,7 +33,8 @@ def tiny_plans(dataset_path: Path, ndim: int = 3, labels=None, patch=None, batch
         normalization=("zscore",), use_mask_for_norm=(False,), network=topo, data_identifier=f"tiny_{name}")
     return Plans(dataset_name=dataset_path.name, channel_names={"0": "MRI"}, labels=labels,
                  transpose_forward=(0, 1, 2), transpose_backward=(0, 1, 2), original_median_spacing=(1.0, 1.0, 1.0),
-                 original_median_shape=(16.0, 24.0, 24.0), intensity_properties={}, configurations=confs)
+                 original_median_shape=(16.0, 24.0, 24.0), intensity_properties={}, configurations=confs,
+                 regions_class_order=tuple(regions_class_order) if regions_class_order else None)
 
 
 def make_work_dir(root: Path, ndim: int = 3, n_cases: int = 6, shape=(16, 24, 24), seed: int = 0, **plan_kwargs) -> Path:
@@ -48,6 +49,11 @@ def make_work_dir(root: Path, ndim: int = 3, n_cases: int = 6, shape=(16, 24, 24
     plans = tiny_plans(raw, ndim=ndim, **plan_kwargs)
     plans.to_json(work / "plans.json")
     ds = json.loads((raw / "dataset.json").read_text())
+    if plan_kwargs.get("labels"):  # other label semantics on the same synthetic values 0, 1, 2
+        ds["labels"] = plan_kwargs["labels"]
+        if plan_kwargs.get("regions_class_order"):
+            ds["regions_class_order"] = list(plan_kwargs["regions_class_order"])
+        (raw / "dataset.json").write_text(json.dumps(ds))
     ds["dataset_path"] = str(raw.resolve())
     (work / "dataset.json").write_text(json.dumps(ds))
     preprocess_dataset(raw, plans, work_dir=work, num_workers=1)
