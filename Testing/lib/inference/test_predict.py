@@ -244,3 +244,26 @@ def test_device_and_precision_choices():
     assert resolve_precision("bfloat16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(AutoSegError, match="unknown precision"):
         resolve_precision("int8", torch.device("cpu"))
+
+
+def test_a_2d_dataset_model_predicts_2d_images(tmp_path):
+    import dataclasses
+    from AutoSegLib.inference.files import predict_files
+    from AutoSegLib.models.folder import load_model
+    from .conftest import make_plans, write_model
+    p3 = make_plans(configurations=("2d",))
+    plans = dataclasses.replace(p3, transpose_forward=(0, 1), transpose_backward=(0, 1),
+                                original_median_spacing=(1.0, 1.0), original_median_shape=(20.0, 20.0))
+    model = load_model(write_model(tmp_path / "m2d", plans))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    img = sitk.GetImageFromArray(image((30, 21))[0])
+    img.SetSpacing((0.5, 0.7))
+    img.SetOrigin((3.0, -4.0))
+    sitk.WriteImage(img, str(inp / "slice_0000.nrrd"))
+    out = predict_files(model, inp, tmp_path / "out", device="cpu")
+    seg = sitk.ReadImage(str(out[0]))
+    assert seg.GetDimension() == 2 and seg.GetSize() == (21, 30)
+    assert (seg.GetSpacing(), seg.GetOrigin()) == ((0.5, 0.7), (3.0, -4.0))
+    with pytest.raises(AutoSegError, match="trained on 2D images"):
+        predict_arrays(model, image((4, 30, 21)), Geometry((1.0, 1.0, 1.0), (0.0,) * 3, tuple(np.eye(3).ravel())))
