@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
                         help="skip the model's post-processing steps")
     parser.add_argument("--output-ending", default=None,
                         help="file format of the label maps, e.g. .nii.gz or .nrrd (default: the input's own)")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="for a training work folder: use checkpoint_best/latest of folds without a final checkpoint")
     parser.add_argument("--skip-existing", action="store_true", help="skip cases whose output already exists")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
 
@@ -52,7 +54,7 @@ def run(args, progress) -> int:
         raise AutoSegError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model, allow_non_final=args.allow_unfinished)
     model.cache_weights = True  # several cases in a row: read each fold's weights once
     progress({"event": "stage", "stage": "predict",
               "message": f"model {model.path} ({model.source}); configurations {sorted(model.configurations)}"})

@@ -147,7 +147,8 @@ def predict_sliding_window(array, predictor: Callable[[torch.Tensor], torch.Tens
         Network input (preprocessed image). ``spatial`` has ``len(patch_size)`` axes, or one more for a 2D
         patch over 3D data (each slice along axis 0 is predicted on its own).
     predictor : callable
-        ``predictor(batch) -> logits``: batch ``(B, C, *patch)`` on ``device``, logits ``(B, K, *patch)``.
+        ``predictor(batch) -> logits``: batch ``(B, C, *patch)`` on ``device``, logits ``(B, K, *patch)``
+        float32, a new tensor (it is updated in place).
     patch_size : sequence of int
         Window size (2 or 3 axes).
     num_outputs : int, optional

@@ -225,7 +225,8 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
         hint = f" Found only: {found}." if found else ""
         raise AutoSegError(f"{path}: no trained weights: expected trained/<configuration>/fold_<k>/checkpoint_final.pt "
                            f"for one of the configurations {sorted(plans.configurations)}.{hint} Train a fold first "
-                           f"(`autoseg train`).")
+                           f"(`autoseg train`), or use the checkpoints of unfinished folds "
+                           f"(`autoseg predict --allow-unfinished`).")
     inference = None
     if (path / "inference.json").is_file():
         inference = _load_inference(path)
