@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Collapsible sections beyond "Segment" ("module:Class"), set up in this order. The training panel adds
 #: itself here (one line).
-SECTIONS: list = ["AutoSegSlicer.widget_corrections:CorrectionsSection"]
+SECTIONS: list = ["AutoSegSlicer.widget_corrections:CorrectionsSection",
+                  "AutoSegSlicer.training_widget:TrainingSection"]
 
 SETTINGS_MODELS_FOLDER = "AutoSeg/ModelsFolder"
 
