@@ -74,6 +74,10 @@ class TrainingSection:
         if self.job is not None and self.job.running:
             self.job.cancel()  # the child must not outlive Slicer; the run stays resumable
 
+    def onStateChanged(self, busy: bool, segmentation):
+        """The panel's state: a case can be added while a segmentation is selected and nothing runs."""
+        self.form.addPartialCaseButton.enabled = segmentation is not None and not busy
+
     def onModelsChanged(self):
         self.logic.models_dir = Path(self.panel.logic.models_dir)
         self.onFineTuneToggled(self.form.fineTuneCheckBox.checked)
