@@ -404,6 +404,24 @@ def test_finetune_produces_a_new_version_and_keeps_the_old(logic, dataset, base_
     assert {p: p.read_bytes() for p in base_model.rglob("*") if p.is_file()} == before   # old model untouched
 
 
+def test_finetune_on_partially_annotated_corrections_keeps_outputs_and_declares_ignore(logic, dataset, base_model,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=1")
+    plans = json.loads((base_model / "plans.json").read_text())
+    plans["labels"] = {"background": 0, "organ": 1, "lesion": 2}
+    (base_model / "plans.json").write_text(json.dumps(plans))
+    ds = dataset(3, name="PartialCorrections")
+    data = json.loads((ds / "dataset.json").read_text())
+    data["labels"]["ignore"] = 3
+    (ds / "dataset.json").write_text(json.dumps(data))
+    job = logic.start_finetune(base_model, ds, TrainingOptions("Organs"))
+    assert job.wait(120) and job.error is None, job.error
+    work_plans = json.loads((job.state.work / "plans.json").read_text())
+    assert work_plans["labels"] == {"background": 0, "organ": 1, "lesion": 2, "ignore": 3}
+    assert {k: v for k, v in work_plans.items() if k != "labels"} == {k: v for k, v in plans.items() if k != "labels"}
+    assert models.read_model_info(job.model_path).labels == (("background", 0), ("organ", 1), ("lesion", 2))
+
+
 def test_finetune_refuses_other_labels_or_channel_count(logic, dataset, base_model, synthetic_dataset):
     ds = dataset(3)
     data = json.loads((ds / "dataset.json").read_text())
