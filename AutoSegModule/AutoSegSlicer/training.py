@@ -40,6 +40,15 @@ from AutoSegSlicer.training_progress import TrainingCurves
 log = logging.getLogger(__name__)
 
 
+class UnfinishedTrainingError(AutoSegError):
+    """A run with the same model name was interrupted after training had started; ``work`` is its folder
+    (resume it with `TrainingLogic.resume` or delete it with `TrainingLogic.discard`)."""
+
+    def __init__(self, message: str, work: Path):
+        super().__init__(message)
+        self.work = Path(work)
+
+
 class TrainingLogic:
     """Start, follow, cancel and resume trainings; install their models.
 
@@ -121,8 +130,8 @@ class TrainingLogic:
                 state = None  # unreadable: nothing to resume
         trained = any((work / "trained").rglob("checkpoint_latest.pt")) if work.is_dir() else False
         if state is not None and not state.finished and trained:
-            raise AutoSegError(f"An unfinished training named '{options.model_name}' exists in {work}. Resume it, "
-                               f"discard it, or choose another model name.")
+            raise UnfinishedTrainingError(f"An unfinished training named '{options.model_name}' exists in {work}. "
+                                          f"Resume it, discard it, or choose another model name.", work)
         if work.exists():
             # finished (its model is installed), unreadable, or stopped before any training: nothing to keep
             shutil.rmtree(work)

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer.training import TrainingLogic
+from AutoSegSlicer.training import TrainingLogic, UnfinishedTrainingError
 from AutoSegSlicer.training_options import MODES, TooFewCasesError, TrainingOptions
 from AutoSegSlicer.training_partial import MODES as UNANNOTATED_MODES
 from AutoSegSlicer.training_partial import add_partial_case
@@ -155,6 +155,16 @@ class TrainingSection:
             return
         try:
             self._start(self.options())
+        except UnfinishedTrainingError as exc:
+            title = "AutoSeg training"
+            if slicer.util.confirmYesNoDisplay(f"{exc}\n\nResume it?", windowTitle=title):
+                with slicer.util.tryWithErrorDisplay("Training could not be resumed."):
+                    self._follow(self.logic.resume(exc.work))
+            elif slicer.util.confirmYesNoDisplay(f"Discard the unfinished training in {exc.work} (its checkpoints are "
+                                                 f"deleted) and start a new one?", windowTitle=title):
+                with slicer.util.tryWithErrorDisplay("Training could not start."):
+                    self.logic.discard(exc.work)
+                    self._start(self.options())
         except TooFewCasesError as exc:
             if slicer.util.confirmYesNoDisplay(f"{exc}\n\nTrain a single fold on all cases instead?",
                                                windowTitle="AutoSeg training"):

@@ -169,3 +169,26 @@ def test_a_failed_verification_is_shown_and_nothing_installed(section, synthetic
     assert any("case_003" in line for line in section.form.trainingMessagesTextEdit.lines)
     assert section.refreshed == [] and section.form.trainingStatusLabel.text.startswith("Stopped")
     assert section.form.resumeTrainingButton.enabled      # the failed run is listed for resuming
+
+
+def test_starting_over_an_interrupted_run_offers_resume_then_discard(section, synthetic_dataset, monkeypatch):
+    import slicer
+
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=3,diskfull=1")     # stops after one epoch, resumable
+    ds = synthetic_dataset(name="Again", n_cases=3, shape=(6, 10, 10))
+    section.form.datasetPathLineEdit.currentPath = str(ds)
+    section.form.modelNameLineEdit.text = "Again"
+    section.form.modeComboBox._data = "quick"
+    section.onStart()
+    _run(section)
+    assert "is full" in section.shown["errors"][-1]
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=3")
+    answers = iter([False, True])                       # not resume; yes discard and start anew
+    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay",
+                        lambda text, **kw: section.shown["confirm"].append(text) or next(answers))
+    section.onStart()
+    assert "Resume it?" in section.shown["confirm"][-2] and "Discard" in section.shown["confirm"][-1]
+    _run(section)
+    assert section.form.trainingStatusLabel.text.startswith("Done")
+    calls = [c for c in (section.logic.work_root / "Again" / "fake_calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 2 and all("--resume" not in c for c in calls)   # a fresh folder, trained from scratch
