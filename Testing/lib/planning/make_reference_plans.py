@@ -38,6 +38,58 @@ SCENARIOS = {
 }
 
 
+
+def random_scenarios(n=24, seed=7):
+    """Random datasets: 1-3 channels (some CT), 2-6 labels, spacing anisotropic on a random axis or not,
+    shapes from tiny to CT-sized, memory budgets 4-40 GB, mask rule on or off."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        n_ch = int(rng.integers(1, 4))
+        names = [str(rng.choice(["CT", "MRI", "T2", "FLAIR", "ADC"])) for _ in range(n_ch)]
+        n_lab = int(rng.integers(2, 7))
+        spacing = [float(rng.choice([0.5, 0.7, 0.8, 1.0, 1.5]))] * 3
+        shape = [int(rng.integers(40, 400))] * 3
+        kind = rng.integers(0, 3)
+        s = dict(channels={str(c): names[c] for c in range(n_ch)},
+                 labels={"background": 0, **{f"l{j}": j for j in range(1, n_lab)}},
+                 n=int(rng.integers(2, 60)), jitter=float(rng.uniform(0, 0.3)),
+                 rel=float(rng.choice([0.5, 0.7, 0.8, 1.0])), gpu=float(rng.choice([4, 8, 8, 11, 24, 40])))
+        if kind > 0:  # anisotropic on a random axis
+            axis = int(rng.integers(0, 3))
+            spacing[axis] = float(rng.uniform(2.5, 8.0))
+            shape[axis] = int(rng.integers(10, 80))
+            s["spacing_choices"] = [float(v) for v in rng.uniform(0.5, 1.5, 5) * spacing[axis]]
+        s["spacing"] = tuple(spacing)
+        s["shape"] = tuple(int(v * rng.uniform(0.6, 1.4)) for v in shape)
+        out[f"random_{i:02d}"] = s
+    return out
+
+
+def random_big_scenarios(n=8, seed=11):
+    """Large images (the 3d_lowres search, including anisotropic spacing where only the fine axes grow
+    first)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        spacing = [float(rng.choice([0.6, 0.8, 1.0]))] * 3
+        shape = [int(rng.integers(250, 600))] * 3
+        if i % 2:
+            axis = int(rng.integers(0, 3))
+            spacing[axis] = float(rng.uniform(1.8, 4.0))
+            shape[axis] = int(rng.integers(80, 250))
+        out[f"random_big_{i:02d}"] = dict(
+            channels={"0": str(rng.choice(["CT", "MRI"]))}, labels={"background": 0, "a": 1, "b": 2},
+            n=int(rng.integers(5, 80)), jitter=float(rng.uniform(0, 0.25)), rel=float(rng.choice([0.6, 1.0])),
+            gpu=float(rng.choice([6, 8, 16])), spacing=tuple(spacing),
+            shape=tuple(int(v * rng.uniform(0.8, 1.2)) for v in shape))
+    return out
+
+
+SCENARIOS.update(random_scenarios())
+SCENARIOS.update(random_big_scenarios())
+
+
 def make_fingerprint(s, rng):
     spacings, shapes = [], []
     for i in range(s["n"]):
