@@ -188,7 +188,7 @@ class TrainingLogic:
         state.work.mkdir(parents=True, exist_ok=True)
         state.save()
         summary = summarize_dataset(state.dataset)
-        names = [n for n, v in summary.labels if v != 0]
+        names = summary.output_names
         curves = TrainingCurves(self.scene, state.options.model_name, names) if self.scene is not None else None
         return TrainingJob(self, state, curves, on_event, names).start()
 

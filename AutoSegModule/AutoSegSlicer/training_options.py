@@ -117,6 +117,9 @@ class DatasetSummary:
         Background included, the ignore label excluded.
     ignore_label : int or None
         Value of the "ignore" label (partially annotated cases), if the dataset has one.
+    output_names : list of str
+        Names of the network's foreground outputs, in order (labels, or regions for region datasets): the
+        entries of an epoch event's ``pseudo_dice``.
     file_ending : str
     errors, warnings : list of str
         Structural problems (files missing, bad dataset.json); errors mean training cannot start.
@@ -127,6 +130,7 @@ class DatasetSummary:
     channel_names: List[str] = field(default_factory=list)
     labels: List[Tuple[str, int]] = field(default_factory=list)
     ignore_label: Optional[int] = None
+    output_names: List[str] = field(default_factory=list)
     file_ending: str = ""
     errors: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
@@ -164,6 +168,7 @@ def summarize_dataset(path) -> DatasetSummary:
     summary.channel_names = [dataset.channel_names[str(i)] for i in range(dataset.num_channels)]
     summary.labels = [(n, v) for n, v in zip(dataset.labels.names, dataset.labels.values) if isinstance(v, int)]
     summary.ignore_label = dataset.labels.ignore_label
+    summary.output_names = list(dataset.labels.foreground_names)
     summary.file_ending = dataset.file_ending
     if dataset.num_training == 0 and not summary.errors:
         summary.errors.append(f"{dataset.root}: no training cases found. Add cases with 'Add to training set'.")

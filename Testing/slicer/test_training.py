@@ -360,6 +360,17 @@ def test_damaged_state_files_are_reported_not_resumed(logic, tmp_path):
     assert not work.exists()
 
 
+def test_summary_of_a_region_dataset_names_the_region_outputs(dataset):
+    ds = dataset(2)
+    data = json.loads((ds / "dataset.json").read_text())
+    data["labels"] = {"background": 0, "whole": [1, 2], "lesion": 2, "ignore": 3}
+    data["regions_class_order"] = [1, 2]
+    (ds / "dataset.json").write_text(json.dumps(data))
+    summary = TrainingLogic.summarize(ds)
+    assert summary.ok and summary.output_names == ["whole", "lesion"] and summary.ignore_label == 3
+    assert "Partially annotated: label value 3" in summary.text()
+
+
 def test_bad_options_are_refused():
     for kw, text in [({"model_name": ""}, "model name"), ({"model_name": "a/b"}, "model name"),
                      ({"model_name": "x", "mode": "fast"}, "mode"), ({"model_name": "x", "epochs": 0}, "epochs"),

@@ -7,7 +7,6 @@ import re
 import sys
 import types
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
