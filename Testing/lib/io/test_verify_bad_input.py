@@ -136,6 +136,12 @@ def break_empty_labels(ds):
     return ["labelsTr", "empty"]
 
 
+def break_empty_images(ds):
+    for p in (ds / "imagesTr").iterdir():
+        p.unlink()
+    return ["imagesTr", "no training images"]
+
+
 def break_num_training(ds):
     _edit_json(ds, lambda d: d.update(numTraining=5))
     return ["numTraining is 5", "3 training case(s)"]
@@ -157,7 +163,7 @@ def break_label_missing(ds):
 
 BREAKERS = [break_missing_json, break_missing_keys, break_labels_without_background, break_channel_names, break_missing_channel, break_label_spacing,
             break_channel_origin, break_label_size, break_label_values, break_nan, break_nan_nrrd, break_truncated, break_truncated_label, break_garbage_file, break_4d,
-            break_empty_labels, break_num_training, break_not_a_dataset, break_label_missing]
+            break_empty_labels, break_empty_images, break_num_training, break_not_a_dataset, break_label_missing]
 
 
 @pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__[6:])

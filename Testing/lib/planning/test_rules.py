@@ -152,7 +152,7 @@ def test_initial_patch_follows_the_spacing_aspect_ratio_and_is_clipped_to_the_me
 
 
 # ---- configurations ------------------------------------------------------------------------------
-def test_lowres_and_cascade_when_the_patch_covers_little():
+def test_lowres_and_cascade_when_the_patch_covers_little(tmp_path):
     fp = make_fp([(260, 512, 512)] * 10, [(1.0, 0.8, 0.8)] * 10, channels={"0": "CT"})
     plans = plan_experiment(fp)
     assert list(plans.configurations) == ["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]
@@ -169,6 +169,8 @@ def test_lowres_and_cascade_when_the_patch_covers_little():
     assert low.data_identifier != full.data_identifier
     assert full.batch_dice and not low.batch_dice and plans.configurations["2d"].batch_dice
     assert full.normalization == ("ct",)
+    from AutoSegLib.planning import Plans
+    assert Plans.from_json(plans.to_json(tmp_path / "plans.json")) == plans  # cascade links survive JSON
 
 
 def test_lowres_dropped_when_it_would_barely_differ():
