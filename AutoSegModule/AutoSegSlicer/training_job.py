@@ -148,6 +148,10 @@ class TrainingJob:
             except AutoSegError as exc:
                 self._fail(step, str(exc))
                 return
+            except Exception as exc:  # e.g. OSError while copying the model: never leave the run hanging
+                log.exception("step %s failed", step.label)
+                self._fail(step, f"{type(exc).__name__}: {exc}")
+                return
             step.status = DONE
             self.state.save()
 

@@ -339,6 +339,30 @@ def test_too_few_cases_for_five_folds_is_explained_and_a_single_fold_offered(log
     assert logic.plan_training(ds, TrainingOptions("Few2")).folds == ["all"]
 
 
+def test_disk_full_while_installing_stops_cleanly_and_resume_installs(logic, dataset, monkeypatch):
+    import shutil as shutil_module
+
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=1")
+    real_copy = shutil_module.copy2
+
+    def full_disk(src, dst, *a, **k):
+        if str(src).endswith("checkpoint_final.pt"):
+            raise OSError(28, "No space left on device", str(dst))
+        return real_copy(src, dst, *a, **k)
+
+    monkeypatch.setattr(shutil_module, "copy2", full_disk)
+    job = logic.start_training(dataset(5), TrainingOptions("Install full", epochs=1))
+    assert job.wait(120) and not job.running
+    assert "is full" in job.error and "No space left on device" in job.error
+    assert models.list_models(logic.models_dir) == ([], [])              # nothing half-installed is listed
+    assert [p.name for p in logic.models_dir.iterdir()] == []            # the staging folder was removed
+    monkeypatch.setattr(shutil_module, "copy2", real_copy)
+    job2 = logic.resume(job.state.work)
+    assert job2.wait(120) and job2.error is None, job2.error
+    assert [c[0] for c in calls(job.state.work)] == ["plan-and-preprocess", "train"]   # only the install re-ran
+    assert models.read_model_info(job2.model_path).name == "Install full"
+
+
 def test_a_missing_python_stops_the_run_with_a_message(logic, dataset):
     logic.python_executable = "/nonexistent/PythonSlicer"
     job = logic.start_training(dataset(5), TrainingOptions("NoPython"))
