@@ -109,8 +109,6 @@ def test_cascade_with_postprocessing():
         assert _dice(labels, ref_labels, c) >= DICE_MIN
 
 
-@pytest.mark.xfail(reason="pending in models/folder.py (h3): load_model_folder must read the mirroring axes an "
-                          "import records in model.json ('mirror_axes'); see /tmp/h4_to_h3.md", strict=False)
 def test_imported_model_predicts_exactly_like_the_results_folder(tmp_path):
     """import-model keeps everything inference needs (weights, plans, mirroring axes, post-processing)."""
     from AutoSegLib.models.install import import_models
