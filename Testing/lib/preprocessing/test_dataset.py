@@ -137,3 +137,25 @@ def _assert_no_partial_case_after_kill(folder):
         image, seg, props = case_paths(folder, case)
         if props.exists():
             assert image.exists() and seg.exists()
+
+
+def test_default_worker_count_respects_memory(small_dataset, plans_factory, tmp_path, monkeypatch):
+    import json
+
+    from AutoSegLib.preprocessing import dataset as dataset_module
+
+    plans = plans_factory(spacing3d=(2.0, 0.5, 0.5))   # 4x more voxels after resampling
+    work = tmp_path / "work"
+    work.mkdir()
+    case = {"spacing": [2.0, 1.0, 1.0], "shape_before_crop": [100, 200, 200], "shape_after_crop": [100, 200, 200]}
+    (work / "fingerprint.json").write_text(json.dumps({"cases": [case]}))
+    per_case = 32 * 4 * 100 * 200 * 200 + 200 * 2 ** 20        # bytes per channel-voxel x resampled voxels
+    monkeypatch.setattr(dataset_module, "available_memory", lambda: int(2.5 * per_case / 0.8))
+    assert dataset_module._workers_fitting_in_memory(work, plans, ["3d_fullres"]) == 2
+    monkeypatch.setattr(dataset_module, "available_memory", lambda: 10)
+    assert dataset_module._workers_fitting_in_memory(work, plans, ["3d_fullres"]) == 1
+    monkeypatch.setattr(dataset_module, "default_num_workers", lambda: 2)
+    events = []
+    r = preprocess_dataset(small_dataset, plans, ["3d_fullres"], work, progress=events.append)
+    assert r["processed"] == 4
+    assert any("1 worker(s) instead of 2" in e.get("message", "") for e in events if e["event"] == "log")
