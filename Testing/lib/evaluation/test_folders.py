@@ -80,3 +80,10 @@ def test_bad_input(folders, tmp_path):
     with pytest.raises(AutoSegError, match="not found"):
         evaluate_folders(tmp_path / "nope", ref_dir)
     assert main(["evaluate", str(pred_dir), str(ref_dir), "-o", str(tmp_path / "x")]) == 2
+
+
+def test_parallel_equals_serial(folders):
+    pred_dir, ref_dir, _ = folders
+    a = evaluate_folders(pred_dir, ref_dir, num_workers=1)
+    b = evaluate_folders(pred_dir, ref_dir, num_workers=2)
+    assert json.dumps(a, default=str) == json.dumps(b, default=str)
