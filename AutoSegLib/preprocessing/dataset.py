@@ -4,7 +4,8 @@ Each case is read once and preprocessed for every requested configuration; confi
 would be identical for that case (same target spacing, normalisation and resampling, e.g. '2d' and
 '3d_fullres' of an isotropic dataset) are computed once and hard-linked. A case is complete when its
 .json exists (written last), so an interrupted run loses at most the cases in flight and a re-run skips
-the complete ones (``force`` redoes them). Cases made with other settings are redone.
+the complete ones (``force`` redoes them). Cases made with other settings, or from raw files that have
+changed since (a label corrected in Slicer), are redone.
 """
 from __future__ import annotations
 
@@ -45,6 +46,19 @@ def preprocessing_signature(plans: Plans, configuration: str) -> str:
         "format": 1,
     }
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_stamp(files) -> str:
+    """Hash of a case's raw files (name, size, modification time): a case edited or replaced in the raw
+    dataset (e.g. corrected in Slicer) is preprocessed again."""
+    h = hashlib.sha1()
+    for p in list(files.images) + ([files.label] if files.label is not None else []):
+        try:
+            st = os.stat(p)
+            h.update(f"{Path(p).name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{Path(p).name}|missing\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _identifier_jobs(plans: Plans, configurations: Sequence[str], work_dir: Path) -> List[dict]:
@@ -110,6 +124,7 @@ def _run_case(task: dict) -> dict:
         data, seg, props = preprocess_case(image, geometry, plans, job["configuration"], label)
         props["case"] = case
         props["preprocessing_signature"] = job["signature"]
+        props["source_stamp"] = task["stamp"]
         save_preprocessed_case(job["folder"], case, data, seg, props)
         done[key] = (job["folder"], props)
     return {"case": case, "jobs": len(task["jobs"])}
@@ -173,12 +188,14 @@ def preprocess_dataset(dataset_path: "str | os.PathLike", plans: Plans, configur
     for case_id in wanted:
         files = dataset.cases[case_id]
         has_label = files.label is not None
-        pending = [j for j in jobs if force or not is_case_complete(j["folder"], case_id, j["signature"], has_label)]
+        stamp = source_stamp(files)
+        pending = [j for j in jobs
+                   if force or not is_case_complete(j["folder"], case_id, j["signature"], has_label, stamp)]
         if not pending:
             skipped += 1
             continue
         tasks.append({"case": case_id, "images": [str(p) for p in files.images],
-                      "label": str(files.label) if has_label else None, "jobs": pending})
+                      "label": str(files.label) if has_label else None, "jobs": pending, "stamp": stamp})
     emit(progress, "stage", stage="preprocess",
          message=f"{len(tasks)} case(s) to preprocess for {', '.join(configurations)}"
                  + (f" ({skipped} already done)" if skipped else ""))

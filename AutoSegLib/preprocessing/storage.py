@@ -5,7 +5,8 @@
 ``<folder>/<case>.json``     properties (see preprocessing.case.preprocess_case); ``class_locations`` maps a
                              class key ("1", or "1,2" for a region) to a list of spatial coordinates
                              [z, y, x] in the preprocessed array; ``preprocessing_signature`` identifies
-                             the settings the case was made with.
+                             the settings the case was made with, ``source_stamp`` the raw files (names,
+                             sizes, modification times) it was made from.
 
 Each file is written atomically and the .json last: a case is complete exactly when its .json exists.
 """
@@ -85,11 +86,14 @@ def read_case_properties(folder: "str | os.PathLike", case: str) -> Optional[dic
 
 
 def is_case_complete(folder: "str | os.PathLike", case: str, signature: Optional[str] = None,
-                     with_label: bool = True) -> bool:
-    """True when the case's files are all there (and made with ``signature``, when given)."""
+                     with_label: bool = True, source_stamp: Optional[str] = None) -> bool:
+    """True when the case's files are all there, made with ``signature`` and from raw files with
+    ``source_stamp`` (each checked when given)."""
     image_path, seg_path, _ = case_paths(folder, case)
     props = read_case_properties(folder, case)
     if props is None or not image_path.is_file() or (with_label and not seg_path.is_file()):
+        return False
+    if source_stamp is not None and props.get("source_stamp") != source_stamp:
         return False
     return signature is None or props.get("preprocessing_signature") == signature
 

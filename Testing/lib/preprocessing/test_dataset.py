@@ -159,3 +159,19 @@ def test_default_worker_count_respects_memory(small_dataset, plans_factory, tmp_
     r = preprocess_dataset(small_dataset, plans, ["3d_fullres"], work, progress=events.append)
     assert r["processed"] == 4
     assert any("1 worker(s) instead of 2" in e.get("message", "") for e in events if e["event"] == "log")
+
+
+def test_edited_raw_case_is_redone(small_dataset, plans_factory, tmp_path):
+    from AutoSegLib.io.images import read_image, write_image
+
+    plans = plans_factory(spacing3d=(2.0, 1.0, 1.0))
+    work = tmp_path / "work"
+    preprocess_dataset(small_dataset, plans, ["3d_fullres"], work, num_workers=1)
+    label_path = small_dataset / "labelsTr" / "case_002.nii.gz"
+    label, geometry = read_image(label_path)
+    label[label == 2] = 1                                   # a correction saved over the case's label
+    write_image(label, geometry, label_path)
+    r = preprocess_dataset(small_dataset, plans, ["3d_fullres"], work, num_workers=1)
+    assert (r["processed"], r["skipped"]) == (1, 3)
+    _, seg, _ = load_preprocessed_case(work / "preprocessed" / "Plans_3d_fullres", "case_002")
+    assert 2 not in np.unique(seg)
