@@ -38,6 +38,9 @@ def _ct(image: np.ndarray, mask: Optional[np.ndarray], props: Optional[dict]) ->
 
 def _zscore(image: np.ndarray, mask: Optional[np.ndarray], props: Optional[dict]) -> np.ndarray:
     if mask is not None and not mask.all():
+        if not mask.any():          # an all-zero image: nothing to normalise (and no NaN from empty stats)
+            image[...] = 0.0
+            return image
         values = image[mask]
         mean = values.mean(dtype=np.float64)
         std = values.std(dtype=np.float64)

@@ -74,3 +74,12 @@ def test_bad_scheme_names_and_values():
         normalize_image(np.array([-1.0, 300.0], np.float32), "rgb_to_0_1")
     with pytest.raises(AutoSegError, match="intensity properties"):
         normalize_image(np.ones(3, np.float32), "ct")
+
+
+def test_all_zero_image_stays_finite():
+    img = np.zeros((3, 4), np.float32)
+    for use_mask in (True, False):
+        out = normalize_image(img.copy(), "zscore", use_mask=use_mask, mask=np.zeros((3, 4), bool))
+        assert np.all(out == 0)
+    data, seg, bbox = crop_to_nonzero(np.zeros((1, 3, 4, 5), np.float32))
+    assert bbox == [[0, 3], [0, 4], [0, 5]] and np.all(seg == -1)
