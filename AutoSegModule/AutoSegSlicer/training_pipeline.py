@@ -4,13 +4,15 @@ closed) can be resumed from where it stopped.
 A run is a list of steps, each one ``python -m AutoSegLib <command> ...`` child process, or an in-process
 step of the module ("prepare" for fine-tuning, "install" at the end)::
 
-    new model:   verify -> plan-and-preprocess (fingerprint, plan, preprocess) -> train <conf> <fold> ...
-                 -> find-best (full mode) -> install
-    fine-tune:   verify -> prepare (the model's plans/fingerprint into the work folder) -> preprocess
-                 -> train <conf> <fold> --init-from MODEL ... -> find-best (5 folds) -> install
+    new model:   verify -> fingerprint -> plan -> [expand] -> preprocess -c <the chosen configurations>
+                 -> train <conf> <fold> ... -> find-best (full mode) -> install
+    fine-tune:   verify -> prepare (the model's plans/fingerprint into the work folder)
+                 -> preprocess -c <the model's configurations> -> train <conf> <fold> --init-from MODEL ...
+                 -> find-best (5 folds) -> install
 
-The train steps of a new model depend on the plans, so they are added ("expanded") once
-plan-and-preprocess is done. The state lives in ``WORK/autoseg_training.json`` (written atomically after
+The steps after planning depend on the plans (which configurations exist), so they are added
+("expanded") once plan is done; only the configurations that will be trained are preprocessed. verify
+reads every case and reports every problem; the fingerprint then skips its own (identical) checks. The state lives in ``WORK/autoseg_training.json`` (written atomically after
 every change of a step's status); a train step that was running when the run stopped is restarted with
 ``--resume`` (the trainer continues from ``checkpoint_latest.pt``).
 """
@@ -165,7 +167,8 @@ def _train_args(work: Path, configuration: str, fold: str, options: TrainingOpti
 def new_model_state(dataset: Path, work: Path, options: TrainingOptions, folds: List[str]) -> TrainingState:
     """The steps of training a new model (train steps are added by `expand_train_steps`)."""
     steps = [Step("verify", [str(dataset)]),
-             Step("plan-and-preprocess", [str(dataset), "--output", str(work)]),
+             Step("fingerprint", [str(dataset), "--output", str(work), "--no-verify"]),
+             Step("plan", [str(dataset), "--output", str(work)]),
              Step("expand")]
     return TrainingState("train", Path(dataset), Path(work), options, list(folds), steps=steps)
 
@@ -202,7 +205,8 @@ def expand_train_steps(state: TrainingState) -> None:
         raise AutoSegError(f"{plans_path}: planning finished but its plans cannot be read ({exc}).") from None
     confs = choose_configurations(plans, state.options, str(plans_path))
     idx = next(i for i, s in enumerate(state.steps) if s.command == "expand")
-    new = _train_and_finish_steps(state, confs, init_from=None)
+    new = [Step("preprocess", [str(state.work), "--configurations", *confs])]
+    new += _train_and_finish_steps(state, confs, init_from=None)
     state.steps[idx:idx + 1] = [Step("expand", status=DONE)] + new
 
 
@@ -225,7 +229,8 @@ def finetune_state(dataset: Path, work: Path, options: TrainingOptions, folds: L
     if unknown:
         raise AutoSegError(f"Model '{model.name}' has no trained configuration {unknown[0]!r}; it has "
                            f"{', '.join(model.configurations)}.")
-    state.steps = [Step("verify", [str(dataset)]), Step("prepare"), Step("preprocess", [str(work)])]
+    state.steps = [Step("verify", [str(dataset)]), Step("prepare"),
+                   Step("preprocess", [str(work), "--configurations", *confs])]
     state.steps += _train_and_finish_steps(state, confs, init_from=Path(model.path))
     return state
 

@@ -122,9 +122,9 @@ def test_status_line_follows_events():
     s.update({"event": "epoch", "configuration": "3d_fullres", "fold": "0", "epoch": 9, "epochs": 50,
               "epoch_time_s": 60.0, "eta_s": 2400.0})
     assert s.run_eta_s == 2400 + 2 * 1800 and s.text().endswith("ETA 40:00 (whole run 1:40:00)")
-    s.start_step("plan-and-preprocess", 2, 5)
+    s.start_step("preprocess", 2, 5)
     s.update({"event": "progress", "stage": "preprocess", "current": 3, "total": 5, "eta_s": 61, "message": "case_002"})
-    assert s.text() == "Step 2/5: plan-and-preprocess - 3/5 case_002 - ETA 01:01"
+    assert s.text() == "Step 2/5: preprocess - 3/5 case_002 - ETA 01:01"
 
 
 # -- a whole run --------------------------------------------------------------------------------------
@@ -140,8 +140,10 @@ def test_quick_training_runs_every_step_installs_the_model_and_shows_curves(logi
     assert job.error is None and job.finished, job.error
     work = logic.work_dir(job.state.options)
     cmds = calls(work)
-    assert [c[0] for c in cmds] == ["plan-and-preprocess", "train"]
-    train = cmds[1]
+    assert [c[0] for c in cmds] == ["fingerprint", "plan", "preprocess", "train"]
+    assert "--no-verify" in cmds[0]                              # verify ran as its own step already
+    assert cmds[2][1:] == [str(work), "--configurations", "3d_fullres"]   # only what quick mode trains
+    train = cmds[3]
     assert train[1:4] == [str(work), "3d_fullres", "0"]          # quick: 3d_fullres, fold 0 (5 cases)
     assert train[train.index("--time-budget-minutes") + 1] == "30" and train[train.index("--device") + 1] == "cpu"
     assert "--no-mirroring" in train and "--epochs" not in train and "--resume" not in train
@@ -179,6 +181,7 @@ def test_full_mode_trains_every_configuration_on_five_folds_then_find_best(logic
     assert trains == [(c, str(f)) for c in ("2d", "3d_fullres") for f in range(5)]   # cascade excluded
     assert all(c[c.index("--time-budget-minutes") + 1] == "10" for c in cmds if c[0] == "train")  # 100 min / 10
     assert all("--no-mirroring" not in c for c in cmds)
+    assert [c for c in cmds if c[0] == "preprocess"][0][2:] == ["--configurations", "2d", "3d_fullres"]
     assert cmds[-1][0] == "find-best"
     info = models.read_model_info(job.model_path)
     assert info.configurations == ("2d", "3d_fullres") and info.folds == tuple("01234")
@@ -333,7 +336,7 @@ def test_too_few_cases_for_five_folds_is_explained_and_a_single_fold_offered(log
     job = logic.start_training(ds, info.value.suggestion)
     assert job.wait(120) and job.error is None, job.error
     cmds = calls(job.state.work)
-    assert [c[0] for c in cmds] == ["plan-and-preprocess", "train"] and cmds[1][3] == "all"
+    assert [c[0] for c in cmds] == ["fingerprint", "plan", "preprocess", "train"] and cmds[3][3] == "all"
     assert models.read_model_info(job.model_path).folds == ("all",)
     # quick mode below 5 cases picks fold 'all' by itself
     assert logic.plan_training(ds, TrainingOptions("Few2")).folds == ["all"]
@@ -359,7 +362,7 @@ def test_disk_full_while_installing_stops_cleanly_and_resume_installs(logic, dat
     monkeypatch.setattr(shutil_module, "copy2", real_copy)
     job2 = logic.resume(job.state.work)
     assert job2.wait(120) and job2.error is None, job2.error
-    assert [c[0] for c in calls(job.state.work)] == ["plan-and-preprocess", "train"]   # only the install re-ran
+    assert [c[0] for c in calls(job.state.work)] == ["fingerprint", "plan", "preprocess", "train"]  # install re-ran
     assert models.read_model_info(job2.model_path).name == "Install full"
 
 
@@ -424,6 +427,7 @@ def test_finetune_produces_a_new_version_and_keeps_the_old(logic, dataset, base_
     work = job.state.work
     cmds = calls(work)
     assert [c[0] for c in cmds] == ["preprocess", "train"]
+    assert cmds[0][2:] == ["--configurations", "3d_fullres"]
     train = cmds[1]
     assert train[2:4] == ["3d_fullres", "all"] and train[train.index("--init-from") + 1] == str(base_model)
     assert json.loads((work / "plans.json").read_text()) == json.loads((base_model / "plans.json").read_text())

@@ -1,4 +1,4 @@
-"""A tiny real training started from the module (real `autoseg verify / plan-and-preprocess / train` in child
+"""A tiny real training started from the module (real `autoseg verify / fingerprint / plan / preprocess / train` in child
 processes): its curves match the trainer's own log, the model is installed, listed, and segments a volume
 through the module's prediction path (real `autoseg predict`)."""
 from __future__ import annotations
@@ -28,7 +28,7 @@ def small_runner_factory():
             argv = list(argv)
             if argv[3] == "train":
                 argv[-1:-1] = ["--workers", "0", "--threads", "1"]
-            elif argv[3] == "plan-and-preprocess":
+            elif argv[3] in ("fingerprint", "plan", "preprocess"):
                 argv[-1:-1] = ["--workers", "1"]
             super().start(argv)
 
@@ -49,8 +49,10 @@ def test_a_real_tiny_training_installs_a_model_that_segments(slicer_harness, syn
     job = logic.start_training(ds, options)
     assert job.wait(500), job.status.text()
     assert job.error is None and job.finished, job.error
-    assert [s.label for s in job.state.steps] == ["verify", "plan-and-preprocess", "expand",
+    assert [s.label for s in job.state.steps] == ["verify", "fingerprint", "plan", "expand", "preprocess",
                                                   "train 3d_fullres fold all", "install"]
+    assert sorted(p.name for p in (job.state.work / "preprocessed").iterdir()) == \
+        [json.loads((job.state.work / "plans.json").read_text())["configurations"]["3d_fullres"]["data_identifier"]]
     # the curves hold exactly what the trainer logged
     logged = [json.loads(x) for x in (job.state.work / "trained/3d_fullres/fold_all/training_log.jsonl")
               .read_text().splitlines()]

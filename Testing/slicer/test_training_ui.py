@@ -190,4 +190,4 @@ def test_starting_over_an_interrupted_run_offers_resume_then_discard(section, sy
     _run(section)
     assert section.form.trainingStatusLabel.text.startswith("Done")
     calls = [c for c in (section.logic.work_root / "Again" / "fake_calls.jsonl").read_text().splitlines()]
-    assert len(calls) == 2 and all("--resume" not in c for c in calls)   # a fresh folder, trained from scratch
+    assert len(calls) == 4 and all("--resume" not in c for c in calls)   # a fresh folder, trained from scratch

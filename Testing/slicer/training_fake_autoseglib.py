@@ -1,6 +1,6 @@
 """A scripted stand-in for ``python -m AutoSegLib <command>`` in the training tests (not a test file).
 
-``verify`` is the real command (AutoSegLib.cli). ``plan-and-preprocess``, ``preprocess``, ``train`` and
+``verify`` is the real command (AutoSegLib.cli). ``fingerprint``, ``plan``, ``preprocess``, ``train`` and
 ``find-best`` write the files the real ones write (plans.json, training_log.jsonl, checkpoints, validation
 summary, inference.json) with known numbers and emit the same progress events, in seconds. Every call's
 argv is appended to ``WORK/fake_calls.jsonl``.
@@ -41,14 +41,23 @@ def opts(args):
     return {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
 
 
-def plan_and_preprocess(args):
+def fingerprint(args):
     dataset, work = Path(args[0]), Path(opts(args)["--output"])
-    record(work, ["plan-and-preprocess", *args])
-    for stage in ("verify", "fingerprint", "plan", "preprocess"):
-        ev(event="stage", stage=stage, message=f"fake {stage}")
+    record(work, ["fingerprint", *args])
+    ev(event="stage", stage="fingerprint", message="fake fingerprint")
     raw = json.loads((dataset / "dataset.json").read_text())
     (work / "dataset.json").write_text(json.dumps({**raw, "dataset_path": str(dataset)}))
     (work / "fingerprint.json").write_text("{}")
+    return 0
+
+
+def plan(args):
+    dataset, work = Path(args[0]), Path(opts(args)["--output"])
+    record(work, ["plan", *args])
+    if not (work / "fingerprint.json").is_file():
+        ev(event="error", message=f"{work / 'fingerprint.json'}: missing")
+        return 2
+    ev(event="stage", stage="plan", message="fake plan")
     (work / "plans.json").write_text(json.dumps({"configurations": {
         "2d": {"patch_size": [32, 32]}, "3d_fullres": {"patch_size": [16, 32, 32]},
         "3d_cascade_fullres": {"patch_size": [16, 32, 32], "previous_stage": "3d_lowres"}}}))
@@ -117,7 +126,7 @@ def main(argv):
     if command == "verify":
         from AutoSegLib.cli import main as cli_main
         return cli_main(argv)
-    return {"plan-and-preprocess": plan_and_preprocess, "preprocess": preprocess, "train": train,
+    return {"fingerprint": fingerprint, "plan": plan, "preprocess": preprocess, "train": train,
             "find-best": find_best}[command](args)
 
 
