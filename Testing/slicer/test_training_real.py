@@ -124,3 +124,28 @@ def test_a_real_full_run_cross_validates_selects_and_reports(slicer_harness, syn
         assert t.GetCellText(fold, 1) == str(fold)
         assert float(t.GetCellText(fold, 2)) == pytest.approx(summary["mean_dice"]["organ"], abs=1e-6)
     assert t.GetCellText(6, 0) == "chosen: 3d_fullres"
+
+
+@pytest.mark.slow
+def test_a_real_training_cancelled_after_an_epoch_resumes_to_the_end(slicer_harness, synthetic_dataset, tmp_path):
+    import time
+
+    ds = synthetic_dataset(name="Stop", n_cases=3, shape=(8, 16, 16), spacing=(2.0, 1.0, 1.0), seed=3)
+    logic = TrainingLogic(slicer_harness.scene, tmp_path / "models", sys.executable, work_root=tmp_path / "runs",
+                          pythonpath=str(REPO), runner_factory=small_runner_factory())
+    options = TrainingOptions("Stop", epochs=4, iterations_per_epoch=2, val_iterations=1, device="cpu")
+    job = logic.start_training(ds, options)
+    deadline = time.monotonic() + 600
+    while job.poll() and not job.curves.rows("3d_fullres", "all"):
+        assert time.monotonic() < deadline, job.status.text()
+        time.sleep(0.05)
+    job.cancel()
+    fold = job.state.work / "trained/3d_fullres/fold_all"
+    done = len((fold / "training_log.jsonl").read_text().splitlines())
+    assert 1 <= done < 4 and (fold / "checkpoint_latest.pt").is_file() and not (fold / "checkpoint_final.pt").exists()
+    job2 = logic.resume(job.state.work)
+    assert job2.wait(600) and job2.error is None, job2.error
+    logged = [json.loads(x)["epoch"] for x in (fold / "training_log.jsonl").read_text().splitlines()]
+    assert logged == [0, 1, 2, 3]
+    assert [int(r["epoch"]) for r in job2.curves.rows("3d_fullres", "all")] == [0, 1, 2, 3]
+    assert "--resume" in (job.state.work / "autoseg_training.log").read_text()
