@@ -54,7 +54,9 @@ def resample_logits(logits: torch.Tensor, current_spacing: Sequence[float], new_
     extra = {"new_spacing": tuple(new_spacing)} if "new_spacing" in params else {}
     out = torch.empty((logits.shape[0], *new_shape), dtype=torch.float16)
     for c in range(logits.shape[0]):
-        chan = logits[c:c + 1].float().cpu().numpy()
+        # float64 input keeps resample_image on its float64 path, the reference's: its float16 rounding of
+        # the result then lands on the same values (float32 interpolation flips some by one float16 ulp)
+        chan = logits[c:c + 1].double().cpu().numpy()
         res = resample_image(chan, tuple(current_spacing), new_shape, conf.resampling, is_probabilities=True, **extra)
         out[c] = torch.from_numpy(np.asarray(res, dtype=np.float32)[0]).to(torch.float16)
         del chan, res
