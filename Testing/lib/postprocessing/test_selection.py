@@ -128,3 +128,23 @@ def test_find_best_cli_single_configuration_and_errors(tmp_path, capsys):
     np.savez_compressed(bad, probabilities=np.zeros((2, 5, 5, 5), np.float32))
     with pytest.raises(AutoSegError, match="case_0.npz"):
         find_best(work)
+
+
+def test_decision_equals_the_reference_implementation():
+    """Constructed CV predictions scored by the reference's determine_postprocessing (fixture made by
+    make_reference_postprocessing.py): same steps kept, same Dice before and after."""
+    from pathlib import Path
+
+    data_dir = Path(__file__).parent / "data"
+    expected = json.loads((data_dir / "reference_postprocessing.json").read_text())
+    arrays = np.load(data_dir / "reference_postprocessing.npz")
+    n = len([k for k in arrays.files if k.startswith("pred_")])
+    preds = [arrays[f"pred_{i}"] for i in range(n)]
+    refs = [arrays[f"ref_{i}"] for i in range(n)]
+    steps, decisions, before, after = determine_postprocessing(preds, refs, TWO)
+    ref_steps = [{"step": "largest_component", "labels": "foreground" if isinstance(k, list) else [k]}
+                 for k in expected["kwargs"]]
+    assert steps == ref_steps
+    assert [d["kept"] for d in decisions] == [False, True, False]
+    assert before == pytest.approx(expected["foreground_dice_before"], abs=1e-12)
+    assert after == pytest.approx(expected["foreground_dice_after"], abs=1e-12)
