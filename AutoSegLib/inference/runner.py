@@ -143,10 +143,9 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
             predictor.load(cm.folds[fold].state_dict(cache=getattr(model, "cache_weights", False)))
             log.info("predicting %s fold %s: %d windows, mirror axes %s", configuration, fold,
                      count_windows(tuple(data.shape[1:]), conf.patch_size, step_size), mirror)
-            logits = predict_sliding_window(data, predictor, conf.patch_size, num_outputs=cm.num_outputs,
-                                            step_size=step_size, mirror_axes=mirror, batch_size=batch_size,
-                                            device=dev, progress=progress,
-                                            stage=f"predict {configuration} fold {fold} ({i + 1}/{len(fold_names)})")
+            stage = f"predict {configuration} fold {fold} ({i + 1}/{len(fold_names)})"
+            logits = _stitch_on_device(data, predictor, conf.patch_size, cm.num_outputs, step_size, mirror,
+                                       batch_size, dev, progress, stage)
             if total is None:
                 total = logits
             else:
@@ -155,6 +154,21 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
         if len(fold_names) > 1:
             total /= len(fold_names)
     return total
+
+
+def _stitch_on_device(data, predictor, patch_size, num_outputs, step_size, mirror, batch_size, dev, progress,
+                      stage) -> torch.Tensor:
+    """Sliding window with the accumulator on the GPU when there is one (falling back to the CPU when the
+    GPU runs out of memory, as the reference does); the result is always on the CPU."""
+    kw = dict(num_outputs=num_outputs, step_size=step_size, mirror_axes=mirror, batch_size=batch_size,
+              device=dev, progress=progress, stage=stage)
+    if dev.type == "cuda":
+        try:
+            return predict_sliding_window(data, predictor, patch_size, results_device=dev, **kw).cpu()
+        except torch.cuda.OutOfMemoryError:
+            log.warning("GPU memory too small to hold the whole case; accumulating on the CPU instead")
+            torch.cuda.empty_cache()
+    return predict_sliding_window(data, predictor, patch_size, results_device="cpu", **kw)
 
 
 def select_folds(model, configuration: str, folds: Optional[Sequence] = None) -> list:
