@@ -64,3 +64,12 @@ def test_slabs_give_the_same_result(monkeypatch):
     sliced = logits_to_probabilities(logits, layout, True)
     np.testing.assert_array_equal(full[0], sliced[0])
     np.testing.assert_allclose(full[1], sliced[1], rtol=1e-6, atol=1e-7)  # SIMD tails: 1 ulp
+
+
+def test_softmax_channels_follow_sorted_label_values():
+    """dataset.json may list labels in any order; channel i is the i-th smallest value (training's encoding)."""
+    from AutoSegLib.inference.export import probabilities_to_labels
+    layout = make_plans(labels={"background": 0, "tumour": 2, "organ": 1}).label_layout()
+    probs = torch.zeros(3, 1, 1, 3)
+    probs[0, 0, 0, 0] = probs[1, 0, 0, 1] = probs[2, 0, 0, 2] = 1
+    np.testing.assert_array_equal(probabilities_to_labels(probs, layout).numpy()[0, 0], [0, 1, 2])
