@@ -108,7 +108,7 @@ def _run_case(task: dict) -> dict:
     image, geometry = read_case(task["images"])
     label = None
     if task["label"] is not None:
-        label, label_geometry = read_image(task["label"])
+        label, _ = read_image(task["label"])
         if label.shape != image.shape[1:]:
             raise AutoSegError(f"{task['label']}: label size {label.shape[::-1]} differs from the image size "
                                f"{image.shape[1:][::-1]} (x, y, z) of case {case!r}. Run `autoseg verify`.")
@@ -119,6 +119,7 @@ def _run_case(task: dict) -> dict:
         if key in done:
             image_path, seg_path, _ = case_paths(done[key][0], case)
             props = dict(done[key][1], configuration=job["configuration"], preprocessing_signature=job["signature"])
+            # identical data: hard-link the arrays written for the earlier configuration (label only if any)
             save_preprocessed_case(job["folder"], case, None, label, props, same_as=(image_path, seg_path))
             continue
         data, seg, props = preprocess_case(image, geometry, plans, job["configuration"], label)
