@@ -17,6 +17,19 @@ def add_arguments(parser) -> None:
                         help="recompute the fingerprint even if DIR/fingerprint.json matches the dataset")
 
 
+def write_work_files(work, dataset, fingerprint, plans) -> None:
+    """dataset.json (raw copy + "dataset_path"), fingerprint.json and plans.json in the work folder."""
+    from pathlib import Path
+
+    from AutoSegLib.io.datasets import write_work_dataset_json
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_work_dataset_json(dataset, work)
+    fingerprint.to_json(work / "fingerprint.json")
+    plans.to_json(work / "plans.json")
+
+
 KNOWN_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 
 
