@@ -40,6 +40,10 @@ def _source_labels(path: Path, ckpt: dict) -> Optional[dict]:
     return None
 
 
+def _without_ignore(labels) -> dict:
+    return {k: v for k, v in dict(labels).items() if k != "ignore"}
+
+
 def load_initial_weights(source: "str | Path", net: torch.nn.Module, configuration: str, fold,
                          labels: dict) -> Tuple[Path, Dict[str, object]]:
     """Load fine-tuning weights into ``net`` (in place).
@@ -66,7 +70,8 @@ def load_initial_weights(source: "str | Path", net: torch.nn.Module, configurati
     path = _find_checkpoint(Path(source), configuration, fold)
     ckpt = load_training_checkpoint(path)
     src_labels = _source_labels(path, ckpt)
-    if src_labels is not None and dict(src_labels) != dict(labels):
+    # the ignore label is not a network output: a model may be fine-tuned on partially annotated cases
+    if src_labels is not None and _without_ignore(src_labels) != _without_ignore(labels):
         raise AutoSegError(f"--init-from {path}: the model was trained with labels {src_labels}, this dataset has "
                            f"{labels}. Fine-tuning needs the same labels.")
     weights = ckpt["network_weights"]
