@@ -101,6 +101,21 @@ def test_a_real_finetune_starts_from_the_model_and_installs_a_new_version(synthe
     found, _ = models.list_models(logic.models_dir)
     assert [(m.name, m.version) for m in found] == [("Tiny organs", "1"), ("Tiny organs", "2")]
     assert (first / "trained/3d_fullres/fold_all/checkpoint_final.pt").read_bytes() == before
+    # and on partially annotated corrections (odd slices "ignore"): the same outputs, a third version
+    from AutoSegLib.io.images import write_image
+    partial = synthetic_dataset(name="Partial", n_cases=2, shape=(8, 16, 16), spacing=(2.0, 1.0, 1.0), seed=6)
+    for path in (partial / "labelsTr").glob("*.nii.gz"):
+        label, geo = read_image(path)
+        label = label.astype(np.uint8)
+        label[1::2] = 3
+        write_image(label, geo, path)
+    data = json.loads((partial / "dataset.json").read_text())
+    data["labels"]["ignore"] = 3
+    (partial / "dataset.json").write_text(json.dumps(data))
+    job = logic.start_finetune(job.model_path, partial, options)
+    assert job.wait(500) and job.error is None, job.error
+    found, _ = models.list_models(logic.models_dir)
+    assert [m.version for m in found] == ["1", "2", "3"] and found[2].labels == found[0].labels
 
 
 @pytest.mark.slow
