@@ -103,3 +103,22 @@ def test_bad_partial_cases_are_refused_and_nothing_written(drawn, tmp_path, slic
     with pytest.raises(AutoSegError, match="already exists"):
         add_partial_case(seg, [volume], tmp_path / "Dup", case_name="a")
         add_partial_case(seg, [volume], tmp_path / "Dup", case_name="a")
+
+
+def test_a_fully_annotated_case_can_join_a_partially_annotated_dataset(drawn, tmp_path, slicer_harness):
+    """The module's ordinary 'Add to training set' path accepts a dataset that has an ignore label."""
+    from AutoSegSlicer import dataset_case
+
+    volume, seg, _, image = drawn
+    ds = tmp_path / "Mixed"
+    add_partial_case(seg, [volume], ds, channel_names=["MRI"])
+    label = np.zeros(SHAPE, np.uint8)
+    label[1:3, 2:5, 2:6] = 1
+    written = dataset_case.add_case(ds, "full_001", [image], GEO, label, {"background": 0, "organ": 1, "lesion": 2},
+                                    ["MRI"])
+    assert np.array_equal(_read(written["label"]), label)
+    data = json.loads((ds / "dataset.json").read_text())
+    assert data["labels"]["ignore"] == 3 and data["numTraining"] == 2
+    assert verify_dataset(ds, num_workers=1).ok
+    with pytest.raises(AutoSegError, match="differ"):
+        dataset_case.add_case(ds, "x", [image], GEO, label, {"background": 0, "liver": 1}, ["MRI"])
