@@ -194,20 +194,23 @@ def main(argv=None) -> int:
 
     print(f"model {args.model}\nTTA {'off' if args.no_tta else 'on'}, folds {args.folds}, threads {args.threads}, "
           f"step {args.step_size}, AutoSeg precision {args.precision}", flush=True)
+    def save():  # after every row: an interrupted run keeps what it measured
+        (results_dir / f"nnunet_predict_{stamp}.md").write_text(_table(rows, args) + "\n")
+        (results_dir / f"nnunet_predict_{stamp}.json").write_text(json.dumps(
+            {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cases"},
+             "cases": [str(c) for c in cases], "rows": rows}, indent=2, default=str))
+
     for name, inp in per_case.items():
         reps = [run_pair(name, inp, r) for r in range(args.repeats)]
         dice = dice_per_class(reps[0]["reference"]["out"] / f"{name}.nii.gz", reps[0]["autoseg"]["out"] / f"{name}.nii.gz")
         rows.append(_row(name, reps, dice))
+        save()
     if not args.skip_folder_run and len(cases) > 1:
         reps = [run_pair(f"all {len(cases)}", all_in, r) for r in range(args.repeats)]
         rows.append(_row(f"all {len(cases)} cases, one process", reps, None))
+        save()
 
-    table = _table(rows, args)
-    print("\n" + table)
-    (results_dir / f"nnunet_predict_{stamp}.md").write_text(table + "\n")
-    (results_dir / f"nnunet_predict_{stamp}.json").write_text(json.dumps(
-        {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cases"},
-         "cases": [str(c) for c in cases], "rows": rows}, indent=2, default=str))
+    print("\n" + _table(rows, args))
     print(f"\nwritten {results_dir / f'nnunet_predict_{stamp}.md'}")
     return 0
 
