@@ -123,3 +123,15 @@ def test_2d_images(rng):
     assert data.shape == seg.shape == (1, 120, 40) and props["target_spacing"] == [0.5, 0.5]
     assert props["class_locations"]["1"].shape[1] == 2
     assert abs(int((seg == 1).sum()) - 5 * 12 * 8) <= 12 * 4   # area scales by 8, up to the rim
+
+
+def test_region_labels_sample_each_region(rng, plans_factory):
+    from dataclasses import replace
+
+    image, label = _case(rng)
+    plans = replace(plans_factory(spacing3d=(1.0, 1.0, 1.0), labels={"background": 0, "whole": [1, 2], "core": [2]}),
+                    regions_class_order=(1, 2))
+    _, seg, props = preprocess_case(image, Geometry.identity((1.0, 1.0, 1.0)), plans, "3d_fullres", label)
+    locs = props["class_locations"]
+    assert set(locs) == {"1,2", "2"}
+    assert len(locs["1,2"]) == int(np.isin(seg, [1, 2]).sum()) and len(locs["2"]) == int((seg == 2).sum())
