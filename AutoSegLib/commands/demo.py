@@ -122,18 +122,17 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     dict with ``test_dice`` (per label), ``test_foreground_dice``, ``cv_foreground_dice``, ``timings_s``,
     ``paths`` and ``notes``.
     """
-    from AutoSegLib.commands.plan_and_preprocess import write_work_files
     from AutoSegLib.errors import AutoSegError
     from AutoSegLib.evaluation.figure import save_case_figure
     from AutoSegLib.evaluation.folders import evaluate_folders
-    from AutoSegLib.fingerprint.extract import extract_fingerprint
     from AutoSegLib.inference.files import predict_files
     from AutoSegLib.io.atomic import write_json
-    from AutoSegLib.io.datasets import load_dataset, verify_dataset
+    from AutoSegLib.io.datasets import load_dataset, verify_dataset, write_work_dataset_json
     from AutoSegLib.io.images import read_case, read_image
     from AutoSegLib.io.synthetic import make_synthetic_dataset
     from AutoSegLib.models.folder import load_model
     from AutoSegLib.planning.planner import plan_experiment
+    from AutoSegLib.planning.workdir import fingerprint_for
     from AutoSegLib.postprocessing.selection import find_best
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
     from AutoSegLib.progress import emit
@@ -202,18 +201,20 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
                      f"intensity statistics include them): {held}")
     if not held:
         raise AutoSegError(f"{raw}: no held-out cases to test on (labelsTs is empty).")
-    # 3. fingerprint + plan
-    fingerprint = extract_fingerprint(raw, num_workers=num_workers, progress=progress, verify=False)
+    # 3. fingerprint (WORK/fingerprint.json, reused while it matches the dataset) + plan
+    work = output / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    fingerprint = fingerprint_for(ds, work, num_workers=num_workers, progress=progress)
     lap("fingerprint")
     emit(progress, "stage", stage="plan", message="planning")
     plans = plan_experiment(fingerprint, ds)
     plans.configuration(configuration)  # "did you mean" for an unknown name
-    work = output / "work"
     if (work / "plans.json").is_file():
         from AutoSegLib.planning.plans import Plans
         if Plans.from_json(work / "plans.json").to_dict() != plans.to_dict():
             raise AutoSegError(f"{work}: holds a training made with other plans; use a new --output folder.")
-    write_work_files(work, ds, fingerprint, plans)
+    plans.to_json(work / "plans.json")
+    write_work_dataset_json(ds, work)
     lap("plan")
     # 4. preprocess (training cases only)
     preprocess_dataset(raw, plans, [configuration], work, num_workers=num_workers, progress=progress,
