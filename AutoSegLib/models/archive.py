@@ -268,6 +268,9 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
                 return dest  # this very archive is already extracted there
         except (OSError, json.JSONDecodeError):
             pass
+    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not marker.is_file())):
+        raise AutoSegError(f"{dest}: exists and was not extracted from a model archive; refusing to replace it. "
+                           f"Choose an empty or new folder.")
     members, handle = _members(archive)
     try:
         total = sum(size for _, _, size, _ in members)

@@ -67,6 +67,22 @@ def test_round_trip(tmp_path, name):
     assert extract_model_archive(archive, dest) == dest and (dest / "touched").exists()
 
 
+def test_never_replaces_a_foreign_folder(tmp_path):
+    archive = export_model_archive(_model_folder(tmp_path / "work"), tmp_path / "m.zip")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep")
+    with pytest.raises(AutoSegError, match="refusing to replace"):
+        extract_model_archive(archive, mine)
+    assert (mine / "precious.txt").read_text() == "keep"
+    # a folder extracted from an older archive is replaced
+    first = extract_model_archive(archive, tmp_path / "cache")
+    (first / "dataset.json").write_text("{}")
+    (first / ".autoseg_archive.json").write_text('{"sha256": "old"}')
+    extract_model_archive(archive, tmp_path / "cache")
+    assert json.loads((tmp_path / "cache" / "dataset.json").read_text())["name"] == "Toy"
+
+
 def test_selection_and_inference_consistency(tmp_path):
     src = _model_folder(tmp_path / "work")
     with pytest.raises(AutoSegError, match="inference instructions"):
