@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import AUTOSEG_PYTHON, BENCH_PYTHON, REPO, bench_env  # noqa: E402
-from train_throughput import DATASET_ID, prepare, run_group, use_reference_split  # noqa: E402
+from train_throughput import DATASET_ID, autoseg_python, prepare, run_group, use_reference_split  # noqa: E402
 
 REFERENCE_SCRIPT = r"""
 import json, multiprocessing, os, sys, time, torch
@@ -114,7 +114,7 @@ def run_autoseg(setup: dict, args, out: Path) -> dict:
     t0 = time.time()
     if out.exists():
         out.unlink()
-    rc, text = run_group([str(AUTOSEG_PYTHON), "-c", AUTOSEG_SCRIPT, str(setup["work"]), str(args.budget_minutes),
+    rc, text = run_group([autoseg_python(args.autoseg_python), "-c", AUTOSEG_SCRIPT, str(setup["work"]), str(args.budget_minutes),
                           str(args.iterations_per_epoch), str(args.val_iterations), str(args.epochs),
                           str(Path(args.root) / "autoseg_budget"), str(out)], env, REPO,
                          Path(args.root) / "autoseg_budget.log")
@@ -157,6 +157,8 @@ def main() -> int:
     ap.add_argument("--iterations-per-epoch", type=int, default=10)
     ap.add_argument("--val-iterations", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1000)
+    ap.add_argument("--autoseg-python", choices=("venv", "bench"), default="venv",
+                    help="run AutoSeg with .venv (default) or with .bench-venv's interpreter (same torch as the reference)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()

@@ -90,9 +90,9 @@ tr.network.train()
 out = []
 for i in range(warm + n):
     t0 = time.perf_counter(); batch = next(tr.dataloader_train); t1 = time.perf_counter()
-    tr.train_step(batch); t2 = time.perf_counter()
+    c0 = time.process_time(); tr.train_step(batch); c1 = time.process_time(); t2 = time.perf_counter()
     if i >= warm:
-        out.append([t1 - t0, t2 - t1])
+        out.append([t1 - t0, t2 - t1, c1 - c0])
 print("RESULT " + json.dumps({"iterations": out, "threads": torch.get_num_threads()}), flush=True)
 os._exit(0)
 """ % DATASET_ID
@@ -100,6 +100,7 @@ os._exit(0)
 AUTOSEG_SCRIPT = r"""
 import json, shutil, sys, time
 from pathlib import Path
+import AutoSegLib.training.epochs as E
 import AutoSegLib.training.workers as W
 from AutoSegLib.training.config import TrainingConfig
 from AutoSegLib.training.trainer import train_fold
@@ -112,6 +113,13 @@ def timed_next(self):
     waits.append(self.wait_s - before)
     return batch
 W.BatchStream.__next__ = timed_next
+cpu, original_step = [], E.train_step
+def timed_step(*a, **k):  # CPU seconds (all threads of this process) of one training step
+    c0 = time.process_time()
+    loss = original_step(*a, **k)
+    cpu.append(time.process_time() - c0)
+    return loss
+E.train_step = timed_step
 def progress(event):  # one "progress" event per iteration (each takes > 1 s here)
     if event["event"] == "progress":
         stamps.append(time.perf_counter())
@@ -120,7 +128,7 @@ cfg = TrainingConfig(epochs=1, iterations_per_epoch=n + 1, val_iterations=0, val
 fold_dir = train_fold(work, "3d_fullres", 0, cfg, output_dir=out, progress=progress)
 conf = json.loads((fold_dir / "training_config.json").read_text())["resolved"]
 its = [b - a for a, b in zip(stamps, stamps[1:])]   # the first (warm-up) iteration excluded
-print("RESULT " + json.dumps({"iterations": its, "waits": waits[1:], "resolved": conf}), flush=True)
+print("RESULT " + json.dumps({"iterations": its, "waits": waits[1:], "cpu": cpu[1:], "resolved": conf}), flush=True)
 """
 
 
@@ -149,15 +157,21 @@ def run_reference(setup: dict, n: int) -> dict:
         raise RuntimeError(f"reference run failed ({rc}):\n{out[-3000:]}")
     data = json.loads(line[0][7:])
     its = data["iterations"]
-    total = sum(a + b for a, b in its)
-    return {"s_per_it": total / len(its), "wait_s_per_it": sum(a for a, _ in its) / len(its),
-            "threads": data["threads"], "raw": its}
+    total = sum(a + b for a, b, _ in its)
+    return {"s_per_it": total / len(its), "wait_s_per_it": sum(a for a, _, _ in its) / len(its),
+            "cpu_s_per_it": sum(c for _, _, c in its) / len(its), "threads": data["threads"], "raw": its}
+
+
+def autoseg_python(choice: str) -> str:
+    """``venv``: AutoSeg's own environment; ``bench``: the reference's environment (AutoSegLib is pure
+    Python and its dependencies are there too), so that both sides run on the very same torch build."""
+    return str(BENCH_PYTHON if choice == "bench" else AUTOSEG_PYTHON)
 
 
 def run_autoseg(setup: dict, n: int, variant: str) -> dict:
     out = Path(setup["root"]) / f"autoseg_out_{variant}"
     env = bench_env({"PYTHONPATH": str(REPO)}, threads=os.cpu_count() or 1)
-    rc, text = run_group([str(AUTOSEG_PYTHON), "-c", AUTOSEG_SCRIPT, str(setup["work"]), str(n), variant, str(out)],
+    rc, text = run_group([autoseg_python(setup.get("autoseg_python", "venv")), "-c", AUTOSEG_SCRIPT, str(setup["work"]), str(n), variant, str(out)],
                          env, REPO, Path(setup["root"]) / f"autoseg_throughput_{variant}.log")
     line = [l for l in text.splitlines() if l.startswith("RESULT ")]
     if rc != 0 or not line:
@@ -165,7 +179,7 @@ def run_autoseg(setup: dict, n: int, variant: str) -> dict:
     data = json.loads(line[0][7:])
     its = data["iterations"]
     return {"s_per_it": sum(its) / len(its), "wait_s_per_it": sum(data["waits"]) / max(len(data["waits"]), 1),
-            "resolved": data["resolved"], "raw": its}
+            "cpu_s_per_it": sum(data["cpu"]) / max(len(data["cpu"]), 1), "resolved": data["resolved"], "raw": its}
 
 
 def augmentation_time(setup: dict, repeats: int = 5) -> float:
@@ -204,10 +218,16 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--variants", default="auto")
+    ap.add_argument("--autoseg-python", choices=("venv", "bench"), default="venv",
+                    help="run AutoSeg with .venv (default) or with .bench-venv's interpreter (same torch as the reference)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     setup = prepare(args.root)
     setup["root"] = str(args.root)
+    setup["autoseg_python"] = args.autoseg_python
+    for name, py in (("reference", str(BENCH_PYTHON)), ("autoseg", autoseg_python(args.autoseg_python))):
+        ver = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True).stdout.strip()
+        print(f"{name}: torch {ver} ({py})", flush=True)
     variants = [v for v in args.variants.split(",") if v]
     results = {"reference": [], **{v: [] for v in variants}}
     for r in range(args.rounds):
@@ -216,19 +236,24 @@ def main() -> int:
             t0 = time.time()
             res = run_reference(setup, args.iterations) if side == "reference" else run_autoseg(setup, args.iterations, side)
             results[side].append(res)
-            print(f"round {r + 1} {side:10s} {res['s_per_it']:.2f} s/it (waiting for data {res['wait_s_per_it']:.3f} s/it)"
+            print(f"round {r + 1} {side:10s} {res['s_per_it']:.2f} s/it (waiting for data {res['wait_s_per_it']:.3f} s/it;"
+                  f" {res['cpu_s_per_it']:.1f} CPU-s per step)"
                   f"  [{time.time() - t0:.0f} s]", flush=True)
     aug = augmentation_time(setup)
     ref = statistics.median(x["s_per_it"] for x in results["reference"])
-    summary = {"reference_s_per_it": ref, "augmentation_batch_s": aug, "cpu_count": os.cpu_count(), "variants": {}}
-    print(f"\nreference nnUNetTrainer: {ref:.2f} s/it  ({1 / ref:.4f} it/s)")
+    ref_cpu = statistics.median(x["cpu_s_per_it"] for x in results["reference"])
+    summary = {"reference_s_per_it": ref, "reference_cpu_s_per_step": ref_cpu, "augmentation_batch_s": aug, "cpu_count": os.cpu_count(), "variants": {},
+               "autoseg_python": args.autoseg_python}
+    print(f"\nreference nnUNetTrainer: {ref:.2f} s/it  ({1 / ref:.4f} it/s); {ref_cpu:.1f} CPU-s per step")
     for v in variants:
         med = statistics.median(x["s_per_it"] for x in results[v])
         wait = statistics.median(x["wait_s_per_it"] for x in results[v])
-        summary["variants"][v] = {"s_per_it": med, "wait_s_per_it": wait, "speedup": ref / med,
-                                  "resolved": results[v][-1]["resolved"]}
-        print(f"AutoSeg {v:8s}: {med:.2f} s/it  ({1 / med:.4f} it/s)  x{ref / med:.2f} vs reference;"
-              f" waiting for data {wait:.3f} s/it, computing {med - wait:.2f} s/it")
+        cpu = statistics.median(x["cpu_s_per_it"] for x in results[v])
+        summary["variants"][v] = {"s_per_it": med, "wait_s_per_it": wait, "speedup": ref / med, "cpu_s_per_step": cpu,
+                                  "cpu_speedup": ref_cpu / cpu, "resolved": results[v][-1]["resolved"]}
+        print(f"AutoSeg {v:8s}: {med:.2f} s/it  ({1 / med:.4f} it/s)  x{ref / med:.2f} vs reference (wall);"
+              f" waiting for data {wait:.3f} s/it, computing {med - wait:.2f} s/it;"
+              f" {cpu:.1f} CPU-s per step, x{ref_cpu / cpu:.2f} vs reference (CPU time)")
     print(f"one augmented batch (sampling + augmentation, one process): {aug:.2f} s")
     summary["raw"] = results
     if args.json:
