@@ -7,8 +7,8 @@
 Fold 0 of LA2018_1p25mm 3d_fullres on the CPU, same plans on both sides (see train_throughput.prepare),
 same split (the reference's splits_final.json is copied into AutoSeg's work folder), same schedule
 settings (epochs, iterations per epoch, validation iterations, hence the same poly learning rate). Each
-side trains until the budget is used, then predicts the fold's validation cases in full (sliding window,
-test-time mirroring) and scores Dice in the raw grid:
+side trains until the budget is used, then predicts the fold's validation cases in full (sliding window;
+test-time mirroring only with --mirroring, on both sides) and scores Dice in the raw grid:
 
 - reference: its own epoch loop driven from a script (``on_train_start``, per epoch ``on_epoch_start`` ...
   ``on_epoch_end`` exactly as ``nnUNetTrainer.run_training``), stopped after the epoch that crosses the
@@ -37,7 +37,7 @@ from train_throughput import DATASET_ID, autoseg_python, prepare, run_group, use
 
 REFERENCE_SCRIPT = r"""
 import json, multiprocessing, os, sys, time, torch
-budget_s, iters, val_iters, epochs, out = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+budget_s, iters, val_iters, epochs, out, mirror = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
 torch.set_num_threads(multiprocessing.cpu_count())
 from nnunetv2.run.run_training import get_trainer_from_args
 tr = get_trainer_from_args("%d", "3d_fullres", 0, "nnUNetTrainer", "nnUNetPlans", device=torch.device("cpu"))
@@ -58,6 +58,8 @@ for epoch in range(tr.current_epoch, tr.num_epochs):
         break
 train_s = time.perf_counter() - t_start
 tr.on_train_end()
+if not mirror:
+    tr.inference_allowed_mirroring_axes = None   # its predictor then predicts without test-time mirroring
 t0 = time.perf_counter()
 tr.perform_actual_validation(False)
 val_s = time.perf_counter() - t0
@@ -76,9 +78,10 @@ import json, shutil, sys, time
 from pathlib import Path
 from AutoSegLib.training.config import TrainingConfig
 from AutoSegLib.training.trainer import train_fold
-work, budget_min, iters, val_iters, epochs, out_root, out = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6]), sys.argv[7]
+work, budget_min, iters, val_iters, epochs, out_root, out, mirror = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6]), sys.argv[7], sys.argv[8] == "1"
 shutil.rmtree(out_root, ignore_errors=True)
-cfg = TrainingConfig(epochs=epochs, iterations_per_epoch=iters, val_iterations=val_iters, time_budget_minutes=budget_min, device="cpu")
+cfg = TrainingConfig(epochs=epochs, iterations_per_epoch=iters, val_iterations=val_iters, time_budget_minutes=budget_min,
+                     device="cpu", mirror_at_validation=mirror)
 events = []
 t0 = time.perf_counter()
 fold_dir = train_fold(work, "3d_fullres", 0, cfg, output_dir=out_root, progress=events.append)
@@ -100,7 +103,8 @@ def run_reference(setup: dict, args, out: Path) -> dict:
     if out.exists():
         out.unlink()
     rc, text = run_group([str(BENCH_PYTHON), "-c", REFERENCE_SCRIPT, str(args.budget_minutes * 60),
-                          str(args.iterations_per_epoch), str(args.val_iterations), str(args.epochs), str(out)],
+                          str(args.iterations_per_epoch), str(args.val_iterations), str(args.epochs), str(out),
+                          "1" if args.mirroring else "0"],
                          env, args.root, Path(args.root) / "reference_budget.log")
     if rc != 0 or not out.is_file():
         raise RuntimeError(f"reference failed ({rc}):\n{text[-3000:]}")
@@ -116,7 +120,7 @@ def run_autoseg(setup: dict, args, out: Path) -> dict:
         out.unlink()
     rc, text = run_group([autoseg_python(args.autoseg_python), "-c", AUTOSEG_SCRIPT, str(setup["work"]), str(args.budget_minutes),
                           str(args.iterations_per_epoch), str(args.val_iterations), str(args.epochs),
-                          str(Path(args.root) / "autoseg_budget"), str(out)], env, REPO,
+                          str(Path(args.root) / "autoseg_budget"), str(out), "1" if args.mirroring else "0"], env, REPO,
                          Path(args.root) / "autoseg_budget.log")
     if rc != 0 or not out.is_file():
         raise RuntimeError(f"AutoSeg failed ({rc}):\n{text[-3000:]}")
@@ -157,6 +161,8 @@ def main() -> int:
     ap.add_argument("--iterations-per-epoch", type=int, default=10)
     ap.add_argument("--val-iterations", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1000)
+    ap.add_argument("--mirroring", action="store_true",
+                    help="test-time mirroring in both final validations (8x slower in 3D; off by default here)")
     ap.add_argument("--autoseg-python", choices=("venv", "bench"), default="venv",
                     help="run AutoSeg with .venv (default) or with .bench-venv's interpreter (same torch as the reference)")
     ap.add_argument("--json", type=Path, default=None)
