@@ -134,7 +134,8 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
         raise AutoSegError(f"configuration {configuration!r} expects {cm.num_input_channels} input channels, "
                            f"got {data.shape[0]}.")
     if predictor is None:
-        net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
+        net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False,
+                            initialize=False)  # the fold's weights replace every parameter
         predictor = NetworkPredictor(net, dev, resolve_precision(precision, dev), channels_last=channels_last)
     mirror = tuple(cm.mirror_axes) if tta else ()
     total = None

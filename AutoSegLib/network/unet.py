@@ -165,7 +165,7 @@ class UNet(nn.Module):
 
 
 def build_network(topology: NetworkTopology, num_input_channels: int, num_outputs: int,
-                  deep_supervision: bool = True) -> UNet:
+                  deep_supervision: bool = True, initialize: bool = True) -> UNet:
     """Build and He-initialise the U-Net of ``topology``.
 
     Parameters
@@ -178,6 +178,8 @@ def build_network(topology: NetworkTopology, num_input_channels: int, num_output
         Output channels: number of classes including background (softmax) or of regions (sigmoid).
     deep_supervision : bool
         Initial value of ``net.deep_supervision``.
+    initialize : bool
+        He initialisation; False skips it (PyTorch's default init) when weights are loaded right after.
 
     Returns
     -------
@@ -190,7 +192,8 @@ def build_network(topology: NetworkTopology, num_input_channels: int, num_output
         If the topology is inconsistent (lengths, dimensionality, unknown architecture).
     """
     net = UNet(topology, num_input_channels, num_outputs, deep_supervision)
-    he_init(net)
+    if initialize:
+        he_init(net)
     return net
 
 
