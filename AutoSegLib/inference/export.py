@@ -76,9 +76,7 @@ def probabilities_to_labels(probs: torch.Tensor, layout: LabelLayout) -> torch.T
         for i, value in enumerate(layout.regions_class_order):
             seg[probs[i] > 0.5] = int(value)
         return seg
-    # softmax channel i is the i-th smallest label value (as training encodes targets and as the reference
-    # orders its classes), whatever the order of dataset.json's "labels"
-    values = torch.tensor(sorted(int(v) for v in layout.values), dtype=torch.int16)
+    values = torch.tensor(layout.softmax_values, dtype=torch.int16)
     return values[probs.argmax(0)]
 
 

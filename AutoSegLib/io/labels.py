@@ -73,6 +73,15 @@ class LabelLayout:
         return tuple(n for n, v in zip(self.names, self.values) if v != 0)
 
     @property
+    def softmax_values(self) -> Tuple[int, ...]:
+        """Label value of each softmax output channel: channel i is the i-th smallest value (as the
+        reference orders its classes), whatever the order of dataset.json's "labels". Training encodes
+        targets with it, and inference and model selection decode probabilities with it."""
+        if self.has_regions:
+            raise ValueError("region-based labels have sigmoid outputs, not softmax channels")
+        return tuple(sorted(int(v) for v in self.values))
+
+    @property
     def num_outputs(self) -> int:
         """Number of network output channels: all labels (softmax) or foreground regions (sigmoid)."""
         return len(self.foreground_values) if self.has_regions else len(self.values)

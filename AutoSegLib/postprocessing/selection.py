@@ -47,7 +47,8 @@ CV_FOLDS = ("0", "1", "2", "3", "4")
 def probabilities_to_label_map(probs: np.ndarray, layout: LabelLayout) -> np.ndarray:
     """(K, *spatial) probabilities -> (*spatial) label values (int16).
 
-    Softmax outputs: argmax over channels (first maximum on ties), channel i -> ``layout.values[i]``.
+    Softmax outputs: argmax over channels (first maximum on ties), channel i -> ``layout.softmax_values[i]``
+    (the i-th smallest label value, as training encodes targets).
     Region (sigmoid) outputs: each region with probability > 0.5 painted with its
     ``regions_class_order`` value, later regions on top.
     """
@@ -56,7 +57,7 @@ def probabilities_to_label_map(probs: np.ndarray, layout: LabelLayout) -> np.nda
         for i, value in enumerate(layout.regions_class_order):
             seg[probs[i] > 0.5] = int(value)
         return seg
-    values = np.array([int(v) for v in layout.values], np.int16)
+    values = np.array(layout.softmax_values, np.int16)
     if probs.shape[0] != len(values):
         raise AutoSegError(f"probabilities have {probs.shape[0]} channels; the labels {layout.names} need "
                            f"{len(values)}.")

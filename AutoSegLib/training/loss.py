@@ -58,7 +58,7 @@ class LabelEncoder:
         self.regions = layout.has_regions
         self.ignore = layout.ignore_label
         if not self.regions:
-            values = sorted(int(v) for v in layout.values)
+            values = list(layout.softmax_values)
             top = max(values + ([self.ignore] if self.ignore is not None else []))
             lut = np.zeros(top + 1, np.int64)
             for i, v in enumerate(values):
