@@ -14,25 +14,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args, progress) -> int:
-    from AutoSegLib.io.datasets import load_dataset, resolve_work_dir, write_work_dataset_json
-    from AutoSegLib.planning.planner import plan_experiment
-    from AutoSegLib.planning.workdir import fingerprint_for
+    from AutoSegLib.api import plan
 
-    if not args.gpu_memory_gb > 0:
-        from AutoSegLib.errors import AutoSegError
-        raise AutoSegError(f"--gpu-memory-gb must be a positive number of gigabytes; got {args.gpu_memory_gb}.")
-    work = resolve_work_dir(args.dataset, args.output)
-    dataset = load_dataset(args.dataset)
-    fp = fingerprint_for(dataset, work, num_workers=args.workers, progress=progress, force=args.force_fingerprint)
-    progress({"event": "stage", "stage": "plan", "message": f"{dataset.name}, {args.gpu_memory_gb:g} GB budget"})
-    plans = plan_experiment(fp, dataset, gpu_memory_gb=args.gpu_memory_gb)
-    path = plans.to_json(work / "plans.json")
-    write_work_dataset_json(dataset, work)
+    work, plans = plan(args.dataset, args.output, args.gpu_memory_gb, args.workers, args.force_fingerprint, progress)
     for name, c in plans.configurations.items():
         progress({"event": "log", "level": "info",
                   "message": f"{name}: spacing {_fmt(c.spacing)}, patch {c.patch_size}, batch {c.batch_size}, "
                              f"{c.network.n_stages} stages, normalisation {list(c.normalization)}"})
-    progress({"event": "result", "plans": str(path), "fingerprint": str(work / "fingerprint.json"),
+    progress({"event": "result", "plans": str(work / "plans.json"), "fingerprint": str(work / "fingerprint.json"),
               "work_dir": str(work), "configurations": list(plans.configurations)})
     return 0
 

@@ -33,20 +33,9 @@ def dataset_path_of(work_dir) -> str:
 
 
 def run(args, progress) -> int:
-    from pathlib import Path
+    from AutoSegLib.api import preprocess
 
-    from AutoSegLib.errors import AutoSegError
-    from AutoSegLib.planning.plans import Plans
-    from AutoSegLib.preprocessing.dataset import preprocess_dataset
-
-    work = Path(args.work_dir)
-    if not work.is_dir():
-        raise AutoSegError(f"{work}: work folder not found. Run `autoseg plan DATASET --output {work}` first.")
-    if args.workers is not None and args.workers < 1:
-        raise AutoSegError(f"--workers must be at least 1; got {args.workers}.")
-    plans = Plans.from_json(work / "plans.json")
-    result = preprocess_dataset(dataset_path_of(work), plans, args.configurations, work,
-                                num_workers=args.workers, force=args.force, progress=progress)
+    result = preprocess(args.work_dir, args.configurations, args.workers, args.force, progress)
     progress({"event": "log", "level": "info",
               "message": f"preprocessed {result['processed']} case(s), {result['skipped']} already done; "
                          + ", ".join(f"{k}: {v}" for k, v in result["folders"].items())})

@@ -20,8 +20,8 @@ def test_help_lists_every_subcommand_quickly():
     assert elapsed < 3.0, f"--help took {elapsed:.2f} s"
 
 
-def test_help_does_not_import_heavy_modules():
-    code = ("import sys; from AutoSegLib import cli; cli.build_parser();"
+def test_help_and_api_import_do_not_import_heavy_modules():
+    code = ("import sys; from AutoSegLib import cli, api; cli.build_parser();"
             "print(','.join(m for m in ('torch', 'SimpleITK', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

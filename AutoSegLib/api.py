@@ -1,0 +1,158 @@
+"""AutoSegLib's public API: plain functions with explicit paths, one per pipeline step.
+
+The CLI (`autoseg ...`) is a thin layer over these; the Slicer module runs the CLI in a child process.
+Every function takes an optional ``progress`` callback (see `AutoSegLib.progress`) and raises
+`AutoSegLib.errors.AutoSegError` for input the user can fix. Heavy modules are imported inside the
+functions, so ``import AutoSegLib.api`` is cheap.
+
+Pipeline, in order::
+
+    verify(dataset)                                   -> VerifyReport
+    plan(dataset, output)                             -> (work_dir, Plans)      fingerprint + plans
+    preprocess(work_dir)                              -> summary dict
+    plan_and_preprocess(dataset, output)              -> (work_dir, Plans)
+    train(work_dir, configuration, fold)              -> fold folder
+    find_best(work_dir)                               -> SelectionResult        writes inference.json
+    predict(model, inputs, output)                    -> written files          (predict_arrays in memory)
+    evaluate(pred_dir, ref_dir, output_dir)           -> summary dict
+    export_model(work_dir, archive) / import_model(sources, models_dir)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+PathLike = "str | os.PathLike"
+
+
+def verify(dataset: PathLike, num_workers: Optional[int] = None, progress=None):
+    """Check a raw dataset folder; returns a report listing every error and warning (never raises for
+    bad data, never writes). See `AutoSegLib.io.datasets.verify_dataset`."""
+    from AutoSegLib.io.datasets import verify_dataset
+    return verify_dataset(dataset, num_workers=num_workers, progress=progress)
+
+
+def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: float = 8.0,
+         num_workers: Optional[int] = None, force_fingerprint: bool = False, progress=None) -> Tuple[Path, "Plans"]:
+    """Fingerprint (reused while current) and plan ``dataset`` into the work folder ``output`` (default
+    ``./autoseg_work/<dataset name>``; never inside the dataset). Writes fingerprint.json, plans.json and
+    dataset.json (with "dataset_path"). Returns (work folder, plans)."""
+    from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.io.datasets import load_dataset, resolve_work_dir, write_work_dataset_json
+    from AutoSegLib.planning.planner import plan_experiment
+    from AutoSegLib.planning.workdir import fingerprint_for
+
+    if not gpu_memory_gb > 0:
+        raise AutoSegError(f"--gpu-memory-gb must be a positive number of gigabytes; got {gpu_memory_gb}.")
+    if num_workers is not None and num_workers < 1:
+        raise AutoSegError(f"--workers must be at least 1; got {num_workers}.")
+    work = resolve_work_dir(dataset, output)
+    ds = load_dataset(dataset)
+    fp = fingerprint_for(ds, work, num_workers=num_workers, progress=progress, force=force_fingerprint)
+    if progress:
+        progress({"event": "stage", "stage": "plan", "message": f"{ds.name}, {gpu_memory_gb:g} GB budget"})
+    plans = plan_experiment(fp, ds, gpu_memory_gb=gpu_memory_gb)
+    plans.to_json(work / "plans.json")
+    write_work_dataset_json(ds, work)
+    return work, plans
+
+
+def preprocess(work_dir: PathLike, configurations: Optional[Sequence[str]] = None, num_workers: Optional[int] = None,
+               force: bool = False, progress=None) -> dict:
+    """Preprocess the training cases of a planned work folder (skips finished cases unless ``force``)."""
+    from AutoSegLib.commands.preprocess import dataset_path_of
+    from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.planning.plans import Plans
+    from AutoSegLib.preprocessing.dataset import preprocess_dataset
+
+    work = Path(work_dir)
+    if not work.is_dir():
+        raise AutoSegError(f"{work}: work folder not found. Run `autoseg plan DATASET --output {work}` first.")
+    if num_workers is not None and num_workers < 1:
+        raise AutoSegError(f"--workers must be at least 1; got {num_workers}.")
+    plans = Plans.from_json(work / "plans.json")
+    return preprocess_dataset(dataset_path_of(work), plans, configurations, work, num_workers=num_workers,
+                              force=force, progress=progress)
+
+
+def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: float = 8.0,
+                        configurations: Optional[Sequence[str]] = None, num_workers: Optional[int] = None,
+                        force: bool = False, force_fingerprint: bool = False, progress=None) -> Tuple[Path, "Plans", dict]:
+    """verify (inside the fingerprint) + fingerprint + plan + preprocess. Returns (work folder, plans,
+    preprocessing summary)."""
+    from AutoSegLib.preprocessing.dataset import preprocess_dataset
+
+    work, plans = plan(dataset, output, gpu_memory_gb, num_workers, force_fingerprint, progress)
+    for name in configurations or ():
+        plans.configuration(name)  # planned for this dataset? (3d_lowres is not always)
+    result = preprocess_dataset(Path(dataset), plans, configurations, work, num_workers=num_workers, force=force,
+                                progress=progress)
+    return work, plans, result
+
+
+def train(work_dir: PathLike, configuration: str, fold, config=None, output_dir: Optional[PathLike] = None,
+          resume: bool = False, progress=None) -> Path:
+    """Train one configuration on one fold (0-4, or "all"); ``config`` is a
+    `AutoSegLib.training.config.TrainingConfig` (defaults: the recipe's). Returns the fold folder."""
+    from AutoSegLib.training.config import TrainingConfig
+    from AutoSegLib.training.trainer import train_fold
+    return train_fold(work_dir, configuration, fold, config or TrainingConfig(), output_dir=output_dir,
+                      progress=progress, resume=resume)
+
+
+def find_best(work_dir: PathLike, configurations: Optional[Sequence[str]] = None, folds=None,
+              allow_ensembles: bool = True, progress=None):
+    """Score configurations and pairwise ensembles on cross-validation, decide post-processing, write
+    inference.json and the report into ``work_dir``."""
+    from AutoSegLib.postprocessing.selection import find_best as _find_best
+    return _find_best(work_dir, configurations=configurations, folds=folds, allow_ensembles=allow_ensembles,
+                      progress=progress)
+
+
+def load_model(path: PathLike):
+    """A model folder, training work folder, model archive or nnU-Net v2 results folder as a `Model`."""
+    from AutoSegLib.models.folder import load_model as _load_model
+    return _load_model(path)
+
+
+def predict(model, inputs, output: PathLike, **options):
+    """Segment files (a folder of ``<case>_<XXXX><ext>`` cases or one case's channel files) into
+    ``output``, in each input's own geometry. ``model``: a path or a loaded `Model`. Options as
+    `AutoSegLib.inference.files.predict_files` (configuration, folds, tta, step_size, device, ...)."""
+    from AutoSegLib.inference.files import predict_files
+    if not hasattr(model, "configurations"):
+        model = load_model(model)
+    return predict_files(model, inputs, output, **options)
+
+
+def predict_arrays(model, images, geometry, **options):
+    """Segment one in-memory case: ``images`` (C, *spatial) float32 with its `Geometry`; returns
+    (label map, probabilities or None) in the input grid. See `AutoSegLib.inference.predict.predict_arrays`."""
+    from AutoSegLib.inference.predict import predict_arrays as _predict_arrays
+    if not hasattr(model, "configurations"):
+        model = load_model(model)
+    return _predict_arrays(model, images, geometry, **options)
+
+
+def evaluate(pred_dir: PathLike, ref_dir: PathLike, output_dir: Optional[PathLike] = None, label_layout=None,
+             num_workers: int = 1, progress=None) -> dict:
+    """Dice, IoU, HD95, ASSD (mm) and volumes per case and label; JSON and CSV into ``output_dir``."""
+    from AutoSegLib.evaluation.folders import evaluate_folders
+    return evaluate_folders(pred_dir, ref_dir, label_layout=label_layout, output_dir=output_dir,
+                            num_workers=num_workers, progress=progress)
+
+
+def export_model(source: PathLike, archive: PathLike, configurations=None, folds=None, metadata=None,
+                 progress=None) -> Path:
+    """Write a work or model folder as one archive (weights as tensors only)."""
+    from AutoSegLib.models.archive import export_model_archive
+    return export_model_archive(source, archive, configurations=configurations, folds=folds, metadata=metadata,
+                                progress=progress)
+
+
+def import_model(sources: Sequence[PathLike], models_dir: PathLike, name: Optional[str] = None,
+                 overwrite: bool = False, progress=None) -> Path:
+    """Install archives, model folders or nnU-Net v2 results folders as one AutoSeg model folder."""
+    from AutoSegLib.models.install import import_models
+    return import_models(sources, models_dir, name=name, overwrite=overwrite, progress=progress)
