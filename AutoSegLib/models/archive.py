@@ -45,7 +45,7 @@ TOP_FILES = ("dataset.json", "plans.json", "fingerprint.json", "inference.json",
 FOLD_FILES = ("training_config.json", "training_log.jsonl", "progress.png", "validation/summary.json")
 ALLOWED_SUFFIXES = (".json", ".jsonl", ".pt", ".pth", ".png", ".md", ".txt", ".csv")
 CHECKPOINT_KEYS = ("network_weights", "configuration", "plans_identifier", "num_input_channels", "num_outputs",
-                   "epoch")
+                   "epoch", "mirror_axes")
 MAX_TOTAL_BYTES = 64 * 2 ** 30  # refuse archives claiming more than this uncompressed (zip bombs)
 
 
