@@ -18,30 +18,16 @@ from AutoSegLib.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
-    """``auto``: CUDA if available, else MPS, else CPU. An unavailable explicit choice is an AutoSegError."""
+    """``auto``: CUDA if available, else MPS, else CPU. An unavailable explicit choice is an AutoSegError.
+    One rule for training and inference: `AutoSegLib.training.device.resolve_device`."""
     if isinstance(device, torch.device):
         return device
-    name = str(device).lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    kind = name.split(":")[0]
-    if kind not in DEVICES:
-        raise AutoSegError(f"unknown device {device!r}; choose one of {DEVICES}.")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise AutoSegError("device 'cuda' requested but this PyTorch sees no CUDA GPU "
-                           f"(torch {torch.__version__}); use --device cpu or auto.")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise AutoSegError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto.")
-    return torch.device(name)
+    from AutoSegLib.training.device import resolve_device as _resolve
+    return _resolve(str(device))
 
 
 def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:

@@ -54,8 +54,8 @@ def resolve_device(name: str) -> torch.device:
         raise AutoSegError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps.") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise AutoSegError("--device cuda: this PyTorch has no usable CUDA GPU. Use --device cpu, or install "
-                               "the CUDA build of torch.")
+            raise AutoSegError(f"--device {name}: this PyTorch (torch {torch.__version__}) sees no CUDA GPU. Use --device "
+                               "cpu or auto, or install the CUDA build of torch.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise AutoSegError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present.")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
