@@ -63,7 +63,8 @@ if not mirror:
 t0 = time.perf_counter()
 tr.perform_actual_validation(False)
 val_s = time.perf_counter() - t0
-log = tr.logger.my_fantastic_logging
+lg = tr.logger
+log = getattr(lg, "my_fantastic_logging", None) or getattr(getattr(lg, "local_logger", None), "my_fantastic_logging", None) or {}
 def plain(v):
     return [float(x) if not isinstance(x, (list, tuple)) else [float(y) for y in x] for x in v]
 curves = {k: plain(log[k]) for k in ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "epoch_end_timestamps") if k in log}
@@ -165,12 +166,21 @@ def main() -> int:
                     help="test-time mirroring in both final validations (8x slower in 3D; off by default here)")
     ap.add_argument("--autoseg-python", choices=("venv", "bench"), default="venv",
                     help="run AutoSeg with .venv (default) or with .bench-venv's interpreter (same torch as the reference)")
+    ap.add_argument("--autoseg-only", action="store_true",
+                    help="reuse the reference's last result (its validation/summary.json under --root) and run AutoSeg only")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
     setup = prepare(args.root)
     print(f"reference: training for {args.budget_minutes} min, then validating fold 0 ...", flush=True)
-    ref = run_reference(setup, args, args.root / "budget_reference.json")
+    if args.autoseg_only:
+        found = sorted(Path(setup["reference_env"]["nnUNet_results"]).glob("*/*/fold_0/validation/summary.json"))
+        if not found:
+            raise SystemExit("no earlier reference result under --root; run without --autoseg-only")
+        ref = {"mean_foreground_dice": json.loads(found[-1].read_text())["foreground_mean"]["Dice"], "epochs": -1,
+               "train_s": args.budget_minutes * 60, "validation_s": float("nan"), "curves": {}}
+    else:
+        ref = run_reference(setup, args, args.root / "budget_reference.json")
     use_reference_split(setup)
     print(f"  {ref['epochs']} epochs in {ref['train_s'] / 60:.1f} min; Dice {ref['mean_foreground_dice']:.4f}"
           f" (validation {ref['validation_s']:.0f} s)", flush=True)
@@ -180,7 +190,7 @@ def main() -> int:
           f" (total {ours['total_s'] / 60:.1f} min)", flush=True)
     print(f"\nvalidation Dice (fold 0, {args.budget_minutes} min budget): reference {ref['mean_foreground_dice']:.4f}, "
           f"AutoSeg {ours['mean_foreground_dice']:.4f}")
-    if args.plot:
+    if args.plot and ref["curves"]:
         plot(ref, ours, args.plot)
     if args.json:
         args.json.write_text(json.dumps({"budget_minutes": args.budget_minutes, "reference": ref, "autoseg": ours},
