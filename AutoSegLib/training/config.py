@@ -131,9 +131,16 @@ class TrainingConfig:
             raise AutoSegError(f"{source}: unknown training settings {sorted(unknown)}.")
         return cls(**d)
 
-    def lr_at(self, epoch: int) -> float:
-        """Poly learning rate for ``epoch`` (0-based)."""
-        return self.initial_lr * (1 - min(epoch, self.epochs) / self.epochs) ** self.poly_exponent
+    def lr_at(self, epoch: int, elapsed_s: Optional[float] = None) -> float:
+        """Poly learning rate for ``epoch`` (0-based).
+
+        With a time budget, the schedule's progress is the larger of the epoch fraction and the fraction of
+        the budget used (``elapsed_s``), so a run stopped by its budget has still annealed its learning
+        rate instead of stopping at the start of a 1000-epoch schedule."""
+        fraction = min(epoch, self.epochs) / self.epochs
+        if self.time_budget_minutes is not None and elapsed_s is not None:
+            fraction = max(fraction, min(elapsed_s / (60.0 * self.time_budget_minutes), 1.0))
+        return self.initial_lr * (1 - fraction) ** self.poly_exponent
 
 
 def finetune_defaults(config: TrainingConfig, explicitly_set: "set[str]") -> TrainingConfig:

@@ -70,7 +70,7 @@ class EpochRunner:
             epoch = int(state["epoch"])
             t0 = time.monotonic()
             wait0 = self.train_stream.wait_s + self.val_stream.wait_s
-            lr = cfg.lr_at(epoch)
+            lr = cfg.lr_at(epoch, elapsed0 + (time.monotonic() - t_run))
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             self.model.train()

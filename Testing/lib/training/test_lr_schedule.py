@@ -1,0 +1,22 @@
+"""Poly learning rate, by epoch and under a time budget (hand-computed values)."""
+import pytest
+
+from AutoSegLib.training.config import TrainingConfig
+
+
+def test_poly_by_epoch():
+    cfg = TrainingConfig(epochs=10, initial_lr=0.01)
+    assert cfg.lr_at(0) == pytest.approx(0.01)
+    assert cfg.lr_at(5) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert cfg.lr_at(10) == 0.0
+
+
+def test_budget_anneals_the_rate_when_it_ends_before_the_epochs():
+    cfg = TrainingConfig(epochs=1000, initial_lr=0.01, time_budget_minutes=10)
+    # 3 of 1000 epochs done but 7.5 of 10 minutes used: the schedule is 75 % through
+    assert cfg.lr_at(3, elapsed_s=450) == pytest.approx(0.01 * 0.25 ** 0.9)
+    # the epoch fraction wins when it is further along
+    cfg = TrainingConfig(epochs=4, initial_lr=0.01, time_budget_minutes=60)
+    assert cfg.lr_at(2, elapsed_s=60) == pytest.approx(0.01 * 0.5 ** 0.9)
+    # no budget: elapsed time is ignored
+    assert TrainingConfig(epochs=4, initial_lr=0.01).lr_at(0, elapsed_s=1e9) == pytest.approx(0.01)
