@@ -5,9 +5,11 @@
 
 Without ``--dataset`` a small synthetic 3D dataset (``io.synthetic``: 20 training + 5 test cases of
 16 x 32 x 32 voxels, organ + lesion, test cases in imagesTs/labelsTs) is generated and 3d_fullres is
-trained on all 5 folds with a short fixed schedule (4 epochs x 8 iterations per fold, about 180 network
-steps in all: a few minutes on 2 idle CPU cores; proportionally longer on a loaded machine, because the
-schedule, not the clock, decides what the model learns). With
+trained on fold 0 with a fixed schedule of 60 epochs x 10 iterations (600 network steps: a few minutes on
+2 idle CPU cores; proportionally longer on a loaded machine, because the schedule, not the clock, decides
+what the model learns). Measured: the small lesion class is first predicted after about 250-350 steps
+(pseudo-Dice 0 before, about 0.9 after), so shorter schedules learn only the organ. ``--folds 0 1 2 3 4``
+runs the whole cross-validation (five times the training time). With
 ``--dataset PATH`` the same runs on a real dataset; its held-out cases are imagesTs/labelsTs when the
 dataset has them, else ``--holdout`` training cases set aside before preprocessing (they are never
 trained on; the fingerprint's intensity statistics still include them).
@@ -38,12 +40,13 @@ def add_arguments(parser) -> None:
                         help="training time for all folds together, split evenly between them (default: none for "
                              "the generated data, whose schedule is fixed; 30 for a real dataset)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs per fold (default: 4 for the generated data, 1000 capped by the time budget "
+                        help="epochs per fold (default: 60 for the generated data, 1000 capped by the time budget "
                              "for a real dataset)")
     parser.add_argument("--iterations-per-epoch", type=int, default=None,
-                        help="training batches per epoch (default 8 for the generated data, 50 otherwise)")
+                        help="training batches per epoch (default 10 for the generated data, 50 otherwise)")
     parser.add_argument("--folds", nargs="+", default=None, metavar="K",
-                        help="cross-validation folds to train (default 0 1 2 3 4)")
+                        help="cross-validation folds to train (default: 0 for the generated data, 0 1 2 3 4 for a real "
+                             "dataset)")
     parser.add_argument("--configuration", default="3d_fullres", help="configuration to train (default 3d_fullres)")
     parser.add_argument("--cases", type=int, default=SYNTH_DEFAULTS["n_cases"],
                         help="generated training cases (default 20)")
@@ -142,16 +145,16 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     output = Path(output).expanduser().resolve()
     output.mkdir(parents=True, exist_ok=True)
     synthetic = dataset is None
-    folds = [str(f) for f in (folds if folds is not None else range(5))]
+    folds = [str(f) for f in (folds if folds is not None else ((0,) if synthetic else range(5)))]
     # Generated data: a fixed short schedule that runs to its end (the learning rate anneals to 0, which
     # matters more than the number of iterations here), no time cap unless asked for. A real dataset:
     # the recipe's schedule, stopped by the time budget.
     if time_budget_minutes is None and not synthetic:
         time_budget_minutes = 30.0
     if epochs is None:
-        epochs = 4 if synthetic else 1000
+        epochs = 60 if synthetic else 1000
     if iterations_per_epoch is None:
-        iterations_per_epoch = 8 if synthetic else 50
+        iterations_per_epoch = 10 if synthetic else 50
     if val_iterations is None:
         val_iterations = 1 if synthetic else 10
     if tta is None:
