@@ -232,3 +232,18 @@ def array_in_file_grid(array: np.ndarray, volume_node) -> Tuple[np.ndarray, Geom
     if axes != (0, 1, 2) or flips:
         log.info("Reordered axes %s / flipped %s to match the grid of %s", axes, flips, path.name)
     return np.ascontiguousarray(out), file_geo
+
+
+def channels_in_file_grid(volumes, reference) -> list:
+    """Each volume's voxels on ``reference``'s file grid (volumes on another grid are resampled onto the
+    reference's first), one array per volume, in order: the image channels of a training case."""
+    ref_geo = geometry_from_node(reference)
+    ref_shape = tuple(reference.GetImageData().GetDimensions()[::-1])
+    channels = []
+    for node in volumes:
+        arr, geo = array_from_node(node)
+        if arr.shape != ref_shape or not geo.is_close(ref_geo):
+            arr = resample_onto(arr, geo, ref_geo, ref_shape)
+        arr, _ = array_in_file_grid(arr, reference)
+        channels.append(arr)
+    return channels

@@ -72,15 +72,7 @@ class CorrectionLogic:
             raise AutoSegError(f"Segments {assignment.names} have label values {assignment.values}: each label needs "
                                f"its own value and a unique name for a training set.")
         label, geometry = conversion.array_in_file_grid(label, reference)
-        ref_geo = conversion.geometry_from_node(reference)
-        ref_shape = tuple(reference.GetImageData().GetDimensions()[::-1])
-        channels = []
-        for node in volumes:
-            arr, geo = conversion.array_from_node(node)
-            if arr.shape != ref_shape or not geo.is_close(ref_geo):
-                arr = conversion.resample_onto(arr, geo, ref_geo, ref_shape)
-            arr, _ = conversion.array_in_file_grid(arr, reference)
-            channels.append(arr)
+        channels = conversion.channels_in_file_grid(volumes, reference)
         dataset_dir = Path(dataset_dir)
         case_name = case_name or dataset_case.next_case_name(dataset_dir)
         written = dataset_case.add_case(dataset_dir, case_name, channels, geometry, label, labels, channel_names)

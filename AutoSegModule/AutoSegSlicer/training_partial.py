@@ -194,15 +194,7 @@ def add_partial_case(segmentation_node, volumes: Sequence, dataset_dir, mode: st
                            f"overwritten. Choose another case name.")
     partial = partial_label(label, annotated, labels["ignore"], mode, axis)
     partial, geometry = conversion.array_in_file_grid(partial, reference)
-    ref_geo = conversion.geometry_from_node(reference)
-    ref_shape = tuple(reference.GetImageData().GetDimensions()[::-1])
-    channels = []
-    for node in volumes:
-        arr, geo = conversion.array_from_node(node)
-        if arr.shape != ref_shape or not geo.is_close(ref_geo):
-            arr = conversion.resample_onto(arr, geo, ref_geo, ref_shape)
-        arr, _ = conversion.array_in_file_grid(arr, reference)
-        channels.append(arr)
+    channels = conversion.channels_in_file_grid(volumes, reference)
     if existing is not None and "ignore" not in (existing.get("labels") or {}):
         # The dataset becomes partially annotated: its earlier cases simply hold no ignore voxel.
         write_json(dataset_dir / "dataset.json", {**existing, "labels": {**existing["labels"], "ignore": labels["ignore"]}})
