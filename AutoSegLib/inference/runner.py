@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from AutoSegLib.allocator import keep_freed_memory
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.inference.sliding_window import count_windows, predict_sliding_window
 from AutoSegLib.progress import ProgressCallback
@@ -115,6 +116,8 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
     fold_names = select_folds(model, configuration, folds)
     conf = model.plans.configuration(configuration)
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     data = torch.as_tensor(data)
     if data.shape[0] != cm.num_input_channels:
         raise AutoSegError(f"configuration {configuration!r} expects {cm.num_input_channels} input channels, "

@@ -70,6 +70,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         run without ``resume``; a corrupt checkpoint on resume; ``init_from`` weights with other labels or
         another architecture; CUDA out of memory. Nothing is overwritten in those cases.
     """
+    from AutoSegLib.allocator import keep_freed_memory
     from AutoSegLib.network.unet import build_network
     from AutoSegLib.planning.plans import Plans
     from AutoSegLib.training.data import check_preprocessed
@@ -103,6 +104,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     threads = threads if config.torch_threads is None else config.torch_threads
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads // (info.world_size if info.enabled else 1)))
+        keep_freed_memory()  # before the augmentation workers fork: they inherit it
 
     resumed = None
     if resume:
