@@ -23,8 +23,9 @@ def add_arguments(parser) -> None:
                         help="disable test-time mirroring (about 8x faster in 3D, slightly less accurate)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="compute device (default: best available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: float32 on CPU (same numbers as nnU-Net), float16 autocast on CUDA; "
-                             "bfloat16 is faster on recent CPUs at a small cost in agreement")
+                        help="auto: float16 autocast on CUDA; on CPU bfloat16 for AutoSeg models trained in "
+                             "bfloat16 (on CPUs that compute it natively), float32 otherwise (nnU-Net models: the "
+                             "same numbers as nnU-Net). bfloat16 is about 2x faster on recent CPUs")
     parser.add_argument("--channels-last", action="store_true", default=None,
                         help="channels-last convolutions in float32 on CPU: faster, probabilities within ~1e-3 of "
                              "nnU-Net's instead of identical (always on with bfloat16/float16 and on CUDA)")

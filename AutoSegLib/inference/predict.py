@@ -116,8 +116,8 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``mps``.
     precision : str
-        ``auto`` (float32 on CPU/MPS, float16 autocast on CUDA, as the reference), ``float32``, ``bfloat16``,
-        ``float16``.
+        ``auto`` (float16 autocast on CUDA, as the reference; on CPU bfloat16 for a model trained in bfloat16
+        when the CPU computes it natively, else float32), ``float32``, ``bfloat16``, ``float16``.
     return_probabilities : bool
         Also return the probabilities.
     postprocess : bool

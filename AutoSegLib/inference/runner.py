@@ -31,14 +31,24 @@ def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
     return _resolve(str(device))
 
 
-def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for plain float32. ``auto``: float16 autocast on CUDA (as the reference
-    does there), float32 elsewhere (the reference's CPU mode)."""
+def resolve_precision(precision: str, device: torch.device, trained_precision: Optional[str] = None
+                      ) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for plain float32.
+
+    ``auto``: float16 autocast on CUDA (as the reference does there); on the CPU, bfloat16 for a model that
+    was itself trained in bfloat16 (``trained_precision``, AutoSeg's CPU training default) when the CPU
+    computes bfloat16 natively, else float32 (the reference's CPU mode: nnU-Net models and models trained
+    in float32 or on a GPU get the reference's numbers)."""
     p = str(precision).lower()
     if p not in PRECISIONS:
         raise AutoSegError(f"unknown precision {precision!r}; choose one of {PRECISIONS}.")
     if p == "auto":
-        return torch.float16 if device.type == "cuda" else None
+        if device.type == "cuda":
+            return torch.float16
+        if device.type == "cpu" and trained_precision == "bfloat16":
+            from AutoSegLib.training.device import cpu_has_native_bf16
+            return torch.bfloat16 if cpu_has_native_bf16() else None
+        return None
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[p]
 
 
@@ -125,7 +135,8 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
     if predictor is None:
         net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False,
                             initialize=False)  # the fold's weights replace every parameter
-        predictor = NetworkPredictor(net, dev, resolve_precision(precision, dev), channels_last=channels_last)
+        predictor = NetworkPredictor(net, dev, resolve_precision(precision, dev, cm.trained_precision),
+                                     channels_last=channels_last)
     mirror = tuple(cm.mirror_axes) if tta else ()
     total = None
     with torch.inference_mode():  # the fold sum too: inference tensors cannot be updated outside it

@@ -84,12 +84,17 @@ class ConfigurationModel:
         Network input channels (image channels, + classes for a cascade stage) and outputs.
     mirror_axes : tuple of int
         Spatial axes (of the network input, 0-based, transposed order) allowed for test-time mirroring.
+    trained_precision : str or None
+        "float32", "bfloat16" or "float16": how the folds' training ran (from their training_config.json);
+        None when unknown (an imported nnU-Net model). Precision "auto" predicts in bfloat16 on a CPU only
+        for models trained that way.
     """
     name: str
     folds: Dict[str, FoldWeights]
     num_input_channels: int
     num_outputs: int
     mirror_axes: Tuple[int, ...]
+    trained_precision: Optional[str] = None
 
 
 @dataclass
@@ -175,6 +180,20 @@ def _mirror_axes(conf, metadata: dict) -> Tuple[int, ...]:
     return tuple(range(len(conf.patch_size)))
 
 
+def _trained_precision(folds: Dict[str, FoldWeights]) -> Optional[str]:
+    """The autocast the folds trained with (``resolved.autocast`` of training_config.json beside the
+    checkpoints): one answer only when every fold that records it agrees, else None."""
+    found = set()
+    for fw in folds.values():
+        try:
+            resolved = json.loads((fw.path.parent / "training_config.json").read_text()).get("resolved") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        autocast = str(resolved.get("autocast"))
+        found.add({"None": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}.get(autocast))
+    return found.pop() if len(found) == 1 else None
+
+
 def _scan_folds(conf_dir: Path, allow_non_final: bool) -> Dict[str, FoldWeights]:
     folds = {}
     for fold in FOLD_NAMES:
@@ -219,7 +238,8 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
         n_in = plans.num_channels
         if conf.previous_stage:  # cascade: + one-hot of the previous stage's foreground label values
             n_in += len(cascade_label_values(layout))
-        configurations[name] = ConfigurationModel(name, folds, n_in, layout.num_outputs, _mirror_axes(conf, metadata))
+        configurations[name] = ConfigurationModel(name, folds, n_in, layout.num_outputs, _mirror_axes(conf, metadata),
+                                                  _trained_precision(folds))
     if not configurations:
         found = sorted(str(p.relative_to(path)) for p in trained.glob("*/fold_*/*.pt")) if trained.is_dir() else []
         hint = f" Found only: {found}." if found else ""

@@ -246,6 +246,19 @@ def test_device_and_precision_choices():
         resolve_precision("int8", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_training_precision_on_cpu(monkeypatch, native):
+    from AutoSegLib.inference.runner import resolve_precision
+    from AutoSegLib.training import device as device_mod
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, "bfloat16") is (torch.bfloat16 if native else None)
+    for trained in (None, "float32", "float16"):  # nnU-Net models, float32 or GPU trainings
+        assert resolve_precision("auto", cpu, trained) is None
+    assert resolve_precision("float32", cpu, "bfloat16") is None  # an explicit choice wins
+    assert resolve_precision("auto", torch.device("cuda"), "bfloat16") is torch.float16
+
+
 def test_a_2d_dataset_model_predicts_2d_images(tmp_path):
     import dataclasses
     from AutoSegLib.inference.files import predict_files

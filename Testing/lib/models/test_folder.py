@@ -120,3 +120,20 @@ def test_archive_round_trip_predicts_the_same(tmp_path):
     a, _ = predict_arrays(model, img, geo, tta=False, device="cpu")
     b, _ = predict_arrays(load_model(folder), img, geo, tta=False, device="cpu")
     np.testing.assert_array_equal(a, b)
+
+
+def _record_autocast(folder, fold, autocast):
+    fdir = folder / "trained" / "3d_fullres" / f"fold_{fold}"
+    (fdir / "training_config.json").write_text(json.dumps({"epochs": 1, "resolved": {"autocast": autocast}}))
+
+
+def test_training_precision_is_read_from_the_folds(tmp_path):
+    folder = write_model(tmp_path / "m", make_plans(), folds=("0", "1"))
+    assert load_model(folder).configurations["3d_fullres"].trained_precision is None  # not recorded
+    _record_autocast(folder, "0", "torch.bfloat16")
+    _record_autocast(folder, "1", "torch.bfloat16")
+    assert load_model(folder).configurations["3d_fullres"].trained_precision == "bfloat16"
+    _record_autocast(folder, "1", "None")  # one fold trained in float32: no single answer
+    assert load_model(folder).configurations["3d_fullres"].trained_precision is None
+    _record_autocast(folder, "0", "None")
+    assert load_model(folder).configurations["3d_fullres"].trained_precision == "float32"

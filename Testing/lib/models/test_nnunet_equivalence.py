@@ -74,8 +74,9 @@ def test_reference_fixture_models_match_the_reference_outputs(shared_dir, config
     assert len(cases) == 3
     for case in (cases if all_cases else ["test_001"]):
         images, geometry = read_case([root / "inputs" / f"{case}_0000.nii.gz"])
+        # the default precision: an nnU-Net model predicts in float32 on the CPU, as the reference does
         labels, probs = predict_arrays(model, images, geometry, tta=(mode == "tta"), device="cpu",
-                                       precision="float32", return_probabilities=True)
+                                       return_probabilities=True)
         ref_labels, _ = read_image(out / f"{case}.nii.gz")
         ref_probs = np.load(out / f"{case}.npz")["probabilities"]
         _compare(labels, probs, ref_labels, ref_probs, (1, 2), f"{configuration} {mode} {case}")
