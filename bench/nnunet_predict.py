@@ -4,7 +4,8 @@ Same machine, same model folder, same cases, same settings (fold(s), checkpoint_
 mirroring on or off, CPU, every core): each case is run as its own process by both programs, interleaved
 (the order alternates per repeat) so that background load hits both alike; then all cases in one process
 each. Measured per run: wall time, CPU time (user + sys of the whole process tree, less sensitive to other
-load on the machine) and the peak summed RSS of the process tree (psutil, sampled every 20 ms). The two
+load on the machine) and the peaks of the process tree's summed RSS and PSS (`common.run_measured`, sampled
+every 0.2 s from /proc: a heavier sampler competed with the measured process for the 2 cores). The two
 label maps are compared (Dice per class) as a sanity check.
 
     .bench-venv/bin/python bench/nnunet_predict.py                       # reference fixture model, TTA on
@@ -21,71 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import AUTOSEG_PYTHON, BENCH_VENV, REPO, SHARED, bench_env  # noqa: E402
+from common import AUTOSEG_PYTHON, BENCH_VENV, REPO, SHARED, bench_env, run_measured  # noqa: E402
 
 DEFAULT_MODEL = SHARED / "reference" / "nnunet_models" / "Dataset900_Synth" / "nnUNetTrainerCPUBench__nnUNetPlans__3d_fullres"
 DEFAULT_CASES = ([SHARED / "reference" / "nnunet_models" / "inputs" / f"test_00{i}_0000.nii.gz" for i in range(3)] +
                  [SHARED / "data" / "LA2018_1p25mm" / "imagesTr" / f"la_00{i}_0000.nii.gz" for i in (1, 2, 3)])
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def measured(cmd, env, log, interval: float = 0.05):
-    """Run ``cmd``: wall time, CPU time of the process tree, and the peaks of its summed RSS and summed PSS
-    (proportional set size: a page shared by forked workers counts once in total, not once per process;
-    summed RSS over-counts such pages, which is why both are reported)."""
-    import psutil
-
-    before = _children_cpu()
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        peak = {"rss": 0, "pss": 0}
-        stop = threading.Event()
-
-        def sample():
-            try:
-                root = psutil.Process(proc.pid)
-            except psutil.Error:
-                return
-            while not stop.is_set():
-                rss = pss = 0
-                try:
-                    procs = [root] + root.children(recursive=True)
-                except psutil.Error:
-                    break
-                for p in procs:
-                    try:
-                        info = p.memory_full_info()
-                        rss, pss = rss + info.rss, pss + info.pss
-                    except psutil.Error:
-                        pass
-                peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
-                stop.wait(interval)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        rc = proc.wait()
-        wall = time.perf_counter() - start
-        stop.set()
-        thread.join()
-    if rc != 0:
-        raise RuntimeError(f"command failed ({rc}): {' '.join(map(str, cmd))}\n{Path(log).read_text()[-3000:]}")
-    return {"wall_s": wall, "cpu_s": _children_cpu() - before, "peak_rss_mib": peak["rss"] / 2 ** 20,
-            "peak_pss_mib": peak["pss"] / 2 ** 20}
 
 
 def reference_cmd(model: Path, inp: Path, out: Path, args) -> list:
@@ -151,7 +99,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU threads for both (the reference's CLI uses every core on CPU)")
-    parser.add_argument("--precision", default="float32", help="AutoSeg's --precision (float32: same numbers)")
+    parser.add_argument("--precision", default="auto",
+                        help="AutoSeg's --precision (auto: float32 for an nnU-Net model, the reference's numbers)")
+    parser.add_argument("--autoseg-model", type=Path, default=None,
+                        help="AutoSeg predicts with this model instead of --model (its own training with the same "
+                             "plans: same architecture, patch and folds, its own weights and precision)")
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="folder of reference label maps <case>.nii.gz: Dice of each side against them")
     parser.add_argument("--reference-processes", type=int, default=None,
                         help="the reference's -npp/-nps (default: its own default, 3)")
     parser.add_argument("--skip-folder-run", action="store_true", help="only the per-case runs")
@@ -185,14 +139,15 @@ def main(argv=None) -> int:
         got = {}
         for who in order:
             out = work / f"out_{who}_{label}_{rep}"
-            cmd = reference_cmd(args.model, inp, out, args) if who == "reference" else autoseg_cmd(args.model, inp, out, args)
-            got[who] = measured(cmd, env, work / f"log_{who}_{label}_{rep}.txt")
+            cmd = (reference_cmd(args.model, inp, out, args) if who == "reference"
+                   else autoseg_cmd(args.autoseg_model or args.model, inp, out, args))
+            got[who] = run_measured(cmd, env=env, log_path=work / f"log_{who}_{label}_{rep}.txt")
             got[who]["out"] = out
             print(f"  {label:>12} rep {rep} {who:>9}: {got[who]['wall_s']:7.2f} s wall, {got[who]['cpu_s']:7.2f} s CPU, "
                   f"{got[who]['peak_rss_mib']:7.0f} MiB RSS, {got[who]['peak_pss_mib']:7.0f} MiB PSS", flush=True)
         return got
 
-    print(f"model {args.model}\nTTA {'off' if args.no_tta else 'on'}, folds {args.folds}, threads {args.threads}, "
+    print(f"model {args.model}" + (f", AutoSeg model {args.autoseg_model}" if args.autoseg_model else "") + "\nTTA {'off' if args.no_tta else 'on'}, folds {args.folds}, threads {args.threads}, "
           f"step {args.step_size}, AutoSeg precision {args.precision}", flush=True)
     def save():  # after every row: an interrupted run keeps what it measured
         (results_dir / f"nnunet_predict_{stamp}.md").write_text(_table(rows, args) + "\n")
@@ -202,7 +157,12 @@ def main(argv=None) -> int:
 
     for name, inp in per_case.items():
         reps = [run_pair(name, inp, r) for r in range(args.repeats)]
-        dice = dice_per_class(reps[0]["reference"]["out"] / f"{name}.nii.gz", reps[0]["autoseg"]["out"] / f"{name}.nii.gz")
+        ref_out, our_out = (reps[0][w]["out"] / f"{name}.nii.gz" for w in ("reference", "autoseg"))
+        dice = {"AutoSeg vs reference": dice_per_class(ref_out, our_out)}
+        if args.labels is not None:
+            truth = args.labels / f"{name}.nii.gz"
+            dice.update({"reference vs labels": dice_per_class(ref_out, truth),
+                         "AutoSeg vs labels": dice_per_class(our_out, truth)})
         rows.append(_row(name, reps, dice))
         save()
     if not args.skip_folder_run and len(cases) > 1:
@@ -224,7 +184,7 @@ def _row(label, reps, dice):
             row[f"{who}_{key}"] = med(who, key)
     for key in ("wall_s", "cpu_s", "peak_rss_mib", "peak_pss_mib"):
         row[f"ratio_{key}"] = row[f"autoseg_{key}"] / row[f"reference_{key}"]
-    row["dice_autoseg_vs_reference"] = dice
+    row["dice"] = dice
     return row
 
 
@@ -233,14 +193,14 @@ def _table(rows, args):
              f"{args.repeats} run(s)", "",
              "| case | reference wall s | AutoSeg wall s | ratio | reference CPU s | AutoSeg CPU s | ratio | "
              "ref. peak RSS MiB | AutoSeg peak RSS MiB | ratio | ref. peak PSS MiB | AutoSeg peak PSS MiB | ratio | "
-             "Dice (AutoSeg vs reference) |",
+             "Dice |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['reference_wall_s']:.2f} | {r['autoseg_wall_s']:.2f} | {r['ratio_wall_s']:.2f} | "
                      f"{r['reference_cpu_s']:.2f} | {r['autoseg_cpu_s']:.2f} | {r['ratio_cpu_s']:.2f} | "
                      f"{r['reference_peak_rss_mib']:.0f} | {r['autoseg_peak_rss_mib']:.0f} | {r['ratio_peak_rss_mib']:.2f} | "
                      f"{r['reference_peak_pss_mib']:.0f} | {r['autoseg_peak_pss_mib']:.0f} | {r['ratio_peak_pss_mib']:.2f} | "
-                     f"{r['dice_autoseg_vs_reference'] if r['dice_autoseg_vs_reference'] is not None else ''} |")
+                     f"{r['dice'] if r['dice'] is not None else ''} |")
     return "\n".join(lines)
 
 
