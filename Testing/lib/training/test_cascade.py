@@ -1,0 +1,117 @@
+"""Cascade training: the cascade perturbations on hand-made arrays."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.training.cascade_augmentation import (RandomBinaryOperator, RemoveRandomComponent,
+                                                      binary_operation, previous_stage_to_one_hot, small_components)
+from AutoSegLib.training.config import TrainingConfig
+
+FAST = TrainingConfig(epochs=1, iterations_per_epoch=3, val_iterations=1, num_workers=0, torch_threads=1,
+                      mirror_at_validation=False, seed=1)
+CASCADE = dict(n_cases=4, shape=(16, 20, 24), lowres_spacing=(2.0, 2.0, 2.0), lowres_patch=(8, 8, 12))
+
+
+def _ball(radius, ndim=3):
+    r = int(np.floor(radius))
+    grid = np.mgrid[(slice(-r, r + 1),) * ndim]
+    return (grid ** 2).sum(0) <= radius ** 2
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+# ---- the perturbations on hand-made arrays -------------------------------------------------------------
+def test_dilation_grows_a_cube_by_the_radius_with_a_ball():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[8:12, 8:12, 8:12] = True
+    grown = binary_operation(mask, "dilation", 3)
+    zs, ys, xs = np.nonzero(grown)
+    assert (zs.min(), zs.max(), ys.min(), ys.max(), xs.min(), xs.max()) == (5, 14, 5, 14, 5, 14)  # 4 + 2*3
+    assert grown[5, 10, 10] and not grown[5, 5, 5]          # a ball: faces move by 3, corners round off
+    # the same as the textbook dilation with the discrete ball {|o| <= r}, for a non-integer radius too
+    for r in (1, 2.5, 3):
+        np.testing.assert_array_equal(binary_operation(mask, "dilation", r),
+                                      ndimage.binary_dilation(mask, structure=_ball(r)))
+
+
+def test_erosion_opening_and_closing():
+    cube = np.zeros((20, 20, 20), bool)
+    cube[5:15, 5:15, 5:15] = True
+    eroded = binary_operation(cube, "erosion", 2)
+    expected = np.zeros_like(cube)
+    expected[7:13, 7:13, 7:13] = True
+    np.testing.assert_array_equal(eroded, expected)               # 10^3 -> 6^3
+    with_line = cube.copy()
+    with_line[10, 10, 15:19] = True                               # a 1-voxel spur
+    opened = binary_operation(with_line, "opening", 1.5)
+    assert not opened[10, 10, 16:19].any() and opened[10, 10, 10]  # the spur goes, the cube stays
+    holed = cube.copy()
+    holed[10, 10, 10] = False
+    assert binary_operation(holed, "closing", 1)[10, 10, 10]       # the hole is filled
+    assert binary_operation(np.zeros((5, 5, 5), bool), "dilation", 2).sum() == 0
+    with pytest.raises(ValueError):
+        binary_operation(cube, "thinning", 1)
+
+
+def test_morphology_equals_the_textbook_operations_with_a_ball():
+    # random blobs, some touching the border (outside the patch: not background for erosion)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        mask = ndimage.gaussian_filter(rng.random((24, 28, 20)), 2) > 0.52
+        r = float(rng.uniform(1, 5))
+        ball = _ball(r)
+        dilate = lambda m: ndimage.binary_dilation(m, structure=ball)
+        erode = lambda m: ndimage.binary_erosion(m, structure=ball, border_value=1)
+        for op, expected in (("dilation", dilate(mask)), ("erosion", erode(mask)),
+                             ("opening", dilate(erode(mask))), ("closing", erode(dilate(mask)))):
+            np.testing.assert_array_equal(binary_operation(mask, op, r), expected, err_msg=f"{op} r={r}")
+
+
+def test_binary_operator_keeps_channels_exclusive_and_respects_probability():
+    data = np.zeros((2, 3, 16, 16, 16), np.float32)               # image channel + two one-hot channels
+    data[:, 1, 4:8, 4:12, 4:12] = 1
+    data[:, 2, 8:12, 4:12, 4:12] = 1
+    untouched = RandomBinaryOperator(2, p_per_sample=0.0)(data=data.copy())["data"]
+    np.testing.assert_array_equal(untouched, data)
+    changed = 0
+    for seed in range(6):
+        out = RandomBinaryOperator(2, p_per_sample=1.0, rng=np.random.default_rng(seed))(data=data.copy())["data"]
+        assert out[:, 1:].sum(1).max() <= 1                        # one-hot stays one-hot
+        assert set(np.unique(out[:, 1:])) <= {0.0, 1.0}
+        np.testing.assert_array_equal(out[:, 0], data[:, 0])       # the image channel is not touched
+        changed += int(not np.array_equal(out, data))
+    assert changed >= 5
+
+
+def test_component_removal_drops_a_small_component_and_keeps_a_large_one():
+    mask = np.zeros((16, 16, 16), bool)
+    mask[1:3, 1:3, 1:3] = True                                     # 8 voxels
+    mask[5:15, 5:15, 5:15] = True                                  # 1000 voxels > 15% of 4096
+    labels, ids = small_components(mask, 0.15)
+    assert len(ids) == 1 and (labels == ids[0]).sum() == 8
+    data = np.concatenate([np.zeros((1, 1, 16, 16, 16)), mask[None, None]], axis=1).astype(np.float32)
+    out = RemoveRandomComponent(1, p_per_sample=1.0, rng=np.random.default_rng(0))(data=data.copy())["data"]
+    assert out[0, 1, 1:3, 1:3, 1:3].sum() == 0 and out[0, 1, 5:15, 5:15, 5:15].all()
+    # a large component alone is never removed
+    only_large = data.copy()
+    only_large[0, 1, 1:3, 1:3, 1:3] = 0
+    out = RemoveRandomComponent(1, p_per_sample=1.0, rng=np.random.default_rng(0))(data=only_large.copy())["data"]
+    np.testing.assert_array_equal(out, only_large)
+
+
+def test_previous_stage_map_becomes_one_hot_channels():
+    data = np.zeros((1, 1, 2, 2), np.float32)
+    seg = np.array([[[[0, 1], [2, 2]], [[-1, 2], [1, 0]]]], np.float32)  # (B=1, 2, 2, 2)
+    d, s = previous_stage_to_one_hot(data, seg, (1, 2))
+    assert d.shape == (1, 3, 2, 2) and s.shape == (1, 1, 2, 2)
+    np.testing.assert_array_equal(d[0, 1], [[0, 0], [1, 0]])
+    np.testing.assert_array_equal(d[0, 2], [[0, 1], [0, 0]])
+    np.testing.assert_array_equal(s[0, 0], [[0, 1], [2, 2]])
