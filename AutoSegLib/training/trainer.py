@@ -173,7 +173,8 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
             from AutoSegLib.training.validation import validate_fold
             emit(progress, "stage", stage="validation", message=f"predicting {len(val_cases)} validation cases")
             summary = validate_fold(net, plans, configuration, data_folder, val_cases, work_dir,
-                                    fold_dir / "validation", ex, config.mirror_at_validation, progress)
+                                    fold_dir / "validation", ex, config.mirror_at_validation, progress,
+                                    fold=fold)
             emit(progress, "result", fold_dir=str(fold_dir), mean_foreground_dice=summary["mean_foreground_dice"],
                  mean_dice=summary["mean_dice"])
         else:
