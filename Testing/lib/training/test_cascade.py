@@ -1,4 +1,5 @@
-"""Cascade training: previous-stage predictions on the next grid and the cascade perturbations."""
+"""Cascade training: previous-stage predictions on the next grid, patches with one-hot channels, the
+cascade perturbations, the missing-prediction error, and lowres -> cascade -> predict end to end."""
 import json
 import shutil
 from pathlib import Path
@@ -117,6 +118,54 @@ def test_previous_stage_map_becomes_one_hot_channels():
     np.testing.assert_array_equal(s[0, 0], [[0, 1], [2, 2]])
 
 
+# ---- sampling: the extra channels line up with the patch ---------------------------------------------
+def _coordinate_case(folder, prev_folder, case, shape, rng, offset):
+    """Image = flat voxel index + 1 + ``offset`` (a patch tells which case and voxels it came from; 0 = padding)."""
+    image = (np.arange(np.prod(shape), dtype=np.float32) + 1 + offset).reshape(1, *shape)
+    seg = rng.integers(0, 3, (1, *shape)).astype(np.int8)
+    prev = rng.integers(-1, 3, (1, *shape)).astype(np.int8)
+    np.save(folder / f"{case}.npy", image)
+    np.save(folder / f"{case}_seg.npy", seg)
+    np.save(prev_folder / f"{case}.npy", prev)
+    (folder / f"{case}.json").write_text(json.dumps({"class_locations": {"1": np.argwhere(seg[0] == 1)[:20].tolist()}}))
+    return seg[0], prev[0]
+
+
+def test_patch_extra_channels_equal_one_hot_of_the_previous_map_at_the_same_crop(tmp_path):
+    from AutoSegLib.training.workers import BatchSpec, BatchStream
+
+    prev_folder = tmp_path / "predicted_3d_lowres"
+    prev_folder.mkdir()
+    rng = np.random.default_rng(0)
+    shape = (10, 12, 14)
+    offsets = {"a": 0, "b": 10000}
+    truth = {c: _coordinate_case(tmp_path, prev_folder, c, shape, rng, offsets[c]) for c in ("a", "b")}
+    spec = BatchSpec(folder=str(tmp_path), cases=("a", "b"), batch_size=4, patch_size=(8, 8, 16),
+                     sample_patch_size=(8, 8, 16), forced=(False, False, True, True), augment=False,
+                     previous_folder=str(prev_folder), cascade_values=(1, 2))
+    with BatchStream(spec, 0, seed=5) as stream:
+        for _ in range(3):
+            data, seg = next(stream)
+            assert data.shape == (4, 3, 8, 8, 16) and seg.shape == (4, 1, 8, 8, 16)
+            for b in range(4):
+                inside = data[b, 0] > 0
+                case = "b" if data[b, 0].max() > 10000 else "a"
+                index = data[b, 0].astype(np.int64) - 1 - offsets[case]
+                ref, prev = truth[case]
+                np.testing.assert_array_equal(seg[b, 0][inside], ref.ravel()[index[inside]])
+                for k, v in enumerate((1, 2)):
+                    np.testing.assert_array_equal(data[b, 1 + k][inside], prev.ravel()[index[inside]] == v)
+                    assert not data[b, 1 + k][~inside].any()                 # padding: no previous label
+                assert (seg[b, 0][~inside] == -1).all()
+    # with augmentation: same channel layout, still one-hot
+    aug = BatchSpec(**{**spec.__dict__, "augment": True, "sample_patch_size": (10, 12, 18), "max_angle": 0.5,
+                       "mirror_axes": (0, 1, 2)})
+    with BatchStream(aug, 0, seed=5) as stream:
+        data, seg = next(stream)
+    assert data.shape == (4, 3, 8, 8, 16) and seg.shape == (4, 1, 8, 8, 16)
+    assert set(np.unique(data[:, 1:])) <= {0.0, 1.0} and data[:, 1:].sum(1).max() <= 1
+
+
 # ---- next-stage predictions on the cascade's grid ---------------------------------------------------
 @pytest.fixture(scope="module")
 def cascade_work(tmp_path_factory, make_work):
@@ -162,3 +211,71 @@ def test_next_stage_predictions_land_on_the_cascade_grid(cascade_work, tmp_path)
     assert _dice(mapped, by_hand) > 0.93
     assert all(_dice(np.roll(mapped, 1, axis=a), by_hand) < 0.9 for a in range(3))
     assert _dice(mapped, full_seg[0] > 0) > 0.85
+
+
+def test_missing_previous_stage_predictions_are_a_clear_error(cascade_work, tmp_path):
+    from AutoSegLib.training.trainer import train_fold
+
+    work = tmp_path / "work"
+    shutil.copytree(cascade_work, work)
+    with pytest.raises(AutoSegError) as err:
+        train_fold(work, "3d_cascade_fullres", 0, FAST)
+    msg = str(err.value)
+    assert "4 of 4 cases" in msg and "case_000" in msg and "case_003" in msg
+    # 4 cases: splits_final.json has 4 folds, each validating one case; every one of them is needed
+    assert all(f"`autoseg train {work} 3d_lowres {k}`" in msg for k in range(4)) and "3d_lowres 4`" not in msg
+    assert not (work / "trained" / "3d_cascade_fullres").exists()
+
+
+# ---- end to end -------------------------------------------------------------------------------------
+def test_lowres_then_cascade_then_predict(cascade_work, tmp_path):
+    from AutoSegLib import api
+    from AutoSegLib.io.images import read_image
+    from AutoSegLib.planning.plans import Plans
+    from AutoSegLib.preprocessing.dataset import preprocessed_folder
+    from AutoSegLib.training.trainer import train_fold
+
+    work = tmp_path / "work"
+    shutil.copytree(cascade_work, work)
+    splits = [{"train": ["case_002", "case_003"], "val": ["case_000", "case_001"]},
+              {"train": ["case_000", "case_001"], "val": ["case_002", "case_003"]}]
+    (work / "splits_final.json").write_text(json.dumps(splits))
+    plans = Plans.from_json(work / "plans.json")
+    predicted = preprocessed_folder(work, plans, "3d_cascade_fullres") / "predicted_3d_lowres"
+
+    train_fold(work, "3d_lowres", 0, FAST)
+    assert sorted(p.name for p in predicted.glob("*.npy")) == ["case_000.npy", "case_001.npy"]
+    with pytest.raises(AutoSegError) as err:   # fold 1's validation cases are still missing
+        train_fold(work, "3d_cascade_fullres", 0, FAST)
+    assert "case_002, case_003" in str(err.value) and f"3d_lowres 1`" in str(err.value)
+    assert "3d_lowres 0`" not in str(err.value)
+
+    train_fold(work, "3d_lowres", 1, FAST)
+    for case in ("case_002", "case_003"):
+        full = np.load(preprocessed_folder(work, plans, "3d_fullres") / f"{case}.npy", mmap_mode="r")
+        assert np.load(predicted / f"{case}.npy").shape == (1, *full.shape[1:])
+    # a finished fold re-validated with --resume writes them again
+    (predicted / "case_003.json").unlink()
+    train_fold(work, "3d_lowres", 1, FAST, resume=True)
+    assert (predicted / "case_003.json").is_file()
+
+    out = train_fold(work, "3d_cascade_fullres", 0, FAST)
+    ck = torch.load(out / "checkpoint_final.pt", weights_only=True)
+    assert ck["num_input_channels"] == 3 and ck["configuration"] == "3d_cascade_fullres"
+    first_conv = next(w for w in ck["network_weights"].values() if w.ndim == 5)
+    assert first_conv.shape[1] == 3                      # 1 image channel + one-hot of labels 1 and 2
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert np.isfinite(log[0]["train_loss"]) and np.isfinite(log[0]["val_loss"])
+    summary = json.loads((out / "validation" / "summary.json").read_text())
+    assert sorted(summary["cases"]) == ["case_000", "case_001"]
+
+    model = api.load_model(work)
+    assert model.configurations["3d_cascade_fullres"].num_input_channels == 3
+    raw = Path(json.loads((work / "dataset.json").read_text())["dataset_path"])
+    events = []
+    written = api.predict(model, [raw / "imagesTr" / "case_002_0000.nii.gz"], tmp_path / "pred",
+                          configuration="3d_cascade_fullres", folds=["0"], tta=False, device="cpu",
+                          progress=events.append)
+    labels, _ = read_image(written[0])
+    assert labels.shape == (16, 20, 24)
+    assert any("cascade: predicting 3d_lowres first" in str(e.get("message", "")) for e in events)
