@@ -9,7 +9,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("work_dir", metavar="WORK_DIR", help="folder written by `autoseg plan-and-preprocess`")
-    parser.add_argument("configuration", metavar="CONFIGURATION", help="2d, 3d_fullres or 3d_lowres (as in plans.json)")
+    parser.add_argument("configuration", metavar="CONFIGURATION", help="2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres (as in plans.json; the cascade "
+                             "needs all five 3d_lowres folds trained first)")
     parser.add_argument("fold", metavar="FOLD", help="cross-validation fold 0-4, or 'all' to train on every case")
     parser.add_argument("--epochs", type=int, default=None,
                         help="number of epochs (default 1000; 100 with --init-from)")

@@ -40,13 +40,6 @@ def check_input(model, images: np.ndarray, geometry: Geometry, source: str = "in
                            f"found {images.shape[0]}.")
 
 
-def _one_hot(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
-    out = np.zeros((len(values), *labels.shape), dtype=np.float32)
-    for i, v in enumerate(values):
-        out[i] = labels == v
-    return out
-
-
 def predict_configuration(model, images: np.ndarray, geometry: Geometry, configuration: str,
                           folds=None, tta: bool = True, step_size: float = 0.5, device="auto",
                           precision: str = "auto", batch_size: int = 1, return_probabilities: bool = True,
@@ -54,7 +47,7 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
                           channels_last: Optional[bool] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """One configuration (its folds averaged) -> (labels, probabilities) in the input grid; a cascade stage
     first predicts its previous stage (result cached in ``_cache`` for ensembles)."""
-    from AutoSegLib.models.folder import cascade_label_values
+    from AutoSegLib.models.folder import cascade_label_values, cascade_one_hot
     from AutoSegLib.preprocessing.case import preprocess_case
 
     _cache = {} if _cache is None else _cache
@@ -76,7 +69,7 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
     if prev_labels is not None:
         seg_arr = np.asarray(seg)[0]
         data = np.concatenate([np.asarray(data, dtype=np.float32),
-                               _one_hot(seg_arr, cascade_label_values(model.label_layout))])
+                               cascade_one_hot(seg_arr, cascade_label_values(model.label_layout))])
     dev = resolve_device(device)
     logits = predict_logits(model, configuration, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
                             folds=folds, tta=tta, step_size=step_size, device=dev, precision=precision,

@@ -161,6 +161,37 @@ def cascade_label_values(layout: LabelLayout) -> Tuple[int, ...]:
     return tuple(v for v in layout.all_label_values if v != 0 and v != layout.ignore_label)
 
 
+def network_input_channels(plans: Plans, configuration: str) -> int:
+    """Input channels of a configuration's network: the image channels, plus for a cascade stage one
+    one-hot channel per `cascade_label_values` (training and loading both count them here)."""
+    n = plans.num_channels
+    if plans.configuration(configuration).previous_stage:
+        n += len(cascade_label_values(plans.label_layout()))
+    return n
+
+
+def cascade_one_hot(labels, values):
+    """The extra input channels of a cascade stage from a previous-stage label map.
+
+    Parameters
+    ----------
+    labels : ndarray of int, any shape (``-1``, outside the non-zero region, matches no value)
+    values : sequence of int
+        `cascade_label_values` of the label layout.
+
+    Returns
+    -------
+    ndarray float32, shape ``(len(values), *labels.shape)``: channel k is 1 where ``labels == values[k]``.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels)
+    out = np.zeros((len(values), *labels.shape), dtype=np.float32)
+    for i, v in enumerate(values):
+        out[i] = labels == v
+    return out
+
+
 def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
@@ -235,9 +266,7 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
         folds = _scan_folds(trained / name, allow_non_final)
         if not folds:
             continue
-        n_in = plans.num_channels
-        if conf.previous_stage:  # cascade: + one-hot of the previous stage's foreground label values
-            n_in += len(cascade_label_values(layout))
+        n_in = network_input_channels(plans, name)  # cascade: + one-hot of the previous stage's labels
         configurations[name] = ConfigurationModel(name, folds, n_in, layout.num_outputs, _mirror_axes(conf, metadata),
                                                   _trained_precision(folds))
     if not configurations:

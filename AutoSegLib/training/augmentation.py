@@ -9,14 +9,16 @@ Training pipeline (probabilities per sample; recipe.md):
 3. brightness x0.75-1.25 (p 0.15); contrast (p 0.15);
 4. low-resolution simulation (zoom 0.5-1, p 0.25, half the channels; not along axis 0 for 2D-per-slice);
 5. gamma 0.7-1.5 on the inverted image (p 0.1) and on the image (p 0.3), statistics retained;
-6. mirroring on each allowed axis (p 0.5 each).
+6. mirroring on each allowed axis (p 0.5 each);
+7. a cascade stage only: its previous-stage label map (label channel 1, moved like a label so far) becomes
+   one-hot image channels, randomly perturbed (`cascade_augmentation`).
 
 Validation batches get no augmentation. Labels keep -1 (outside the non-zero region); the trainer reads
 it as background. Randomness comes from numpy's global generator, which each worker process seeds.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -54,11 +56,14 @@ class Compose:
 
 
 def training_transforms(patch_size: Sequence[int], max_angle: float, dummy_2d: bool,
-                        mirror_axes: Sequence[int]) -> Compose:
+                        mirror_axes: Sequence[int], cascade_values: Optional[Sequence[int]] = None) -> Compose:
     """The training augmentation pipeline for the network's ``patch_size`` (see module docstring).
 
     The input batch (``data`` (B, C, *larger patch) float32, ``seg`` (B, 1, *larger patch) float32) is
-    expected to be the augmentation patch of `sampling.augmentation_patch_size`."""
+    expected to be the augmentation patch of `sampling.augmentation_patch_size`. For a cascade stage
+    (``cascade_values``: `models.folder.cascade_label_values`, possibly empty) ``seg`` is (B, 2, ...) with
+    the previous stage's map in channel 1, and the output ``data`` has ``C + len(cascade_values)``
+    channels, ``seg`` one."""
     from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
                                                              ContrastAugmentationTransform, GammaTransform)
     from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
@@ -98,6 +103,9 @@ def training_transforms(patch_size: Sequence[int], max_angle: float, dummy_2d: b
     ]
     if mirror_axes:
         transforms.append(MirrorTransform(tuple(mirror_axes)))
+    if cascade_values is not None:
+        from AutoSegLib.training.cascade_augmentation import cascade_transforms
+        transforms += cascade_transforms(cascade_values)
     return Compose(transforms)
 
 

@@ -27,12 +27,17 @@ class CaseStore:
         ``WORK/preprocessed/<data_identifier>``.
     cases : sequence of str
         Case ids this store serves.
+    previous_folder : Path, optional
+        For a cascade stage: the previous stage's predictions on this grid
+        (``training.cascade.previous_stage_folder``), read by `load_previous`.
     """
 
-    def __init__(self, folder: "str | Path", cases: Sequence[str]):
+    def __init__(self, folder: "str | Path", cases: Sequence[str], previous_folder: "str | Path | None" = None):
         self.folder = Path(folder)
         self.cases = list(cases)
+        self.previous_folder = Path(previous_folder) if previous_folder is not None else None
         self._open: Dict[str, Tuple[np.ndarray, np.ndarray, dict]] = {}
+        self._previous: Dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -43,8 +48,23 @@ class CaseStore:
             self._open[case] = load_case(self.folder, case)
         return self._open[case]
 
+    def load_previous(self, case: str) -> np.ndarray:
+        """The previous stage's label map of ``case``: int memmap (1, *spatial), the shape of its label.
+
+        Raises AutoSegError when the store has no ``previous_folder``, or the file is missing or of
+        another shape."""
+        if self.previous_folder is None:
+            raise AutoSegError(f"{self.folder}: no previous-stage folder given; {case!r} is not read as a cascade "
+                               f"stage's case.")
+        if case not in self._previous:
+            from AutoSegLib.training.cascade import load_previous_stage
+            seg = self.load(case)[1]
+            self._previous[case] = load_previous_stage(self.previous_folder, case, shape=seg.shape[1:])
+        return self._previous[case]
+
     def __getstate__(self):  # memmaps are reopened in each worker process
-        return {"folder": self.folder, "cases": self.cases, "_open": {}}
+        return {"folder": self.folder, "cases": self.cases, "previous_folder": self.previous_folder,
+                "_open": {}, "_previous": {}}
 
 
 def load_case(folder: Path, case: str, mmap: bool = True) -> Tuple[np.ndarray, np.ndarray, dict]:

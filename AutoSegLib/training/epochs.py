@@ -25,10 +25,12 @@ PROGRESS_EVERY_S = 1.0
 
 class EpochRunner:
     """Runs epochs ``state["epoch"] .. config.epochs - 1`` (or until the time budget), updating ``state``
-    (epoch, log, ema, best_ema, elapsed_s) in place."""
+    (epoch, log, ema, best_ema, elapsed_s) in place. A cascade stage passes ``previous_folder`` and
+    ``cascade_values`` (see `workers.BatchSpec`)."""
 
     def __init__(self, model, net, optimizer, scaler, loss_fn, ex, plan, config, info, data_folder,
-                 train_cases, val_cases, workers, state, progress: Optional[ProgressCallback], configuration, fold):
+                 train_cases, val_cases, workers, state, progress: Optional[ProgressCallback], configuration, fold,
+                 previous_folder: Optional[Path] = None, cascade_values=()):
         self.model, self.net, self.optimizer, self.scaler, self.loss_fn = model, net, optimizer, scaler, loss_fn
         self.ex, self.plan, self.config, self.info, self.state = ex, plan, config, info, state
         self.progress, self.configuration, self.fold = progress, configuration, fold
@@ -38,7 +40,8 @@ class EpochRunner:
         local_batch, local_forced = dist_mod.split_batch(batch, forced, info)
         max_angle, dummy_2d, mirror_axes = rotation_settings(plan.patch_size)
         common = dict(folder=str(data_folder), batch_size=local_batch, patch_size=tuple(plan.patch_size),
-                      forced=tuple(local_forced))
+                      forced=tuple(local_forced), cascade_values=tuple(cascade_values),
+                      previous_folder=str(previous_folder) if previous_folder is not None else None)
         train_spec = BatchSpec(cases=tuple(train_cases), augment=True,
                                sample_patch_size=augmentation_patch_size(plan.patch_size, max_angle, dummy_2d),
                                max_angle=max_angle, dummy_2d=dummy_2d, mirror_axes=mirror_axes, **common)

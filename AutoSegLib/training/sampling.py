@@ -8,6 +8,10 @@ and scaling are applied to the larger patch, then it is cropped to the final siz
 never show padding introduced by the rotation). Where a patch leaves the image, the image is padded with
 0 and the label with -1 (outside the non-zero region; read as background).
 
+For a cascade stage (the store has a ``previous_folder``) the previous stage's label map is cropped and
+padded exactly like the label, as a second label channel: ``seg[:, 1]``. Augmentation transforms it like a
+label and then turns it into one-hot image channels (`cascade_augmentation`).
+
 A 2D configuration over 3D data draws a slice along axis 0 first (the slice of the chosen foreground
 location when forced).
 """
@@ -117,7 +121,8 @@ class PatchSampler:
         Returns
         -------
         data : ndarray (B, C, *patch_size) float32
-        seg : ndarray (B, 1, *patch_size) int16, -1 outside the image / non-zero region
+        seg : ndarray (B, S, *patch_size) int16, -1 outside the image / non-zero region; S = 1, or 2 for a
+            cascade stage (channel 1: the previous stage's label map)
         cases : list of str
         """
         forced = forced_foreground(batch_size, self.oversample) if forced is None else list(forced)
@@ -131,8 +136,9 @@ class PatchSampler:
         return np.stack(datas), np.stack(segs), cases
 
     def sample_case(self, case: str, rng: np.random.Generator, force_fg: bool) -> Tuple[np.ndarray, np.ndarray]:
-        """One patch of ``case``: image (C, *patch) float32 and label (1, *patch) int16."""
+        """One patch of ``case``: image (C, *patch) float32 and label (S, *patch) int16 (see `sample_batch`)."""
         image, seg, props = self.store.load(case)
+        previous = self.store.load_previous(case) if self.store.previous_folder is not None else None
         ndim_data = image.ndim - 1
         ndim_patch = len(self.patch_size)
         locs = self._locations(case, props, ndim_data)
@@ -147,19 +153,25 @@ class PatchSampler:
             else:
                 z = int(rng.integers(image.shape[1]))
             image, seg = image[:, z], seg[:, z]
-        return crop_with_padding(image, seg, self.patch_size, self.final_patch_size, rng, chosen)
+            previous = previous[:, z] if previous is not None else None
+        return crop_with_padding(image, seg, self.patch_size, self.final_patch_size, rng, chosen, previous)
 
 
 def crop_with_padding(image: np.ndarray, seg: np.ndarray, patch_size: Sequence[int],
                       final_patch_size: Sequence[int], rng: np.random.Generator,
-                      centre: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+                      centre: Optional[Sequence[int]] = None, previous: Optional[np.ndarray] = None
+                      ) -> Tuple[np.ndarray, np.ndarray]:
     """Crop a patch (padding where it leaves the image).
 
     The patch's lower corner is drawn uniformly such that at most half of the extra context
     (``patch_size - final_patch_size``, or what a small image lacks) lies outside on each side; with
     ``centre`` the patch is centred on that voxel, moved inside those same bounds.
 
-    Returns image (C, *patch) float32 (0 outside) and seg (1, *patch) int16 (-1 outside).
+    ``previous`` (1, *spatial), a cascade stage's previous-stage label map, is cropped and padded like
+    ``seg`` and returned as its second channel (it draws nothing from ``rng``).
+
+    Returns image (C, *patch) float32 (0 outside) and seg (1, *patch), or (2, *patch) with ``previous``,
+    int16 (-1 outside).
     """
     shape = image.shape[1:]
     nd = len(shape)
@@ -180,7 +192,9 @@ def crop_with_padding(image: np.ndarray, seg: np.ndarray, patch_size: Sequence[i
         src.append(slice(a, b))
         dst.append(slice(a - lo[d], b - lo[d]))
     out_img = np.zeros((image.shape[0], *patch_size), np.float32)
-    out_seg = np.full((1, *patch_size), -1, np.int16)
+    out_seg = np.full((1 if previous is None else 2, *patch_size), -1, np.int16)
     out_img[(slice(None), *dst)] = image[(slice(None), *src)]
-    out_seg[(slice(None), *dst)] = seg[(slice(None), *src)]
+    out_seg[(slice(0, 1), *dst)] = seg[(slice(0, 1), *src)]
+    if previous is not None:
+        out_seg[(slice(1, 2), *dst)] = previous[(slice(0, 1), *src)]
     return out_img, out_seg

@@ -5,7 +5,8 @@ One loop for every variant (settings come from `TrainingConfig`):
     setup (plans, data check, split, network, optimiser; resume or fine-tuning start)
     for each epoch: poly lr -> iterations_per_epoch training steps -> val_iterations validation batches
         -> pseudo-Dice, EMA -> training_log.jsonl, progress.png, checkpoint_latest/best, "epoch" event
-    checkpoint_final -> full validation of the fold's validation cases (validation/summary.json)
+    checkpoint_final -> full validation of the fold's validation cases (validation/summary.json); a stage
+        that a cascade follows also writes those cases' predictions onto the next stage's grid
 
 A time budget stops the loop after the current iteration (the partial epoch is validated and logged);
 resume restarts from the last completed epoch. Under torchrun every process trains on its share of each
@@ -46,7 +47,10 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     work_dir : path
         Folder written by ``autoseg plan-and-preprocess`` (plans.json, dataset.json, preprocessed/).
     configuration : str
-        A configuration of the plans ('2d', '3d_fullres', '3d_lowres').
+        A configuration of the plans ('2d', '3d_fullres', '3d_lowres', '3d_cascade_fullres'). A cascade
+        stage needs the previous stage's predictions of every case of the fold, which the previous stage's
+        folds write at the end of their training (``training.cascade``); its network gets them as one-hot
+        input channels after the image channels.
     fold : int or "all"
         0..4 (per splits_final.json, created if absent) or "all" (every case, no validation).
     config : TrainingConfig
@@ -66,11 +70,13 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     Raises
     ------
     AutoSegError
-        Unknown configuration or fold; missing preprocessed data or data made with other plans; an existing
+        Unknown configuration or fold; missing preprocessed data or data made with other plans; for a cascade
+        stage, missing or stale previous-stage predictions (naming the cases and the runs that make them); an existing
         run without ``resume``; a corrupt checkpoint on resume; ``init_from`` weights with other labels or
         another architecture; CUDA out of memory. Nothing is overwritten in those cases.
     """
     from AutoSegLib.allocator import keep_freed_memory
+    from AutoSegLib.models.folder import network_input_channels
     from AutoSegLib.network.unet import build_network
     from AutoSegLib.planning.plans import Plans
     from AutoSegLib.training.data import check_preprocessed
@@ -82,14 +88,17 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     work_dir = Path(work_dir)
     plans = Plans.from_json(work_dir / "plans.json")
     plan = plans.configuration(configuration)
-    if plan.previous_stage:
-        raise AutoSegError(f"configuration {configuration!r} is a cascade stage (needs the predictions of "
-                           f"{plan.previous_stage!r} as input); training it is not supported yet. Train "
-                           f"'3d_fullres' or '{plan.previous_stage}' instead.")
     layout = plans.label_layout()
     fold = parse_fold(fold, 10 ** 6 if (work_dir / "splits_final.json").is_file() else 5)
     data_folder, cases = check_preprocessed(work_dir, plans, configuration)
     train_cases, val_cases = fold_cases(work_dir, cases, fold)
+    previous_folder, cascade_values = None, ()
+    if plan.previous_stage:  # cascade: every case needs its held-out prediction by the previous stage
+        from AutoSegLib.models.folder import cascade_label_values
+        from AutoSegLib.training.cascade import check_previous_stage
+        previous_folder = check_previous_stage(work_dir, plans, configuration, list(train_cases) + list(val_cases))
+        cascade_values = cascade_label_values(layout)
+    num_inputs = network_input_channels(plans, configuration)
     fold_dir = fold_output_dir(work_dir, configuration, fold, output_dir)
     latest = fold_dir / "checkpoint_latest.pt"
 
@@ -120,7 +129,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
                            f"another place, or delete the folder to start over.")
 
     torch.manual_seed(config.seed)
-    net = build_network(plan.network, plans.num_channels, layout.num_outputs, deep_supervision=config.deep_supervision)
+    net = build_network(plan.network, num_inputs, layout.num_outputs, deep_supervision=config.deep_supervision)
     init_info = {}
     if config.init_from and resumed is None:
         _, init_info = _load_init(config.init_from, net, configuration, fold, plans.labels)
@@ -148,7 +157,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     n_out = (plan.network.n_stages - 1) if config.deep_supervision else 1
     loss_fn = SegmentationLoss(layout, plan.batch_dice, n_out, ddp=info.enabled)
     base = {"configuration": configuration, "plans_identifier": ckpt_mod.plans_identifier(plan),
-            "num_input_channels": plans.num_channels, "num_outputs": layout.num_outputs,
+            "num_input_channels": num_inputs, "num_outputs": layout.num_outputs,
             "labels": dict(plans.labels), "fold": str(fold), "format_version": ckpt_mod.FORMAT_VERSION}
     if info.is_main:
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +172,8 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
 
     from AutoSegLib.training.epochs import EpochRunner
     runner = EpochRunner(model, net, optimizer, scaler, loss_fn, ex, plan, config, info, data_folder,
-                         train_cases, val_cases or train_cases, workers, state, progress, configuration, fold)
+                         train_cases, val_cases or train_cases, workers, state, progress, configuration, fold,
+                         previous_folder=previous_folder, cascade_values=cascade_values)
     try:
         runner.run(fold_dir, base)
     finally:
@@ -175,7 +185,8 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
             from AutoSegLib.training.validation import validate_fold
             emit(progress, "stage", stage="validation", message=f"predicting {len(val_cases)} validation cases")
             summary = validate_fold(net, plans, configuration, data_folder, val_cases, work_dir,
-                                    fold_dir / "validation", ex, config.mirror_at_validation, progress)
+                                    fold_dir / "validation", ex, config.mirror_at_validation, progress,
+                                    fold=fold)
             emit(progress, "result", fold_dir=str(fold_dir), mean_foreground_dice=summary["mean_foreground_dice"],
                  mean_dice=summary["mean_dice"])
         else:

@@ -9,6 +9,11 @@ written as ``validation/<case>.npz`` (key ``probabilities``, float32 (K, *raw sp
 
 Dice here is this module's own small implementation (`dice_per_label`): 2|P&G| / (|P| + |G|), NaN when
 the class is absent from both, ignore-label voxels excluded.
+
+Cascades (``training.cascade``): a cascade stage's validation cases get their previous-stage prediction
+(the one its training used) as one-hot input channels, as inference does; a stage that a cascade follows
+also writes each predicted label map onto the next stage's preprocessed grid (this needs the raw images,
+found through ``dataset_path`` in the work folder's dataset.json).
 """
 from __future__ import annotations
 
@@ -71,20 +76,44 @@ def _raw_label_path(work_dir: Path, case: str) -> Optional[Path]:
     return p if p.is_file() else None
 
 
+def _raw_images(work_dir: Path) -> Optional[Dict[str, tuple]]:
+    """Image files per case of the raw dataset (``dataset_path`` of the work folder's dataset.json), or
+    None (with a warning) when it cannot be read."""
+    from AutoSegLib.io.datasets import load_dataset
+
+    try:
+        root = json.loads((work_dir / "dataset.json").read_text()).get("dataset_path")
+        if not root:
+            raise ValueError("no dataset_path entry")
+        return {c: f.images for c, f in load_dataset(root).cases.items()}
+    except Exception as exc:  # the validation itself must go on
+        log.warning("%s: cannot read the raw dataset (%s): no predictions for the next cascade stage written",
+                    work_dir / "dataset.json", exc)
+        return None
+
+
 def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: Path, cases: Sequence[str],
                   work_dir: Path, out_dir: Path, ex: Execution, mirror: bool = True,
-                  progress: Optional[ProgressCallback] = None) -> dict:
+                  progress: Optional[ProgressCallback] = None, fold=None) -> dict:
     """Predict ``cases`` in full, write probabilities, label maps and ``summary.json`` into ``out_dir``.
+
+    A cascade stage reads its previous-stage predictions (checked before training); a stage with next
+    stages also writes the predictions onto their grids (``fold`` is recorded with them).
 
     Returns the summary dict (also written to ``out_dir/summary.json``)."""
     from AutoSegLib.inference.export import export_logits
     from AutoSegLib.inference.sliding_window import predict_sliding_window
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegLib.io.images import read_image, write_image
+    from AutoSegLib.io.images import read_case, read_image, write_image
+    from AutoSegLib.models.folder import cascade_label_values, cascade_one_hot
+    from AutoSegLib.training import cascade
+    from AutoSegLib.training.checkpoint import plans_identifier
     from AutoSegLib.training.data import load_case
 
     plan = plans.configuration(configuration)
     layout = plans.label_layout()
+    previous_folder = cascade.previous_stage_folder(work_dir, plans, configuration) if plan.previous_stage else None
+    raw_images = _raw_images(work_dir) if cascade.next_stages(plans, configuration) else None
     ending = plans.file_ending
     try:
         ending = json.loads((work_dir / "dataset.json").read_text()).get("file_ending", ending)
@@ -103,9 +132,18 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
     per_case: Dict[str, dict] = {}
     for case in cases:
         data, _, props = load_case(data_folder, case, mmap=False)
+        if previous_folder is not None:
+            previous = cascade.load_previous_stage(previous_folder, case, shape=data.shape[1:], mmap=False)
+            data = np.concatenate([data, cascade_one_hot(previous[0], cascade_label_values(layout))])
         logits = predict_sliding_window(data, predictor, plan.patch_size, num_outputs=layout.num_outputs,
                                         mirror_axes=mirror_axes, device=ex.device)
         labels, probs = export_logits(logits, props, plans, configuration)
+        if raw_images is not None and case in raw_images:
+            image, raw_geometry = read_case(raw_images[case])
+            cascade.save_next_stage_predictions(work_dir, plans, configuration, case, labels, image, raw_geometry,
+                                                fold, plans_identifier(plan))
+        elif raw_images is not None:
+            log.warning("case %s is not in the raw dataset: no prediction for the next cascade stage", case)
         with atomic_path(out_dir / f"{case}.npz") as tmp:
             np.savez_compressed(tmp, probabilities=probs.astype(np.float32))
         geometry = Geometry.from_dict(props["geometry"])

@@ -51,6 +51,10 @@ class BatchSpec:
         Apply the training augmentation.
     max_angle, dummy_2d, mirror_axes
         See ``sampling.rotation_settings``.
+    previous_folder : str, optional
+        A cascade stage's previous-stage predictions (``training.cascade.previous_stage_folder``).
+    cascade_values : tuple of int
+        With ``previous_folder``: the label values of its one-hot input channels.
     """
     folder: str
     cases: Tuple[str, ...]
@@ -62,25 +66,33 @@ class BatchSpec:
     max_angle: float = 0.0
     dummy_2d: bool = False
     mirror_axes: Tuple[int, ...] = ()
+    previous_folder: Optional[str] = None
+    cascade_values: Tuple[int, ...] = ()
 
 
 def make_batch_function(spec: BatchSpec) -> Callable[[np.random.Generator], Tuple[np.ndarray, np.ndarray]]:
-    """A function ``rng -> (data (B, C, *patch) float32, seg (B, 1, *patch) int16)``."""
+    """A function ``rng -> (data (B, C, *patch) float32, seg (B, 1, *patch) int16)``; for a cascade stage
+    ``data`` has ``C + len(cascade_values)`` channels (image, then the previous stage's one-hot map)."""
     from AutoSegLib.training.data import CaseStore
     from AutoSegLib.training.sampling import PatchSampler
 
-    store = CaseStore(spec.folder, spec.cases)
+    cascade = spec.previous_folder is not None
+    store = CaseStore(spec.folder, spec.cases, previous_folder=spec.previous_folder)
     sampler = PatchSampler(store, spec.sample_patch_size, spec.patch_size)
     transforms = None
     if spec.augment:
         from AutoSegLib.training.augmentation import training_transforms
-        transforms = training_transforms(spec.patch_size, spec.max_angle, spec.dummy_2d, spec.mirror_axes)
+        transforms = training_transforms(spec.patch_size, spec.max_angle, spec.dummy_2d, spec.mirror_axes,
+                                         cascade_values=spec.cascade_values if cascade else None)
 
     def produce(rng: np.random.Generator):
         data, seg, _ = sampler.sample_batch(rng, spec.batch_size, spec.forced)
         if transforms is not None:
             from AutoSegLib.training.augmentation import augment_batch
             data, seg = augment_batch(transforms, data, seg)
+        elif cascade:
+            from AutoSegLib.training.cascade_augmentation import previous_stage_to_one_hot
+            data, seg = previous_stage_to_one_hot(data, seg, spec.cascade_values)
         return data, seg
 
     return produce

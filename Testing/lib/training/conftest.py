@@ -8,8 +8,12 @@ import pytest
 
 
 def tiny_plans(dataset_path: Path, ndim: int = 3, labels=None, patch=None, batch_size: int = 2,
-               features=(4, 8, 16), spacing=None, regions_class_order=None):
-    """Plans for a tiny U-Net on the synthetic data: 3 stages, zscore, no resampling."""
+               features=(4, 8, 16), spacing=None, regions_class_order=None, lowres_spacing=None, lowres_patch=None):
+    """Plans for a tiny U-Net on the synthetic data: 3 stages, zscore, no resampling. With ``lowres_spacing``
+    (3D only) also '3d_lowres' at that spacing (patch ``lowres_patch``) and '3d_cascade_fullres' after it,
+    sharing 3d_fullres's data, as the planner makes them."""
+    from dataclasses import replace
+
     from AutoSegLib.planning.plans import ConfigurationPlan, NetworkTopology, Plans
 
     labels = labels or {"background": 0, "organ": 1, "lesion": 2}
@@ -31,6 +35,11 @@ def tiny_plans(dataset_path: Path, ndim: int = 3, labels=None, patch=None, batch
     confs[name] = ConfigurationPlan(
         name=name, spacing=spacing, patch_size=patch, batch_size=batch_size, median_image_size=(16.0, 24.0, 24.0),
         normalization=("zscore",), use_mask_for_norm=(False,), network=topo, data_identifier=f"tiny_{name}")
+    if lowres_spacing is not None and ndim == 3:
+        confs["3d_lowres"] = replace(confs[name], name="3d_lowres", spacing=tuple(lowres_spacing),
+                                     patch_size=tuple(lowres_patch or patch), data_identifier="tiny_3d_lowres",
+                                     next_stages=("3d_cascade_fullres",))
+        confs["3d_cascade_fullres"] = replace(confs[name], name="3d_cascade_fullres", previous_stage="3d_lowres")
     return Plans(dataset_name=dataset_path.name, channel_names={"0": "MRI"}, labels=labels,
                  transpose_forward=(0, 1, 2), transpose_backward=(0, 1, 2), original_median_spacing=(1.0, 1.0, 1.0),
                  original_median_shape=(16.0, 24.0, 24.0), intensity_properties={}, configurations=confs,
