@@ -155,22 +155,26 @@ def check_previous_stage(work_dir: "str | Path", plans, configuration: str, case
     ------
     AutoSegError
         Naming the cases without a prediction, or with one made for other preprocessing (signature or
-        shape differ), and the ``autoseg train`` runs of the previous stage that write them.
+        shape differ) or by a previous stage planned otherwise, and the ``autoseg train`` runs of the
+        previous stage that write them.
     """
     from AutoSegLib.preprocessing.dataset import preprocessed_folder, preprocessing_signature
+    from AutoSegLib.training.checkpoint import plans_identifier
 
     work_dir = Path(work_dir)
     folder = previous_stage_folder(work_dir, plans, configuration)
     data_folder = preprocessed_folder(work_dir, plans, configuration)
     want = preprocessing_signature(plans, configuration)
+    prev = plans.configuration(configuration).previous_stage
+    prev_plans = plans_identifier(plans.configuration(prev))
     missing, stale = [], []
     for case in cases:
         record = _read_record(folder / f"{case}.json")
         if record is None or not (folder / f"{case}.npy").is_file():
             missing.append(case)
-        elif record.get("preprocessing_signature") != want or not _same_shape(folder, data_folder, case):
+        elif (record.get("preprocessing_signature") != want or record.get("plans_identifier") != prev_plans
+              or not _same_shape(folder, data_folder, case)):
             stale.append(case)
-    prev = plans.configuration(configuration).previous_stage
     if missing:
         raise AutoSegError(
             f"{folder}: {len(missing)} of {len(cases)} cases of {configuration!r} have no prediction of the previous "
@@ -180,7 +184,8 @@ def check_previous_stage(work_dir: "str | Path", plans, configuration: str, case
     if stale:
         raise AutoSegError(
             f"{folder}: the {prev!r} predictions of {len(stale)} case(s) ({_names(stale)}) were made for other "
-            f"preprocessed data of {configuration!r} (preprocessing signature or shape differs). "
+            f"preprocessed data of {configuration!r} or by a {prev!r} with other plans (preprocessing signature, "
+            f"shape or plans differ). "
             f"{_how_to_make(work_dir, prev, stale)}")
     return folder
 

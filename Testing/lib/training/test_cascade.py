@@ -279,3 +279,26 @@ def test_lowres_then_cascade_then_predict(cascade_work, tmp_path):
     labels, _ = read_image(written[0])
     assert labels.shape == (16, 20, 24)
     assert any("cascade: predicting 3d_lowres first" in str(e.get("message", "")) for e in events)
+
+
+def test_predictions_of_a_previous_stage_planned_otherwise_are_stale(cascade_work, tmp_path):
+    from AutoSegLib.io.images import read_case, read_image
+    from AutoSegLib.planning.plans import Plans
+    from AutoSegLib.training.cascade import check_previous_stage, save_next_stage_predictions
+    from AutoSegLib.training.checkpoint import plans_identifier
+
+    work = tmp_path / "work"
+    shutil.copytree(cascade_work, work)
+    plans = Plans.from_json(work / "plans.json")
+    raw = Path(json.loads((work / "dataset.json").read_text())["dataset_path"])
+    current = plans_identifier(plans.configuration("3d_lowres"))
+    cases = ["case_000", "case_001"]
+    for identifier in ("made-with-other-plans", current):
+        for case in cases:
+            image, geometry = read_case([raw / "imagesTr" / f"{case}_0000.nii.gz"])
+            labels, _ = read_image(raw / "labelsTr" / f"{case}.nii.gz")
+            save_next_stage_predictions(work, plans, "3d_lowres", case, labels, image, geometry, 0, identifier)
+        if identifier != current:
+            with pytest.raises(AutoSegError, match=r"2 case\(s\) \(case_000, case_001\).*plans differ"):
+                check_previous_stage(work, plans, "3d_cascade_fullres", cases)
+    assert check_previous_stage(work, plans, "3d_cascade_fullres", cases).name == "predicted_3d_lowres"
