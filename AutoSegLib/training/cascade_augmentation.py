@@ -166,94 +166,95 @@ class PreviousStageToOneHot:
         return d
 
 
-class RandomBinaryOperator:
-    """Random morphology on the last ``num_channels`` channels of ``data`` (one-hot, 0/1).
+class _OneHotPerturbation:
+    """Shared by the perturbations of the last ``num_channels`` channels of ``data`` (one-hot, 0/1):
+    each sample is perturbed with probability ``p_per_sample``, then each channel with ``p_per_channel``.
 
     Parameters
     ----------
     num_channels : int
         The one-hot channels (the last ones of ``data``).
-    p_per_sample : float
-        Probability that a sample is perturbed.
-    p_per_channel : float
-        Then, per channel (visited in random order), probability of an operation.
-    radius_range : (float, float)
-        Ball radius in voxels, drawn uniformly.
+    p_per_sample, p_per_channel : float
     rng : numpy Generator or RandomState, optional
         Default: numpy's global generator.
+    """
+
+    def __init__(self, num_channels: int, p_per_sample: float, p_per_channel: float = 1.0, rng=None):
+        self.num_channels = int(num_channels)
+        self.p_per_sample, self.p_per_channel = float(p_per_sample), float(p_per_channel)
+        self.rng = rng
+
+    def __call__(self, **d):
+        rng = self.rng if self.rng is not None else np.random
+        data = d["data"]
+        first = data.shape[1] - self.num_channels
+        for b in range(data.shape[0]):
+            if rng.uniform() >= self.p_per_sample:
+                continue
+            for c in first + self._channel_order(rng):
+                if rng.uniform() < self.p_per_channel:
+                    self._perturb(data, b, int(c), first, rng)
+        d["data"] = data
+        return d
+
+    def _channel_order(self, rng) -> np.ndarray:
+        return np.arange(self.num_channels)
+
+    def _perturb(self, data: np.ndarray, b: int, c: int, first: int, rng) -> None:
+        raise NotImplementedError
+
+
+class RandomBinaryOperator(_OneHotPerturbation):
+    """Random morphology (dilation, erosion, opening or closing with a ball) on the one-hot channels,
+    visited in random order; voxels a channel gains are taken from the others (they stay exclusive).
+
+    Parameters
+    ----------
+    num_channels, p_per_sample, p_per_channel, rng : see `_OneHotPerturbation`
+    radius_range : (float, float)
+        Ball radius in voxels, drawn uniformly.
     """
 
     def __init__(self, num_channels: int, p_per_sample: float = 0.4, p_per_channel: float = 1.0,
                  radius_range: Tuple[float, float] = (1.0, 8.0), rng=None):
-        self.num_channels = int(num_channels)
-        self.p_per_sample, self.p_per_channel = float(p_per_sample), float(p_per_channel)
+        super().__init__(num_channels, p_per_sample, p_per_channel, rng)
         self.radius_range = tuple(float(r) for r in radius_range)
-        self.rng = rng
 
-    def __call__(self, **d):
-        rng = self.rng if self.rng is not None else np.random
-        data = d["data"]
-        first = data.shape[1] - self.num_channels
-        for b in range(data.shape[0]):
-            if rng.uniform() >= self.p_per_sample:
-                continue
-            for k in rng.permutation(self.num_channels):
-                if rng.uniform() >= self.p_per_channel:
-                    continue
-                operation = OPERATIONS[int(rng.choice(len(OPERATIONS)))]
-                radius = float(rng.uniform(*self.radius_range))
-                c = first + int(k)
-                before = data[b, c] > 0.5
-                after = binary_operation(before, operation, radius)
-                data[b, c] = after
-                gained = after & ~before
-                if gained.any():
-                    for other in range(first, data.shape[1]):
-                        if other != c:
-                            data[b, other][gained] = 0
-        d["data"] = data
-        return d
+    def _channel_order(self, rng) -> np.ndarray:
+        return rng.permutation(self.num_channels)
+
+    def _perturb(self, data, b, c, first, rng) -> None:
+        operation = OPERATIONS[int(rng.choice(len(OPERATIONS)))]
+        radius = float(rng.uniform(*self.radius_range))
+        before = data[b, c] > 0.5
+        after = binary_operation(before, operation, radius)
+        data[b, c] = after
+        gained = after & ~before
+        if gained.any():
+            for other in range(first, data.shape[1]):
+                if other != c:
+                    data[b, other][gained] = 0
 
 
-class RemoveRandomComponent:
-    """Erase one random small connected component from each of the last ``num_channels`` channels.
+class RemoveRandomComponent(_OneHotPerturbation):
+    """Erase one random small connected component from the one-hot channels.
 
     Parameters
     ----------
-    num_channels : int
-        The one-hot channels (the last ones of ``data``).
-    p_per_sample : float
-        Probability that a sample is perturbed.
-    p_per_channel : float
-        Then, per channel, probability of a removal.
+    num_channels, p_per_sample, p_per_channel, rng : see `_OneHotPerturbation`
     max_fraction : float
         Only components with fewer voxels than this fraction of the patch are candidates.
-    rng : numpy Generator or RandomState, optional
-        Default: numpy's global generator.
     """
 
     def __init__(self, num_channels: int, p_per_sample: float = 0.2, p_per_channel: float = 1.0,
                  max_fraction: float = 0.15, rng=None):
-        self.num_channels = int(num_channels)
-        self.p_per_sample, self.p_per_channel = float(p_per_sample), float(p_per_channel)
+        super().__init__(num_channels, p_per_sample, p_per_channel, rng)
         self.max_fraction = float(max_fraction)
-        self.rng = rng
 
-    def __call__(self, **d):
-        rng = self.rng if self.rng is not None else np.random
-        data = d["data"]
-        first = data.shape[1] - self.num_channels
-        for b in range(data.shape[0]):
-            if rng.uniform() >= self.p_per_sample:
-                continue
-            for c in range(first, data.shape[1]):
-                if rng.uniform() >= self.p_per_channel:
-                    continue
-                labels, ids = small_components(data[b, c] > 0.5, self.max_fraction)
-                if len(ids):
-                    data[b, c][labels == int(ids[int(rng.choice(len(ids)))])] = 0
-        d["data"] = data
-        return d
+    def _perturb(self, data, b, c, first, rng) -> None:
+        labels, ids = small_components(data[b, c] > 0.5, self.max_fraction)
+        if len(ids):
+            data[b, c][labels == int(ids[int(rng.choice(len(ids)))])] = 0
 
 
 def cascade_transforms(values: Sequence[int], rng=None) -> list:
