@@ -61,8 +61,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
 def preprocess(work_dir: PathLike, configurations: Optional[Sequence[str]] = None, num_workers: Optional[int] = None,
                force: bool = False, progress=None) -> dict:
     """Preprocess the training cases of a planned work folder (skips finished cases unless ``force``)."""
-    from AutoSegLib.commands.preprocess import dataset_path_of
     from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.io.datasets import dataset_path_of
     from AutoSegLib.planning.plans import Plans
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
 

@@ -342,3 +342,20 @@ def write_work_dataset_json(dataset: Dataset, work_dir: "str | os.PathLike") -> 
     data = dict(dataset.raw_json)
     data["dataset_path"] = str(dataset.root)
     return write_json(Path(work_dir) / "dataset.json", data)
+
+
+def dataset_path_of(work_dir: "str | os.PathLike") -> str:
+    """The raw dataset folder recorded in ``WORK/dataset.json`` ("dataset_path", see
+    `write_work_dataset_json`). Raises AutoSegError naming the file when it is missing or unreadable."""
+    path = Path(work_dir) / "dataset.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AutoSegError(f"{path}: not found. {Path(work_dir)} is not a planned work folder; run "
+                           f"`autoseg plan DATASET --output {work_dir}` first.") from None
+    except json.JSONDecodeError as exc:
+        raise AutoSegError(f"{path}: not valid JSON ({exc}). Re-run `autoseg plan`.") from None
+    if not data.get("dataset_path"):
+        raise AutoSegError(f"{path}: no \"dataset_path\" entry (the raw dataset folder). Re-run `autoseg plan "
+                           f"DATASET --output {work_dir}`.")
+    return data["dataset_path"]

@@ -79,13 +79,10 @@ def _raw_label_path(work_dir: Path, case: str) -> Optional[Path]:
 def _raw_images(work_dir: Path) -> Optional[Dict[str, tuple]]:
     """Image files per case of the raw dataset (``dataset_path`` of the work folder's dataset.json), or
     None (with a warning) when it cannot be read."""
-    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.datasets import dataset_path_of, load_dataset
 
     try:
-        root = json.loads((work_dir / "dataset.json").read_text()).get("dataset_path")
-        if not root:
-            raise ValueError("no dataset_path entry")
-        return {c: f.images for c, f in load_dataset(root).cases.items()}
+        return {c: f.images for c, f in load_dataset(dataset_path_of(work_dir)).cases.items()}
     except Exception as exc:  # the validation itself must go on
         log.warning("%s: cannot read the raw dataset (%s): no predictions for the next cascade stage written",
                     work_dir / "dataset.json", exc)
