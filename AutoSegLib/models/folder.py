@@ -220,8 +220,9 @@ def _trained_precision(folds: Dict[str, FoldWeights]) -> Optional[str]:
             resolved = json.loads((fw.path.parent / "training_config.json").read_text()).get("resolved") or {}
         except (OSError, ValueError, AttributeError):
             continue
-        autocast = str(resolved.get("autocast"))
-        found.add({"None": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}.get(autocast))
+        if "autocast" in resolved:  # a config without it records nothing (str(None) would read as float32)
+            autocast = str(resolved["autocast"])
+            found.add({"None": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}.get(autocast))
     return found.pop() if len(found) == 1 else None
 
 

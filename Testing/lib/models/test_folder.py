@@ -130,6 +130,9 @@ def _record_autocast(folder, fold, autocast):
 def test_training_precision_is_read_from_the_folds(tmp_path):
     folder = write_model(tmp_path / "m", make_plans(), folds=("0", "1"))
     assert load_model(folder).configurations["3d_fullres"].trained_precision is None  # not recorded
+    for fold in ("0", "1"):  # a training_config.json without the resolved autocast records nothing either
+        (folder / "trained" / "3d_fullres" / f"fold_{fold}" / "training_config.json").write_text('{"epochs": 1}')
+    assert load_model(folder).configurations["3d_fullres"].trained_precision is None
     _record_autocast(folder, "0", "torch.bfloat16")
     _record_autocast(folder, "1", "torch.bfloat16")
     assert load_model(folder).configurations["3d_fullres"].trained_precision == "bfloat16"
