@@ -76,7 +76,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         another architecture; CUDA out of memory. Nothing is overwritten in those cases.
     """
     from AutoSegLib.allocator import keep_freed_memory
-    from AutoSegLib.models.folder import network_input_channels
+    from AutoSegLib.models.folder import cascade_label_values, network_input_channels
     from AutoSegLib.network.unet import build_network
     from AutoSegLib.planning.plans import Plans
     from AutoSegLib.training.data import check_preprocessed
@@ -94,7 +94,6 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     train_cases, val_cases = fold_cases(work_dir, cases, fold)
     previous_folder, cascade_values = None, ()
     if plan.previous_stage:  # cascade: every case needs its held-out prediction by the previous stage
-        from AutoSegLib.models.folder import cascade_label_values
         from AutoSegLib.training.cascade import check_previous_stage
         previous_folder = check_previous_stage(work_dir, plans, configuration, list(train_cases) + list(val_cases))
         cascade_values = cascade_label_values(layout)
