@@ -34,10 +34,17 @@ def verify(dataset: PathLike, num_workers: Optional[int] = None, progress=None):
 
 
 def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: float = 8.0,
-         num_workers: Optional[int] = None, force_fingerprint: bool = False, progress=None) -> Tuple[Path, "Plans"]:
+         num_workers: Optional[int] = None, force_fingerprint: bool = False, progress=None,
+         time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
+         calibration_cache: Optional[PathLike] = None) -> Tuple[Path, "Plans"]:
     """Fingerprint (reused while current) and plan ``dataset`` into the work folder ``output`` (default
     ``./autoseg_work/<dataset name>``; never inside the dataset). Writes fingerprint.json, plans.json and
-    dataset.json (with "dataset_path"). Returns (work folder, plans)."""
+    dataset.json (with "dataset_path"). Returns (work folder, plans).
+
+    With ``time_budget_minutes`` the plans also get a configuration sized for that much training on
+    ``device`` at ``precision`` ("auto": as training resolves it), from a measurement of the device
+    cached in ``calibration_cache`` (default `planning.calibration.default_cache_path`); see
+    `planning.budget`."""
     from AutoSegLib.errors import AutoSegError
     from AutoSegLib.io.datasets import load_dataset, resolve_work_dir, write_work_dataset_json
     from AutoSegLib.planning.planner import plan_experiment
@@ -47,12 +54,19 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
         raise AutoSegError(f"--gpu-memory-gb must be a positive number of gigabytes; got {gpu_memory_gb}.")
     if num_workers is not None and num_workers < 1:
         raise AutoSegError(f"--workers must be at least 1; got {num_workers}.")
+    calibration = None
+    if time_budget_minutes is not None:
+        if not time_budget_minutes > 0:
+            raise AutoSegError(f"--time-budget-minutes must be a positive number; got {time_budget_minutes}.")
+        from AutoSegLib.planning.calibration import calibrate
+        calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
     work = resolve_work_dir(dataset, output)
     ds = load_dataset(dataset)
     fp = fingerprint_for(ds, work, num_workers=num_workers, progress=progress, force=force_fingerprint)
     if progress:
         progress({"event": "stage", "stage": "plan", "message": f"{ds.name}, {gpu_memory_gb:g} GB budget"})
-    plans = plan_experiment(fp, ds, gpu_memory_gb=gpu_memory_gb)
+    plans = plan_experiment(fp, ds, gpu_memory_gb=gpu_memory_gb, budget_minutes=time_budget_minutes,
+                            calibration=calibration)
     plans.to_json(work / "plans.json")
     write_work_dataset_json(ds, work)
     return work, plans
@@ -78,12 +92,19 @@ def preprocess(work_dir: PathLike, configurations: Optional[Sequence[str]] = Non
 
 def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: float = 8.0,
                         configurations: Optional[Sequence[str]] = None, num_workers: Optional[int] = None,
-                        force: bool = False, force_fingerprint: bool = False, progress=None) -> Tuple[Path, "Plans", dict]:
+                        force: bool = False, force_fingerprint: bool = False, progress=None,
+                        time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
+                        calibration_cache: Optional[PathLike] = None) -> Tuple[Path, "Plans", dict]:
     """verify (inside the fingerprint) + fingerprint + plan + preprocess. Returns (work folder, plans,
-    preprocessing summary)."""
+    preprocessing summary). With a time budget (see `plan`) and no ``configurations``, only the budget
+    configuration is preprocessed (the one that budget will train)."""
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
 
-    work, plans = plan(dataset, output, gpu_memory_gb, num_workers, force_fingerprint, progress)
+    work, plans = plan(dataset, output, gpu_memory_gb, num_workers, force_fingerprint, progress,
+                       time_budget_minutes=time_budget_minutes, device=device, precision=precision,
+                       calibration_cache=calibration_cache)
+    if configurations is None and plans.budget is not None:
+        configurations = [plans.budget.configuration]
     for name in configurations or ():
         plans.configuration(name)  # planned for this dataset? (3d_lowres is not always)
     result = preprocess_dataset(Path(dataset), plans, configurations, work, num_workers=num_workers, force=force,
@@ -93,11 +114,11 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
 
 def train(work_dir: PathLike, configuration: str, fold, config=None, output_dir: Optional[PathLike] = None,
           resume: bool = False, progress=None) -> Path:
-    """Train one configuration on one fold (0-4, or "all"); ``config`` is a
-    `AutoSegLib.training.config.TrainingConfig` (defaults: the recipe's). Returns the fold folder."""
-    from AutoSegLib.training.config import TrainingConfig
+    """Train one configuration ("auto": the plans' recommendation) on one fold (0-4, or "all"); ``config``
+    is a `AutoSegLib.training.config.TrainingConfig` (default: the recipe's, or the schedule a budget
+    configuration was planned for). Returns the fold folder."""
     from AutoSegLib.training.trainer import train_fold
-    return train_fold(work_dir, configuration, fold, config or TrainingConfig(), output_dir=output_dir,
+    return train_fold(work_dir, configuration, fold, config, output_dir=output_dir,
                       progress=progress, resume=resume)
 
 

@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence
 log = logging.getLogger(__name__)
 
 SYNTH_DEFAULTS = {"n_cases": 20, "n_test": 5, "shape": (16, 32, 32), "spacing": (2.0, 1.0, 1.0)}
+SYNTH_BUDGET_MINUTES = 1.5
 
 
 def add_arguments(parser) -> None:
@@ -47,7 +48,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--folds", nargs="+", default=None, metavar="K",
                         help="cross-validation folds to train (default: 0 for the generated data, 0 1 2 3 4 for a real "
                              "dataset)")
-    parser.add_argument("--configuration", default="3d_fullres", help="configuration to train (default 3d_fullres)")
+    parser.add_argument("--configuration", default="auto",
+                        help="configuration to train (default auto: the budget configuration planned for the time "
+                             "budget, or 3d_fullres without one)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="training precision (auto: bfloat16 on CPUs with native support, float16 on CUDA, "
+                             "else float32); the budget is planned for it")
+    parser.add_argument("--calibration-cache", default=None, metavar="FILE",
+                        help="cache of the device's measured speed (default ~/.cache/autoseg/calibration.json)")
     parser.add_argument("--cases", type=int, default=SYNTH_DEFAULTS["n_cases"],
                         help="generated training cases (default 20)")
     parser.add_argument("--test-cases", type=int, default=SYNTH_DEFAULTS["n_test"],
@@ -99,11 +107,12 @@ def _fold_done(fold_dir: Path) -> bool:
 def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.PathLike | None" = None,
              time_budget_minutes: Optional[float] = None, epochs: Optional[int] = None,
              iterations_per_epoch: Optional[int] = None, folds: Optional[Sequence] = None,
-             configuration: str = "3d_fullres", n_cases: int = SYNTH_DEFAULTS["n_cases"],
+             configuration: str = "auto", n_cases: int = SYNTH_DEFAULTS["n_cases"],
              n_test: int = SYNTH_DEFAULTS["n_test"], shape: Sequence[int] = SYNTH_DEFAULTS["shape"],
              spacing: Sequence[float] = SYNTH_DEFAULTS["spacing"], holdout: Optional[int] = None,
              device: str = "auto", tta: Optional[bool] = None, num_workers: Optional[int] = None, seed: int = 0,
-             val_iterations: Optional[int] = None, progress=None) -> dict:
+             val_iterations: Optional[int] = None, precision: str = "auto",
+             calibration_cache: "str | os.PathLike | None" = None, progress=None) -> dict:
     """Run the whole pipeline; returns the summary also written to ``output/demo_summary.json``.
 
     Parameters
@@ -111,10 +120,14 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     output : folder for everything written.
     dataset : raw dataset folder; None generates a synthetic one (``n_cases``, ``n_test``, ``shape``,
         ``spacing``, ``seed``).
-    time_budget_minutes : training time for all folds together (split evenly).
+    time_budget_minutes : training time for all folds together (split evenly), their validation included;
+        the plans get a budget configuration for each fold's share (default SYNTH_BUDGET_MINUTES for the
+        generated data, 30 for a real dataset).
     epochs, iterations_per_epoch, val_iterations : training schedule per fold.
     folds : folds to train (default 0-4).
-    configuration : the configuration trained.
+    configuration : the configuration trained ("auto": the budget configuration).
+    precision : training precision the budget is planned for; calibration_cache : where the device's measured
+        speed is cached (planning.calibration).
     holdout : real dataset without labelsTs: number of training cases held out for the test.
     device, tta, num_workers : prediction/training device, test-time mirroring (None: off for generated
         data, on for a real dataset), data workers.
@@ -139,24 +152,22 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     from AutoSegLib.postprocessing.selection import find_best
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
     from AutoSegLib.progress import emit
-    from AutoSegLib.training.config import TrainingConfig
+    from AutoSegLib.planning.calibration import calibrate
+    from AutoSegLib.training.config import TrainingConfig, budget_defaults
     from AutoSegLib.training.trainer import train_fold
 
     output = Path(output).expanduser().resolve()
     output.mkdir(parents=True, exist_ok=True)
     synthetic = dataset is None
     folds = [str(f) for f in (folds if folds is not None else ((0,) if synthetic else range(5)))]
-    # Generated data: a fixed short schedule that runs to its end (the learning rate anneals to 0, which
-    # matters more than the number of iterations here), no time cap unless asked for. A real dataset:
-    # the recipe's schedule, stopped by the time budget.
-    if time_budget_minutes is None and not synthetic:
-        time_budget_minutes = 30.0
-    if epochs is None:
-        epochs = 60 if synthetic else 1000
-    if iterations_per_epoch is None:
-        iterations_per_epoch = 10 if synthetic else 50
-    if val_iterations is None:
-        val_iterations = 1 if synthetic else 10
+    # Both the generated data and a real dataset train the budget configuration planned for the time budget
+    # on this device (planning.budget): its schedule fits the budget, validation included.
+    if time_budget_minutes is None:
+        time_budget_minutes = SYNTH_BUDGET_MINUTES if synthetic else 30.0
+    explicit = {k for k, v in (("epochs", epochs), ("iterations_per_epoch", iterations_per_epoch),
+                               ("val_iterations", val_iterations)) if v is not None}
+    if precision != "auto":
+        explicit.add("precision")
     if tta is None:
         tta = not synthetic
     notes: List[str] = []
@@ -210,8 +221,10 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     fingerprint = fingerprint_for(ds, work, num_workers=num_workers, progress=progress)
     lap("fingerprint")
     emit(progress, "stage", stage="plan", message="planning")
-    plans = plan_experiment(fingerprint, ds)
-    plans.configuration(configuration)  # "did you mean" for an unknown name
+    per_fold = time_budget_minutes / len(folds)
+    calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
+    plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
+    configuration = plans.configuration(configuration).name  # "auto" -> the budget configuration
     if (work / "plans.json").is_file():
         from AutoSegLib.planning.plans import Plans
         if Plans.from_json(work / "plans.json").to_dict() != plans.to_dict():
@@ -231,10 +244,13 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     if len(folds) < 5:
         notes.append(f"trained {len(folds)} of the 5 cross-validation folds ({folds}): the cross-validation Dice "
                      f"covers only their validation cases, and the model ensembles {len(folds)} fold(s)")
-    per_fold = time_budget_minutes / len(folds) if time_budget_minutes else None
-    config = TrainingConfig(epochs=epochs, iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations,
-                            time_budget_minutes=per_fold, mirror_at_validation=False, device=device,
-                            num_workers=num_workers, seed=12345 + seed)
+    given = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_iterations": val_iterations}
+    config = TrainingConfig(time_budget_minutes=per_fold, mirror_at_validation=False, device=device,
+                            precision=precision, num_workers=num_workers, seed=12345 + seed,
+                            **{k: v for k, v in given.items() if v is not None})
+    if configuration == plans.budget.configuration:
+        config = budget_defaults(config, plans.budget, explicit | {"device", "time_budget_minutes"})
+    epochs, iterations_per_epoch = config.epochs, config.iterations_per_epoch
     for fold in folds:
         fold_dir = work / "trained" / configuration / f"fold_{fold}"
         if _fold_done(fold_dir):
@@ -305,7 +321,7 @@ def run(args, progress) -> int:
                        args.folds, args.configuration, args.cases, args.test_cases, shape=args.shape,
                        holdout=args.holdout, val_iterations=args.val_iterations,
                        device=args.device, tta=args.tta, num_workers=args.workers, seed=args.seed,
-                       progress=progress)
+                       precision=args.precision, calibration_cache=args.calibration_cache, progress=progress)
 
     def f(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"

@@ -11,16 +11,50 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the machine's cores)")
     parser.add_argument("--force-fingerprint", action="store_true",
                         help="recompute the fingerprint even if DIR/fingerprint.json matches the dataset")
+    add_budget_arguments(parser)
+
+
+def add_budget_arguments(parser) -> None:
+    """--time-budget-minutes / --device / --precision / --calibration-cache (plan, plan-and-preprocess)."""
+    parser.add_argument("--time-budget-minutes", type=float, default=None, metavar="M",
+                        help="also plan a configuration (3d_budget) that trains within M minutes, validation "
+                             "included, on --device; `autoseg train WORK auto FOLD` then trains it")
+    parser.add_argument("--device", default="auto", help="device the budget is planned for: auto (cuda, then mps, "
+                        "then cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="training precision the budget is planned for (auto: float16 on CUDA, bfloat16 on "
+                             "CPUs with native support, else float32)")
+    parser.add_argument("--calibration-cache", default=None, metavar="FILE",
+                        help="where the device's measured speed is cached (default ~/.cache/autoseg/calibration.json)")
+
+
+def budget_options(args) -> dict:
+    return {"time_budget_minutes": args.time_budget_minutes, "device": args.device, "precision": args.precision,
+            "calibration_cache": args.calibration_cache}
+
+
+def describe(plans, progress) -> None:
+    """One log line per configuration, and what the budget configuration was planned for."""
+    for name, c in plans.configurations.items():
+        progress({"event": "log", "level": "info",
+                  "message": f"{name}: spacing {_fmt(c.spacing)}, patch {c.patch_size}, batch {c.batch_size}, "
+                             f"{c.network.n_stages} stages, features {c.network.features_per_stage[0]}.."
+                             f"{c.network.features_per_stage[-1]}, normalisation {list(c.normalization)}"})
+    b = plans.budget
+    if b is not None:
+        progress({"event": "log", "level": "info", "message": (
+            f"{b.configuration}: planned for {b.minutes:g} min on {b.device} ({b.precision}): {b.iterations} "
+            f"iterations of {b.step_seconds:.2f} s ({b.epochs} epochs x {b.iterations_per_epoch}), "
+            f"{b.reserve_seconds:.0f} s kept for validation; spacing x{b.spacing_factor:g}, measured "
+            f"{b.gflops:.0f} GFLOP/s")})
 
 
 def run(args, progress) -> int:
     from AutoSegLib.api import plan
 
-    work, plans = plan(args.dataset, args.output, args.gpu_memory_gb, args.workers, args.force_fingerprint, progress)
-    for name, c in plans.configurations.items():
-        progress({"event": "log", "level": "info",
-                  "message": f"{name}: spacing {_fmt(c.spacing)}, patch {c.patch_size}, batch {c.batch_size}, "
-                             f"{c.network.n_stages} stages, normalisation {list(c.normalization)}"})
+    work, plans = plan(args.dataset, args.output, args.gpu_memory_gb, args.workers, args.force_fingerprint, progress,
+                       **budget_options(args))
+    describe(plans, progress)
     progress({"event": "result", "plans": str(work / "plans.json"), "fingerprint": str(work / "fingerprint.json"),
               "work_dir": str(work), "configurations": list(plans.configurations)})
     return 0

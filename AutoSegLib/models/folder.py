@@ -141,7 +141,9 @@ class Model:
 
     def default_configurations(self) -> Tuple[str, ...]:
         """What predict runs without ``--configuration``: the inference instructions' choice, else the
-        best-guess single configuration present (3d_fullres, then 2d, then the cascade, then any)."""
+        configuration the plans recommend when it was trained (the budget configuration of a budget plan),
+        else the best-guess single configuration present (3d_fullres, then 2d, then the cascade, then
+        any)."""
         if self.inference and self.inference.get("configurations"):
             chosen = tuple(self.inference["configurations"])
             missing = [c for c in chosen if c not in self.configurations]
@@ -149,7 +151,7 @@ class Model:
                 return chosen
             log.warning("inference instructions name %s, which %s has no weights for; ignoring them",
                         missing, self.path)
-        for name in ("3d_fullres", "2d", "3d_cascade_fullres", "3d_lowres"):
+        for name in (self.plans.recommended_configuration, "3d_fullres", "2d", "3d_cascade_fullres", "3d_lowres"):
             if name in self.configurations:
                 return (name,)
         return (sorted(self.configurations)[0],)

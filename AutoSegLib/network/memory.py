@@ -108,3 +108,61 @@ def feature_map_size(topology: "NetworkTopology", patch_size: Sequence[int], n_i
         if deep_supervision or d == n_dec - 1:
             total += int(n_outputs) * _prod(skip_size)                            # segmentation head
     return int(total)
+
+
+def _kvol(kernel: Sequence[int]) -> int:
+    return _prod(kernel)
+
+
+def conv_macs(topology: "NetworkTopology", patch_size: Sequence[int], n_input_channels: int, n_outputs: int,
+              deep_supervision: bool = True) -> int:
+    """Multiply-accumulates of every convolution of one forward pass for one sample of ``patch_size``.
+
+    The compute the planner's time budget is about (``budget.py``): a training step costs about three
+    forward passes (forward, gradients of inputs and of weights). Instance norms and activations are not
+    counted; the device calibration (``planning.calibration``) measures what they add on top.
+
+    Parameters are those of `feature_map_size`; ``n_input_channels`` matters here (the first conv).
+
+    Returns
+    -------
+    int
+        MACs (one multiply + one add each): output elements x input channels x kernel volume, summed.
+        A transposed conv with kernel = stride contributes output elements x input channels.
+    """
+    if len(patch_size) != topology.ndim:
+        raise ValueError(f"patch_size {tuple(patch_size)} has {len(patch_size)} axes; the topology is "
+                         f"{topology.ndim}D")
+    f = topology.features_per_stage
+    size = tuple(int(p) for p in patch_size)
+    residual = topology.architecture == "residual_encoder_unet"
+    total = 0
+    in_ch = int(n_input_channels)
+    if residual:  # stem: one conv unit at full resolution
+        total += _prod(size) * f[0] * in_ch * _kvol(topology.kernel_sizes[0])
+        in_ch = f[0]
+    skip_sizes = []
+    for s in range(topology.n_stages):
+        k = _kvol(topology.kernel_sizes[s])
+        for i in range(topology.n_conv_per_stage[s]):
+            out = _div(size, topology.strides[s]) if i == 0 else size
+            if residual:  # block i: conv1 (in -> f, strided when i == 0), conv2 (f -> f), 1x1 skip if needed
+                total += _prod(out) * f[s] * (in_ch + f[s]) * k
+                if in_ch != f[s] or tuple(out) != tuple(size):
+                    total += _prod(out) * f[s] * in_ch
+            else:
+                total += _prod(out) * f[s] * in_ch * k
+            size, in_ch = out, f[s]
+        skip_sizes.append(size)
+    n_dec = topology.n_stages - 1
+    for d in range(n_dec):
+        skip_size = skip_sizes[-(d + 2)]
+        width = f[-(d + 2)]
+        below = f[-(d + 1)]
+        total += _prod(skip_size) * width * below                                   # transposed conv
+        k = _kvol(topology.kernel_sizes[-(d + 2)])
+        for i in range(topology.n_conv_per_stage_decoder[d]):
+            total += _prod(skip_size) * width * (2 * width if i == 0 else width) * k  # after the concatenation
+        if deep_supervision or d == n_dec - 1:
+            total += _prod(skip_size) * n_outputs * width                            # 1x1 segmentation head
+    return int(total)

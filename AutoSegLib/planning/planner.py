@@ -110,7 +110,8 @@ def plan_configuration(name: str, spacing: Sequence[float], median_shape: Sequen
         resampling=ResamplingSettings(), batch_dice=False)
 
 
-def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float = REFERENCE_MEMORY_GB) -> Plans:
+def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float = REFERENCE_MEMORY_GB,
+                    budget_minutes: Optional[float] = None, calibration=None) -> Plans:
     """Derive every configuration's plan from a dataset fingerprint.
 
     Parameters
@@ -120,6 +121,12 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
         Only its name/channel names/labels are used; the fingerprint's copies otherwise.
     gpu_memory_gb : float
         Memory budget per training process (default 8, the reference's).
+    budget_minutes : float, optional
+        Training time budget: adds the budget configuration ('3d_budget', '2d_budget' for 2D data) sized
+        by `planning.budget.plan_budget` for ``calibration`` (required with it), recorded in
+        ``Plans.budget``. Without it the plans are the stock ones.
+    calibration : planning.calibration.Calibration, optional
+        The device's measured cost.
 
     Returns
     -------
@@ -164,6 +171,17 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
                                                     previous_stage="3d_lowres")
         else:
             configs["3d_fullres"] = fullres
+    budget = None
+    if budget_minutes is not None:
+        if calibration is None:
+            raise AutoSegError("a time budget needs the device's calibration (planning.calibration.calibrate).")
+        from AutoSegLib.planning.budget import plan_budget
+        three_d = "3d_fullres" in configs
+        base = configs["3d_fullres"] if three_d else configs["2d"]
+        spacing, median = (target_t, median_t) if three_d else (target_t[-2:], median_t[-2:])
+        budget_plan, budget = plan_budget(budget_minutes, calibration, spacing, median, n_channels, n_outputs,
+                                          n_cases, base)
+        configs[budget.configuration] = budget_plan
     intensity = {str(k): dict(v) for k, v in fingerprint.intensity_properties.items()}
     configs = {k: replace(c, data_identifier=_data_identifier(k, c, fwd, intensity)) for k, c in configs.items()}
     return Plans(
@@ -172,7 +190,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
         original_median_spacing=tuple(float(v) for v in np.median(spacings, 0)[list(fwd)]),
         original_median_shape=tuple(float(v) for v in np.median(shapes, 0)[list(fwd)]),
         intensity_properties=intensity, configurations=configs, file_ending=fingerprint.file_ending,
-        regions_class_order=fingerprint.regions_class_order, planner_memory_gb=float(gpu_memory_gb))
+        regions_class_order=fingerprint.regions_class_order, planner_memory_gb=float(gpu_memory_gb), budget=budget)
 
 
 def _plan_lowres(fullres: ConfigurationPlan, median_t: np.ndarray, n_cases: int, plan) -> Optional[ConfigurationPlan]:

@@ -81,6 +81,52 @@ class ConfigurationPlan:
 
 
 @dataclass(frozen=True)
+class BudgetPlan:
+    """What a budget configuration was planned for, and the schedule the budget buys (in plans.json).
+
+    Attributes
+    ----------
+    configuration : str
+        Name of the configuration it sized ("3d_budget" / "2d_budget").
+    minutes : float
+        Training budget, its validation included.
+    device, precision : str
+        Device and resolved precision it was planned (and must be trained) for.
+    machine : str
+        The calibration's key (machine, torch version, threads).
+    gflops : float
+        Measured training throughput at the chosen network's size.
+    step_seconds : float
+        Predicted seconds per training iteration (network + data).
+    iterations, iterations_per_epoch, epochs, val_iterations : int
+        The schedule: ``epochs * iterations_per_epoch == iterations``.
+    reserve_seconds : float
+        Time kept from the budget for validation and overhead.
+    spacing_factor : float
+        Target spacing / fullres target spacing (finest axis).
+    base_features : int
+    candidates : tuple of tuple
+        Every candidate the rules looked at: (spacing factor, base features, patch size, predicted
+        iterations), in the order tried.
+    """
+    configuration: str
+    minutes: float
+    device: str
+    precision: str
+    machine: str
+    gflops: float
+    step_seconds: float
+    iterations: int
+    iterations_per_epoch: int
+    epochs: int
+    val_iterations: int
+    reserve_seconds: float
+    spacing_factor: float
+    base_features: int
+    candidates: Tuple[Tuple, ...] = ()
+
+
+@dataclass(frozen=True)
 class Plans:
     dataset_name: str
     channel_names: Dict[str, str]           # {"0": "CT", ...}, as in dataset.json
@@ -95,6 +141,7 @@ class Plans:
     regions_class_order: Optional[Tuple[int, ...]] = None
     planner_memory_gb: float = 8.0
     schema_version: int = SCHEMA_VERSION
+    budget: Optional[BudgetPlan] = None     # set when planned for a time budget (planning.budget)
 
     @property
     def num_channels(self) -> int:
@@ -104,7 +151,17 @@ class Plans:
         from AutoSegLib.io.labels import LabelLayout
         return LabelLayout.from_dataset_labels(self.labels, self.regions_class_order, source="plans.json")
 
+    @property
+    def recommended_configuration(self) -> str:
+        """What ``autoseg train WORK auto`` trains: the budget configuration when the plans have one, else
+        3d_fullres (2d for 2D data)."""
+        if self.budget is not None and self.budget.configuration in self.configurations:
+            return self.budget.configuration
+        return "3d_fullres" if "3d_fullres" in self.configurations else "2d"
+
     def configuration(self, name: str) -> ConfigurationPlan:
+        if name == "auto":
+            name = self.recommended_configuration
         if name not in self.configurations:
             from difflib import get_close_matches
             close = get_close_matches(name, list(self.configurations), n=1)
@@ -151,7 +208,7 @@ def _tupleize(value):
     return value
 
 
-_NESTED = {"network": NetworkTopology, "resampling": ResamplingSettings}
+_NESTED = {"network": NetworkTopology, "resampling": ResamplingSettings, "budget": BudgetPlan}
 
 
 def _build(cls, data: dict, source: str):

@@ -143,6 +143,21 @@ class TrainingConfig:
         return self.initial_lr * (1 - fraction) ** self.poly_exponent
 
 
+def budget_defaults(config: TrainingConfig, budget, explicitly_set: "set[str]") -> TrainingConfig:
+    """The schedule a budget configuration was planned for (``planning.plans.BudgetPlan``), for the fields
+    the user did not set: the time budget (the planned one), epochs and iterations that it buys (rescaled
+    when the user gave another time budget), validation batches, the planned device and precision, and no
+    mirroring in the final validation (8x its cost in 3D, which the budget does not pay for)."""
+    from AutoSegLib.planning.budget import schedule_for
+
+    minutes = config.time_budget_minutes if "time_budget_minutes" in explicitly_set else budget.minutes
+    epochs, per_epoch, val_iterations = schedule_for(budget, minutes)
+    planned = {"time_budget_minutes": minutes, "epochs": epochs, "iterations_per_epoch": per_epoch,
+               "val_iterations": val_iterations, "precision": budget.precision, "device": budget.device,
+               "mirror_at_validation": False}
+    return config.replace(**{k: v for k, v in planned.items() if k not in explicitly_set})
+
+
 def finetune_defaults(config: TrainingConfig, explicitly_set: "set[str]") -> TrainingConfig:
     """The shorter fine-tuning schedule for fields the user did not set (``explicitly_set`` names those
     the user did set): 100 epochs, initial learning rate 1e-3."""

@@ -10,6 +10,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from AutoSegLib.planning.budget import sliding_windows
 from AutoSegLib.progress import ProgressCallback, emit
 from AutoSegLib.training import checkpoint as ckpt_mod
 from AutoSegLib.training import distributed as dist_mod
@@ -21,21 +22,41 @@ from AutoSegLib.training.workers import BatchSpec, BatchStream
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
+# checkpoint_latest.pt in the middle of an epoch once this long has passed since the last one: a CPU epoch of
+# the stock plans (250 iterations of ~20 s) would otherwise lose hours to a kill.
+CHECKPOINT_EVERY_S = 600.0
+# What the final validation costs besides the network (resampling to the raw grid, writing), per case, and
+# the margin on the whole estimate; a checkpoint write.
+FINAL_VALIDATION_PER_CASE_S = 0.5
+RESERVE_MARGIN = 1.25
+CHECKPOINT_S = 5.0
 
 
 class EpochRunner:
     """Runs epochs ``state["epoch"] .. config.epochs - 1`` (or until the time budget), updating ``state``
-    (epoch, log, ema, best_ema, elapsed_s) in place. A cascade stage passes ``previous_folder`` and
-    ``cascade_values`` (see `workers.BatchSpec`)."""
+    (epoch, iteration within it, log, ema, best_ema, elapsed_s) in place. A cascade stage passes
+    ``previous_folder`` and ``cascade_values`` (see `workers.BatchSpec`); ``final_cases`` are the cases the
+    fold's final validation will predict (their windows are reserved from a time budget).
+
+    Long epochs (a CPU with the stock plans) are handled on iterations and time, not epoch boundaries: the
+    learning rate is set every iteration, checkpoint_latest.pt is also written every
+    ``CHECKPOINT_EVERY_S`` inside an epoch, progress and ETA cover the whole training, and a time budget
+    stops training early enough for its validation to end within it."""
 
     def __init__(self, model, net, optimizer, scaler, loss_fn, ex, plan, config, info, data_folder,
                  train_cases, val_cases, workers, state, progress: Optional[ProgressCallback], configuration, fold,
-                 previous_folder: Optional[Path] = None, cascade_values=()):
+                 previous_folder: Optional[Path] = None, cascade_values=(), final_cases=()):
         self.model, self.net, self.optimizer, self.scaler, self.loss_fn = model, net, optimizer, scaler, loss_fn
         self.ex, self.plan, self.config, self.info, self.state = ex, plan, config, info, state
         self.progress, self.configuration, self.fold = progress, configuration, fold
         self.shapes = output_shapes(plan.patch_size, plan.network.strides, config.deep_supervision)
         batch = config.batch_size or plan.batch_size
+        self.batch_size = int(batch)
+        self.mean_step_s: Optional[float] = None        # measured training iteration time (this segment)
+        self.forward_s_per_patch: Optional[float] = None  # measured on the last validation batches
+        self.final_cases = len(final_cases)
+        self.final_windows = sum(sliding_windows(np.load(Path(data_folder) / f"{c}.npy", mmap_mode="r").shape[1:],
+                                                 plan.patch_size) for c in final_cases)
         forced = forced_foreground(batch, config.oversample_foreground)
         local_batch, local_forced = dist_mod.split_batch(batch, forced, info)
         max_angle, dummy_2d, mirror_axes = rotation_settings(plan.patch_size)
@@ -57,44 +78,90 @@ class EpochRunner:
         self.val_stream.close()
 
     # ------------------------------------------------------------------------------------------------
-    def _over_budget(self, t_run: float, elapsed0: float) -> bool:
-        """True once the run (all segments of a resumed run together) has used the time budget."""
+    def reserve_seconds(self) -> float:
+        """Time still needed after the last training iteration: this epoch's validation batches, the
+        fold's final validation (every window of every validation case, mirrored if asked, at the forward
+        time measured on validation batches, or a third of a training step before the first one) and a
+        checkpoint; times ``RESERVE_MARGIN``. With a time budget, training stops this long before its end,
+        so that nothing runs past it."""
+        forward = self.forward_s_per_patch
+        if forward is None:
+            forward = (self.mean_step_s or 0.0) / 3.0 / max(1, self.batch_size)
+        epoch_val = self.config.val_iterations * self.batch_size * forward
+        final = 0.0
+        if self.config.validate_at_end and self.final_windows:
+            flips = 2 ** len(self.plan.patch_size) if self.config.mirror_at_validation else 1
+            final = self.final_windows * flips * forward + FINAL_VALIDATION_PER_CASE_S * self.final_cases
+        return RESERVE_MARGIN * (epoch_val + final) + CHECKPOINT_S
+
+    def _over_budget(self, elapsed: float) -> bool:
+        """True once the run (all segments of a resumed run together) has used its time budget, counting
+        the time its validation will still take."""
         budget = self.config.time_budget_minutes
         if budget is None:
             return False
-        return elapsed0 + (time.monotonic() - t_run) >= budget * 60
+        return elapsed + self.reserve_seconds() >= budget * 60
+
+    def _training_eta(self, elapsed: float, iterations_left: int) -> Optional[float]:
+        """Seconds until this training ends (validation included), from the mean iteration time so far,
+        never beyond the time budget."""
+        if self.mean_step_s is None:
+            return None
+        eta = iterations_left * self.mean_step_s + self.reserve_seconds()
+        if self.config.time_budget_minutes is not None:
+            eta = min(eta, max(0.0, self.config.time_budget_minutes * 60 - elapsed))
+        return eta
 
     def run(self, fold_dir: Path, base: dict) -> None:
         cfg, state, info = self.config, self.state, self.info
         t_run = time.monotonic()
         elapsed0 = float(state["elapsed_s"])
+        ipe = cfg.iterations_per_epoch
         stop = False
+        steps_timed, step_time_sum = 0, 0.0
+        last_checkpoint = time.monotonic()
         while state["epoch"] < cfg.epochs and not stop:
             epoch = int(state["epoch"])
+            first = int(state.get("iteration") or 0)  # > 0 after resuming from a mid-epoch checkpoint
+            losses: List[float] = [float(v) for v in state.get("partial_losses") or []]
             t0 = time.monotonic()
             wait0 = self.train_stream.wait_s + self.val_stream.wait_s
-            lr = cfg.lr_at(epoch, elapsed0 + (time.monotonic() - t_run))
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
             self.model.train()
             self.net.deep_supervision = cfg.deep_supervision
-            losses: List[float] = []
             last_emit = 0.0
-            for it in range(cfg.iterations_per_epoch):
+            lr = cfg.initial_lr
+            for it in range(first, ipe):
+                # the learning rate anneals every iteration: with long epochs a per-epoch rate never moves
+                # (under a time budget, the time still needed for validation counts as used: the rate
+                # reaches 0 when training stops, not when the budget ends)
+                lr = cfg.lr_at(epoch + it / ipe, elapsed0 + (time.monotonic() - t_run) + self.reserve_seconds())
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                t_step = time.monotonic()
                 data, seg = next(self.train_stream)
                 losses.append(train_step(self.model, self.optimizer, self.scaler, self.loss_fn, data, seg, self.ex,
                                          self.shapes, cfg.grad_clip))
                 now = time.monotonic()
-                if now - last_emit >= PROGRESS_EVERY_S or it + 1 == cfg.iterations_per_epoch:
+                steps_timed += 1
+                step_time_sum += now - t_step
+                self.mean_step_s = step_time_sum / steps_timed
+                state["iteration"], state["partial_losses"] = it + 1, losses
+                elapsed = elapsed0 + (now - t_run)
+                over = dist_mod.broadcast_flag(self._over_budget(elapsed), info)
+                if now - last_emit >= PROGRESS_EVERY_S or it + 1 == ipe or over:
                     last_emit = now
-                    done = it + 1
-                    eta = (now - t0) / done * (cfg.iterations_per_epoch - done)
-                    emit(self.progress, "progress", stage=f"epoch {epoch + 1}/{cfg.epochs}", current=done,
-                         total=cfg.iterations_per_epoch, eta_s=eta, message=f"loss {losses[-1]:.4f}")
-                over = self._over_budget(t_run, elapsed0)
-                if dist_mod.broadcast_flag(over, info):
+                    left = (cfg.epochs - epoch) * ipe - (it + 1)
+                    emit(self.progress, "progress", stage=f"epoch {epoch + 1}/{cfg.epochs}", current=it + 1,
+                         total=ipe, eta_s=self._training_eta(elapsed, left), message=f"loss {losses[-1]:.4f}")
+                if over:
                     stop = True
                     break
+                if now - last_checkpoint >= CHECKPOINT_EVERY_S and it + 1 < ipe:
+                    # a long epoch: a kill must not lose it (resume continues at this iteration)
+                    state["elapsed_s"] = elapsed
+                    if info.is_main:
+                        self._save_latest(fold_dir, base)
+                    last_checkpoint = time.monotonic()
             val_loss, counts = self._validate()
             train_loss = self._mean_over_ranks(losses)
             dice = dice_from_counts(counts) if counts is not None else []
@@ -112,15 +179,18 @@ class EpochRunner:
                      "data_wait_s": self.train_stream.wait_s + self.val_stream.wait_s - wait0, "time": time.time()}
             state["log"].append(entry)
             state["epoch"] = epoch + 1
+            state["iteration"], state["partial_losses"] = 0, []
             if stop:
-                log.info("time budget of %.1f min reached after %d iterations of epoch %d", cfg.time_budget_minutes,
-                         len(losses), epoch + 1)
+                log.info("time budget of %.1f min reached after %d iterations of epoch %d (%.0f s kept for "
+                         "validation)", cfg.time_budget_minutes, len(losses), epoch + 1, self.reserve_seconds())
             if info.is_main:
                 self._write(fold_dir, base, ema)
-            remaining = cfg.epochs - state["epoch"]
+                last_checkpoint = time.monotonic()
+            left = (cfg.epochs - state["epoch"]) * ipe
             emit(self.progress, "epoch", configuration=self.configuration, fold=str(self.fold), epoch=epoch,
                  epochs=cfg.epochs, train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice,
-                 ema_pseudo_dice=ema, lr=lr, epoch_time_s=epoch_time, eta_s=0.0 if stop else remaining * epoch_time)
+                 ema_pseudo_dice=ema, lr=lr, epoch_time_s=epoch_time,
+                 eta_s=0.0 if stop else self._training_eta(state["elapsed_s"], left))
 
     def _mean_over_ranks(self, values: List[float]) -> float:
         t = torch.tensor([float(np.sum(values)), float(len(values))], dtype=torch.float64)
@@ -133,27 +203,41 @@ class EpochRunner:
             return float("nan"), None
         self.model.eval()
         losses, counts = [], None
+        network_s = 0.0
         for _ in range(cfg.val_iterations):
             data, seg = next(self.val_stream)
+            t0 = time.monotonic()
             loss, c = validation_step(self.net, self.loss_fn, data, seg, self.ex, self.shapes)
+            network_s += time.monotonic() - t0
             losses.append(loss)
             counts = c if counts is None else counts + c
         self.model.train()
+        self.forward_s_per_patch = network_s / (cfg.val_iterations * self.batch_size)
         counts = dist_mod.all_sum(torch.from_numpy(counts), self.info).numpy()
         return self._mean_over_ranks(losses), counts
 
-    def _write(self, fold_dir: Path, base: dict, ema) -> None:
+    def _payload(self, base: dict) -> dict:
         state = self.state
-        loop_state = {"epoch": state["epoch"], "log": state["log"], "ema": state["ema"],
-                      "best_ema": state["best_ema"], "elapsed_s": state["elapsed_s"], "segment": state["segment"],
-                      "rng": ckpt_mod.rng_state()}
-        full = {**base, "network_weights": self.net.state_dict(), "epoch": state["epoch"],
+        loop_state = {k: state[k] for k in ("epoch", "log", "ema", "best_ema", "elapsed_s", "segment", "iteration",
+                                            "partial_losses")}
+        loop_state["rng"] = ckpt_mod.rng_state()
+        return {**base, "network_weights": self.net.state_dict(), "epoch": state["epoch"],
                 "optimizer_state": self.optimizer.state_dict(),
                 "grad_scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
                 "loop_state": loop_state}
-        if ema is not None and (state["best_ema"] is None or ema > state["best_ema"]):
+
+    def _save_latest(self, fold_dir: Path, base: dict) -> None:
+        """checkpoint_latest.pt in the middle of an epoch (``loop_state["iteration"]`` says where)."""
+        ckpt_mod.save_checkpoint(fold_dir / "checkpoint_latest.pt", self._payload(base))
+        write_log(fold_dir / "training_log.jsonl", self.state["log"])
+
+    def _write(self, fold_dir: Path, base: dict, ema) -> None:
+        state = self.state
+        improved = ema is not None and (state["best_ema"] is None or ema > state["best_ema"])
+        if improved:
             state["best_ema"] = ema
-            loop_state["best_ema"] = ema
+        full = self._payload(base)
+        if improved:
             ckpt_mod.save_checkpoint(fold_dir / "checkpoint_best.pt", full)
         if self.config.save_every_epoch or state["epoch"] >= self.config.epochs:
             ckpt_mod.save_checkpoint(fold_dir / "checkpoint_latest.pt", full)

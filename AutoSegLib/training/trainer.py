@@ -38,7 +38,7 @@ def fold_output_dir(work_dir: Path, configuration: str, fold, output_dir=None) -
 
 
 def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str],
-               config: TrainingConfig = TrainingConfig(), output_dir: "str | Path | None" = None,
+               config: Optional[TrainingConfig] = None, output_dir: "str | Path | None" = None,
                progress: Optional[ProgressCallback] = None, resume: bool = False) -> Path:
     """Train ``configuration`` on ``fold`` of the work folder.
 
@@ -47,14 +47,16 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     work_dir : path
         Folder written by ``autoseg plan-and-preprocess`` (plans.json, dataset.json, preprocessed/).
     configuration : str
-        A configuration of the plans ('2d', '3d_fullres', '3d_lowres', '3d_cascade_fullres'). A cascade
+        A configuration of the plans ('2d', '3d_fullres', '3d_budget', '3d_lowres', '3d_cascade_fullres'), or
+        'auto' for the one the plans recommend (`Plans.recommended_configuration`). A cascade
         stage needs the previous stage's predictions of every case of the fold, which the previous stage's
         folds write at the end of their training (``training.cascade``); its network gets them as one-hot
         input channels after the image channels.
     fold : int or "all"
         0..4 (per splits_final.json, created if absent) or "all" (every case, no validation).
-    config : TrainingConfig
-        Schedule and settings.
+    config : TrainingConfig, optional
+        Schedule and settings. None: the recipe's, or for a budget configuration the schedule it was planned
+        for (`training.config.budget_defaults`).
     output_dir : path, optional
         Root for ``trained/<configuration>/fold_<k>/`` (default: ``work_dir``).
     progress : callable, optional
@@ -85,9 +87,16 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     from AutoSegLib.training.splits import fold_cases, parse_fold
     from AutoSegLib.training.workers import choose_workers
 
+    t_start = time.monotonic()
     work_dir = Path(work_dir)
     plans = Plans.from_json(work_dir / "plans.json")
     plan = plans.configuration(configuration)
+    configuration = plan.name  # "auto" -> the recommended configuration
+    if config is None:
+        config = TrainingConfig()
+        if plans.budget is not None and configuration == plans.budget.configuration:
+            from AutoSegLib.training.config import budget_defaults
+            config = budget_defaults(config, plans.budget, set())
     layout = plans.label_layout()
     fold = parse_fold(fold, 10 ** 6 if (work_dir / "splits_final.json").is_file() else 5)
     data_folder, cases = check_preprocessed(work_dir, plans, configuration)
@@ -136,7 +145,8 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     optimizer = torch.optim.SGD(net.parameters(), lr=config.initial_lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
     scaler = torch.amp.GradScaler("cuda") if ex.use_scaler else None
-    state = {"epoch": 0, "log": [], "ema": None, "best_ema": None, "elapsed_s": 0.0, "segment": 0}
+    state = {"epoch": 0, "log": [], "ema": None, "best_ema": None, "elapsed_s": 0.0, "segment": 0, "iteration": 0,
+             "partial_losses": []}
     if resumed is not None:
         net.load_state_dict(resumed["network_weights"])
         net.to(memory_format=ex.memory_format)
@@ -172,7 +182,9 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     from AutoSegLib.training.epochs import EpochRunner
     runner = EpochRunner(model, net, optimizer, scaler, loss_fn, ex, plan, config, info, data_folder,
                          train_cases, val_cases or train_cases, workers, state, progress, configuration, fold,
-                         previous_folder=previous_folder, cascade_values=cascade_values)
+                         previous_folder=previous_folder, cascade_values=cascade_values,
+                         final_cases=val_cases if config.validate_at_end else ())
+    state["elapsed_s"] = float(state["elapsed_s"]) + (time.monotonic() - t_start)  # setup counts against a budget
     try:
         runner.run(fold_dir, base)
     finally:

@@ -1,0 +1,208 @@
+"""Plans that fit the compute: a configuration sized for a training time budget on a measured device.
+
+The stock configurations are sized for GPU memory and ~250,000 iterations; on a laptop CPU an hour buys
+about a hundred of them. The budget configuration (``3d_budget``, ``2d_budget`` for 2D data) is chosen by
+explicit rules from the device's measured cost (`planning.calibration.Calibration`):
+
+1. **Time**: the budget pays for training *and* its validation. Reserved first: the fold's final
+   validation (its cases predicted in full, no mirroring: windows at half-patch steps x one forward pass,
+   a forward pass costing a third of a training step) and per-epoch validation batches, plus
+   ``OVERHEAD_S`` for start-up and checkpoints. The rest buys iterations.
+2. **Candidates**, finest first: the fullres target spacing coarsened by ``SPACING_FACTORS`` (the finest
+   axes first: ``new[a] = max(target[a], factor x finest target)``, so anisotropic data first becomes
+   isotropic), each with ``BASE_FEATURES`` (32 then 16 features in the first stage, doubling per stage,
+   capped at 320/512). A candidate's median image must keep ``MIN_MEDIAN_EDGE`` voxels per axis.
+3. **Patch**: the whole median image when it has at most ``MAX_PATCH_VOXELS`` voxels; otherwise the axis
+   largest relative to the median image shrinks by one divisibility step at a time (the stock rule).
+   Batch size ``BATCH_SIZE`` (the stock planner's minimum: more, cheaper steps).
+4. **Choice**: the first candidate whose predicted iterations reach ``TARGET_ITERATIONS``; when none
+   does, the candidate with the most iterations. Fewer than ``MIN_ITERATIONS`` is an error that names the
+   smallest budget that would plan.
+5. **Schedule**: poly learning rate over exactly those iterations (annealed per iteration), epochs of
+   ``iterations / EPOCHS_PER_RUN`` iterations (at least ``MIN_ITERATIONS_PER_EPOCH``) so that progress,
+   pseudo-Dice and checkpoints come every few minutes; ``VAL_ITERATIONS`` validation batches per epoch.
+
+Every constant is a rule the tests pin; the measurements behind them are written next to them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.planning.plans import BudgetPlan
+
+# Factors tried on the target spacing, finest first.
+SPACING_FACTORS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+# First-stage features tried at each spacing, widest first (the stock plans use 32).
+BASE_FEATURES = (32, 16)
+BATCH_SIZE = 2
+# A patch covering the whole median image is the fastest way to learn where a structure is; above this it
+# is cut like the stock plans' (128^3 / 4: the LA median image at 1.25 mm, 44x71x96, fits whole).
+MAX_PATCH_VOXELS = 524_288
+MIN_MEDIAN_EDGE = 16
+# Iterations that make a useful model (see the module docstring of bench/budget_la.py for the measurement).
+TARGET_ITERATIONS = 1000
+MIN_ITERATIONS = 150
+EPOCHS_PER_RUN = 40
+MIN_ITERATIONS_PER_EPOCH = 5
+VAL_ITERATIONS = 2
+OVERHEAD_S = 30.0
+FINAL_VALIDATION_STEP = 0.5
+
+
+def budget_configuration_name(ndim: int) -> str:
+    return "3d_budget" if ndim == 3 else "2d_budget"
+
+
+def coarsened_spacing(target: Sequence[float], factor: float) -> Tuple[float, ...]:
+    """``max(target[a], factor * min(target))`` per axis: the finest axes coarsen first."""
+    finest = float(min(target))
+    return tuple(max(float(t), factor * finest) for t in target)
+
+
+def features_for(base: int, n_stages: int, ndim: int) -> Tuple[int, ...]:
+    from AutoSegLib.planning.topology import MAX_FEATURES_2D, MAX_FEATURES_3D
+    cap = MAX_FEATURES_3D if ndim == 3 else MAX_FEATURES_2D
+    return tuple(min(cap, base * 2 ** s) for s in range(n_stages))
+
+
+def budget_patch(spacing: Sequence[float], median_shape: Sequence[float]):
+    """(pooling plan, patch) for a candidate: the whole median image, cut down to ``MAX_PATCH_VOXELS``."""
+    from AutoSegLib.planning.topology import FEATUREMAP_MIN_EDGE, pooling_plan
+
+    pool = pooling_plan(spacing, median_shape, FEATUREMAP_MIN_EDGE)
+    patch, divisible = list(pool.patch_size), pool.divisible_by
+    while float(np.prod(patch, dtype=np.float64)) > MAX_PATCH_VOXELS:
+        ratios = [p / m for p, m in zip(patch, median_shape)]
+        axis = max(range(len(patch)), key=lambda a: (ratios[a], a))
+        trial = list(patch)
+        trial[axis] -= divisible[axis]
+        divisible = pooling_plan(spacing, trial, FEATUREMAP_MIN_EDGE).divisible_by
+        patch[axis] -= divisible[axis]
+        pool = pooling_plan(spacing, patch, FEATUREMAP_MIN_EDGE)
+        patch, divisible = list(pool.patch_size), pool.divisible_by
+    return pool
+
+
+def sliding_windows(shape: Sequence[float], patch: Sequence[int], step: float = FINAL_VALIDATION_STEP) -> int:
+    """Number of sliding-window positions over ``shape`` (the inference rule: steps of ``step x patch``)."""
+    n = 1
+    for s, p in zip(shape, patch):
+        s = max(float(s), float(p))
+        n *= int(math.ceil((s - p) / (p * step))) + 1
+    return n
+
+
+def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], median_shape: Sequence[float],
+                n_channels: int, n_outputs: int, n_cases: int, base_plan, validation_cases: Optional[int] = None
+                ) -> Tuple[object, BudgetPlan]:
+    """Choose the budget configuration by the module's rules.
+
+    Parameters
+    ----------
+    minutes : float
+        Training budget (validation included).
+    calibration : planning.calibration.Calibration
+        Measured cost of the device (or a stand-in with ``step_seconds``, ``network_seconds``,
+        ``gflops``, ``key``, ``device``, ``precision``).
+    target_spacing, median_shape : sequence of float
+        Fullres target spacing and median image shape at it, transposed order (2 or 3 axes).
+    n_channels, n_outputs : int
+        Network inputs and outputs (for the MAC count).
+    n_cases : int
+        Training cases (a fold validates about a fifth of them at the end).
+    base_plan : ConfigurationPlan
+        The stock plan of the same dimensionality: normalisation, resampling and batch-dice settings are
+        copied from it.
+    validation_cases : int, optional
+        Cases of the final validation (default ``ceil(n_cases / 5)``).
+
+    Returns
+    -------
+    (ConfigurationPlan, BudgetPlan)
+
+    Raises
+    ------
+    AutoSegError
+        The budget buys fewer than ``MIN_ITERATIONS`` iterations of the cheapest candidate (the message
+        names the smallest budget that plans).
+    """
+    from AutoSegLib.network.memory import conv_macs
+    from AutoSegLib.planning.topology import plain_topology
+
+    if not minutes > 0:
+        raise AutoSegError(f"the time budget must be a positive number of minutes; got {minutes}.")
+    ndim = len(target_spacing)
+    name = budget_configuration_name(ndim)
+    target = np.asarray(target_spacing, np.float64)
+    median = np.asarray(median_shape, np.float64)
+    n_val = validation_cases if validation_cases is not None else max(1, math.ceil(n_cases / 5))
+    candidates, scored = [], []
+    for factor in SPACING_FACTORS:
+        spacing = np.asarray(coarsened_spacing(target, factor))
+        shape = median * target / spacing
+        if factor > SPACING_FACTORS[0] and shape.min() < MIN_MEDIAN_EDGE:
+            break
+        pool = budget_patch(tuple(spacing), tuple(shape))
+        for base in BASE_FEATURES:
+            topo = plain_topology(pool)
+            topo = replace(topo, features_per_stage=features_for(base, topo.n_stages, ndim))
+            macs = conv_macs(topo, pool.patch_size, n_channels, n_outputs) * BATCH_SIZE
+            step = calibration.step_seconds(macs, pool.patch_size, BATCH_SIZE)
+            forward = calibration.network_seconds(macs / BATCH_SIZE) / 3.0
+            final_validation = n_val * sliding_windows(shape, pool.patch_size) * forward
+            epoch_validation = EPOCHS_PER_RUN * VAL_ITERATIONS * BATCH_SIZE * forward
+            reserve = final_validation + epoch_validation + OVERHEAD_S
+            iterations = int((60.0 * minutes - reserve) // step) if 60.0 * minutes > reserve else 0
+            entry = (float(factor), int(base), tuple(int(p) for p in pool.patch_size), iterations)
+            candidates.append(entry)
+            scored.append((entry, tuple(float(s) for s in spacing), shape, topo, step, reserve, macs))
+    chosen = next((s for s in scored if s[0][3] >= TARGET_ITERATIONS), None)
+    if chosen is None:
+        chosen = max(scored, key=lambda s: s[0][3])
+    (factor, base, patch, iterations), spacing, shape, topo, step, reserve, macs = chosen
+    if iterations < MIN_ITERATIONS:
+        need = (MIN_ITERATIONS * step + reserve) / 60.0
+        raise AutoSegError(
+            f"a {minutes:g}-minute budget buys {max(iterations, 0)} training iterations on {calibration.device} "
+            f"({calibration.precision}), fewer than the {MIN_ITERATIONS} that train anything useful. The smallest "
+            f"budget that plans is {math.ceil(need)} minutes; or train on a faster device.")
+    per_epoch = max(MIN_ITERATIONS_PER_EPOCH, iterations // EPOCHS_PER_RUN)
+    epochs = max(1, iterations // per_epoch)
+    iterations = epochs * per_epoch
+    plan = replace(base_plan, name=name, spacing=spacing, patch_size=patch, batch_size=BATCH_SIZE,
+                   median_image_size=tuple(float(v) for v in shape), network=topo, previous_stage=None,
+                   next_stages=(), data_identifier="")
+    record = BudgetPlan(configuration=name, minutes=float(minutes), device=calibration.device,
+                        precision=calibration.precision, machine=calibration.key,
+                        gflops=round(float(calibration.gflops(macs)), 2), step_seconds=round(float(step), 4),
+                        iterations=int(iterations), iterations_per_epoch=int(per_epoch), epochs=int(epochs),
+                        val_iterations=VAL_ITERATIONS, reserve_seconds=round(float(reserve), 1),
+                        spacing_factor=float(factor), base_features=int(base), candidates=tuple(candidates))
+    return plan, record
+
+
+def schedule_for(budget: BudgetPlan, minutes: Optional[float] = None) -> Tuple[int, int, int]:
+    """(epochs, iterations per epoch, validation iterations) that ``minutes`` (default: the planned
+    budget) buy at the planned iteration time, by the module's schedule rule; used when a budget
+    configuration is trained (or fine-tuned) for another time than it was planned for.
+
+    Raises
+    ------
+    AutoSegError
+        When ``minutes`` buys fewer than ``MIN_ITERATIONS_PER_EPOCH`` iterations.
+    """
+    if minutes is None or float(minutes) == budget.minutes:
+        return budget.epochs, budget.iterations_per_epoch, budget.val_iterations
+    iterations = int((60.0 * float(minutes) - budget.reserve_seconds) // budget.step_seconds)
+    if iterations < MIN_ITERATIONS_PER_EPOCH:
+        need = (MIN_ITERATIONS * budget.step_seconds + budget.reserve_seconds) / 60.0
+        raise AutoSegError(f"{minutes:g} minutes buy {max(iterations, 0)} iterations of {budget.configuration} "
+                           f"({budget.step_seconds:.2f} s each, {budget.reserve_seconds:.0f} s kept for validation); "
+                           f"give at least {math.ceil(need)} minutes.")
+    per_epoch = max(MIN_ITERATIONS_PER_EPOCH, iterations // EPOCHS_PER_RUN)
+    return max(1, iterations // per_epoch), per_epoch, budget.val_iterations

@@ -1,0 +1,208 @@
+"""Budget planning rules (planning.budget) with stand-in device calibrations, and the calibration's cache."""
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from AutoSegLib.errors import AutoSegError
+from AutoSegLib.network.memory import conv_macs
+from AutoSegLib.planning import budget as B
+from AutoSegLib.planning.calibration import Calibration
+from AutoSegLib.planning.plans import ConfigurationPlan, NetworkTopology, Plans, ResamplingSettings
+
+# The LA2018_1p25mm fullres numbers (reference plans): target 1.25 mm, median image 44 x 71 x 96.
+LA_SPACING = (1.25, 1.25, 1.25)
+LA_MEDIAN = (44.0, 71.0, 96.0)
+
+
+def base_plan(ndim=3):
+    topo = NetworkTopology("plain_unet", 2, (32, 64), ((3,) * ndim,) * 2, ((1,) * ndim, (2,) * ndim), (2, 2), (2,))
+    return ConfigurationPlan(name="3d_fullres" if ndim == 3 else "2d", spacing=(1.0,) * ndim, patch_size=(32,) * ndim,
+                             batch_size=2, median_image_size=(32.0,) * ndim, normalization=("zscore",),
+                             use_mask_for_norm=(False,), network=topo, resampling=ResamplingSettings(),
+                             batch_dice=True, data_identifier="x")
+
+
+@dataclass
+class FlatDevice:
+    """A device with a constant throughput and free data loading: an iteration costs 6 x MACs / rate."""
+    gflop_per_s: float
+    device: str = "cpu"
+    precision: str = "float32"
+    key: str = "test device"
+
+    def gflops(self, macs):
+        return self.gflop_per_s
+
+    def network_seconds(self, macs):
+        return 6.0 * macs / (self.gflop_per_s * 1e9)
+
+    def step_seconds(self, macs, patch, batch):
+        return self.network_seconds(macs)
+
+
+def plan(minutes, device, spacing=LA_SPACING, median=LA_MEDIAN, n_cases=64):
+    return B.plan_budget(minutes, device, spacing, median, 1, 2, n_cases, base_plan(len(spacing)))
+
+
+def test_a_fast_device_keeps_the_stock_resolution_width_and_a_whole_image_patch():
+    conf, record = plan(60, FlatDevice(1e9))
+    assert record.spacing_factor == 1.0 and record.base_features == 32
+    assert conf.spacing == LA_SPACING
+    # 44 x 71 x 96 padded to the pooling divisibility (4 pools on each axis: 16): 48 x 80 x 96
+    assert conf.patch_size == (48, 80, 96) and conf.batch_size == 2
+    assert conf.network.features_per_stage == (32, 64, 128, 256, 320)
+    assert conf.name == "3d_budget" and conf.normalization == ("zscore",) and conf.batch_dice
+
+
+def test_the_first_candidate_that_buys_the_target_iterations_is_chosen():
+    conf, record = plan(15, FlatDevice(100))
+    iters = [c[3] for c in record.candidates]
+    chosen = [(c[0], c[1]) for c in record.candidates].index((record.spacing_factor, record.base_features))
+    assert iters[chosen] >= B.TARGET_ITERATIONS and all(i < B.TARGET_ITERATIONS for i in iters[:chosen])
+    # the candidate list is finest first, widest first at each spacing
+    assert [c[0] for c in record.candidates] == sorted(c[0] for c in record.candidates)
+    # its iteration count is the budget minus the reserve over 6 x MACs / throughput
+    macs = conv_macs(conf.network, conf.patch_size, 1, 2) * 2
+    step = 6 * macs / 100e9
+    assert record.step_seconds == pytest.approx(step, rel=1e-3)
+    assert iters[chosen] == int((900 - record.reserve_seconds) // step) or \
+        abs(iters[chosen] - (900 - record.reserve_seconds) / step) < 2
+    # the schedule spends those iterations in epochs of equal length
+    assert record.epochs * record.iterations_per_epoch == record.iterations
+    assert record.iterations <= iters[chosen] < record.iterations + record.iterations_per_epoch
+    assert record.epochs >= B.EPOCHS_PER_RUN - 1 or record.iterations_per_epoch == B.MIN_ITERATIONS_PER_EPOCH
+
+
+def test_slower_devices_and_smaller_budgets_plan_coarser():
+    factors = [plan(m, FlatDevice(g))[1].spacing_factor for m, g in ((60, 100), (15, 100), (15, 20))]
+    assert factors[0] <= factors[1] <= factors[2] and factors[0] < factors[2]
+
+
+def test_coarsening_makes_anisotropic_spacing_isotropic_first():
+    assert B.coarsened_spacing((3.6, 0.8, 0.8), 2.0) == (3.6, 1.6, 1.6)
+    assert B.coarsened_spacing((3.6, 0.8, 0.8), 5.0) == (4.0, 4.0, 4.0)
+    assert B.coarsened_spacing((1.25, 1.25, 1.25), 1.5) == pytest.approx((1.875,) * 3)
+
+
+def test_candidates_stop_before_the_median_image_gets_too_small():
+    _, record = plan(15, FlatDevice(8.0))  # nothing reaches the target: the cheapest candidate wins
+    coarsest = max(c[0] for c in record.candidates)
+    assert min(np.asarray(LA_MEDIAN) / coarsest) >= B.MIN_MEDIAN_EDGE
+    assert (record.spacing_factor, record.base_features) == (coarsest, B.BASE_FEATURES[-1])
+
+
+def test_a_budget_too_small_names_the_smallest_that_plans():
+    device = FlatDevice(0.5)
+    with pytest.raises(AutoSegError, match=r"smallest budget that plans is (\d+) minutes") as err:
+        plan(1, device)
+    minutes = int(err.value.args[0].split("smallest budget that plans is ")[1].split()[0])
+    _, record = plan(minutes, device)  # and that budget does plan
+    assert record.iterations >= B.MIN_ITERATIONS - B.MIN_ITERATIONS_PER_EPOCH
+    with pytest.raises(AutoSegError, match="positive"):
+        plan(0, device)
+
+
+def test_2d_data_gets_a_2d_budget_configuration():
+    conf, record = B.plan_budget(10, FlatDevice(50), (1.0, 1.0), (256.0, 256.0), 1, 3, 30, base_plan(2))
+    assert conf.name == record.configuration == "2d_budget" and len(conf.patch_size) == 2
+
+
+def test_sliding_windows_counts_half_patch_steps():
+    assert B.sliding_windows((32, 32, 32), (32, 32, 32)) == 1
+    assert B.sliding_windows((20, 20), (32, 32)) == 1          # smaller than the patch: one (padded) window
+    assert B.sliding_windows((64, 48, 32), (32, 32, 32)) == 3 * 2 * 1  # (64-32)/16+1, ceil((48-32)/16)+1
+
+
+def test_schedule_for_another_time_rescales_the_iterations():
+    _, record = plan(30, FlatDevice(100))
+    assert B.schedule_for(record) == (record.epochs, record.iterations_per_epoch, record.val_iterations)
+    epochs, per_epoch, _ = B.schedule_for(record, 10)
+    assert epochs * per_epoch == pytest.approx((600 - record.reserve_seconds) / record.step_seconds,
+                                               abs=per_epoch + 1)
+    with pytest.raises(AutoSegError, match="give at least"):
+        B.schedule_for(record, record.reserve_seconds / 60)
+
+
+def test_budget_plans_round_trip_through_plans_json(tmp_path):
+    conf, record = plan(15, FlatDevice(100))
+    plans = Plans(dataset_name="x", channel_names={"0": "MRI"}, labels={"background": 0, "a": 1},
+                  transpose_forward=(0, 1, 2), transpose_backward=(0, 1, 2), original_median_spacing=LA_SPACING,
+                  original_median_shape=LA_MEDIAN, intensity_properties={},
+                  configurations={"3d_fullres": base_plan(), "3d_budget": conf}, budget=record)
+    plans.to_json(tmp_path / "plans.json")
+    back = Plans.from_json(tmp_path / "plans.json")
+    assert back == plans and back.recommended_configuration == "3d_budget"
+    assert back.configuration("auto") == conf
+    stock = Plans.from_dict({k: v for k, v in plans.to_dict().items() if k != "budget"} |
+                            {"configurations": {"3d_fullres": json.loads(json.dumps(plans.to_dict()))
+                                                ["configurations"]["3d_fullres"]}})
+    assert stock.budget is None and stock.recommended_configuration == "3d_fullres"
+
+
+# ---- calibration -----------------------------------------------------------------------------------------
+def make_calibration(**kw):
+    d = dict(key="k", device="cpu", precision="float32", threads=2, probe_macs=(1e9, 1e11),
+             probe_seconds=(6e9 / 100e9, 6e11 / 200e9), augment_seconds_per_voxel=1e-7, workers=1,
+             measured_at="now")
+    d.update(kw)
+    return Calibration(**d)
+
+
+def test_throughput_is_interpolated_in_log_macs_and_clamped():
+    cal = make_calibration()  # 100 GFLOP/s at 1e9 MACs, 200 at 1e11
+    assert cal.gflops(1e9) == pytest.approx(100) and cal.gflops(1e11) == pytest.approx(200)
+    assert cal.gflops(1e10) == pytest.approx(150)          # halfway in log
+    assert cal.gflops(1e6) == pytest.approx(100) and cal.gflops(1e13) == pytest.approx(200)
+    assert cal.network_seconds(1e10) == pytest.approx(6e10 / 150e9)
+    # the CPU pays network + augmentation; a GPU overlaps them across its workers
+    assert cal.step_seconds(1e10, (10, 10, 10), 2) == pytest.approx(6e10 / 150e9 + 1e-7 * 2000)
+    gpu = make_calibration(device="cuda", workers=4, augment_seconds_per_voxel=1e-3)
+    assert gpu.step_seconds(1e10, (10, 10, 10), 2) == pytest.approx(1e-3 * 2000 / 4)
+
+
+def test_calibration_is_measured_once_and_cached_per_precision(tmp_path, monkeypatch):
+    from AutoSegLib.planning import calibration as C
+
+    calls = []
+
+    def fake_probe(patch, base, ex):
+        calls.append((patch, base))
+        return 1e9 * base, 0.01 * base
+
+    monkeypatch.setattr(C, "_time_probe", fake_probe)
+    monkeypatch.setattr(C, "_time_augmentation", lambda: 2e-7)
+    cache = tmp_path / "cal.json"
+    first = C.calibrate("cpu", "float32", cache_path=cache, threads=2)
+    assert len(calls) == len(C.PROBES) and first.precision == "float32" and first.threads == 2
+    again = C.calibrate("cpu", "float32", cache_path=cache, threads=2)
+    assert again == first and len(calls) == len(C.PROBES)          # from the cache
+    C.calibrate("cpu", "float32", cache_path=cache, threads=1)       # other threads: measured
+    assert len(calls) == 2 * len(C.PROBES)
+    C.calibrate("cpu", "float32", cache_path=cache, threads=2, force=True)
+    assert len(calls) == 3 * len(C.PROBES)
+    entries = json.loads(cache.read_text())["entries"]
+    assert len(entries) == 2 and all("torch" in k and "float32" in k for k in entries)
+    cache.write_text("{not json")                                    # a damaged cache is measured again
+    C.calibrate("cpu", "float32", cache_path=cache, threads=2)
+    assert len(calls) == 4 * len(C.PROBES) and json.loads(cache.read_text())["version"] == C.CACHE_VERSION
+
+
+def test_the_real_probe_measures_a_training_step(tmp_path):
+    import torch
+
+    from AutoSegLib.planning import calibration as C
+    from AutoSegLib.training.device import choose_execution
+
+    macs, seconds = C._time_probe((16, 16, 16), 4, choose_execution(torch.device("cpu"), "float32", False, 3))
+    topo, patch = C.probe_topology((16, 16, 16), 4)
+    assert macs == conv_macs(topo, patch, 1, 2) * C.PROBE_BATCH and 0 < seconds < 60
+    assert math.isfinite(C._time_augmentation())
+
+
+def test_an_unknown_device_is_refused(tmp_path):
+    from AutoSegLib.planning.calibration import calibrate
+    with pytest.raises(AutoSegError, match="device"):
+        calibrate("tpu", cache_path=tmp_path / "c.json")

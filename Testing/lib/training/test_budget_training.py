@@ -1,0 +1,165 @@
+"""Training on iterations and time: the per-iteration learning rate, mid-epoch checkpoints and resume, the
+validation reserve of a time budget, and a budget configuration through train auto / predict / find-best /
+fine-tuning."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from AutoSegLib.training import epochs as epochs_mod
+from AutoSegLib.training.config import TrainingConfig
+from AutoSegLib.training.trainer import train_fold
+
+FAST = TrainingConfig(epochs=2, iterations_per_epoch=10, val_iterations=2, num_workers=0, torch_threads=1,
+                      mirror_at_validation=False, seed=1)
+
+
+@pytest.fixture(scope="module")
+def base_work(tmp_path_factory, make_work):
+    return make_work(tmp_path_factory.mktemp("budget3d"), n_cases=5)
+
+
+@pytest.fixture
+def work(base_work, tmp_path):
+    dst = tmp_path / "work"
+    shutil.copytree(base_work, dst)
+    return dst
+
+
+def read_log(fold_dir):
+    return [json.loads(line) for line in (fold_dir / "training_log.jsonl").read_text().splitlines()]
+
+
+def test_the_learning_rate_anneals_within_an_epoch(work):
+    out = train_fold(work, "3d_fullres", 0, FAST.replace(epochs=1, validate_at_end=False))
+    # one epoch of 10 iterations: the last iteration ran at lr(9/10), not at the epoch's starting rate
+    assert read_log(out)[0]["lr"] == pytest.approx(0.01 * (1 - 9 / 10) ** 0.9)
+
+
+def test_a_kill_inside_a_long_epoch_resumes_at_its_iteration(work, monkeypatch):
+    monkeypatch.setattr(epochs_mod, "CHECKPOINT_EVERY_S", 0.0)  # every iteration counts as a long time
+    real_step = epochs_mod.train_step
+    calls = []
+
+    def killed_at_7(*a, **kw):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt  # stands for kill -9: nothing after this runs
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(epochs_mod, "train_step", killed_at_7)
+    cfg = FAST.replace(epochs=1, validate_at_end=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(work, "3d_fullres", 0, cfg)
+    fold = work / "trained" / "3d_fullres" / "fold_0"
+    latest = torch.load(fold / "checkpoint_latest.pt", weights_only=True)
+    assert latest["loop_state"]["epoch"] == 0 and latest["loop_state"]["iteration"] == 6
+    assert len(latest["loop_state"]["partial_losses"]) == 6
+    monkeypatch.setattr(epochs_mod, "train_step", real_step)
+    calls.clear()
+    counted = []
+    monkeypatch.setattr(epochs_mod, "train_step", lambda *a, **kw: counted.append(1) or real_step(*a, **kw))
+    train_fold(work, "3d_fullres", 0, cfg, resume=True)
+    log = read_log(fold)
+    assert len(counted) == 4                                   # iterations 7..10 only
+    assert len(log) == 1 and log[0]["iterations"] == 10       # the epoch is complete, its losses kept
+
+
+def test_the_reserve_counts_the_final_validation_windows():
+    runner = object.__new__(epochs_mod.EpochRunner)
+    runner.config = TrainingConfig(val_iterations=3, mirror_at_validation=True)
+    runner.batch_size, runner.final_windows, runner.final_cases = 2, 10, 4
+    runner.mean_step_s, runner.forward_s_per_patch = 0.9, None
+
+    class P:
+        patch_size = (8, 8, 8)
+    runner.plan = P()
+    # before any validation: a forward pass is a third of a step, per patch (0.9 / 3 / 2 = 0.15 s)
+    epoch_val = 3 * 2 * 0.15
+    final = 10 * 8 * 0.15 + epochs_mod.FINAL_VALIDATION_PER_CASE_S * 4   # 8 mirrorings in 3D
+    want = epochs_mod.RESERVE_MARGIN * (epoch_val + final) + epochs_mod.CHECKPOINT_S
+    assert runner.reserve_seconds() == pytest.approx(want)
+    runner.forward_s_per_patch = 0.05                            # measured: replaces the estimate
+    runner.config = TrainingConfig(val_iterations=3, mirror_at_validation=False, time_budget_minutes=1)
+    want = epochs_mod.RESERVE_MARGIN * (3 * 2 * 0.05 + 10 * 0.05 + epochs_mod.FINAL_VALIDATION_PER_CASE_S * 4) \
+        + epochs_mod.CHECKPOINT_S
+    assert runner.reserve_seconds() == pytest.approx(want)
+    assert not runner._over_budget(60 - want - 0.01) and runner._over_budget(60 - want + 0.01)
+
+
+# ---- a budget configuration end to end -------------------------------------------------------------------
+def budget_work(root: Path):
+    """Synthetic dataset planned with a 5-minute budget on a stand-in device, budget data preprocessed."""
+    from AutoSegLib.io.datasets import load_dataset, write_work_dataset_json
+    from AutoSegLib.io.synthetic import make_synthetic_dataset
+    from AutoSegLib.planning.calibration import Calibration
+    from AutoSegLib.planning.planner import plan_experiment
+    from AutoSegLib.planning.workdir import fingerprint_for
+    from AutoSegLib.preprocessing.dataset import preprocess_dataset
+
+    raw = make_synthetic_dataset(root / "raw", n_cases=6, shape=(16, 32, 32), spacing=(2.0, 1.0, 1.0), seed=3)
+    ds = load_dataset(raw)
+    work = root / "work"
+    work.mkdir()
+    fp = fingerprint_for(ds, work, num_workers=1)
+    cal = Calibration(key="stand-in", device="cpu", precision="float32", threads=1, probe_macs=(1e8, 1e10),
+                      probe_seconds=(6e8 / 50e9, 6e10 / 50e9), augment_seconds_per_voxel=1e-8, workers=1,
+                      measured_at="test")
+    plans = plan_experiment(fp, ds, budget_minutes=5, calibration=cal)
+    plans.to_json(work / "plans.json")
+    write_work_dataset_json(ds, work)
+    preprocess_dataset(raw, plans, ["3d_budget"], work, num_workers=1)
+    return raw, work, plans
+
+
+def test_train_auto_predict_find_best_and_fine_tune_a_budget_configuration(tmp_path):
+    from AutoSegLib.cli import main
+    from AutoSegLib.models.folder import load_model
+    from AutoSegLib.planning.plans import Plans
+
+    raw, work, plans = budget_work(tmp_path)
+    assert plans.recommended_configuration == "3d_budget" and plans.budget.minutes == 5
+    plans_before = (work / "plans.json").read_bytes()
+    common = ["--epochs", "2", "--iterations-per-epoch", "3", "--workers", "0", "--threads", "1"]
+    assert main(["train", str(work), "auto", "0", *common]) == 0
+    fold = work / "trained" / "3d_budget" / "fold_0"
+    config = json.loads((fold / "training_config.json").read_text())
+    # the budget's settings where the user set nothing: its time, its precision, no mirroring
+    assert config["time_budget_minutes"] == 5 and config["precision"] == "float32"
+    assert config["mirror_at_validation"] is False and config["epochs"] == 2
+    assert (fold / "validation" / "summary.json").is_file()
+    # before find-best, predict uses the configuration that was trained (the recommended one)
+    model = load_model(work)
+    assert model.default_configurations() == ("3d_budget",)
+    out = tmp_path / "pred"
+    assert main(["predict", "-m", str(work), "-i", str(raw / "imagesTr"), "-o", str(out), "--no-tta",
+                 "--device", "cpu"]) == 0
+    assert len(list(out.glob("*.nii.gz"))) == 6
+    # find-best treats it like any configuration
+    assert main(["find-best", str(work), "--configurations", "3d_budget", "--folds", "0"]) == 0
+    assert json.loads((work / "inference.json").read_text())["configurations"] == ["3d_budget"]
+    # fine-tuning with the same plans: nothing re-planned, weights start from the fold
+    assert main(["train", str(work), "auto", "1", "--init-from", str(work), *common, "--output",
+                 str(tmp_path / "ft")]) == 0
+    ft = json.loads((tmp_path / "ft" / "trained" / "3d_budget" / "fold_1" / "training_config.json").read_text())
+    assert ft["init_from"] == str(work) and ft["initial_lr"] == pytest.approx(1e-3)
+    assert (work / "plans.json").read_bytes() == plans_before
+    assert Plans.from_json(work / "plans.json").budget == plans.budget
+
+
+def test_a_budget_run_without_a_schedule_takes_the_planned_one(tmp_path):
+    from AutoSegLib.training.config import budget_defaults
+
+    _, _, plans = budget_work(tmp_path)
+    b = plans.budget
+    cfg = budget_defaults(TrainingConfig(), b, set())
+    assert (cfg.epochs, cfg.iterations_per_epoch, cfg.val_iterations) == (b.epochs, b.iterations_per_epoch,
+                                                                           b.val_iterations)
+    assert cfg.time_budget_minutes == b.minutes and not cfg.mirror_at_validation
+    # another time: the schedule is rescaled to what that time buys
+    cfg = budget_defaults(TrainingConfig(time_budget_minutes=2 * b.minutes), b, {"time_budget_minutes"})
+    ratio = cfg.epochs * cfg.iterations_per_epoch / b.iterations
+    assert 1.8 < ratio < 2.6
