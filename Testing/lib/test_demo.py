@@ -33,8 +33,8 @@ def test_tiny_demo_artefacts(tiny_demo):
     assert rc == 0, [e for e in events if e["event"] == "error"]
     for rel in ("raw/AutoSegDemo/dataset.json", "raw/AutoSegDemo/imagesTs/test_000_0000.nii.gz",
                 "work/dataset.json", "work/fingerprint.json", "work/plans.json", "work/splits_final.json",
-                "work/trained/3d_fullres/fold_0/checkpoint_final.pt",
-                "work/trained/3d_fullres/fold_0/validation/summary.json",
+                "work/trained/3d_budget/fold_0/checkpoint_final.pt",
+                "work/trained/3d_budget/fold_0/validation/summary.json",
                 "work/inference.json", "work/find_best_report.json", "work/find_best_report.md",
                 "predictions/test_000.nii.gz", "evaluation/summary.json", "evaluation/per_case.csv",
                 "demo_case.png", "demo_summary.json"):
@@ -52,6 +52,10 @@ def test_tiny_demo_artefacts(tiny_demo):
     result = [e for e in events if e["event"] == "result" and "test_dice" in e][-1]
     assert result["test_dice"]["organ"] == pytest.approx(organ)
     assert any(e["event"] == "log" and "held-out Dice" in e["message"] for e in events)
+    # the demo trains the configuration planned for its time budget on this device
+    plans = json.loads((out / "work/plans.json").read_text())
+    assert summary["configuration"] == plans["budget"]["configuration"] == "3d_budget"
+    assert plans["budget"]["minutes"] == pytest.approx(1.5)
     stages = {e.get("stage") for e in events if e["event"] == "stage"}
     assert {"verify", "fingerprint", "plan", "preprocess", "train", "find-best", "predict", "evaluate"} <= stages
 
@@ -67,7 +71,7 @@ def test_tiny_demo_archive_predicts_the_same(tiny_demo, tmp_path):
     archive = tmp_path / "demo_model.zip"
     assert main(["export-model", str(out / "work"), "-o", str(archive)]) == 0
     model = load_model(archive, cache_dir=tmp_path / "extracted")
-    assert model.inference["configurations"] == ["3d_fullres"]
+    assert model.inference["configurations"] == ["3d_budget"]
     predict_files(model, out / "raw/AutoSegDemo/imagesTs", tmp_path / "pred", tta=False)
     a, _ = read_image(tmp_path / "pred/test_000.nii.gz")
     b, _ = read_image(out / "predictions/test_000.nii.gz")
