@@ -224,8 +224,10 @@ class TrainingLogic:
     def run_in_process_step(self, job: TrainingJob, step) -> None:
         state = job.state
         if step.command == "expand":
-            expand_train_steps(state)
+            summary = expand_train_steps(state)
             state.save()
+            if summary:
+                job.announce(summary)
         elif step.command == "prepare":
             self._prepare_finetune(state)
         elif step.command == "install":

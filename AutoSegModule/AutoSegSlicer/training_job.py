@@ -248,6 +248,12 @@ class TrainingJob:
             self._log(f"== {event.get('stage')}: {event.get('message', '')}")
         self._emit(event)
 
+    def announce(self, message: str) -> None:
+        """A message for the panel (status log) and the run's log file, e.g. what the budget plan will do."""
+        self.messages.append(("info", message))
+        self._log(message)
+        self._emit({"event": "log", "level": "info", "message": message})
+
     def _emit(self, event: dict) -> None:
         if self.on_event is not None:
             try:

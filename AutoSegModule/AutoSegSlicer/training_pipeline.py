@@ -31,8 +31,8 @@ from AutoSegSlicer.training_options import TrainingOptions, budget_per_training
 STATE_FILE = "autoseg_training.json"
 LOG_FILE = "autoseg_training.log"
 STATE_FORMAT = 1
-#: Preference order of quick mode's single configuration.
-QUICK_CONFIGURATIONS = ("3d_fullres", "2d", "3d_lowres")
+#: Preference order of quick mode's single configuration: the one planned for its time budget first.
+QUICK_CONFIGURATIONS = ("3d_budget", "2d_budget", "3d_fullres", "2d", "3d_lowres")
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
 
@@ -166,11 +166,35 @@ def _train_args(work: Path, configuration: str, fold: str, options: TrainingOpti
 
 def new_model_state(dataset: Path, work: Path, options: TrainingOptions, folds: List[str]) -> TrainingState:
     """The steps of training a new model (train steps are added by `expand_train_steps`)."""
+    plan_args = [str(dataset), "--output", str(work)]
+    if options.mode == "quick" and options.epochs is None:
+        # quick mode trains one configuration for its budget: plan one that fits it on this device
+        plan_args += ["--time-budget-minutes", f"{budget_per_training(options, len(folds)):g}"]
+        if options.device != "auto":
+            plan_args += ["--device", options.device]
     steps = [Step("verify", [str(dataset)]),
              Step("fingerprint", [str(dataset), "--output", str(work), "--no-verify"]),
-             Step("plan", [str(dataset), "--output", str(work)]),
+             Step("plan", plan_args),
              Step("expand")]
     return TrainingState("train", Path(dataset), Path(work), options, list(folds), steps=steps)
+
+
+def budget_summary(plans: dict, now: Optional[float] = None) -> Optional[str]:
+    """What the budget configuration of a plans.json dict will do, for the panel before training starts:
+    resolution, patch, iterations and the expected finish (local time); None without a budget plan."""
+    import time
+
+    budget = plans.get("budget")
+    if not isinstance(budget, dict):
+        return None
+    conf = (plans.get("configurations") or {}).get(budget.get("configuration"), {})
+    spacing = conf.get("spacing") or []
+    finish = time.strftime("%H:%M", time.localtime((now or time.time()) + 60 * float(budget["minutes"])))
+    return (f"{budget['configuration']}: {' x '.join(f'{v:.3g}' for v in spacing)} mm voxels "
+            f"({budget['spacing_factor']:g}x the data's), patch {' x '.join(str(p) for p in conf.get('patch_size', []))}, "
+            f"{budget['iterations']} iterations of about {budget['step_seconds']:.2f} s on {budget['device']} "
+            f"({budget['precision']}), validation included: training expected to finish at {finish} "
+            f"({budget['minutes']:g} min).")
 
 
 def trainable_configurations(plans: dict) -> List[str]:
@@ -195,9 +219,10 @@ def choose_configurations(plans: dict, options: TrainingOptions, source: str = "
     return [next((c for c in QUICK_CONFIGURATIONS if c in available), available[0])]
 
 
-def expand_train_steps(state: TrainingState) -> None:
+def expand_train_steps(state: TrainingState) -> Optional[str]:
     """After planning: replace the "expand" step with one train step per (configuration, fold), then
-    find-best (full mode with 5 folds) and install."""
+    find-best (full mode with 5 folds) and install. Returns `budget_summary` when a budget configuration
+    will be trained."""
     plans_path = state.work / "plans.json"
     try:
         plans = json.loads(plans_path.read_text())
@@ -208,6 +233,8 @@ def expand_train_steps(state: TrainingState) -> None:
     new = [Step("preprocess", [str(state.work), "--configurations", *confs])]
     new += _train_and_finish_steps(state, confs, init_from=None)
     state.steps[idx:idx + 1] = [Step("expand", status=DONE)] + new
+    return budget_summary(plans) if plans.get("budget", {}) and \
+        plans["budget"].get("configuration") in confs else None
 
 
 def _train_and_finish_steps(state: TrainingState, confs: List[str], init_from: Optional[Path]) -> List[Step]:

@@ -142,25 +142,30 @@ def test_quick_training_runs_every_step_installs_the_model_and_shows_curves(logi
     cmds = calls(work)
     assert [c[0] for c in cmds] == ["fingerprint", "plan", "preprocess", "train"]
     assert "--no-verify" in cmds[0]                              # verify ran as its own step already
-    assert cmds[2][1:] == [str(work), "--configurations", "3d_fullres"]   # only what quick mode trains
+    # quick mode plans a configuration for its 30-minute budget on its device, and trains that one only
+    assert cmds[1][cmds[1].index("--time-budget-minutes") + 1] == "30" and cmds[1][cmds[1].index("--device") + 1] == "cpu"
+    assert cmds[2][1:] == [str(work), "--configurations", "3d_budget"]
     train = cmds[3]
-    assert train[1:4] == [str(work), "3d_fullres", "0"]          # quick: 3d_fullres, fold 0 (5 cases)
+    assert train[1:4] == [str(work), "3d_budget", "0"]           # quick: the budget plan, fold 0 (5 cases)
+    # before training starts, the panel is told what the plan will do and when it should finish
+    said = [e["message"] for e in events if e["event"] == "log" and "expected to finish at" in e.get("message", "")]
+    assert len(said) == 1 and "2 x 2 x 2 mm voxels (2x the data's)" in said[0] and "1200 iterations" in said[0]
     assert train[train.index("--time-budget-minutes") + 1] == "30" and train[train.index("--device") + 1] == "cpu"
     assert "--no-mirroring" in train and "--epochs" not in train and "--resume" not in train
-    check_rows(job.curves.rows("3d_fullres", "0"), 3)
+    check_rows(job.curves.rows("3d_budget", "0"), 3)
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1, 2]
     # installed: listed, version 1, weights and validation copied, no preprocessed data
     found, problems = models.list_models(logic.models_dir)
     assert problems == [] and [(m.name, m.version, m.configurations, m.folds) for m in found] == \
-        [("Liver quick", "1", ("3d_fullres",), ("0",))]
+        [("Liver quick", "1", ("3d_budget",), ("0",))]
     assert found[0].path == job.model_path and job.model_path.name == "Liver_quick"
     assert found[0].labels == (("background", 0), ("organ", 1), ("lesion", 2))
-    assert (job.model_path / "trained/3d_fullres/fold_0/checkpoint_final.pt").read_text() == "final 3"
+    assert (job.model_path / "trained/3d_budget/fold_0/checkpoint_final.pt").read_text() == "final 3"
     assert not (job.model_path / "preprocessed").exists() and not list(job.model_path.rglob("checkpoint_latest.pt"))
     # cross-validation report table: Dice per label from the fold's summary (fake: 0.5 + value / 10)
     t = job.report_table
     assert t is not None and t.GetNumberOfRows() == 2
-    assert [t.GetCellText(0, c) for c in range(2)] == ["3d_fullres", "0"]
+    assert [t.GetCellText(0, c) for c in range(2)] == ["3d_budget", "0"]
     assert [float(t.GetCellText(0, c)) for c in (2, 3, 4)] == pytest.approx([0.6, 0.7, 0.65])
     assert [t.GetCellText(1, c) for c in range(2)] == ["chosen: (no model selection: single fold)",
                                                        "post-processing: none"]
@@ -270,7 +275,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_the_last_checkpoint(logi
     job = logic.start_training(dataset(5), TrainingOptions("Full disk"))
     assert job.wait(120)
     work = job.state.work
-    ckpt = work / "trained/3d_fullres/fold_0/checkpoint_latest.pt"
+    ckpt = work / "trained/3d_budget/fold_0/checkpoint_latest.pt"
     assert job.error is not None and not job.finished
     assert "is full" in job.error and "No space left on device" in job.error
     assert f"The last good checkpoint (after epoch 2) is kept: {ckpt}" in job.error and "Resume" in job.error
@@ -280,7 +285,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_the_last_checkpoint(logi
     monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=4")       # space freed
     job2 = logic.resume(work)
     assert job2.wait(120) and job2.error is None, job2.error
-    check_rows(job2.curves.rows("3d_fullres", "0"), 4)
+    check_rows(job2.curves.rows("3d_budget", "0"), 4)
 
 
 # -- bad input ---------------------------------------------------------------------------------------------

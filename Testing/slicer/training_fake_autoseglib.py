@@ -58,9 +58,15 @@ def plan(args):
         ev(event="error", message=f"{work / 'fingerprint.json'}: missing")
         return 2
     ev(event="stage", stage="plan", message="fake plan")
-    (work / "plans.json").write_text(json.dumps({"configurations": {
+    plans = {"configurations": {
         "2d": {"patch_size": [32, 32]}, "3d_fullres": {"patch_size": [16, 32, 32]},
-        "3d_cascade_fullres": {"patch_size": [16, 32, 32], "previous_stage": "3d_lowres"}}}))
+        "3d_cascade_fullres": {"patch_size": [16, 32, 32], "previous_stage": "3d_lowres"}}}
+    minutes = opts(args).get("--time-budget-minutes")
+    if minutes is not None:  # the budget configuration, as `autoseg plan --time-budget-minutes` adds it
+        plans["configurations"]["3d_budget"] = {"patch_size": [16, 16, 16], "spacing": [2.0, 2.0, 2.0]}
+        plans["budget"] = {"configuration": "3d_budget", "minutes": float(minutes), "device": "cpu",
+                           "precision": "float32", "iterations": 1200, "step_seconds": 1.25, "spacing_factor": 2.0}
+    (work / "plans.json").write_text(json.dumps(plans))
     ev(event="result", work=str(work))
     return 0
 
