@@ -27,17 +27,46 @@ def _find_checkpoint(path: Path, configuration: str, fold) -> Path:
     raise AutoSegError(f"--init-from {path}: no checkpoint under {conf_dir}.")
 
 
-def _source_labels(path: Path, ckpt: dict) -> Optional[dict]:
-    if isinstance(ckpt.get("labels"), dict):
-        return ckpt["labels"]
+def _source_plans(path: Path) -> Tuple[Optional[Path], Optional[dict]]:
+    """The plans.json of the model or work folder holding checkpoint ``path`` (None when not found or
+    unreadable)."""
     for folder in (path, *path.parents[:4]):
         plans = folder / "plans.json"
         if plans.is_file():
             try:
-                return json.loads(plans.read_text()).get("labels")
+                return plans, json.loads(plans.read_text())
             except (OSError, json.JSONDecodeError):
-                return None
-    return None
+                return plans, None
+    return None, None
+
+
+def _source_labels(ckpt: dict, plans: Optional[dict]) -> Optional[dict]:
+    if isinstance(ckpt.get("labels"), dict):
+        return ckpt["labels"]
+    return plans.get("labels") if isinstance(plans, dict) else None
+
+
+def _check_same_preprocessing(path: Path, plans_path, plans: Optional[dict], configuration: str, plan) -> None:
+    """Weights learnt at one resolution or normalisation do not transfer to another: the voxel spacing and
+    the normalisation of the source model's configuration must equal this run's."""
+    if plan is None or not isinstance(plans, dict):
+        return
+    source = (plans.get("configurations") or {}).get(configuration)
+    if not isinstance(source, dict):
+        return
+    for key, name in (("spacing", "voxel spacing (mm)"), ("normalization", "normalisation")):
+        theirs = source.get(key)
+        ours = getattr(plan, key)
+        if theirs is None:
+            continue
+        same = (len(theirs) == len(ours) and all(abs(float(a) - float(b)) < 1e-6 for a, b in zip(theirs, ours))
+                if key == "spacing" else list(theirs) == list(ours))
+        if not same:
+            raise AutoSegError(
+                f"--init-from {path}: the model's {configuration} was planned with {name} {tuple(theirs)} "
+                f"({plans_path}), this work folder's plans use {tuple(ours)}. Fine-tune with the model's plans "
+                f"(copy its plans.json into the work folder and preprocess again; Slicer's fine-tuning does "
+                f"this), or train from scratch.")
 
 
 def _without_ignore(labels) -> dict:
@@ -45,7 +74,7 @@ def _without_ignore(labels) -> dict:
 
 
 def load_initial_weights(source: "str | Path", net: torch.nn.Module, configuration: str, fold,
-                         labels: dict) -> Tuple[Path, Dict[str, object]]:
+                         labels: dict, plan=None) -> Tuple[Path, Dict[str, object]]:
     """Load fine-tuning weights into ``net`` (in place).
 
     Parameters
@@ -55,6 +84,8 @@ def load_initial_weights(source: "str | Path", net: torch.nn.Module, configurati
         preferred) or a checkpoint file.
     net : the freshly built network of this run
     labels : this dataset's ``labels`` (dataset.json form)
+    plan : ConfigurationPlan, optional
+        This run's plan: the source model's spacing and normalisation must equal its own.
 
     Returns
     -------
@@ -63,17 +94,19 @@ def load_initial_weights(source: "str | Path", net: torch.nn.Module, configurati
     Raises
     ------
     AutoSegError
-        Other labels, another architecture (a parameter missing, extra or of another shape; the first
-        differences are named), or an unreadable checkpoint.
+        Other labels, another voxel spacing or normalisation, another architecture (a parameter missing,
+        extra or of another shape; the first differences are named), or an unreadable checkpoint.
     """
     from AutoSegLib.training.checkpoint import load_training_checkpoint
     path = _find_checkpoint(Path(source), configuration, fold)
     ckpt = load_training_checkpoint(path)
-    src_labels = _source_labels(path, ckpt)
+    plans_path, src_plans = _source_plans(path)
+    src_labels = _source_labels(ckpt, src_plans)
     # the ignore label is not a network output: a model may be fine-tuned on partially annotated cases
     if src_labels is not None and _without_ignore(src_labels) != _without_ignore(labels):
         raise AutoSegError(f"--init-from {path}: the model was trained with labels {src_labels}, this dataset has "
                            f"{labels}. Fine-tuning needs the same labels.")
+    _check_same_preprocessing(path, plans_path, src_plans, configuration, plan)
     weights = ckpt["network_weights"]
     own = net.state_dict()
     missing = [k for k in own if k not in weights]

@@ -140,7 +140,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     net = build_network(plan.network, num_inputs, layout.num_outputs, deep_supervision=config.deep_supervision)
     init_info = {}
     if config.init_from and resumed is None:
-        _, init_info = _load_init(config.init_from, net, configuration, fold, plans.labels)
+        _, init_info = _load_init(config.init_from, net, configuration, fold, plans.labels, plan)
     net.to(ex.device).to(memory_format=ex.memory_format)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.initial_lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
@@ -207,6 +207,6 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     return fold_dir
 
 
-def _load_init(source, net, configuration, fold, labels):
+def _load_init(source, net, configuration, fold, labels, plan):
     from AutoSegLib.training.init_from import load_initial_weights
-    return load_initial_weights(source, net, configuration, fold, labels)
+    return load_initial_weights(source, net, configuration, fold, labels, plan)

@@ -163,3 +163,24 @@ def test_a_budget_run_without_a_schedule_takes_the_planned_one(tmp_path):
     cfg = budget_defaults(TrainingConfig(time_budget_minutes=2 * b.minutes), b, {"time_budget_minutes"})
     ratio = cfg.epochs * cfg.iterations_per_epoch / b.iterations
     assert 1.8 < ratio < 2.6
+
+
+def test_init_from_a_model_planned_at_another_resolution_names_the_difference(tmp_path):
+    from AutoSegLib.cli import main
+
+    _, work, _ = budget_work(tmp_path)
+    common = ["--epochs", "1", "--iterations-per-epoch", "2", "--workers", "0", "--threads", "1", "--no-validation"]
+    assert main(["train", str(work), "auto", "0", *common]) == 0
+    source = tmp_path / "source"
+    shutil.copytree(work / "trained", source / "trained")
+    plans = json.loads((work / "plans.json").read_text())
+    theirs = [round(2 * s, 6) for s in plans["configurations"]["3d_budget"]["spacing"]]
+    plans["configurations"]["3d_budget"]["spacing"] = theirs   # same network, planned at twice the spacing
+    (source / "plans.json").write_text(json.dumps(plans))
+    fold1 = work / "trained" / "3d_budget" / "fold_1"
+    from AutoSegLib.errors import AutoSegError
+    with pytest.raises(AutoSegError) as err:
+        train_fold(work, "auto", 1, FAST.replace(epochs=1, init_from=str(source)))
+    message = str(err.value)
+    assert "voxel spacing" in message and str(tuple(theirs)) in message and "plans.json" in message
+    assert not (fold1 / "checkpoint_latest.pt").exists()
