@@ -52,11 +52,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--configuration", default="auto",
                         help="configuration to train (default auto: the budget configuration planned for the time "
                              "budget, or 3d_fullres without one)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="training precision (auto: bfloat16 on CPUs with native support, float16 on CUDA, "
-                             "else float32); the budget is planned for it")
-    parser.add_argument("--calibration-cache", default=None, metavar="FILE",
-                        help="cache of the device's measured speed (default ~/.cache/autoseg/calibration.json)")
+    from AutoSegLib.commands.plan import add_precision_arguments
+    add_precision_arguments(parser)
     parser.add_argument("--cases", type=int, default=SYNTH_DEFAULTS["n_cases"],
                         help="generated training cases (default 20)")
     parser.add_argument("--test-cases", type=int, default=SYNTH_DEFAULTS["n_test"],

@@ -21,6 +21,11 @@ def add_budget_arguments(parser) -> None:
                              "included, on --device; `autoseg train WORK auto FOLD` then trains it")
     parser.add_argument("--device", default="auto", help="device the budget is planned for: auto (cuda, then mps, "
                         "then cpu), cpu, cuda, cuda:N, mps")
+    add_precision_arguments(parser)
+
+
+def add_precision_arguments(parser) -> None:
+    """--precision / --calibration-cache: what a budget is planned for (plan, plan-and-preprocess, demo)."""
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="training precision the budget is planned for (auto: float16 on CUDA, bfloat16 on "
                              "CPUs with native support, else float32)")
