@@ -17,6 +17,8 @@ import logging
 import subprocess
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from AutoSegSlicer.runner import hidden_console_kwargs
+
 log = logging.getLogger(__name__)
 
 #: pip requirement -> import name; what AutoSegLib needs beyond torch, numpy and SimpleITK.
@@ -110,7 +112,7 @@ def list_devices(python_executable: str, timeout: float = 120.0) -> Tuple[List[T
     devices = [("auto", "auto (best found)")]
     try:
         proc = subprocess.run([python_executable, "-c", _DEVICE_PROBE], capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, **hidden_console_kwargs())
         found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else []
     except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
         return devices + [("cpu", "CPU")], f"Could not list devices: {exc}"
