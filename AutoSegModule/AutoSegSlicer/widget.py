@@ -161,6 +161,7 @@ class AutoSegPanel(VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         self._parameterNodeGuiTag = None
 
+    @guarded("Closing the scene")
     def onSceneStartClose(self, caller, event):
         """The scene is about to be cleared: a running segmentation would finish into removed nodes, so it is
         cancelled (the child is killed, its temporary files removed); an installing model goes on."""
@@ -174,6 +175,7 @@ class AutoSegPanel(VTKObservationMixin):
         self._unbindParameterNode()
         self._parameterNode = None
 
+    @guarded("Closing the scene")
     def onSceneEndClose(self, caller, event):
         if self.module_widget.parent.isEntered:
             self.initializeParameterNode()
