@@ -3,6 +3,7 @@ logic and the child processes are real): every connected slot ends in a handled 
 and the user-visible defects of issue #13 (items 1, 2, 3, 4, 8, 9, 10) stay fixed."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -306,3 +307,73 @@ def test_closing_the_scene_cancels_a_running_segmentation(panel, make_volume, sl
     assert panel.shown["errors"] == []
     assert slicer_harness.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
     assert panel._parameterNode is not None                          # re-initialized at EndClose
+
+
+# -- item 6: no console window for child processes on Windows --------------------------------------------------
+def test_child_processes_hide_their_console_window_on_windows(monkeypatch):
+    from AutoSegSlicer import runner
+
+    assert runner.hidden_console_kwargs() == {}                     # POSIX: nothing to hide
+
+    class StartupInfo:
+        dwFlags, wShowWindow = 0, 1
+
+    monkeypatch.setattr(runner.sys, "platform", "win32")
+    monkeypatch.setattr(runner.subprocess, "STARTUPINFO", StartupInfo, raising=False)
+    info = runner.hidden_console_kwargs()["startupinfo"]
+    assert info.dwFlags & 1 and info.wShowWindow == 0              # STARTF_USESHOWWINDOW, SW_HIDE
+    calls = []
+    monkeypatch.setattr(runner.subprocess, "run", lambda argv, **kw: calls.append((argv, kw)))
+    runner._signal_tree(types.SimpleNamespace(pid=42), None)
+    assert calls[0][0][0] == "taskkill" and isinstance(calls[0][1]["startupinfo"], StartupInfo)
+
+
+# -- item 7: typing a models folder does not rescan per keystroke ---------------------------------------------
+def test_typing_a_models_folder_applies_it_once_after_the_last_keystroke(panel, monkeypatch, tmp_path):
+    scans = []
+    monkeypatch.setattr(panel, "refreshModels", lambda *a, **k: scans.append(str(panel.logic.models_dir)))
+    typed = str(tmp_path / "mymodels")
+    for i in range(1, len(typed) + 1):                              # currentPathChanged per keystroke
+        panel.ui.modelsFolderPathLineEdit.currentPath = typed[:i]
+        panel.onModelsFolderEdited(typed[:i])
+    assert scans == [] and panel.shown["settings"].get("AutoSeg/ModelsFolder") is None
+    assert panel._folder_timer.isActive() and panel._folder_timer.singleShot
+    panel.applyModelsFolder()                                        # the single-shot timer fires
+    panel.applyModelsFolder()                                        # unchanged: nothing again
+    assert scans == [typed] and panel.shown["settings"]["AutoSeg/ModelsFolder"] == typed
+
+
+# -- item 12: smaller ones -------------------------------------------------------------------------------------
+def test_cancel_returns_at_once_and_the_child_is_still_stopped(panel, make_volume, monkeypatch):
+    from AutoSegSlicer.runner import ProcessRunner
+
+    slow_kill = ProcessRunner._finish_cancel
+
+    def stubborn_child(self, proc, grace_s):                         # as a child ignoring SIGTERM would
+        time.sleep(2.0)
+        slow_kill(self, proc, grace_s)
+
+    monkeypatch.setattr(ProcessRunner, "_finish_cancel", stubborn_child)
+    _loaded(panel, make_volume)
+    panel.logic.runner_factory = fake_runner_factory("sleep")
+    panel.onApply()
+    job = panel.job
+    start = time.monotonic()
+    panel.onApply()                                                  # Apply is Cancel now
+    assert time.monotonic() - start < 1.0                            # the GUI is not blocked (was up to ~11 s)
+    assert panel.ui.statusLabel.text.startswith("Cancelled")
+    _wait_stopped(job)
+    _usable(panel)
+
+
+def test_sections_are_stacked_from_the_top_and_the_help_links_the_homepage(panel):
+    import xml.etree.ElementTree as ET
+
+    from autoseg_harness import MODULE_DIR, REPO
+
+    assert panel.module_widget.layout.widgets[-1] == "stretch"       # after the training section
+    root = ET.parse(MODULE_DIR / "Resources" / "UI" / "AutoSeg.ui").getroot()
+    assert [s for s in root.iter("spacer") if s.findtext("property/enum") == "Qt::Vertical"] == []
+    homepage = re.search(r'EXTENSION_HOMEPAGE "https://github.com/([^/"]+/[^/#"]+)', (REPO / "CMakeLists.txt").read_text())
+    links = re.findall(r'href=\\"https://github.com/([^/"\\]+/[^/#"\\]+)', (MODULE_DIR / "AutoSeg.py").read_text())
+    assert links == [homepage.group(1)]
