@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from AutoSegLib.errors import AutoSegError
+from AutoSegSlicer import storage
 from AutoSegSlicer.slots import guarded, restore_cursor
 from AutoSegSlicer.training import TrainingLogic, UnfinishedTrainingError
 from AutoSegSlicer.training_options import MODES, TooFewCasesError, TrainingOptions
@@ -63,9 +64,14 @@ class TrainingSection:
         self.form = slicer.util.childWidgetVariables(self.widget)
         self.widget.setMRMLScene(slicer.mrmlScene)
         base = self.panel.logic
+        from AutoSegSlicer.widget import app_local_data
+
+        runs = slicer.util.settingsValue(storage.SETTINGS_TRAINING_FOLDER,
+                                         str(storage.default_training_folder(app_local_data())))
         self.logic = TrainingLogic(slicer.mrmlScene, base.models_dir, base.python_executable,
-                                   work_root=Path(slicer.app.temporaryPath) / "AutoSeg" / "training",
-                                   pythonpath=base.pythonpath)
+                                   work_root=Path(runs), pythonpath=base.pythonpath)
+        self.form.trainingRunsPathLineEdit.currentPath = runs
+        self.form.trainingRunsPathLineEdit.connect("currentPathChanged(QString)", self.onTrainingRunsFolderChanged)
         for mode in MODES:
             self.form.modeComboBox.addItem(mode, mode)
         for dev in ("auto", "cuda", "mps", "cpu"):
@@ -113,6 +119,16 @@ class TrainingSection:
         self.form.datasetSummaryLabel.text = summary.text()
         if summary.ok and not self.form.modelNameLineEdit.text:
             self.form.modelNameLineEdit.text = summary.name
+
+    @guarded("Changing the training runs folder")
+    def onTrainingRunsFolderChanged(self, path):
+        """Where resumable training runs are kept (the data folder by default, see `storage`)."""
+        import qt
+        if not path or self.job is not None:
+            return
+        qt.QSettings().setValue(storage.SETTINGS_TRAINING_FOLDER, path)
+        self.logic.work_root = Path(path)
+        self.refreshResumable()
 
     @guarded("Verifying the dataset")
     def onVerify(self):

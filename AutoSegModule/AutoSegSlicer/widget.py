@@ -25,7 +25,7 @@ import slicer
 from slicer.util import VTKObservationMixin
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import dependencies, parameters
+from AutoSegSlicer import dependencies, parameters, storage
 from AutoSegSlicer.slots import guarded, restore_cursor
 from AutoSegSlicer.logic import DEVICES, AutoSegLogic, PredictOptions
 
@@ -52,8 +52,34 @@ def module_library_path() -> str:
     return str(here)
 
 
+def app_local_data() -> str:
+    """Qt's per-user, non-roaming application data folder (see `storage`)."""
+    return qt.QStandardPaths.writableLocation(qt.QStandardPaths.AppLocalDataLocation)
+
+
 def default_models_folder() -> str:
-    return str(Path(slicer.app.slicerUserSettingsFilePath).parent / "AutoSeg" / "models")
+    return str(storage.default_models_folder(app_local_data()))
+
+
+def migrate_old_folders() -> list:
+    """Once: move models and training runs from where earlier versions kept them (next to the settings file,
+    in the temporary folder) into the data folder, unless the user chose other folders. Returns messages."""
+    settings = qt.QSettings()
+    if settings.contains(storage.SETTINGS_MIGRATED):
+        return []
+    local = app_local_data()
+    messages = []
+    old_models = storage.legacy_models_folder(slicer.app.slicerUserSettingsFilePath)
+    chosen = settings.value(SETTINGS_MODELS_FOLDER) if settings.contains(SETTINGS_MODELS_FOLDER) else None
+    if chosen is None or Path(str(chosen)) == old_models:
+        messages += storage.migrate(old_models, storage.default_models_folder(local))
+        if chosen is not None:
+            settings.setValue(SETTINGS_MODELS_FOLDER, str(storage.default_models_folder(local)))
+    if not settings.contains(storage.SETTINGS_TRAINING_FOLDER):
+        messages += storage.migrate(storage.legacy_training_folder(slicer.app.temporaryPath),
+                                    storage.default_training_folder(local))
+    settings.setValue(storage.SETTINGS_MIGRATED, str(storage.data_folder(local)))
+    return messages
 
 
 def python_executable() -> str:
@@ -94,6 +120,9 @@ class AutoSegPanel(VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
 
+        moved = migrate_old_folders()
+        for line in moved:
+            self.log(line)
         folder = slicer.util.settingsValue(SETTINGS_MODELS_FOLDER, default_models_folder())
         self.ui.modelsFolderPathLineEdit.currentPath = folder
         self.logic = make_logic(folder)

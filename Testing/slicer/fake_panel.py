@@ -169,10 +169,26 @@ class WaitCursor:
         Cursor.depth -= 1
 
 
-def fake_qt(answers):
+class FakeSettings:
+    """QSettings over a dict (``answers["settings"]``)."""
+    store: dict = {}
+
+    def setValue(self, key, value):
+        FakeSettings.store[key] = value
+
+    def value(self, key, default=None):
+        return FakeSettings.store.get(key, default)
+
+    def contains(self, key):
+        return key in FakeSettings.store
+
+
+def fake_qt(answers, app_data):
+    FakeSettings.store = answers["settings"]
     return types.SimpleNamespace(
+        QStandardPaths=types.SimpleNamespace(AppLocalDataLocation=9, writableLocation=lambda kind: str(app_data)),
         QTimer=FakeTimer, QMenu=FakeMenu, QLabel=lambda text="": FakeWidget(text=text),
-        QSettings=lambda: types.SimpleNamespace(setValue=lambda k, v: answers["settings"].__setitem__(k, v)),
+        QSettings=FakeSettings,
         QFileDialog=types.SimpleNamespace(getExistingDirectory=lambda *a: answers["directory"],
                                           getOpenFileName=lambda *a: answers["file"],
                                           getSaveFileName=lambda *a: answers["save"]),
@@ -225,7 +241,7 @@ def call_like_pythonqt(slot, signal):
     return slot(*args)
 
 
-def install(monkeypatch, harness, tmp_path):
+def install(monkeypatch, harness, tmp_path, settings=None, patch_models_folder=True):
     """Fake Qt + Slicer app; returns ``(panel, shown)`` with the panel set up on ``harness``'s scene.
     ``shown`` collects errors, confirmations (answered by ``shown['confirm_answer']``) and dialog answers."""
     import slicer
@@ -235,7 +251,8 @@ def install(monkeypatch, harness, tmp_path):
     Cursor.depth = 0
     shown = {"errors": [], "confirm": [], "confirm_answer": True, "settings": {}, "directory": "", "file": "",
              "save": "", "warnings": []}
-    monkeypatch.setitem(sys.modules, "qt", fake_qt(shown))
+    shown["settings"].update(settings or {})
+    monkeypatch.setitem(sys.modules, "qt", fake_qt(shown, tmp_path / "appdata"))
     for name in ("AutoSegSlicer.widget", "AutoSegSlicer.widget_corrections"):
         monkeypatch.delitem(sys.modules, name, raising=False)   # re-import against the fake qt
 
@@ -259,7 +276,7 @@ def install(monkeypatch, harness, tmp_path):
     for name, value in {"errorDisplay": error_display, "confirmOkCancelDisplay": confirm,
                         "confirmYesNoDisplay": confirm, "warningDisplay": lambda t, **k: shown["warnings"].append(t),
                         "loadUI": load_ui, "childWidgetVariables": lambda w: types.SimpleNamespace(**w.children),
-                        "settingsValue": lambda key, default: default, "mainWindow": lambda: None,
+                        "settingsValue": lambda key, default: shown["settings"].get(key, default), "mainWindow": lambda: None,
                         "WaitCursor": WaitCursor, "setSliceViewerLayers": lambda **kw: None,
                         "selectModule": lambda name: None}.items():
         monkeypatch.setattr(util, name, value, raising=False)
@@ -279,7 +296,8 @@ def install(monkeypatch, harness, tmp_path):
                                           parent=types.SimpleNamespace(isEntered=True))
     import AutoSegSlicer.widget as widget_module
 
-    monkeypatch.setattr(widget_module, "default_models_folder", lambda: str(tmp_path / "models"))
+    if patch_models_folder:
+        monkeypatch.setattr(widget_module, "default_models_folder", lambda: str(tmp_path / "models"))
     monkeypatch.setattr(widget_module, "python_executable", lambda: sys.executable)
     panel = widget_module.AutoSegPanel(module_widget)
     panel.setup()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -377,3 +378,62 @@ def test_sections_are_stacked_from_the_top_and_the_help_links_the_homepage(panel
     homepage = re.search(r'EXTENSION_HOMEPAGE "https://github.com/([^/"]+/[^/#"]+)', (REPO / "CMakeLists.txt").read_text())
     links = re.findall(r'href=\\"https://github.com/([^/"\\]+/[^/#"\\]+)', (MODULE_DIR / "AutoSeg.py").read_text())
     assert links == [homepage.group(1)]
+
+
+# -- item 13: models and training runs in the per-user data folder, moved from the old places -------------------
+def test_models_and_training_runs_move_to_the_data_folder_once(slicer_harness, tmp_path, monkeypatch):
+    old_models = tmp_path / "settings" / "AutoSeg" / "models"       # next to Slicer.ini (roaming on Windows)
+    make_model_folder(old_models / "Organs", model_json={"name": "Organs", "version": "1.0"})
+    (old_models / ".installing-dead").mkdir()                        # an interrupted install: left alone
+    old_runs = tmp_path / "tmp" / "AutoSeg" / "training"             # Slicer's temporary folder
+    (old_runs / "Liver").mkdir(parents=True)
+    (old_runs / "Liver" / "state.json").write_text("{}")
+    data = tmp_path / "appdata" / "AutoSeg"
+    (data / "training" / "Spleen").mkdir(parents=True)               # already there: never overwritten
+    (old_runs / "Spleen").mkdir()
+    panel, shown = fake_panel.install(monkeypatch, slicer_harness, tmp_path, patch_models_folder=False)
+    try:
+        assert panel.logic.models_dir == data / "models"
+        assert [m.name for m in panel.models] == ["Organs"] and not (old_models / "Organs").exists()
+        training = next(s for s in panel.sections if type(s).__name__ == "TrainingSection")
+        assert training.logic.work_root == data / "training"
+        assert training.form.trainingRunsPathLineEdit.currentPath == str(data / "training")
+        assert (data / "training" / "Liver" / "state.json").read_text() == "{}"
+        assert (old_runs / "Spleen").is_dir() and any("Not moved" in ln and "Spleen" in ln
+                                                      for ln in panel.ui.logTextEdit.lines)
+        assert shown["settings"]["AutoSeg/MigratedToDataFolder"] == str(data)
+        training.onTrainingRunsFolderChanged(str(tmp_path / "elsewhere"))   # changeable in the panel
+        assert training.logic.work_root == tmp_path / "elsewhere"
+        assert shown["settings"]["AutoSeg/TrainingRunsFolder"] == str(tmp_path / "elsewhere")
+    finally:
+        panel.cleanup()
+    make_model_folder(old_models / "Later", model_json={"name": "Later", "version": "1.0"})
+    panel, shown = fake_panel.install(monkeypatch, slicer_harness, tmp_path, patch_models_folder=False,
+                                      settings=shown["settings"])
+    try:
+        assert (old_models / "Later").is_dir()                       # migrated once only
+    finally:
+        panel.cleanup()
+
+
+def test_a_models_folder_the_user_chose_stays_where_it_is(slicer_harness, tmp_path, monkeypatch):
+    mine = tmp_path / "my models"
+    make_model_folder(mine / "Organs", model_json={"name": "Organs", "version": "1.0"})
+    panel, shown = fake_panel.install(monkeypatch, slicer_harness, tmp_path, patch_models_folder=False,
+                                      settings={"AutoSeg/ModelsFolder": str(mine)})
+    try:
+        assert panel.logic.models_dir == mine and (mine / "Organs").is_dir() and len(panel.models) == 1
+    finally:
+        panel.cleanup()
+
+
+def test_migrate_never_leaves_a_half_copy(tmp_path, monkeypatch):
+    from AutoSegSlicer import storage
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "A").mkdir(parents=True)
+    (old / "A" / "w.pt").write_bytes(b"x" * 10)
+    monkeypatch.setattr(storage.os, "rename", lambda a, b: (_ for _ in ()).throw(OSError(18, "cross-device")))
+    monkeypatch.setattr(storage.shutil, "copytree", lambda a, b: (Path(b).mkdir(), (_ for _ in ()).throw(OSError(28, "disk full"))))
+    messages = storage.migrate(old, new)
+    assert "disk full" in messages[0] and (old / "A" / "w.pt").is_file() and list(new.iterdir()) == []
