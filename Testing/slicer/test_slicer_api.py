@@ -33,6 +33,7 @@ def test_the_module_uses_only_api_that_each_supported_slicer_has(tag):
     found = api_uses.uses(sorted(MODULE_DIR.rglob("*.py")), UI_DIR)
     found.methods = [(w, m) for w, m in found.methods if m not in NOT_SLICER]
     assert len(found.util_calls) > 20 and len(found.signals) > 20 and len(found.class_methods) > 40
+    assert {m for _, m, _ in found.pytorchutils} >= {"torchInstalled", "installTorch"}
     assert api_uses.check(found, FIXTURE, tag) == []
 
 
@@ -51,12 +52,14 @@ def test_the_check_rejects_what_an_older_slicer_lacks(tmp_path):
              "selector.notAProperty = 1\n"
              "selector.connect('currentNodeChanged(vtkMRMLNode*)', print)\n"
              "selector.connect('nodeChosen(vtkMRMLNode*)', print)\n"
-             "node.NotAMethodAnywhere()\n")
+             "node.NotAMethodAnywhere()\n"
+             "torch_logic.installTorch(askConfirmation=True, torchVersion='>=2.3')\n")
     assert [line.split(": ", 1)[1] for line in _check_source(tmp_path, wrong, "v5.8.0")] == [
         "slicer.util.pip_install() has no keyword 'blocking' in Slicer v5.8.0",
         "slicer.util.notAFunction does not exist in Slicer v5.8.0",
         "no class has a method NotAMethodAnywhere in Slicer v5.8.0",
         "qMRMLNodeComboBox has no signal nodeChosen(vtkMRMLNode*) in Slicer v5.8.0",
+        "PyTorchUtilsLogic.installTorch() has no keyword 'torchVersion'",
         "qMRMLNodeComboBox has no property notAProperty in Slicer v5.8.0"]
 
 

@@ -9,6 +9,7 @@ slicer_api.json (built by extract_slicer_api.py from Slicer's and CTK's sources 
   that class (within one function);
 - any other ``obj.Method(...)`` with an UpperCamel name (the VTK/MRML convention; the module's own Python
   methods are snake_case or lowerCamel): a method of some class;
+- ``torch_logic.m(..., kw=...)`` (a ``PyTorchUtils.PyTorchUtilsLogic``): the method and its keywords;
 - ``w.connect("signal(args)", ...)`` and ``w.prop = ...`` where ``w`` is a widget of the .ui files
   (``self.ui.name`` / ``self.form.name``) or ``v = slicer.qX()``: a signal / property of that widget class.
 
@@ -45,6 +46,7 @@ class Uses:
     methods: list = field(default_factory=list)          # (where, method) receiver unknown
     signals: list = field(default_factory=list)          # (where, class, signal)
     properties: list = field(default_factory=list)       # (where, class, property)
+    pytorchutils: list = field(default_factory=list)     # (where, method, [keywords]) on a PyTorchUtilsLogic
 
 
 def ui_widget_classes(ui_dir) -> dict:
@@ -147,6 +149,10 @@ def uses(paths, ui_dir) -> Uses:
                     if cls:
                         found.signals.append((where, cls, node.args[0].value))
                     continue
+                receiver_name = func.value.id if isinstance(func.value, ast.Name) else getattr(func.value, "attr", "")
+                if receiver_name == "torch_logic" or (isinstance(func.value, ast.Name) and func.value.id == "PyTorchUtils"):
+                    found.pytorchutils.append((where, func.attr, [k.arg for k in node.keywords if k.arg]))
+                    continue
                 if not re.match(r"[A-Z][a-z]", func.attr):
                     continue
                 receiver = func.value
@@ -238,6 +244,16 @@ def check(found: Uses, fixture: dict, tag: str) -> list:
         have = set().union(*(set(c["signals"]) for c in chain)) if chain else set()
         if signal not in have and signal not in QT_SIGNALS:
             bad.append(f"{where}: {cls} has no signal {signal} in Slicer {tag}")
+    torch = fixture["pytorchutils"]
+    for where, method, kws in found.pytorchutils:
+        if method == "PyTorchUtilsLogic":
+            continue
+        if method not in torch:
+            bad.append(f"{where}: PyTorchUtilsLogic.{method} does not exist in SlicerPyTorch")
+            continue
+        for k in kws:
+            if k not in torch[method]["params"] and not torch[method]["varkw"]:
+                bad.append(f"{where}: PyTorchUtilsLogic.{method}() has no keyword {k!r}")
     for where, cls, prop in found.properties:
         chain, _ = _chain(release, cls)
         if not chain:

@@ -3,7 +3,7 @@
 Run from the repository root with bare (or normal) git clones of Slicer and CTK::
 
     python Testing/slicer/slicer_api/extract_slicer_api.py --slicer-git PATH/Slicer.git --ctk-git PATH/CTK.git \
-        [--tags v5.8.0 v5.10.0 v5.12.0]
+        --pytorch-git PATH/SlicerPyTorch.git [--tags v5.8.0 v5.10.0 v5.12.0]
 
 For each Slicer tag it reads, without building anything:
 
@@ -13,6 +13,9 @@ For each Slicer tag it reads, without building anything:
   methods (declarations and VTK's Set/Get/Boolean macros) and enumerators, and for Qt classes its Q_PROPERTY names and
   signal signatures (normalized as PythonQt's connect() strings are written: ``currentPathChanged(QString)``);
 - from Base/Python/slicer/util.py: each function's parameter names and whether it takes ``**kwargs``.
+
+And from SlicerPyTorch (the PyTorch extension, one branch for all releases; its commit is recorded):
+PyTorchUtils/PyTorchUtils.py's ``PyTorchUtilsLogic`` methods and their parameters (``pytorchutils``).
 
 Only classes the module can reach are kept in full (those named in AutoSegModule's sources and their bases);
 of all the other classes only the class names and method names are kept (``all_classes``, ``all_methods``;
@@ -177,6 +180,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slicer-git", required=True)
     parser.add_argument("--ctk-git", required=True)
+    parser.add_argument("--pytorch-git", required=True)
     parser.add_argument("--tags", nargs="+", default=list(DEFAULT_TAGS))
     parser.add_argument("--out", default=str(HERE / "slicer_api.json"))
     args = parser.parse_args(argv)
@@ -185,6 +189,13 @@ def main(argv=None) -> int:
                "tags": args.tags,
                "slicer_commits": {t: git(args.slicer_git, "rev-list", "-n1", t).strip() for t in args.tags},
                "releases": {}}
+    torch_rev = git(args.pytorch_git, "rev-parse", "HEAD").strip()
+    torch_source = read_files(args.pytorch_git, torch_rev, ["PyTorchUtils/PyTorchUtils.py"])["PyTorchUtils/PyTorchUtils.py"]
+    logic = next(n for n in ast.parse(torch_source).body if isinstance(n, ast.ClassDef) and n.name == "PyTorchUtilsLogic")
+    fixture["pytorchutils_commit"] = torch_rev
+    fixture["pytorchutils"] = {n.name: {"params": [a.arg for a in n.args.args + n.args.kwonlyargs if a.arg != "self"],
+                                        "varkw": n.args.kwarg is not None}
+                               for n in logic.body if isinstance(n, ast.FunctionDef)}
     for tag in args.tags:
         fixture["releases"][tag] = read_tag(args.slicer_git, args.ctk_git, tag, keep)
         print(f"{tag}: Python {fixture['releases'][tag]['python']}, CTK {fixture['releases'][tag]['ctk_revision'][:10]}, "
