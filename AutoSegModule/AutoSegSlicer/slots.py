@@ -25,6 +25,9 @@ import traceback
 
 log = logging.getLogger(__name__)
 
+#: Slots whose recovery is running (GUI thread only): a failure inside a recovery is logged, not recovered.
+_recovering: list = []
+
 #: The message ``slicer.packaging.pip_ensure`` raises when the user declines (Slicer 5.12+).
 PIP_DECLINED = "User declined package installation"
 
@@ -85,11 +88,18 @@ def guarded(what: str, recover: str = "recover"):
                 return slot(self, *args)
             except Exception as exc:
                 log.exception("%s failed", what)
+                if _recovering:
+                    # A guarded slot called by a recovery (recover -> setBusy -> _updateButtons) failed too: the
+                    # outer guard shows the message; recovering again here would recurse without end.
+                    return None
                 details = traceback.format_exc()
+                _recovering.append(what)
                 try:
                     getattr(self, recover)()
                 except Exception:
                     log.exception("recovering after '%s' failed", what)
+                finally:
+                    _recovering.pop()
                 show_error(describe(exc, what), details)
                 return None
 

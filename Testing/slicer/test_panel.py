@@ -437,3 +437,12 @@ def test_migrate_never_leaves_a_half_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(storage.shutil, "copytree", lambda a, b: (Path(b).mkdir(), (_ for _ in ()).throw(OSError(28, "disk full"))))
     messages = storage.migrate(old, new)
     assert "disk full" in messages[0] and (old / "A" / "w.pt").is_file() and list(new.iterdir()) == []
+
+
+def test_a_section_failing_on_every_state_change_still_ends_in_one_message(panel, monkeypatch):
+    """recover() updates the buttons, which call the sections: a failure there must not recurse."""
+    corrections = next(s for s in panel.sections if type(s).__name__ == "CorrectionsSection")
+    monkeypatch.setattr(corrections, "onStateChanged", lambda busy, seg: 1 / 0)
+    panel._updateButtons()
+    assert len(panel.shown["errors"]) == 1 and "ZeroDivisionError" in panel.shown["errors"][0]
+    assert panel.ui.applyButton.text == "Apply"
