@@ -108,6 +108,7 @@ class AutoSegPanel(VTKObservationMixin):
         self.sections = []
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._selectors_key = None  # (model path, channels) the input selectors were built for
         self._add_model_runner = None
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -206,9 +207,11 @@ class AutoSegPanel(VTKObservationMixin):
 
     @guarded("Closing the scene")
     def onSceneEndClose(self, caller, event):
+        self._selectors_key = None  # the input selectors pointed at removed volumes: choose again
         if self.module_widget.parent.isEntered:
             self.initializeParameterNode()
-        self.onModelChanged()  # the input selectors pointed at removed volumes: choose again
+        else:
+            self.onModelChanged()
 
     # -- models ------------------------------------------------------------------------------
     def refreshModels(self, select_path=None):
@@ -248,7 +251,7 @@ class AutoSegPanel(VTKObservationMixin):
         key = (str(model.path), tuple(model.channel_names)) if model is not None else None
         if model is not None:
             self.ui.modelInfoLabel.text = model.summary()
-        if key is not None and key == getattr(self, "_selectors_key", None) and self.input_selectors:
+        if key is not None and key == self._selectors_key and self.input_selectors:
             self._updateButtons()
             return
         self._selectors_key = key

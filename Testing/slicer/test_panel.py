@@ -308,6 +308,7 @@ def test_closing_the_scene_cancels_a_running_segmentation(panel, make_volume, sl
     assert panel.shown["errors"] == []
     assert slicer_harness.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
     assert panel._parameterNode is not None                          # re-initialized at EndClose
+    assert [sel.currentNode() for _, sel in panel.input_selectors] == [None]   # not the removed volume
 
 
 # -- item 6: no console window for child processes on Windows --------------------------------------------------
