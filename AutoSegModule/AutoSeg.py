@@ -31,7 +31,7 @@ class AutoSeg(ScriptedLoadableModule):
             "Segment loaded scans with a self-configuring U-Net model (the nnU-Net recipe), correct the result in "
             "the Segment Editor, export label maps with the model's label values, and collect corrected cases "
             "into a training set. Heavy work runs in a separate process; Apply turns into Cancel while it runs. "
-            "See the <a href=\"https://github.com/autoseg/AutoSeg\">project page</a> for a tutorial.")
+            "See the <a href=\"https://github.com/autoseg/SlicerAutoSeg#readme\">project page</a> for a tutorial.")
         self.parent.acknowledgementText = (
             "AutoSeg re-implements the nnU-Net v2 recipe (Isensee et al., Nature Methods 2021) independently.")
 

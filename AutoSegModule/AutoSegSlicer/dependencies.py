@@ -17,6 +17,8 @@ import logging
 import subprocess
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from AutoSegSlicer.runner import hidden_console_kwargs
+
 log = logging.getLogger(__name__)
 
 #: pip requirement -> import name; what AutoSegLib needs beyond torch, numpy and SimpleITK.
@@ -25,7 +27,30 @@ REQUIREMENTS = {
     "batchgenerators>=0.25": "batchgenerators",
     "matplotlib>=3.6": "matplotlib",
 }
-TORCH_REQUIREMENT = ">=2.1"
+#: torch.amp.GradScaler("cuda") (AutoSegLib.training.trainer) exists from torch 2.3.
+TORCH_MINIMUM = (2, 3)
+TORCH_REQUIREMENT = ">=%d.%d" % TORCH_MINIMUM
+
+
+def installed_torch_version() -> Optional[str]:
+    """The installed torch's version from its metadata (nothing imported), or None."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def version_tuple(version: str) -> Tuple[int, ...]:
+    """'2.1.2+cu118' -> (2, 1, 2); unparsable parts stop the tuple."""
+    out = []
+    for part in str(version).split("+")[0].split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
 
 
 def missing_requirements(is_importable: Callable[[str], bool] = None) -> List[str]:
@@ -36,8 +61,12 @@ def missing_requirements(is_importable: Callable[[str], bool] = None) -> List[st
 
 def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[List[str]], None],
                         torch_logic=None, is_importable: Callable[[str], bool] = None,
-                        pip_ensure: Optional[Callable] = None) -> bool:
-    """Make sure torch and `REQUIREMENTS` are importable, asking before installing anything.
+                        pip_ensure: Optional[Callable] = None,
+                        torch_version: Callable[[], Optional[str]] = installed_torch_version) -> bool:
+    """Make sure torch (>= `TORCH_MINIMUM`) and `REQUIREMENTS` are importable, asking before installing anything.
+
+    An installed torch older than `TORCH_MINIMUM` is upgraded through PyTorchUtils (which asks); Slicer
+    should then be restarted (its own process may hold the old torch), which the user is told.
 
     Parameters
     ----------
@@ -49,6 +78,8 @@ def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[L
         None means the PyTorch extension is missing.
     pip_ensure : callable or None
         ``slicer.packaging.pip_ensure`` on Slicer 5.12+ (it asks by itself).
+    torch_version : callable() -> str or None
+        The installed torch version (default: from package metadata).
 
     Returns
     -------
@@ -58,7 +89,9 @@ def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[L
     Raises
     ------
     AutoSegError
-        The PyTorch extension is not installed, or installing torch failed.
+        The PyTorch extension is not installed, or torch is too old and could not be upgraded.
+    RuntimeError, subprocess.CalledProcessError
+        From the installers (declined in Slicer 5.12's dialog, pip failed); the widget's slot guard shows them.
     """
     from AutoSegLib.errors import AutoSegError
 
@@ -71,6 +104,22 @@ def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[L
             torch = torch_logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
             if torch is None:
                 return False
+    found = torch_version()
+    if found is not None and version_tuple(found) < TORCH_MINIMUM:
+        advice = (f"AutoSeg needs PyTorch {TORCH_REQUIREMENT} (GPU training uses torch.amp.GradScaler), but "
+                  f"{found} is installed.")
+        if torch_logic is None:
+            raise AutoSegError(advice + " Install the 'PyTorch' extension (Extensions Manager) to upgrade it, or "
+                               "upgrade torch in Slicer's Python, then restart Slicer.")
+        if not confirm(advice + " Upgrade it now with PyTorch Utils (a few minutes, needs internet)? Restart "
+                       "Slicer afterwards."):
+            return False
+        if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+            return False
+        found = torch_version()
+        if found is None or version_tuple(found) < TORCH_MINIMUM:
+            raise AutoSegError(f"Upgrading PyTorch did not work: {found or 'no torch'} is installed, "
+                               f"{TORCH_REQUIREMENT} is needed. Use the PyTorch Utils module to install it.")
     missing = missing_requirements(is_importable)
     if not missing:
         return True
@@ -110,7 +159,7 @@ def list_devices(python_executable: str, timeout: float = 120.0) -> Tuple[List[T
     devices = [("auto", "auto (best found)")]
     try:
         proc = subprocess.run([python_executable, "-c", _DEVICE_PROBE], capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, **hidden_console_kwargs())
         found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else []
     except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
         return devices + [("cpu", "CPU")], f"Could not list devices: {exc}"

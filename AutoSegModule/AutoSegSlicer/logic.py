@@ -254,10 +254,22 @@ class AutoSegLogic(CorrectionLogic):
             raise
         return SegmentationJob(model, volumes, options, prepared, runner, target_segmentation, on_event)
 
-    def cancel(self, job: SegmentationJob) -> None:
-        """Kill the child process tree and remove the temporary files; the scene is not touched."""
-        job.runner.cancel()
-        shutil.rmtree(job.prepared.folder, ignore_errors=True)
+    def cancel(self, job: SegmentationJob, wait: bool = True) -> None:
+        """Kill the child process tree and remove the temporary files; the scene is not touched.
+
+        ``wait=False`` (the GUI): returns at once; the kill and the removal finish on a background thread.
+        """
+        if wait:
+            job.runner.cancel()
+            shutil.rmtree(job.prepared.folder, ignore_errors=True)
+            return
+        import threading
+
+        def finish():
+            job.runner.cancel()
+            shutil.rmtree(job.prepared.folder, ignore_errors=True)
+
+        threading.Thread(target=finish, daemon=True, name="autoseg-cancel").start()
 
     def finish_segmentation(self, job: SegmentationJob, result: Optional[RunResult] = None):
         """Read the child's label map into a segmentation node (new, or ``job.target`` replaced).

@@ -35,6 +35,38 @@ WIDGETS_FOR_TYPE = {
 }
 
 
+def store_inputs(parameter_node, volumes) -> None:
+    """Keep ``volumes`` (None for an empty selector) as references ``AutoSeg.Input<N>`` on the
+    vtkMRMLScriptedModuleNode ``parameter_node`` (saved with the scene); references past the last are removed.
+    A None parameter node (the scene is closing) stores nothing."""
+    if parameter_node is None:
+        return
+    volumes = list(volumes)
+    for i, node in enumerate(volumes):
+        parameter_node.SetNodeReferenceID(f"{INPUT_REFERENCE_ROLE}{i}", node.GetID() if node is not None else None)
+    i = len(volumes)
+    while parameter_node.GetNodeReference(f"{INPUT_REFERENCE_ROLE}{i}") is not None:
+        parameter_node.RemoveNodeReferenceIDs(f"{INPUT_REFERENCE_ROLE}{i}")
+        i += 1
+
+
+def stored_inputs(parameter_node, count: int) -> list:
+    """The ``count`` input volumes stored by `store_inputs` (None where none, or not a scalar volume any more)."""
+    out = []
+    for i in range(count):
+        node = parameter_node.GetNodeReference(f"{INPUT_REFERENCE_ROLE}{i}") if parameter_node is not None else None
+        ok = node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+        out.append(node if ok else None)
+    return out
+
+
+def initial_inputs(parameter_node, count: int, defaults) -> list:
+    """What a model's ``count`` input selectors start with: the stored choice where there is one (the user's,
+    or a loaded scene's), else the logic's default for that channel."""
+    defaults = list(defaults) + [None] * count
+    return [stored or default for stored, default in zip(stored_inputs(parameter_node, count), defaults)]
+
+
 def parse_folds(text: str):
     """``"0 1"`` / ``"0,1"`` -> ``("0", "1")``; ``""`` -> None (all folds). Raises ValueError for junk."""
     parts = [p for p in str(text or "").replace(",", " ").split() if p]

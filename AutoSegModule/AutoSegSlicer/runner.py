@@ -133,7 +133,7 @@ class ProcessRunner:
         env["PYTHONUNBUFFERED"] = "1"
         if self.pythonpath:
             env["PYTHONPATH"] = self.pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        kwargs = {}
+        kwargs = hidden_console_kwargs()
         if sys.platform == "win32":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
         else:
@@ -229,16 +229,25 @@ class ProcessRunner:
         return self._result
 
     # -- cancelling ---------------------------------------------------------------------------
-    def cancel(self, grace_s: float = 3.0) -> None:
-        """Stop the child and every process it started; returns when they are gone.
+    def cancel(self, grace_s: float = 3.0, wait: bool = True) -> None:
+        """Stop the child and every process it started.
 
-        Sends SIGTERM to the process group, then SIGKILL after ``grace_s`` seconds.
+        Sends SIGTERM to the process group, then SIGKILL after ``grace_s`` seconds. With ``wait`` (default)
+        returns when they are gone; without, returns at once and finishes on a daemon thread (the GUI stays
+        responsive; `running` turns False and `result` appears once the child is gone).
         """
         if not self.running:
             return
         self._cancelled = True
         proc = self._proc
         _signal_tree(proc, signal.SIGTERM if sys.platform != "win32" else None)
+        if not wait:
+            threading.Thread(target=self._finish_cancel, args=(proc, grace_s), daemon=True,
+                             name="autoseg-cancel").start()
+            return
+        self._finish_cancel(proc, grace_s)
+
+    def _finish_cancel(self, proc: subprocess.Popen, grace_s: float) -> None:
         deadline = time.monotonic() + grace_s
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -247,10 +256,25 @@ class ProcessRunner:
         self._finished.wait(grace_s + 5)
 
 
+def hidden_console_kwargs() -> dict:
+    """``subprocess`` keyword arguments that keep a child's console window hidden on Windows ({} elsewhere).
+
+    PythonSlicer and taskkill are console programs: started from the Slicer GUI they would each open a
+    console window, and closing it kills the job. Hidden as Slicer's own ``slicer.util.launchConsoleProcess``
+    does (STARTUPINFO with STARTF_USESHOWWINDOW and SW_HIDE, Base/Python/slicer/util.py at v5.8.0).
+    """
+    if sys.platform != "win32":
+        return {}
+    info = subprocess.STARTUPINFO()
+    info.dwFlags |= 1   # STARTF_USESHOWWINDOW
+    info.wShowWindow = 0  # SW_HIDE
+    return {"startupinfo": info}
+
+
 def _signal_tree(proc: subprocess.Popen, sig) -> None:
     if sys.platform == "win32":
         # taskkill /T kills the tree; Popen.kill alone would leave grandchildren.
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True)
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, **hidden_console_kwargs())
         return
     try:
         os.killpg(proc.pid, sig)  # start_new_session: the group id is the child's pid

@@ -4,6 +4,7 @@
 Registered in `widget.SECTIONS` as ``"AutoSegSlicer.training_widget:TrainingSection"``. Its widgets are in
 Resources/UI/AutoSegTraining.ui (kept as ``self.form``, apart from the panel's ``ui``), added below the
 panel's sections. A QTimer drives `TrainingJob.poll` so that curves and tables change on the GUI thread.
+Every slot is wrapped by `slots.guarded` (a message and `recover()` whatever it raises).
 ``qt`` and ``slicer`` are imported inside the methods: only widget.py / AutoSeg.py import them at module level
 (Testing/slicer/test_ui_and_packaging.py), so this file imports headless.
 """
@@ -13,6 +14,8 @@ import logging
 from pathlib import Path
 
 from AutoSegLib.errors import AutoSegError
+from AutoSegSlicer import storage
+from AutoSegSlicer.slots import guarded, restore_cursor
 from AutoSegSlicer.training import TrainingLogic, UnfinishedTrainingError
 from AutoSegSlicer.training_options import MODES, TooFewCasesError, TrainingOptions
 from AutoSegSlicer.training_partial import MODES as UNANNOTATED_MODES
@@ -21,6 +24,20 @@ from AutoSegSlicer.training_partial import add_partial_case
 log = logging.getLogger(__name__)
 
 SETTINGS_DATASET = "AutoSeg/TrainingDataset"
+
+
+def resumable_names(states) -> list:
+    """One line per resumable training: name, kind, steps done, work folder."""
+    return [f"{s.options.model_name} ({s.kind}, {sum(st.status == 'done' for st in s.steps)}/{len(s.steps)} steps "
+            f"done) - {s.work}" for s in states]
+
+
+def choose_resumable(states, ask):
+    """The state the user picked: ``ask(names)`` returns the chosen name, or None when the dialog was
+    cancelled (then None: nothing is resumed)."""
+    names = resumable_names(states)
+    choice = ask(names) if names else None
+    return states[names.index(choice)] if choice in names else None
 
 
 class TrainingSection:
@@ -47,9 +64,14 @@ class TrainingSection:
         self.form = slicer.util.childWidgetVariables(self.widget)
         self.widget.setMRMLScene(slicer.mrmlScene)
         base = self.panel.logic
+        from AutoSegSlicer.widget import app_local_data
+
+        runs = slicer.util.settingsValue(storage.SETTINGS_TRAINING_FOLDER,
+                                         str(storage.default_training_folder(app_local_data())))
         self.logic = TrainingLogic(slicer.mrmlScene, base.models_dir, base.python_executable,
-                                   work_root=Path(slicer.app.temporaryPath) / "AutoSeg" / "training",
-                                   pythonpath=base.pythonpath)
+                                   work_root=Path(runs), pythonpath=base.pythonpath)
+        self.form.trainingRunsPathLineEdit.currentPath = runs
+        self.form.trainingRunsPathLineEdit.connect("currentPathChanged(QString)", self.onTrainingRunsFolderChanged)
         for mode in MODES:
             self.form.modeComboBox.addItem(mode, mode)
         for dev in ("auto", "cuda", "mps", "cpu"):
@@ -86,6 +108,7 @@ class TrainingSection:
     def datasetPath(self) -> str:
         return str(self.form.datasetPathLineEdit.currentPath or "")
 
+    @guarded("Choosing the dataset")
     def onDatasetChanged(self, path):
         import qt
         qt.QSettings().setValue(SETTINGS_DATASET, path)
@@ -97,6 +120,17 @@ class TrainingSection:
         if summary.ok and not self.form.modelNameLineEdit.text:
             self.form.modelNameLineEdit.text = summary.name
 
+    @guarded("Changing the training runs folder")
+    def onTrainingRunsFolderChanged(self, path):
+        """Where resumable training runs are kept (the data folder by default, see `storage`)."""
+        import qt
+        if not path or self.job is not None:
+            return
+        qt.QSettings().setValue(storage.SETTINGS_TRAINING_FOLDER, path)
+        self.logic.work_root = Path(path)
+        self.refreshResumable()
+
+    @guarded("Verifying the dataset")
     def onVerify(self):
         import slicer
         if self._verify_runner is not None:
@@ -126,6 +160,7 @@ class TrainingSection:
             self.message(line, "warning")
         self.message("Dataset OK." if ok else "The dataset has problems (above); training would not start.")
 
+    @guarded("Choosing fine-tuning")
     def onFineTuneToggled(self, checked):
         model = self.panel.currentModel()
         if checked and model is not None:
@@ -145,6 +180,7 @@ class TrainingSection:
         values.update(changes)
         return TrainingOptions(**values)
 
+    @guarded("Training")
     def onStart(self):
         import slicer
         if self.job is not None and self.job.running:
@@ -184,6 +220,7 @@ class TrainingSection:
             job = self.logic.start_training(dataset, options)
         self._follow(job)
 
+    @guarded("Resuming the training")
     def onResume(self):
         import qt
         import slicer
@@ -191,14 +228,21 @@ class TrainingSection:
         if not states:
             self.refreshResumable()
             return
-        names = [f"{s.options.model_name} ({s.kind}, {sum(st.status == 'done' for st in s.steps)}/{len(s.steps)} steps "
-                 f"done) - {s.work}" for s in states]
-        choice = qt.QInputDialog.getItem(slicer.util.mainWindow(), "Resume training", "Unfinished training:", names,
-                                         0, False)
-        if not choice or choice not in names:
-            return
-        with slicer.util.tryWithErrorDisplay("Training could not be resumed."):
-            self._follow(self.logic.resume(states[names.index(choice)].work))
+        names = resumable_names(states)
+
+        def ask(names):
+            # A dialog object, not QInputDialog.getItem: getItem returns the current item on Cancel too (its
+            # `ok` out-argument is what tells them apart), so Cancel would resume the first run.
+            dialog = qt.QInputDialog(slicer.util.mainWindow())
+            dialog.setWindowTitle("Resume training")
+            dialog.setLabelText("Unfinished training:")
+            dialog.setComboBoxItems(names)
+            dialog.setComboBoxEditable(False)
+            return dialog.textValue() if dialog.exec_() == qt.QDialog.Accepted else None
+
+        state = choose_resumable(states, ask)
+        if state is not None:
+            self._follow(self.logic.resume(state.work))
 
     def _follow(self, job):
         import slicer
@@ -214,6 +258,30 @@ class TrainingSection:
                 pass
         self._timer.start()
 
+    def recover(self):
+        """After a slot failed: no wait cursor; buttons match what really runs; the timer runs only if needed."""
+        restore_cursor()
+        running = self.job is not None and self.job.running
+        self.form.verifyButton.enabled = self._verify_runner is None
+        if not running:
+            self.job = None
+            self.form.startTrainingButton.text = "Start training"
+            self.refreshResumable()
+            if self._verify_runner is None:
+                self._timer.stop()
+
+    def recoverFromPoll(self):
+        """Following the run failed: stop it (it stays resumable) rather than leave an unwatched child."""
+        self._timer.stop()
+        runner, self._verify_runner = self._verify_runner, None
+        if runner is not None:
+            runner.cancel()
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+        self.form.trainingStatusLabel.text = "Stopped: see the message."
+        self.recover()
+
+    @guarded("Following the training", recover="recoverFromPoll")
     def _poll(self):
         if self._verify_runner is not None:
             self._poll_verify()
@@ -264,6 +332,7 @@ class TrainingSection:
             "Continue an interrupted training: " + ", ".join(s.options.model_name for s in states)
             if states else "No unfinished training.")
 
+    @guarded("Opening the training log")
     def onOpenLog(self):
         import qt
         work = self.job.state.work if self.job is not None else None
@@ -278,6 +347,7 @@ class TrainingSection:
         self.form.trainingMessagesTextEdit.appendPlainText(prefix + text)
 
     # -- partial annotations -----------------------------------------------------------------
+    @guarded("Adding the case")
     def onAddPartialCase(self):
         import slicer
         seg = self.panel.currentSegmentation()

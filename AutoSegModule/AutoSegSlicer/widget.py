@@ -9,6 +9,9 @@ More sections: a class listed in `SECTIONS` (``"module:Class"``) is constructed 
 ``setup()``, ``cleanup()`` and, when present, ``onModelsChanged()``, ``onSegmentationCreated(node)`` and
 ``onStateChanged(busy, segmentation)``. Its widgets live in the same .ui file (``self.panel.ui.<name>``).
 "Correct and export" (widget_corrections.py) is such a section.
+
+Every slot is wrapped by `slots.guarded`: whatever it raises ends in a message and `recover()` (no timer
+left running for nothing, Apply back to Apply, no wait cursor).
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ import slicer
 from slicer.util import VTKObservationMixin
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import dependencies, parameters
+from AutoSegSlicer import dependencies, parameters, storage
+from AutoSegSlicer.slots import guarded, restore_cursor
 from AutoSegSlicer.logic import DEVICES, AutoSegLogic, PredictOptions
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,10 @@ SECTIONS: list = ["AutoSegSlicer.widget_corrections:CorrectionsSection",
 
 SETTINGS_MODELS_FOLDER = "AutoSeg/ModelsFolder"
 
+#: A typed models folder is applied this long after the last keystroke (ctkPathLineEdit emits
+#: currentPathChanged on every keystroke that leaves a valid path: CTK ctkPathLineEdit::updateHasValidInput).
+PATH_EDIT_DELAY_MS = 800
+
 
 def module_library_path() -> str:
     """The folder holding AutoSegLib: next to the module in an installed extension, one up in a checkout."""
@@ -44,8 +52,34 @@ def module_library_path() -> str:
     return str(here)
 
 
+def app_local_data() -> str:
+    """Qt's per-user, non-roaming application data folder (see `storage`)."""
+    return qt.QStandardPaths.writableLocation(qt.QStandardPaths.AppLocalDataLocation)
+
+
 def default_models_folder() -> str:
-    return str(Path(slicer.app.slicerUserSettingsFilePath).parent / "AutoSeg" / "models")
+    return str(storage.default_models_folder(app_local_data()))
+
+
+def migrate_old_folders() -> list:
+    """Once: move models and training runs from where earlier versions kept them (next to the settings file,
+    in the temporary folder) into the data folder, unless the user chose other folders. Returns messages."""
+    settings = qt.QSettings()
+    if settings.contains(storage.SETTINGS_MIGRATED):
+        return []
+    local = app_local_data()
+    messages = []
+    old_models = storage.legacy_models_folder(slicer.app.slicerUserSettingsFilePath)
+    chosen = settings.value(SETTINGS_MODELS_FOLDER) if settings.contains(SETTINGS_MODELS_FOLDER) else None
+    if chosen is None or Path(str(chosen)) == old_models:
+        messages += storage.migrate(old_models, storage.default_models_folder(local))
+        if chosen is not None:
+            settings.setValue(SETTINGS_MODELS_FOLDER, str(storage.default_models_folder(local)))
+    if not settings.contains(storage.SETTINGS_TRAINING_FOLDER):
+        messages += storage.migrate(storage.legacy_training_folder(slicer.app.temporaryPath),
+                                    storage.default_training_folder(local))
+    settings.setValue(storage.SETTINGS_MIGRATED, str(storage.data_folder(local)))
+    return messages
 
 
 def python_executable() -> str:
@@ -74,6 +108,7 @@ class AutoSegPanel(VTKObservationMixin):
         self.sections = []
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._selectors_key = None  # (model path, channels) the input selectors were built for
         self._add_model_runner = None
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -86,16 +121,31 @@ class AutoSegPanel(VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
 
+        moved = migrate_old_folders()
+        for line in moved:
+            self.log(line)
         folder = slicer.util.settingsValue(SETTINGS_MODELS_FOLDER, default_models_folder())
         self.ui.modelsFolderPathLineEdit.currentPath = folder
         self.logic = make_logic(folder)
 
+        self._applied_models_folder = folder
+        self._folder_timer = qt.QTimer()
+        self._folder_timer.setSingleShot(True)
+        self._folder_timer.setInterval(PATH_EDIT_DELAY_MS)
+        self._folder_timer.connect("timeout()", self.applyModelsFolder)
+
         for dev in DEVICES:
             self.ui.deviceComboBox.addItem(dev, dev)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
-        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
+        # One dialog per way of adding a model (a folder, an archive): one Cancel leaves.
+        self._add_model_menu = qt.QMenu(self.ui.addModelButton)
+        self._add_model_menu.addAction("From a model folder or nnU-Net results folder...").connect(
+            "triggered()", self.onAddModelFolder)
+        self._add_model_menu.addAction("From an archive (.zip, .tar.gz, .autoseg)...").connect(
+            "triggered()", self.onAddModelArchive)
+        self.ui.addModelButton.setMenu(self._add_model_menu)
         self.ui.refreshDevicesButton.connect("clicked(bool)", self.onDetectDevices)
-        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderEdited)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -106,12 +156,16 @@ class AutoSegPanel(VTKObservationMixin):
             section = getattr(importlib.import_module(module_name), class_name)(self)
             section.setup()
             self.sections.append(section)
+        # Sections are stacked from the top; the stretch keeps them there (no spacer inside AutoSeg.ui,
+        # which would open a gap between the Segment sections and the ones added below it).
+        self.module_widget.layout.addStretch(1)
 
         self.initializeParameterNode()
         self.refreshModels()
 
     def cleanup(self):
         self._timer.stop()
+        self._folder_timer.stop()
         if self.job is not None and self.job.running:
             self.logic.cancel(self.job)
         for section in self.sections:
@@ -125,20 +179,39 @@ class AutoSegPanel(VTKObservationMixin):
         self._unbindParameterNode()
         self._parameterNode = wrapper(self.module_widget.logic.getParameterNode())
         self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self._updateButtons()
+        self._selectors_key = None  # the stored inputs of this parameter node apply: rebuild the selectors
+        self.onModelChanged()
+
+    def _mrmlParameterNode(self):
+        """The vtkMRMLScriptedModuleNode behind the wrapper (None after the scene was closed)."""
+        return self._parameterNode.parameterNode if self._parameterNode is not None else None
 
     def _unbindParameterNode(self):
         if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         self._parameterNodeGuiTag = None
 
+    @guarded("Closing the scene")
     def onSceneStartClose(self, caller, event):
+        """The scene is about to be cleared: a running segmentation would finish into removed nodes, so it is
+        cancelled (the child is killed, its temporary files removed); an installing model goes on."""
+        if self.job is not None:
+            job, self.job = self.job, None
+            if self._add_model_runner is None:
+                self._timer.stop()
+            self.logic.cancel(job, wait=False)
+            self.setBusy(False)
+            self.ui.statusLabel.text = "Cancelled: the scene was closed."
         self._unbindParameterNode()
         self._parameterNode = None
 
+    @guarded("Closing the scene")
     def onSceneEndClose(self, caller, event):
+        self._selectors_key = None  # the input selectors pointed at removed volumes: choose again
         if self.module_widget.parent.isEntered:
             self.initializeParameterNode()
+        else:
+            self.onModelChanged()
 
     # -- models ------------------------------------------------------------------------------
     def refreshModels(self, select_path=None):
@@ -169,8 +242,19 @@ class AutoSegPanel(VTKObservationMixin):
         index = self.ui.modelComboBox.currentIndex
         return self.models[index] if 0 <= index < len(self.models) else None
 
+    @guarded("Choosing the model")
     def onModelChanged(self, *_):
+        """Show the model's inputs. The selectors are rebuilt only when the model (or its channels) changed,
+        so a refresh of the model list keeps what the user chose; new selectors start from the inputs stored
+        on the parameter node, then from `AutoSegLogic.default_inputs`."""
         model = self.currentModel()
+        key = (str(model.path), tuple(model.channel_names)) if model is not None else None
+        if model is not None:
+            self.ui.modelInfoLabel.text = model.summary()
+        if key is not None and key == self._selectors_key and self.input_selectors:
+            self._updateButtons()
+            return
+        self._selectors_key = key
         layout = self.ui.inputsFormLayout
         for label, selector in self.input_selectors:
             layout.removeWidget(label)
@@ -181,14 +265,15 @@ class AutoSegPanel(VTKObservationMixin):
         if model is None:
             self._updateButtons()
             return
-        self.ui.modelInfoLabel.text = model.summary()
         volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
         volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
-        defaults = self.logic.default_inputs(model, volumes)
+        defaults = parameters.initial_inputs(self._mrmlParameterNode(), len(model.channel_names),
+                                             self.logic.default_inputs(model, volumes))
         for channel, default in zip(model.channel_names, defaults):
             label = qt.QLabel(f"{channel}:")
             selector = slicer.qMRMLNodeComboBox()
             selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.hideChildNodeTypes = ["vtkMRMLLabelMapVolumeNode"]  # label maps are not model inputs
             selector.selectNodeUponCreation = False
             selector.addEnabled = False
             selector.removeEnabled = False
@@ -196,24 +281,47 @@ class AutoSegPanel(VTKObservationMixin):
             selector.setMRMLScene(slicer.mrmlScene)
             selector.setToolTip(f"Volume for the model input '{channel}'")
             selector.setCurrentNode(default)
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
             layout.addRow(label, selector)
             self.input_selectors.append((label, selector))
+        self.onInputChanged()
+
+    @guarded("Choosing an input volume")
+    def onInputChanged(self, *_):
+        """Remember the chosen inputs on the parameter node (saved with the scene), then update the buttons."""
+        parameters.store_inputs(self._mrmlParameterNode(), self.inputVolumes())
         self._updateButtons()
 
-    def onModelsFolderChanged(self, path):
+    @guarded("Changing the models folder")
+    def onModelsFolderEdited(self, path):
+        """Typing or browsing: the folder is applied once the path has stayed the same for a moment."""
+        self._folder_timer.start()
+
+    @guarded("Changing the models folder")
+    def applyModelsFolder(self):
+        path = str(self.ui.modelsFolderPathLineEdit.currentPath or "")
+        if not path or path == self._applied_models_folder:
+            return
+        self._applied_models_folder = path
         qt.QSettings().setValue(SETTINGS_MODELS_FOLDER, path)
         self.logic.models_dir = Path(path)
         self.refreshModels()
 
-    def onAddModel(self):
-        source = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), "Model folder or nnU-Net results folder (Cancel to pick an archive)")
-        if not source:
-            source = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Model archive", "",
-                                                    "Model archives (*.zip *.tar.gz *.tgz *.autoseg)")
-        if not source:
-            return
+    @guarded("Adding the model")
+    def onAddModelFolder(self):
+        source = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
+                                                     "Model folder or nnU-Net results folder")
+        if source:
+            self.addModel(source)
+
+    @guarded("Adding the model")
+    def onAddModelArchive(self):
+        source = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Model archive", "",
+                                                "Model archives (*.zip *.tar.gz *.tgz *.autoseg)")
+        if source:
+            self.addModel(source)
+
+    def addModel(self, source):
         if not self.ensureDependencies():
             return
         self.log(f"Installing model from {source} ...")
@@ -225,17 +333,18 @@ class AutoSegPanel(VTKObservationMixin):
         self.setBusy(True)
         self._timer.start()
 
+    @guarded("Listing the devices")
     def onDetectDevices(self):
-        with slicer.util.tryWithErrorDisplay("Could not list devices.", waitCursor=True):
+        with slicer.util.WaitCursor():
             devices, problem = dependencies.list_devices(self.logic.python_executable)
-            current = self.ui.deviceComboBox.currentData
-            self.ui.deviceComboBox.clear()
-            for dev, label in devices:
-                self.ui.deviceComboBox.addItem(label, dev)
-            index = self.ui.deviceComboBox.findData(current)
-            self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
-            if problem:
-                self.log(problem, "warning")
+        current = self.ui.deviceComboBox.currentData
+        self.ui.deviceComboBox.clear()
+        for dev, label in devices:
+            self.ui.deviceComboBox.addItem(label, dev)
+        index = self.ui.deviceComboBox.findData(current)
+        self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
+        if problem:
+            self.log(problem, "warning")
 
     # -- running -----------------------------------------------------------------------------
     def inputVolumes(self):
@@ -250,13 +359,16 @@ class AutoSegPanel(VTKObservationMixin):
         device = self.ui.deviceComboBox.currentData or "auto"
         return PredictOptions(device=device, tta=p.useTTA, folds=folds, step_size=p.stepSize, show_3d=p.show3D)
 
+    @guarded("Segmentation")
     def onApply(self):
         if self._add_model_runner is not None and self._add_model_runner.running:
-            self._add_model_runner.cancel()  # _poll reports it and restores the buttons
+            self._add_model_runner.cancel(wait=False)  # _poll reports it and restores the buttons
             return
         if self.job is not None and self.job.running:
             self.onCancel()
             return
+        if self._parameterNode is None:
+            raise AutoSegError("The scene is being closed; try again once it is loaded.")
         target = self._parameterNode.outputSegmentation
         if target is not None and not slicer.util.confirmOkCancelDisplay(
                 f"Replace all segments of '{target.GetName()}' with the new result?"):
@@ -276,13 +388,36 @@ class AutoSegPanel(VTKObservationMixin):
         self._timer.start()
 
     def onCancel(self):
+        """Cancel without blocking the GUI: the child gets SIGTERM now and SIGKILL later on a thread."""
         self.log("Cancelling ...")
-        self.logic.cancel(self.job)
+        self.logic.cancel(self.job, wait=False)
         self._timer.stop()
         self.job = None
         self.setBusy(False)
         self.ui.statusLabel.text = "Cancelled; the scene was not changed."
 
+    def recover(self):
+        """After a slot failed: no wait cursor, Apply/Cancel matching what really runs, timer only if needed."""
+        restore_cursor()
+        running = (self.job is not None and self.job.running) or (
+            self._add_model_runner is not None and self._add_model_runner.running)
+        if not running:
+            self._timer.stop()
+        self.setBusy(running)
+
+    def recoverFromPoll(self):
+        """Polling failed: what it polled cannot be followed any more, so it is stopped (never left orphaned)."""
+        self._timer.stop()
+        job, self.job = self.job, None
+        runner, self._add_model_runner = self._add_model_runner, None
+        if job is not None:
+            self.logic.cancel(job, wait=False)
+        if runner is not None:
+            runner.cancel(wait=False)
+        self.ui.statusLabel.text = "Failed; the scene was not changed."
+        self.recover()
+
+    @guarded("Following the running job", recover="recoverFromPoll")
     def _poll(self):
         runner = self._add_model_runner
         if runner is not None:
@@ -315,7 +450,8 @@ class AutoSegPanel(VTKObservationMixin):
             self.ui.statusLabel.text = "Failed; the scene was not changed."
             slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
             return
-        self._parameterNode.outputSegmentation = node
+        if self._parameterNode is not None:
+            self._parameterNode.outputSegmentation = node
         slicer.util.setSliceViewerLayers(background=job.volumes[0], fit=True)
         self.ui.statusLabel.text = f"Done: '{node.GetName()}'."
         for section in self.sections:
@@ -342,6 +478,7 @@ class AutoSegPanel(VTKObservationMixin):
             self.log("Result: " + ", ".join(f"{k}={v}" for k, v in event.items() if k != "event"))
 
     def setBusy(self, busy: bool):
+        """Apply becomes Cancel while a segmentation or a model installation runs."""
         self.ui.applyButton.text = "Cancel" if busy else "Apply"
         self.ui.progressBar.value = 0
         for w in (self.ui.modelComboBox, self.ui.addModelButton):
@@ -355,14 +492,17 @@ class AutoSegPanel(VTKObservationMixin):
         self.ui.logTextEdit.appendPlainText(prefix + message)
         getattr(log, "warning" if level == "warning" else "error" if level == "error" else "info")(message)
 
+    @guarded("Updating the panel")
     def _updateButtons(self, *_):
         if self.ui is None:
             return
-        busy = self.job is not None and self.job.running
+        segmenting = self.job is not None and self.job.running
+        installing = self._add_model_runner is not None and self._add_model_runner.running
+        busy = segmenting or installing  # either can be cancelled with the Apply button, model or not
         has_inputs = bool(self.input_selectors) and all(s.currentNode() for _, s in self.input_selectors)
         self.ui.applyButton.enabled = busy or (self.currentModel() is not None and has_inputs)
-        self.ui.applyButton.toolTip = ("Segment the input volume(s)" if not busy else "Cancel the running segmentation")
-        busy = busy or (self._add_model_runner is not None and self._add_model_runner.running)
+        self.ui.applyButton.toolTip = ("Cancel the running segmentation" if segmenting else
+                                       "Cancel installing the model" if installing else "Segment the input volume(s)")
         for section in self.sections:
             if hasattr(section, "onStateChanged"):
                 section.onStateChanged(busy, self.currentSegmentation())
@@ -372,18 +512,24 @@ class AutoSegPanel(VTKObservationMixin):
 
     # -- dependencies ------------------------------------------------------------------------
     def ensureDependencies(self) -> bool:
+        """True when torch and the other packages are there (installed after asking). Installer failures
+        (declined, offline, pip errors) propagate to the calling slot, whose guard shows them."""
         try:
             import PyTorchUtils
             torch_logic = PyTorchUtils.PyTorchUtilsLogic()
         except ImportError:
             torch_logic = None
-        packaging = getattr(slicer, "packaging", None)
         try:
-            with slicer.util.WaitCursor():
-                return dependencies.ensure_dependencies(
-                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="AutoSeg"),
-                    pip_install=slicer.util.pip_install, torch_logic=torch_logic,
-                    pip_ensure=getattr(packaging, "pip_ensure", None))
-        except AutoSegError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
-            return False
+            # A submodule that `import slicer` does not import (Slicer 5.12+; absent before).
+            from slicer import packaging
+        except ImportError:
+            packaging = None
+
+        def pip_install(requirements):
+            with slicer.util.WaitCursor():  # only around the install: the questions are asked with a normal cursor
+                slicer.util.pip_install(requirements)
+
+        return dependencies.ensure_dependencies(
+            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="AutoSeg"),
+            pip_install=pip_install, torch_logic=torch_logic,
+            pip_ensure=getattr(packaging, "pip_ensure", None))

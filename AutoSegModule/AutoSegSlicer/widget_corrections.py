@@ -11,6 +11,8 @@ from pathlib import Path
 import qt
 import slicer
 
+from AutoSegSlicer.slots import guarded, restore_cursor
+
 
 class CorrectionsSection:
     def __init__(self, panel):
@@ -25,10 +27,16 @@ class CorrectionsSection:
     def cleanup(self):
         pass
 
+    def recover(self):
+        """After a slot failed: no wait cursor, the buttons as the panel's state says."""
+        restore_cursor()
+        self.panel._updateButtons()
+
     def onStateChanged(self, busy: bool, segmentation):
         for w in (self.ui.correctButton, self.ui.exportButton, self.ui.addToTrainingSetButton):
             w.enabled = segmentation is not None and not busy
 
+    @guarded("Opening the Segment Editor")
     def onCorrect(self):
         seg = self.panel.currentSegmentation()
         volume = self.panel.logic.source_volume(seg) if seg else None
@@ -37,6 +45,7 @@ class CorrectionsSection:
         editor.setSegmentationNode(seg)
         editor.setSourceVolumeNode(volume)
 
+    @guarded("Exporting the labels")
     def onExport(self):
         seg = self.panel.currentSegmentation()
         volume = self.panel.logic.source_volume(seg) if seg else None
@@ -61,6 +70,7 @@ class CorrectionsSection:
             if assignment.warnings:
                 slicer.util.warningDisplay("\n".join(assignment.warnings), windowTitle="AutoSeg export")
 
+    @guarded("Adding the case to the training set")
     def onAddToTrainingSet(self):
         seg = self.panel.currentSegmentation()
         folder = str(self.panel._parameterNode.datasetFolder or "")

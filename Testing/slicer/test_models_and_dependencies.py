@@ -163,3 +163,28 @@ def test_list_devices_labels_a_gpu_the_child_finds(tmp_path):
     fake.write_text("#!/bin/sh\necho '[[\"error\", \"ModuleNotFoundError: torch\"]]'\n")
     devices, problem = dependencies.list_devices(str(fake))
     assert devices == [("auto", "auto (CPU)"), ("cpu", "CPU")] and "PyTorch is not usable" in problem
+
+
+def test_an_installed_torch_older_than_23_is_upgraded_through_pytorchutils_after_asking():
+    """torch.amp.GradScaler("cuda") needs torch 2.3: an older torch is not accepted silently (issue #13 item 5)."""
+    present = {"torch", "scipy", "batchgenerators", "matplotlib"}
+    versions = iter(["2.1.2+cu118", "2.5.1+cu121"])      # before and after the upgrade
+    logic = _TorchLogic(installed=True)
+    asked = []
+    assert dependencies.TORCH_REQUIREMENT == ">=2.3"
+    assert dependencies.ensure_dependencies(lambda t: asked.append(t) or True, lambda r: None, torch_logic=logic,
+                                            is_importable=present.__contains__,
+                                            torch_version=lambda: next(versions)) is True
+    assert logic.calls == [(False, ">=2.3")] and "2.1.2+cu118 is installed" in asked[0]
+    declined = _TorchLogic(installed=True)
+    assert dependencies.ensure_dependencies(lambda t: False, lambda r: None, torch_logic=declined,
+                                            is_importable=present.__contains__, torch_version=lambda: "2.2.0") is False
+    assert declined.calls == []
+    with pytest.raises(AutoSegError, match="PyTorch >=2.3.*2.2.0 is installed.*'PyTorch' extension"):
+        dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=None,
+                                         is_importable=present.__contains__, torch_version=lambda: "2.2.0")
+    stuck = _TorchLogic(installed=True)
+    with pytest.raises(AutoSegError, match="Upgrading PyTorch did not work: 2.2.0"):
+        dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=stuck,
+                                         is_importable=present.__contains__, torch_version=lambda: "2.2.0")
+    assert dependencies.version_tuple("2.3.0a0+git1234") == (2, 3, 0) and dependencies.version_tuple("2.10") > (2, 3)
