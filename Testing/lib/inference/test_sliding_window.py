@@ -109,6 +109,11 @@ def test_matches_reference_stitching(name):
         batched = predict_sliding_window(c["input"], net, c["patch_size"], step_size=c["step_size"],
                                          gaussian=c["gaussian"], mirror_axes=c["mirror_axes"], batch_size=4)
     assert out.dtype == torch.float16 and out.shape == c["logits"].shape
-    torch.testing.assert_close(out, c["logits"], rtol=0, atol=0)  # same operations, same order
+    # Same operations in the same order as the reference's stitching; bit-exact only on a CPU whose oneDNN
+    # picks the convolution kernels of the machine that made the fixture (Zen). On AVX-512/AMX CPUs other
+    # kernels move float32 logits by ~1e-6, which flips float16 roundings of the stitched sum (measured on a
+    # Sapphire Rapids Xeon: 26 of 24,570 values, at most 1.8e-3). A stitching error (weights, offsets,
+    # flips) moves values by far more than that.
+    torch.testing.assert_close(out.float(), c["logits"].float(), rtol=2e-3, atol=2e-3)
     # batching changes the predictor's float rounding only: within a float16 ulp or two
     torch.testing.assert_close(batched.float(), c["logits"].float(), rtol=2e-3, atol=2e-3)
