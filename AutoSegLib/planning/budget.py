@@ -4,10 +4,11 @@ The stock configurations are sized for GPU memory and ~250,000 iterations; on a 
 about a hundred of them. The budget configuration (``3d_budget``, ``2d_budget`` for 2D data) is chosen by
 explicit rules from the device's measured cost (`planning.calibration.Calibration`):
 
-1. **Time**: the budget pays for training *and* its validation. Reserved first: the fold's final
-   validation (its cases predicted in full, no mirroring: windows at half-patch steps x one forward pass,
-   a forward pass costing a third of a training step) and per-epoch validation batches, plus
-   ``OVERHEAD_S`` for start-up and checkpoints. The rest buys iterations.
+1. **Time**: the budget pays for training *and* its validation. Reserved first (`validation_reserve`):
+   the fold's final validation (its cases predicted in full, no mirroring: windows at half-patch steps x
+   one forward pass, a forward pass costing a third of a training step, plus a fixed cost per case) and
+   per-epoch validation batches, plus ``OVERHEAD_S`` for start-up and checkpoints. The rest buys
+   iterations.
 2. **Candidates**, finest first: the fullres target spacing coarsened by ``SPACING_FACTORS`` (the finest
    axes first: ``new[a] = max(target[a], factor x finest target)``, so anisotropic data first becomes
    isotropic), each with ``BASE_FEATURES`` (32 then 16 features in the first stage, doubling per stage,
@@ -52,6 +53,13 @@ MIN_ITERATIONS_PER_EPOCH = 5
 VAL_ITERATIONS = 2
 OVERHEAD_S = 30.0
 FINAL_VALIDATION_STEP = 0.5
+# What the final validation costs besides the network (reading and preprocessing the raw case, resampling to
+# the raw grid, writing the label map and compressed probabilities), per case; the margin on the whole
+# estimate; a checkpoint write. Measured on LA cases (2 cores): 0.6 s per case on the idle machine, 3.3 s at
+# a load average of 5 (a 15-minute budget overran by 18 s with 0.5 s per case).
+FINAL_VALIDATION_PER_CASE_S = 2.0
+RESERVE_MARGIN = 1.25
+CHECKPOINT_S = 5.0
 
 
 def budget_configuration_name(ndim: int) -> str:
@@ -95,6 +103,17 @@ def sliding_windows(shape: Sequence[float], patch: Sequence[int], step: float = 
         s = max(float(s), float(p))
         n *= int(math.ceil((s - p) / (p * step))) + 1
     return n
+
+
+def validation_reserve(forward_s_per_patch: float, batch_size: int, val_iterations: int, final_windows: int,
+                       final_cases: int, flips: int = 1) -> float:
+    """Seconds a training must keep for validation after its last iteration: ``val_iterations`` batches of
+    the last epoch, and the final validation's windows (times ``flips`` mirrorings) plus
+    ``FINAL_VALIDATION_PER_CASE_S`` per case; times ``RESERVE_MARGIN``, plus a checkpoint write. Used by the
+    planner (with a predicted forward time) and by the epoch loop (with the measured one)."""
+    epoch_val = val_iterations * batch_size * forward_s_per_patch
+    final = final_windows * flips * forward_s_per_patch + FINAL_VALIDATION_PER_CASE_S * final_cases
+    return RESERVE_MARGIN * (epoch_val + final) + CHECKPOINT_S
 
 
 def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], median_shape: Sequence[float],
@@ -154,9 +173,11 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
             macs = conv_macs(topo, pool.patch_size, n_channels, n_outputs) * BATCH_SIZE
             step = calibration.step_seconds(macs, pool.patch_size, BATCH_SIZE)
             forward = calibration.network_seconds(macs / BATCH_SIZE) / 3.0
-            final_validation = n_val * sliding_windows(shape, pool.patch_size) * forward
-            epoch_validation = EPOCHS_PER_RUN * VAL_ITERATIONS * BATCH_SIZE * forward
-            reserve = final_validation + epoch_validation + OVERHEAD_S
+            # every epoch's validation batches are paid during training, the last ones and the final
+            # validation after it, start-up before it
+            windows = n_val * sliding_windows(shape, pool.patch_size)
+            reserve = (validation_reserve(forward, BATCH_SIZE, VAL_ITERATIONS, windows, n_val)
+                       + (EPOCHS_PER_RUN - 1) * VAL_ITERATIONS * BATCH_SIZE * forward + OVERHEAD_S)
             iterations = int((60.0 * minutes - reserve) // step) if 60.0 * minutes > reserve else 0
             entry = (float(factor), int(base), tuple(int(p) for p in pool.patch_size), iterations)
             candidates.append(entry)

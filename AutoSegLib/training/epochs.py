@@ -10,7 +10,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from AutoSegLib.planning.budget import sliding_windows
+from AutoSegLib.planning.budget import sliding_windows, validation_reserve
 from AutoSegLib.progress import ProgressCallback, emit
 from AutoSegLib.training import checkpoint as ckpt_mod
 from AutoSegLib.training import distributed as dist_mod
@@ -25,13 +25,6 @@ PROGRESS_EVERY_S = 1.0
 # checkpoint_latest.pt in the middle of an epoch once this long has passed since the last one: a CPU epoch of
 # the stock plans (250 iterations of ~20 s) would otherwise lose hours to a kill.
 CHECKPOINT_EVERY_S = 600.0
-# What the final validation costs besides the network (reading and preprocessing the raw case, resampling to
-# the raw grid, writing the label map and compressed probabilities), per case, and the margin on the whole
-# estimate; a checkpoint write. Measured on LA cases (2 cores): 0.6 s per case on the idle machine, 3.3 s at
-# a load average of 5 (a 15-minute budget overran by 18 s with 0.5 s per case).
-FINAL_VALIDATION_PER_CASE_S = 2.0
-RESERVE_MARGIN = 1.25
-CHECKPOINT_S = 5.0
 
 
 class EpochRunner:
@@ -81,20 +74,17 @@ class EpochRunner:
 
     # ------------------------------------------------------------------------------------------------
     def reserve_seconds(self) -> float:
-        """Time still needed after the last training iteration: this epoch's validation batches, the
-        fold's final validation (every window of every validation case, mirrored if asked, at the forward
-        time measured on validation batches, or a third of a training step before the first one) and a
-        checkpoint; times ``RESERVE_MARGIN``. With a time budget, training stops this long before its end,
+        """Time still needed after the last training iteration (`planning.budget.validation_reserve`):
+        this epoch's validation batches and the fold's final validation (every window of every validation
+        case, mirrored if asked) at the forward time measured on validation batches (a third of a
+        training step before the first one). With a time budget, training stops this long before its end,
         so that nothing runs past it."""
         forward = self.forward_s_per_patch
         if forward is None:
             forward = (self.mean_step_s or 0.0) / 3.0 / max(1, self.batch_size)
-        epoch_val = self.config.val_iterations * self.batch_size * forward
-        final = 0.0
-        if self.config.validate_at_end and self.final_windows:
-            flips = 2 ** len(self.plan.patch_size) if self.config.mirror_at_validation else 1
-            final = self.final_windows * flips * forward + FINAL_VALIDATION_PER_CASE_S * self.final_cases
-        return RESERVE_MARGIN * (epoch_val + final) + CHECKPOINT_S
+        flips = 2 ** len(self.plan.patch_size) if self.config.mirror_at_validation else 1
+        return validation_reserve(forward, self.batch_size, self.config.val_iterations, self.final_windows,
+                                  self.final_cases, flips)
 
     def _over_budget(self, elapsed: float) -> bool:
         """True once the run (all segments of a resumed run together) has used its time budget, counting

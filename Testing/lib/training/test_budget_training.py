@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from AutoSegLib.planning import budget as B
 from AutoSegLib.training import epochs as epochs_mod
 from AutoSegLib.training.config import TrainingConfig
 from AutoSegLib.training.trainer import train_fold
@@ -79,13 +80,13 @@ def test_the_reserve_counts_the_final_validation_windows():
     runner.plan = P()
     # before any validation: a forward pass is a third of a step, per patch (0.9 / 3 / 2 = 0.15 s)
     epoch_val = 3 * 2 * 0.15
-    final = 10 * 8 * 0.15 + epochs_mod.FINAL_VALIDATION_PER_CASE_S * 4   # 8 mirrorings in 3D
-    want = epochs_mod.RESERVE_MARGIN * (epoch_val + final) + epochs_mod.CHECKPOINT_S
+    final = 10 * 8 * 0.15 + B.FINAL_VALIDATION_PER_CASE_S * 4   # 8 mirrorings in 3D
+    want = B.RESERVE_MARGIN * (epoch_val + final) + B.CHECKPOINT_S
     assert runner.reserve_seconds() == pytest.approx(want)
     runner.forward_s_per_patch = 0.05                            # measured: replaces the estimate
     runner.config = TrainingConfig(val_iterations=3, mirror_at_validation=False, time_budget_minutes=1)
-    want = epochs_mod.RESERVE_MARGIN * (3 * 2 * 0.05 + 10 * 0.05 + epochs_mod.FINAL_VALIDATION_PER_CASE_S * 4) \
-        + epochs_mod.CHECKPOINT_S
+    want = B.RESERVE_MARGIN * (3 * 2 * 0.05 + 10 * 0.05 + B.FINAL_VALIDATION_PER_CASE_S * 4) \
+        + B.CHECKPOINT_S
     assert runner.reserve_seconds() == pytest.approx(want)
     assert not runner._over_budget(60 - want - 0.01) and runner._over_budget(60 - want + 0.01)
 
