@@ -12,7 +12,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path
+from AutoSegLib.io.atomic import IncompleteWrite, atomic_path
 from AutoSegLib.io.geometry import Geometry
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".bmp")
@@ -95,7 +95,13 @@ def write_image(array: np.ndarray, geometry: Geometry, path: "str | os.PathLike"
     """Write a single-channel array with its geometry, atomically. Format from the file ending.
 
     ``array`` has shape (z, y, x) or (y, x) matching ``geometry.ndim``; int64 is stored as int32
-    (uint8 when the values fit) because not every format/reader takes 64-bit labels.
+    (uint8 when the values fit) because not every format/reader takes 64-bit labels. The file is read
+    back and compared before it replaces ``path``.
+
+    Raises
+    ------
+    errors.WriteError
+        The file could not be written completely (disk full, read-only folder, ...); ``path`` is unchanged.
     """
     import SimpleITK as sitk
 
@@ -110,6 +116,23 @@ def write_image(array: np.ndarray, geometry: Geometry, path: "str | os.PathLike"
     image = sitk.GetImageFromArray(array)
     geometry.apply_to_sitk(image)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, verify=lambda tmp: _check_written(tmp, array)) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
     return path
+
+
+def _check_written(tmp: Path, array: np.ndarray) -> None:
+    """Read ``tmp`` back and compare it with ``array``: SimpleITK's NIfTI writer returns normally after a
+    short write (full disk) and reads the truncated file back as a plausible image, so only a comparison of
+    the values tells. Raises `io.atomic.IncompleteWrite` on any difference."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(tmp))
+    except RuntimeError as exc:
+        raise IncompleteWrite(f"it cannot be read back: {str(exc).strip().splitlines()[-1][:120]}") from None
+    back = sitk.GetArrayViewFromImage(image)  # a view: ``image`` must outlive it
+    if back.shape != array.shape:
+        raise IncompleteWrite(f"read back with size {back.shape[::-1]} instead of {array.shape[::-1]}")
+    if not np.array_equal(back, array, equal_nan=array.dtype.kind in "fc"):
+        raise IncompleteWrite("read back with other values than were written")
