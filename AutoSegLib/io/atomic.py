@@ -148,6 +148,33 @@ def atomic_path(path: "str | os.PathLike", verify: Optional[Callable[[Path], Non
             tmp.unlink()
 
 
+def check_writable(folder: "str | os.PathLike") -> Path:
+    """Write and remove a small file in ``folder`` (creating it for the test, and removing again what was
+    created): a read-only or full file system, or a file where a folder is expected, is found before long
+    work starts rather than at its end. Raises `WriteError` naming ``folder`` and the cause."""
+    folder = Path(folder)
+    created = []
+    p = folder
+    while not p.exists() and p.parent != p:
+        created.append(p)
+        p = p.parent
+    probe = folder / f".autoseg-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        with atomic_path(probe) as tmp:
+            tmp.write_bytes(b"autoseg write test\n")
+    except WriteError as exc:
+        raise WriteError(f"{folder}: cannot write there: {str(exc).split('could not be written: ', 1)[-1]}") from None
+    finally:
+        if probe.exists():
+            probe.unlink()
+        for d in created:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+    return folder
+
+
 def write_json(path: "str | os.PathLike", data: Any, indent: int = 2) -> Path:
     """Write ``data`` as JSON to ``path`` atomically; returns the path. Raises `WriteError` as `atomic_path`."""
     path = Path(path)
