@@ -207,7 +207,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
             written.append(dest)
             continue
         emit(progress, "stage", stage="predict", message=f"case {i + 1}/{n}: {case}")
-        images, geometry = read_case(files)
+        images, geometry = read_case(files, check=True)  # verify's image check: never segment zero-filled data
         check_input(model, images, geometry, source=str(files[0]))
         labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
                                        precision, return_probabilities=save_probabilities, postprocess=postprocess,

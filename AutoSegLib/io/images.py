@@ -68,14 +68,22 @@ def read_image(path: "str | os.PathLike", allow_2d: bool = True) -> Tuple[np.nda
     return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
 
 
-def read_case(channel_paths: Sequence["str | os.PathLike"]) -> Tuple[np.ndarray, Geometry]:
+def read_case(channel_paths: Sequence["str | os.PathLike"], check: bool = False) -> Tuple[np.ndarray, Geometry]:
     """Read the channel files of one case and stack them channel-first as float32.
 
-    Raises AutoSegError when the channels differ in size or geometry, naming the files.
+    With ``check`` each file also passes `io.image_check` (truncated NIfTI data, NaN/inf voxels, float64
+    values beyond float32), the check verify makes on training images; predict asks for it.
+
+    Raises AutoSegError when the channels differ in size or geometry, or (``check``) a file is unusable,
+    naming the files.
     """
+    from AutoSegLib.io.image_check import check_image_files
+
     arrays, geometry = [], None
     for p in channel_paths:
         arr, geo = read_image(p)
+        if check:  # before the cast to float32, which would turn a float64 beyond its range into inf
+            check_image_files([p], [arr])
         if geometry is None:
             geometry, first = geo, p
         else:
