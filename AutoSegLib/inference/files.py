@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path
+from AutoSegLib.io.atomic import atomic_path, output_folder
 from AutoSegLib.io.images import SUPPORTED_ENDINGS, file_ending, read_case, write_image
 from AutoSegLib.progress import ProgressCallback, emit
 
@@ -181,8 +181,6 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
     list of Path
         The label-map files written (or kept).
     """
-    from AutoSegLib.inference.predict import check_input, predict_arrays
-
     cases = find_cases(inputs, model.plans.num_channels, progress)
     output = Path(output).expanduser()
     single = len(cases) == 1 and any(output.name.lower().endswith(e) for e in SUPPORTED_ENDINGS)
@@ -192,10 +190,20 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         dest = _output_path(output, case, ending, single)
         planned[case] = [dest, _probabilities_path(dest, ending)] if save_probabilities else [dest]
     check_outputs_spare_inputs(inputs, cases, planned)
-    if not single:
-        if output.exists() and not output.is_dir():
-            raise AutoSegError(f"{output}: exists and is not a folder; give an output folder.")
-        output.mkdir(parents=True, exist_ok=True)
+    if not single and output.exists() and not output.is_dir():
+        raise AutoSegError(f"{output}: exists and is not a folder; give an output folder.")
+    # the output folder (created if needed) is removed again if nothing could be written into it
+    with output_folder(output.parent if single else output):
+        return _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
+                              save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
+                              channels_last)
+
+
+def _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
+                   save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
+                   channels_last) -> List[Path]:
+    from AutoSegLib.inference.predict import check_input, predict_arrays
+
     written = []
     n = len(cases)
     start = time.monotonic()

@@ -148,16 +148,43 @@ def atomic_path(path: "str | os.PathLike", verify: Optional[Callable[[Path], Non
             tmp.unlink()
 
 
+def _missing_folders(folder: Path) -> list:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing, p = [], Path(folder)
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+@contextlib.contextmanager
+def output_folder(folder: "str | os.PathLike") -> Iterator[Path]:
+    """Create ``folder`` (and parents) for a command's outputs; when the block fails, remove again the
+    folders it created that are still empty, so a refused run leaves nothing behind. Raises `WriteError`
+    when the folder cannot be created (a file where a folder is expected, read-only, ...)."""
+    folder = Path(folder)
+    created = _missing_folders(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{folder}: cannot write there: {os_error_message(exc, folder)}") from None
+    try:
+        yield folder
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def check_writable(folder: "str | os.PathLike") -> Path:
     """Write and remove a small file in ``folder`` (creating it for the test, and removing again what was
     created): a read-only or full file system, or a file where a folder is expected, is found before long
     work starts rather than at its end. Raises `WriteError` naming ``folder`` and the cause."""
     folder = Path(folder)
-    created = []
-    p = folder
-    while not p.exists() and p.parent != p:
-        created.append(p)
-        p = p.parent
+    created = _missing_folders(folder)
     probe = folder / f".autoseg-write-test-{uuid.uuid4().hex[:8]}"
     try:
         with atomic_path(probe) as tmp:
