@@ -146,6 +146,8 @@ def scan_dataset(path: "str | os.PathLike") -> Tuple[Optional[Dataset], List[str
         raw = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return None, [f"{json_path}: not valid JSON ({exc}). Fix the file's syntax."], warnings
+    except RecursionError:  # hundreds of nested brackets: not a dataset description
+        return None, [f"{json_path}: nested too deeply to be a dataset.json. Fix the file."], warnings
     if not isinstance(raw, dict):
         return None, [f"{json_path}: expected a JSON object with channel_names, labels, numTraining and "
                       f"file_ending; found a {type(raw).__name__}."], warnings

@@ -50,8 +50,8 @@ def check_image_files(paths: Sequence[Path], arrays: Sequence[np.ndarray]) -> No
 def nifti_raw_problem(path: Path) -> str:
     """Check a NIfTI-1 file (.nii / .nii.gz) from its raw bytes; '' when fine or not NIfTI-1.
 
-    Detects a data block shorter than the header announces (a truncated file or gzip stream) and, for
-    float data, NaN/inf voxels.
+    Detects a voxel size (pixdim) that is zero, negative or NaN (read as 1 mm otherwise), a data block
+    shorter than the header announces (a truncated file or gzip stream) and, for float data, NaN/inf voxels.
     """
     import gzip
     import zlib
@@ -74,6 +74,12 @@ def nifti_raw_problem(path: Path) -> str:
             offset = int(np.frombuffer(header[108:112], order + "f4")[0])
             if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8:
                 return ""
+            pixdim = np.frombuffer(header[76:108], order + "f4")[1:min(int(dims[0]), 3) + 1]
+            if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
+                # ITK reads a zero/negative/NaN voxel size as 1 mm without a word: every mm-based step
+                # (resampling, the model's spacing) would silently be wrong
+                return (f"voxel size (pixdim) {[float(v) for v in pixdim]} in the header is not positive; the image "
+                        f"reader would take it as 1 mm. Fix the header (set the real spacing) and save it again.")
             n = int(np.prod(dims[1:dims[0] + 1]))
             f.read(max(offset - 348, 0))
             want = n * bitpix // 8

@@ -198,8 +198,10 @@ def _read_json(path: Path, what: str) -> dict:
     except FileNotFoundError:
         raise AutoSegError(f"{path.parent}: not a model: {path.name} is missing ({what}). A model folder holds "
                            f"dataset.json, plans.json and trained/<configuration>/fold_<k>/checkpoint_final.pt.") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AutoSegError(f"{path}: not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise AutoSegError(f"{path}: nested too deeply to be {what}; the file is damaged.") from None
 
 
 def _mirror_axes(conf, metadata: dict) -> Tuple[int, ...]:

@@ -8,6 +8,7 @@ import pytest
 from AutoSegLib.cli import main
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.image_check import image_array_problem
+from AutoSegLib.io.geometry import Geometry
 from AutoSegLib.io.images import read_image, write_image
 from AutoSegLib.io.labels import LabelLayout
 
@@ -62,3 +63,29 @@ def test_malformed_regions_class_order_is_a_message(order):
         LabelLayout.from_dataset_labels({"background": 0, "whole": [1, 2], "core": 2}, regions_class_order=order)
     assert LabelLayout.from_dataset_labels({"background": 0, "whole": [1, 2], "core": 2},
                                            regions_class_order=[1, 2]).regions_class_order == (1, 2)
+
+
+def _zero_pixdim(path):
+    """Set pixdim[1] (x voxel size) to 0 in an uncompressed NIfTI-1 file's header."""
+    import struct
+    data = bytearray(path.read_bytes())
+    data[80:84] = struct.pack("<f", 0.0)
+    path.write_bytes(bytes(data))
+
+
+def test_zero_voxel_size_is_refused_by_verify_and_predict_check(tmp_path):
+    from AutoSegLib.io.image_check import check_image_files
+    p = tmp_path / "a_0000.nii"
+    write_image(np.ones((4, 5, 6), np.float32), Geometry.identity((2.0, 1.0, 1.0)), p)
+    check_image_files([p], [read_image(p)[0]])  # fine as written
+    _zero_pixdim(p)
+    assert read_image(p)[1].spacing[-1] == 1.0  # the reader's silent guess
+    with pytest.raises(AutoSegError, match=r"a_0000.nii: voxel size \(pixdim\) \[0.0, 1.0, 2.0\]"):
+        check_image_files([p], [read_image(p)[0]])
+
+
+def test_deeply_nested_dataset_json_is_a_message(ds, capsys):
+    (ds / "dataset.json").write_text("[" * 100000 + "]" * 100000)
+    assert main(["verify", str(ds), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{ds / 'dataset.json'}: nested too deeply" in err and "Traceback" not in err
