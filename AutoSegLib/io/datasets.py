@@ -326,8 +326,10 @@ def resolve_work_dir(dataset_path: "str | os.PathLike", output: "str | os.PathLi
 
 # What a work folder holds (DEVELOPERS.md); a folder with only these (and no dataset.json yet: a run killed
 # before its first dataset.json) is taken as an unfinished work folder.
+# The Slicer module's training job keeps its state and log there too (AutoSegSlicer.training_pipeline).
 WORK_ENTRIES = ("dataset.json", "fingerprint.json", "plans.json", "splits_final.json", "preprocessed", "trained",
-                "inference.json", "find_best_report.json", "find_best_report.md")
+                "inference.json", "find_best_report.json", "find_best_report.md",
+                "autoseg_training.json", "autoseg_training.log")
 
 
 def check_work_dir_for(work: Path, root: Path) -> None:
