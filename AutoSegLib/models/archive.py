@@ -407,3 +407,36 @@ def _replace_dir(new: Path, dest: Path) -> None:
     os.replace(new, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+STALE_TEMPORARY_S = 24 * 3600
+
+
+def prune_archive_cache(cache_root: "str | os.PathLike", keep: "Optional[Path]" = None) -> List[Path]:
+    """Remove from ``cache_root`` (``~/.cache/autoseg/models``) the extractions whose archive no longer exists
+    (one that changed is extracted again over its own folder by `extract_model_archive`) and temporary
+    folders of killed extractions older than a day. Folders without our marker and ``keep`` are never
+    touched. Returns the folders removed."""
+    root = Path(cache_root)
+    removed: List[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for entry in root.iterdir():
+        if keep is not None and entry.resolve() == Path(keep).resolve():
+            continue
+        try:
+            if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
+                stale = now - entry.stat().st_mtime > STALE_TEMPORARY_S
+            else:
+                marker = entry / MARKER
+                if not marker.is_file():
+                    continue  # not ours: never touched
+                source = json.loads(marker.read_text()).get("archive")
+                stale = not source or not Path(source).is_file()
+        except (OSError, ValueError, AttributeError):
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

@@ -343,6 +343,9 @@ def _load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "s
         from AutoSegLib.models.archive import extract_model_archive  # helper h5's module
         dest = Path(cache_dir) if cache_dir else default_archive_cache(path)
         folder = extract_model_archive(path, dest)
+        if not cache_dir:  # the shared cache: drop extractions of archives that are gone
+            from AutoSegLib.models.archive import prune_archive_cache
+            prune_archive_cache(dest.parent, keep=dest)
         model = load_model_folder(folder or dest, allow_non_final)
         model.source = "archive"
         return model

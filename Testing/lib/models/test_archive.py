@@ -252,3 +252,26 @@ def test_errors_about_content_name_the_archive_not_a_temporary_path(tmp_path):
     text = str(err.value)
     assert text.startswith(f"{tmp_path / 'trunc.zip'}: entry trained/3d_fullres/fold_1/checkpoint_final.pt")
     assert ".tmp-" not in text
+
+
+def test_cache_drops_extractions_of_deleted_archives(tmp_path):
+    from AutoSegLib.models.archive import STALE_TEMPORARY_S, prune_archive_cache
+    cache = tmp_path / "cache"
+    a = export_model_archive(_model_folder(tmp_path / "work"), tmp_path / "a.zip")
+    b = tmp_path / "b.zip"
+    b.write_bytes(a.read_bytes())
+    extract_model_archive(a, cache / "a_zip")
+    extract_model_archive(b, cache / "b_zip")
+    (cache / "mine").mkdir()                       # not an extraction: never touched
+    old_tmp = cache / ".x.tmp-1234"
+    old_tmp.mkdir()
+    os.utime(old_tmp, (0, 0))
+    fresh_tmp = cache / ".y.tmp-5678"               # may belong to a running extraction
+    fresh_tmp.mkdir()
+    b.unlink()
+    removed = prune_archive_cache(cache, keep=cache / "a_zip")
+    assert sorted(p.name for p in removed) == [".x.tmp-1234", "b_zip"]
+    assert sorted(p.name for p in cache.iterdir()) == [".y.tmp-5678", "a_zip", "mine"]
+    assert STALE_TEMPORARY_S >= 3600
+    a.unlink()
+    assert prune_archive_cache(cache, keep=cache / "a_zip") == []   # kept: the one in use
