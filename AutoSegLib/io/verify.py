@@ -126,7 +126,9 @@ def map_cases(fn, args: Sequence[tuple], num_workers: Optional[int], progress: O
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: ITK's thread pool does not survive fork reliably, and torch may be loaded
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from AutoSegLib.processes import die_with_parent
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:  # workers end with a killed parent
         futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
         out = [None] * len(args)
         for fut in as_completed(futures):
