@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path, check_writable, output_folder
+from AutoSegLib.io.atomic import atomic_path, check_writable, output_folder, remove_stale_temporaries
 from AutoSegLib.io.images import SUPPORTED_ENDINGS, file_ending, read_case, write_image
 from AutoSegLib.progress import ProgressCallback, emit
 
@@ -195,6 +195,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
     # the output folder (created if needed) is removed again if nothing could be written into it
     with output_folder(output.parent if single else output) as folder:
         check_writable(folder)  # a read-only or full folder is found before the first case, not after it
+        remove_stale_temporaries([p for dests in planned.values() for p in dests])  # left by a killed run
         return _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                               save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
                               channels_last)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -177,6 +178,31 @@ def output_folder(folder: "str | os.PathLike") -> Iterator[Path]:
             except OSError:
                 break
         raise
+
+
+STALE_TEMPORARY_S = 300  # an atomic write's temporary file not modified for this long belongs to a dead writer
+
+
+def remove_stale_temporaries(paths, older_than_s: float = STALE_TEMPORARY_S) -> list:
+    """Remove temporary files that `atomic_path` left for ``paths`` (a writer killed with SIGKILL cannot
+    clean up) and that were not modified for ``older_than_s`` seconds: a live writer modifies its
+    temporary file until it renames it. Returns the files removed."""
+    import time
+    removed = []
+    now = time.time()
+    for path in map(Path, paths):
+        suffix = _suffix(path)
+        stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+        if not path.parent.is_dir():
+            continue
+        for tmp in path.parent.glob(f".{glob.escape(stem)}.tmp-????????{glob.escape(suffix)}"):
+            try:
+                if now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+                    removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 def check_writable(folder: "str | os.PathLike") -> Path:

@@ -62,3 +62,19 @@ def test_prediction_into_another_folder_still_works(tmp_path, model_dir):
     assert main(["predict", "-m", str(model_dir), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                  "--no-tta"]) == 0
     assert (tmp_path / "out" / "a.nii.gz").is_file() and _unchanged(tmp_path / "in", before)
+
+
+def test_temporaries_of_a_killed_run_are_removed(tmp_path, model_dir):
+    """kill -9 during a write leaves `.<case>.tmp-XXXXXXXX.nii.gz`; the next run into that folder removes
+    the stale ones (untouched for minutes) and leaves a fresh one (a writer still at work) alone."""
+    import os
+    _scans(tmp_path / "in", ["a_0000.nii.gz"])
+    out = tmp_path / "out"
+    out.mkdir()
+    stale, fresh, other = out / ".a.tmp-0123abcd.nii.gz", out / ".a.tmp-89abcdef.nii.gz", out / ".b.tmp-0123abcd.nii.gz"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    os.utime(other, (0, 0))
+    assert main(["predict", "-m", str(model_dir), "-i", str(tmp_path / "in"), "-o", str(out), "--no-tta"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([fresh.name, other.name, "a.nii.gz"])
