@@ -81,6 +81,17 @@ def main(argv: "list[str] | None" = None) -> int:
         if args.progress_json:  # the console renderer already printed it
             print(f"ERROR: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # the operating system refused (disk full, read-only, a file where a folder is expected, ...): the
+        # user's to fix, so a message naming the path and the cause, not a traceback
+        if args.debug:
+            raise
+        from AutoSegLib.errors import os_error_message
+        message = os_error_message(exc)
+        progress({"event": "error", "message": message})
+        if args.progress_json:
+            print(f"ERROR: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         progress({"event": "error", "message": "interrupted"})
         return 130

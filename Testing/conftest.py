@@ -46,3 +46,29 @@ def synthetic_dataset(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def run_with_file_size_limit(code: str, limit_bytes: int, cwd: Path, timeout: float = 300):
+    """Run ``code`` in a child Python whose writes stop at ``limit_bytes`` per file (RLIMIT_FSIZE, SIGXFSZ
+    ignored): a write past the limit comes back short or as EFBIG, as on a disk that filled up mid-file.
+    Returns the CompletedProcess (text output)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          preexec_fn=limit, timeout=timeout)
+
+
+@pytest.fixture
+def file_size_limited():
+    """``file_size_limited(code, limit_bytes, cwd)``: see `run_with_file_size_limit`."""
+    if not hasattr(os, "fork"):
+        pytest.skip("needs POSIX resource limits")
+    return run_with_file_size_limit

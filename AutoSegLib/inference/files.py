@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path
+from AutoSegLib.io.atomic import atomic_path, check_writable, output_folder, remove_stale_temporaries
 from AutoSegLib.io.images import SUPPORTED_ENDINGS, file_ending, read_case, write_image
 from AutoSegLib.progress import ProgressCallback, emit
 
@@ -33,12 +33,14 @@ def _stem(p: Path) -> str:
     return p.name[: len(p.name) - len(file_ending(p))]
 
 
-def find_cases(inputs: "str | Path | Sequence[str | Path]", num_channels: int) -> Dict[str, List[Path]]:
+def find_cases(inputs: "str | Path | Sequence[str | Path]", num_channels: int,
+               progress: Optional[ProgressCallback] = None) -> Dict[str, List[Path]]:
     """Group input files into cases: ``{case: [channel 0 file, channel 1 file, ...]}``.
 
     ``inputs`` is a folder of ``<case>_<XXXX><ext>`` files (for a one-channel model also plain
     ``<case><ext>`` files), or a list of one case's channel files (in channel order, or named
-    ``_0000``, ``_0001`` ...), or one file.
+    ``_0000``, ``_0001`` ...), or one file. In a folder, a plain ``<case><ext>`` beside ``<case>_0000<ext>``
+    (an earlier prediction) is ignored with a warning.
 
     Raises
     ------
@@ -65,8 +67,17 @@ def find_cases(inputs: "str | Path | Sequence[str | Path]", num_channels: int) -
             else:
                 plain.append(f)
         if plain and num_channels == 1:
+            # `<case><ext>` beside `<case>_0000<ext>` is what predict writes for that case: a label map from an
+            # earlier run into this folder, not a second scan. Taking it as channel 0 would segment a label map.
+            ours = [f for f in plain if _stem(f) in cases]
+            if ours:
+                message = (f"{folder}: ignoring {len(ours)} file(s) that look like label maps predicted earlier "
+                           f"(<case><ext> next to <case>_0000<ext>): {[p.name for p in ours[:5]]}")
+                log.warning(message)
+                emit(progress, "log", level="warning", message=message)
             for f in plain:
-                cases.setdefault(_stem(f), {})[0] = f
+                if f not in ours:
+                    cases.setdefault(_stem(f), {})[0] = f
         elif plain:
             log.warning("ignoring %d file(s) not named <case>_XXXX: %s", len(plain), [p.name for p in plain[:5]])
         problems = []
@@ -102,6 +113,46 @@ def _output_path(output: Path, case: str, ending: str, single_file_output: bool)
     return output if single_file_output else output / f"{case}{ending}"
 
 
+def _probabilities_path(dest: Path, ending: str) -> Path:
+    return dest.with_name(dest.name[: len(dest.name) - len(ending)] + ".npz")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_outputs_spare_inputs(inputs, cases: Dict[str, List[Path]], outputs: Dict[str, List[Path]]) -> None:
+    """Refuse outputs that are, or would replace, an input file, and an output folder that is an input folder.
+
+    Parameters
+    ----------
+    inputs : the ``inputs`` given to `find_cases`
+    cases : {case: channel files}, as `find_cases` returns
+    outputs : {case: files predict would write for it (label map, probabilities)}
+
+    Raises
+    ------
+    AutoSegError
+        Naming the output and the input it would overwrite (checked for every case before any is predicted).
+    """
+    given = [Path(p).expanduser() for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    all_inputs = [f for files in cases.values() for f in files]
+    for case, dests in outputs.items():
+        for dest in dests:
+            for folder in (p for p in given if p.is_dir()):
+                if _same_file(dest.parent, folder):
+                    raise AutoSegError(
+                        f"{dest.parent}: the output folder is the input folder; label maps written there would "
+                        f"mix with (and for single-channel cases replace) the scans. Give another output folder.")
+            for f in all_inputs:
+                if _same_file(dest, f):
+                    raise AutoSegError(f"{dest}: this output would overwrite the input {f} of case {case!r}; "
+                                       f"give another output file or folder.")
+
+
 def predict_files(model, inputs, output: "str | Path", configuration=None, folds=None, tta: bool = True,
                   step_size: float = 0.5, device="auto", precision: str = "auto", save_probabilities: bool = False,
                   postprocess: bool = True, batch_size: int = 1, output_ending: Optional[str] = None,
@@ -130,15 +181,31 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
     list of Path
         The label-map files written (or kept).
     """
-    from AutoSegLib.inference.predict import check_input, predict_arrays
-
-    cases = find_cases(inputs, model.plans.num_channels)
+    cases = find_cases(inputs, model.plans.num_channels, progress)
     output = Path(output).expanduser()
     single = len(cases) == 1 and any(output.name.lower().endswith(e) for e in SUPPORTED_ENDINGS)
-    if not single:
-        if output.exists() and not output.is_dir():
-            raise AutoSegError(f"{output}: exists and is not a folder; give an output folder.")
-        output.mkdir(parents=True, exist_ok=True)
+    planned = {}
+    for case, files in cases.items():
+        ending = output_ending or file_ending(files[0])
+        dest = _output_path(output, case, ending, single)
+        planned[case] = [dest, _probabilities_path(dest, ending)] if save_probabilities else [dest]
+    check_outputs_spare_inputs(inputs, cases, planned)
+    if not single and output.exists() and not output.is_dir():
+        raise AutoSegError(f"{output}: exists and is not a folder; give an output folder.")
+    # the output folder (created if needed) is removed again if nothing could be written into it
+    with output_folder(output.parent if single else output) as folder:
+        check_writable(folder)  # a read-only or full folder is found before the first case, not after it
+        remove_stale_temporaries([p for dests in planned.values() for p in dests])  # left by a killed run
+        return _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
+                              save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
+                              channels_last)
+
+
+def _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
+                   save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
+                   channels_last) -> List[Path]:
+    from AutoSegLib.inference.predict import check_input, predict_arrays
+
     written = []
     n = len(cases)
     start = time.monotonic()
@@ -150,14 +217,14 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
             written.append(dest)
             continue
         emit(progress, "stage", stage="predict", message=f"case {i + 1}/{n}: {case}")
-        images, geometry = read_case(files)
+        images, geometry = read_case(files, check=True)  # verify's image check: never segment zero-filled data
         check_input(model, images, geometry, source=str(files[0]))
         labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
                                        precision, return_probabilities=save_probabilities, postprocess=postprocess,
                                        batch_size=batch_size, progress=progress, channels_last=channels_last)
         del images
         if save_probabilities:
-            npz = dest.with_name(dest.name[: len(dest.name) - len(ending)] + ".npz")
+            npz = _probabilities_path(dest, ending)
             with atomic_path(npz) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez_compressed(f, probabilities=probs)

@@ -24,6 +24,9 @@ from AutoSegLib.progress import ProgressCallback, emit
 log = logging.getLogger(__name__)
 
 
+MAX_RESAMPLED_VOXELS = 2 ** 31  # 8 GiB per float32 channel: far beyond any real scan at its model's spacing
+
+
 def check_input(model, images: np.ndarray, geometry: Geometry, source: str = "input") -> None:
     """Refuse images whose channel count or dimensionality does not fit the model (AutoSegError)."""
     names = [model.plans.channel_names[k] for k in sorted(model.plans.channel_names, key=int)]
@@ -34,6 +37,18 @@ def check_input(model, images: np.ndarray, geometry: Geometry, source: str = "in
     if geometry.ndim != model_ndim:
         raise AutoSegError(f"{source}: the model was trained on {model_ndim}D images, this image is "
                            f"{geometry.ndim}D of size {tuple(images.shape[1:])}. Give a {model_ndim}D image.")
+    # the model's spacing applied to this image: a damaged plans.json (or a scan with absurd spacing) must be
+    # refused here, not by trying to allocate hundreds of GiB in resampling. The voxel count after
+    # resampling is the image's volume over the model's voxel volume, whatever the axis order.
+    for name, conf in model.plans.configurations.items():
+        if len(conf.spacing) == geometry.ndim:
+            volume = float(np.prod(np.asarray(images.shape[1:], float) * np.asarray(geometry.spacing, float)))
+            voxels = volume / float(np.prod(conf.spacing))
+            if not voxels <= MAX_RESAMPLED_VOXELS:
+                raise AutoSegError(f"{source}: at the model's spacing {list(conf.spacing)} mm ({name!r}) this image "
+                                   f"of size {tuple(images.shape[1:])[::-1]} and spacing {tuple(geometry.spacing)[::-1]} "
+                                   f"mm would become {voxels:.3g} voxels (at most {MAX_RESAMPLED_VOXELS:.3g} are "
+                                   f"accepted). Check the image's spacing in its header, or the model.")
     if images.shape[0] != len(names):
         raise AutoSegError(f"{source}: the model expects {len(names)} channel(s) {names} "
                            f"(files <case>_0000{'' if len(names) == 1 else f' .. <case>_{len(names) - 1:04d}'}), "

@@ -1,20 +1,44 @@
-"""Atomic file writing: write to a temporary name in the target folder, rename when complete.
+"""Atomic file writing: write to a temporary name in the target folder, check it is complete, rename.
 
-A reader never sees a half-written file, and an interrupted write leaves the previous file (if any)
-untouched. Every file AutoSegLib writes goes through `atomic_path` or `write_json`.
+A reader never sees a half-written file, and an interrupted or failed write leaves the previous file (if
+any) untouched. Every file AutoSegLib writes goes through `atomic_path` or `write_json`.
+
+"Complete" is checked, not assumed: some writers return normally after a short write (SimpleITK's NIfTI
+writer on a full disk writes a truncated .nii/.nii.gz, which it later reads back as a plausible, wrong
+image). So before the rename the temporary file is flushed to disk (``fsync``: delayed allocation errors
+surface there), and a writer may pass ``verify`` to read it back. Any failure becomes a `WriteError` that
+names the final path and the cause ("the disk is full" when the file system has no room left).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
+
+from AutoSegLib.errors import WriteError, os_error_cause, os_error_message
 
 # Suffixes kept at the end of the temporary name so that writers that pick the format by extension
 # (SimpleITK, numpy) still do the right thing.
 _MULTI_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
+
+# Below this many free bytes a file system counts as full: a writer that stopped short (and said nothing
+# or something cryptic) stopped because the disk ran out.
+FULL_BELOW_BYTES = 1 << 20
+
+# Error texts by which writers that do not raise OSError report a failed write: torch.save ("enforce fail at
+# inline_container.cc ... file write failed"), SimpleITK/ITK image writers.
+_WRITE_FAILURE_TEXTS = ("inline_container", "file write failed", "ImageFileWriter", "cannot be written",
+                        "Error writing", "Could not write", "No space left")
+
+
+class IncompleteWrite(Exception):
+    """Raised by a ``verify`` callback: the temporary file is not what was meant to be written."""
 
 
 def _suffix(path: Path) -> str:
@@ -25,32 +49,196 @@ def _suffix(path: Path) -> str:
     return path.suffix
 
 
-@contextlib.contextmanager
-def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it to ``path`` when the block succeeds.
+def free_bytes(folder: "str | os.PathLike") -> Optional[int]:
+    """Bytes available to this user on the file system of ``folder`` (None when it cannot be asked)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def write_failure(path: Path, exc: BaseException) -> Optional[WriteError]:
+    """The `WriteError` for ``exc`` raised while writing ``path``, or None when ``exc`` is not a write failure
+    (a bug, or an AutoSegError with its own message: those pass through unchanged)."""
+    if isinstance(exc, WriteError):
+        return exc
+    free = free_bytes(path.parent if path.parent.exists() else Path.cwd())
+    full = free is not None and free < FULL_BELOW_BYTES
+    if isinstance(exc, OSError) and exc.errno is None:  # numpy: "10000 requested and 2484 written"
+        exc = IncompleteWrite(str(exc))
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            cause = "the disk is full" if exc.errno != errno.EDQUOT else "the disk quota is exceeded"
+        elif exc.filename is None or ".tmp-" in str(exc.filename):  # about our file: name the final path only
+            cause = os_error_cause(exc)
+        else:  # about another path (a source file the block read, say): name it
+            cause = os_error_message(exc).rstrip(".")
+    elif isinstance(exc, IncompleteWrite) or (
+            isinstance(exc, RuntimeError) and (full or any(t in str(exc) for t in _WRITE_FAILURE_TEXTS))):
+        detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        cause = "the disk is full" if full else f"the file came out incomplete or unreadable ({detail})"
+    else:
+        return None
+    if cause.startswith("the disk is full") and free is not None:
+        cause += f" ({_human(free)} free there)"
+    return WriteError(f"{path}: could not be written: {cause}. Nothing was replaced: a previous {path.name}, "
+                      f"if any, is unchanged. Free some space (or fix the cause) and run again.")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: "str | os.PathLike", verify: Optional[Callable[[Path], None]] = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block succeeds, check it and rename it to ``path``.
+
+    Parameters
+    ----------
+    path : path
+        The final file. Its folder is created.
+    verify : callable(Path), optional
+        Called with the temporary file after it was flushed to disk; raises `IncompleteWrite` (or OSError)
+        when the file is not what was meant to be written (read back and compared, size checked, ...).
+
+    Raises
+    ------
+    WriteError
+        The folder could not be created, the block's writer failed with an OS error (or a torch/SimpleITK
+        write error), the block left no file, the flush to disk or ``verify`` failed, or the rename failed.
+        The message names ``path`` and the cause. ``path`` is left as it was; the temporary file is removed.
+        Other exceptions from the block (bugs, AutoSegErrors) pass through unchanged, with the same cleanup.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{path}: could not be written: the folder {path.parent} cannot be created: "
+                         f"{os_error_message(exc, path.parent)}") from None
     suffix = _suffix(path)
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
     tmp = path.with_name(f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            if not tmp.is_file():
+                raise IncompleteWrite("the writer left no file")
+            _fsync(tmp)
+            if verify is not None:
+                verify(tmp)
+            os.replace(tmp, path)
+        except Exception as exc:
+            failure = write_failure(path, exc)
+            if failure is None:
+                raise
+            raise failure from exc
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _missing_folders(folder: Path) -> list:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing, p = [], Path(folder)
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+@contextlib.contextmanager
+def output_folder(folder: "str | os.PathLike") -> Iterator[Path]:
+    """Create ``folder`` (and parents) for a command's outputs; when the block fails, remove again the
+    folders it created that are still empty, so a refused run leaves nothing behind. Raises `WriteError`
+    when the folder cannot be created (a file where a folder is expected, read-only, ...)."""
+    folder = Path(folder)
+    created = _missing_folders(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{folder}: cannot write there: {os_error_message(exc, folder)}") from None
+    try:
+        yield folder
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+STALE_TEMPORARY_S = 300  # an atomic write's temporary file not modified for this long belongs to a dead writer
+
+
+def remove_stale_temporaries(paths, older_than_s: float = STALE_TEMPORARY_S) -> list:
+    """Remove temporary files that `atomic_path` left for ``paths`` (a writer killed with SIGKILL cannot
+    clean up) and that were not modified for ``older_than_s`` seconds: a live writer modifies its
+    temporary file until it renames it. Returns the files removed."""
+    import time
+    removed = []
+    now = time.time()
+    for path in map(Path, paths):
+        suffix = _suffix(path)
+        stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+        if not path.parent.is_dir():
+            continue
+        for tmp in path.parent.glob(f".{glob.escape(stem)}.tmp-????????{glob.escape(suffix)}"):
+            try:
+                if now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+                    removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def check_writable(folder: "str | os.PathLike") -> Path:
+    """Write and remove a small file in ``folder`` (creating it for the test, and removing again what was
+    created): a read-only or full file system, or a file where a folder is expected, is found before long
+    work starts rather than at its end. Raises `WriteError` naming ``folder`` and the cause."""
+    folder = Path(folder)
+    created = _missing_folders(folder)
+    probe = folder / f".autoseg-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        with atomic_path(probe) as tmp:
+            tmp.write_bytes(b"autoseg write test\n")
+    except WriteError as exc:
+        raise WriteError(f"{folder}: cannot write there: {str(exc).split('could not be written: ', 1)[-1]}") from None
+    finally:
+        if probe.exists():
+            probe.unlink()
+        for d in created:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+    return folder
+
+
 def write_json(path: "str | os.PathLike", data: Any, indent: int = 2) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically; returns the path."""
+    """Write ``data`` as JSON to ``path`` atomically; returns the path. Raises `WriteError` as `atomic_path`."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=indent, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+    text = json.dumps(data, indent=indent, sort_keys=False) + "\n"
+    with atomic_path(path, verify=lambda tmp: _check_size(tmp, len(text.encode()))) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
     return path
+
+
+def _check_size(tmp: Path, expected: int) -> None:
+    size = tmp.stat().st_size
+    if size != expected:
+        raise IncompleteWrite(f"{size} of {expected} bytes on disk")

@@ -146,6 +146,8 @@ def scan_dataset(path: "str | os.PathLike") -> Tuple[Optional[Dataset], List[str
         raw = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return None, [f"{json_path}: not valid JSON ({exc}). Fix the file's syntax."], warnings
+    except RecursionError:  # hundreds of nested brackets: not a dataset description
+        return None, [f"{json_path}: nested too deeply to be a dataset.json. Fix the file."], warnings
     if not isinstance(raw, dict):
         return None, [f"{json_path}: expected a JSON object with channel_names, labels, numTraining and "
                       f"file_ending; found a {type(raw).__name__}."], warnings
@@ -316,7 +318,54 @@ def resolve_work_dir(dataset_path: "str | os.PathLike", output: "str | os.PathLi
     if work == root or root in work.parents:
         raise AutoSegError(f"{work}: the output folder is inside the dataset folder {root}; AutoSeg never writes "
                            f"there. Choose another --output, e.g. {default_work_dir(dataset_path)}.")
+    check_work_dir_for(work, root)
+    from AutoSegLib.io.atomic import check_writable
+    check_writable(work)  # before the fingerprint's minutes of reading, not after
     return work
+
+
+# What a work folder holds (DEVELOPERS.md); a folder with only these (and no dataset.json yet: a run killed
+# before its first dataset.json) is taken as an unfinished work folder.
+# The Slicer module's training job keeps its state and log there too (AutoSegSlicer.training_pipeline).
+WORK_ENTRIES = ("dataset.json", "fingerprint.json", "plans.json", "splits_final.json", "preprocessed", "trained",
+                "inference.json", "find_best_report.json", "find_best_report.md",
+                "autoseg_training.json", "autoseg_training.log")
+
+
+def check_work_dir_for(work: Path, root: Path) -> None:
+    """Refuse ``work`` as the work folder of the raw dataset ``root`` unless it is new, empty, or already a
+    work folder of that same dataset (its dataset.json records ``root`` as "dataset_path").
+
+    Raises
+    ------
+    AutoSegError
+        ``work`` is a file, a raw dataset (dataset.json without "dataset_path"), the work folder of another
+        dataset, or a folder holding other things: writing there would replace the user's files.
+    """
+    if not work.exists():
+        return
+    if not work.is_dir():
+        raise AutoSegError(f"{work}: exists and is not a folder; give a new or empty folder as --output.")
+    meta = work / "dataset.json"
+    if meta.is_file():
+        try:
+            recorded = json.loads(meta.read_text()).get("dataset_path")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError) as exc:
+            raise AutoSegError(f"{meta}: not a readable work-folder dataset.json ({exc}); {work} is not a work "
+                               f"folder AutoSeg made. Give a new or empty folder as --output.") from None
+        if not recorded:
+            raise AutoSegError(f"{work}: is a raw dataset folder (its dataset.json names no \"dataset_path\"), not a "
+                               f"work folder; writing there would replace its dataset.json. Give a new or empty "
+                               f"folder as --output, e.g. {default_work_dir(root)}.")
+        if Path(recorded).expanduser().resolve() != root:
+            raise AutoSegError(f"{work}: is the work folder of another dataset ({recorded}), not of {root}. Give a "
+                               f"new or empty folder as --output, e.g. {default_work_dir(root)}; if the dataset was "
+                               f"moved there, delete {meta} to adopt the folder.")
+        return
+    others = sorted(p.name for p in work.iterdir() if p.name not in WORK_ENTRIES and not p.name.startswith("."))
+    if others:
+        raise AutoSegError(f"{work}: is neither empty nor an AutoSeg work folder (it holds {others[:5]}"
+                           f"{' ...' if len(others) > 5 else ''}). Give a new or empty folder as --output.")
 
 
 def dataset_signature(dataset: Dataset) -> str:

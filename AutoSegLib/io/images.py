@@ -12,7 +12,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path
+from AutoSegLib.io.atomic import IncompleteWrite, atomic_path
 from AutoSegLib.io.geometry import Geometry
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".bmp")
@@ -68,14 +68,22 @@ def read_image(path: "str | os.PathLike", allow_2d: bool = True) -> Tuple[np.nda
     return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
 
 
-def read_case(channel_paths: Sequence["str | os.PathLike"]) -> Tuple[np.ndarray, Geometry]:
+def read_case(channel_paths: Sequence["str | os.PathLike"], check: bool = False) -> Tuple[np.ndarray, Geometry]:
     """Read the channel files of one case and stack them channel-first as float32.
 
-    Raises AutoSegError when the channels differ in size or geometry, naming the files.
+    With ``check`` each file also passes `io.image_check` (truncated NIfTI data, NaN/inf voxels, float64
+    values beyond float32), the check verify makes on training images; predict asks for it.
+
+    Raises AutoSegError when the channels differ in size or geometry, or (``check``) a file is unusable,
+    naming the files.
     """
+    from AutoSegLib.io.image_check import check_image_files
+
     arrays, geometry = [], None
     for p in channel_paths:
         arr, geo = read_image(p)
+        if check:  # before the cast to float32, which would turn a float64 beyond its range into inf
+            check_image_files([p], [arr])
         if geometry is None:
             geometry, first = geo, p
         else:
@@ -95,7 +103,13 @@ def write_image(array: np.ndarray, geometry: Geometry, path: "str | os.PathLike"
     """Write a single-channel array with its geometry, atomically. Format from the file ending.
 
     ``array`` has shape (z, y, x) or (y, x) matching ``geometry.ndim``; int64 is stored as int32
-    (uint8 when the values fit) because not every format/reader takes 64-bit labels.
+    (uint8 when the values fit) because not every format/reader takes 64-bit labels. The file is read
+    back and compared before it replaces ``path``.
+
+    Raises
+    ------
+    errors.WriteError
+        The file could not be written completely (disk full, read-only folder, ...); ``path`` is unchanged.
     """
     import SimpleITK as sitk
 
@@ -110,6 +124,28 @@ def write_image(array: np.ndarray, geometry: Geometry, path: "str | os.PathLike"
     image = sitk.GetImageFromArray(array)
     geometry.apply_to_sitk(image)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, verify=lambda tmp: _check_written(tmp, array)) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
     return path
+
+
+def _check_written(tmp: Path, array: np.ndarray) -> None:
+    """Read ``tmp`` back and compare it with ``array``: SimpleITK's NIfTI writer returns normally after a
+    short write (full disk) and reads the truncated file back as a plausible image, so only a comparison of
+    the values tells. Raises `io.atomic.IncompleteWrite` on any difference."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(tmp))
+    except RuntimeError as exc:
+        raise IncompleteWrite(f"it cannot be read back: {str(exc).strip().splitlines()[-1][:120]}") from None
+    back = sitk.GetArrayViewFromImage(image)  # a view: ``image`` must outlive it
+    if back.shape != array.shape:
+        raise IncompleteWrite(f"read back with size {back.shape[::-1]} instead of {array.shape[::-1]}")
+    same = np.array_equal(back, array, equal_nan=array.dtype.kind in "fc")
+    if not same and array.dtype.kind in "fc":
+        # ITK's NIfTI reader returns NaN/inf voxels as other values: compare the finite ones
+        finite = np.isfinite(array)
+        same = bool(np.array_equal(back[finite], array[finite]))
+    if not same:
+        raise IncompleteWrite("read back with other values than were written")

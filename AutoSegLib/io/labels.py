@@ -18,6 +18,17 @@ from AutoSegLib.errors import AutoSegError
 LabelValue = Union[int, Tuple[int, ...]]
 
 
+# The largest label value AutoSeg stores: preprocessed label maps are int16 (preprocessing.case).
+MAX_LABEL_VALUE = 32767
+
+
+def _flat(labels: Dict[str, object]):
+    """(name, value) for every integer in dataset.json's "labels" (region members, ignore included)."""
+    for name, value in labels.items():
+        for v in (value if isinstance(value, (list, tuple)) else (value,)):
+            yield name, v
+
+
 @dataclass(frozen=True)
 class LabelLayout:
     names: Tuple[str, ...]                 # in dataset.json order, ignore excluded
@@ -47,6 +58,15 @@ class LabelLayout:
             else:
                 raise AutoSegError(f"{source}: label {name!r} has value {value!r}; expected an integer or a list of integers.")
             names.append(str(name))
+        bad = [(n, v) for n, v in _flat(labels) if not 0 <= v <= MAX_LABEL_VALUE]
+        if bad:
+            name, value = bad[0]
+            raise AutoSegError(f"{source}: label {name!r} has value {value}; label values must lie in 0..{MAX_LABEL_VALUE} "
+                               f"(preprocessed label maps are stored as 16-bit integers; other values would wrap "
+                               f"around). Renumber the labels in dataset.json and the label files.")
+        if "background" in labels and labels["background"] != 0:
+            raise AutoSegError(f"{source}: 'background' has value {labels['background']!r}; background must be 0 (a "
+                               f"label named background with another value would be trained as a foreground class).")
         if 0 not in [v for v in values if isinstance(v, int)]:
             raise AutoSegError(f"{source}: 'labels' must contain background with value 0; found {labels!r}.")
         plain = [v for v in values if isinstance(v, int)]
@@ -57,7 +77,16 @@ class LabelLayout:
         has_regions = any(isinstance(v, tuple) for v in values)
         if has_regions and regions_class_order is None:
             raise AutoSegError(f"{source}: region-based labels need 'regions_class_order' in dataset.json.")
-        rco = tuple(int(v) for v in regions_class_order) if has_regions else None
+        rco = None
+        if has_regions:
+            n_regions = len([v for v in values if v != 0])
+            if (not isinstance(regions_class_order, (list, tuple))
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in regions_class_order)
+                    or len(regions_class_order) != n_regions):
+                raise AutoSegError(f"{source}: 'regions_class_order' must be a list of {n_regions} integer "
+                                   f"label values, one per non-background region in 'labels' order; found "
+                                   f"{regions_class_order!r}.")
+            rco = tuple(int(v) for v in regions_class_order)
         return cls(tuple(names), tuple(values), ignore, rco)
 
     @property

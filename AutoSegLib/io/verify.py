@@ -19,6 +19,7 @@ import numpy as np
 
 from AutoSegLib.errors import AutoSegError, DatasetError
 from AutoSegLib.io.datasets import CaseFiles, Dataset, scan_dataset
+from AutoSegLib.io.image_check import image_array_problem, nifti_raw_problem  # noqa: F401 (re-exported)
 from AutoSegLib.io.geometry import Geometry
 from AutoSegLib.progress import ProgressCallback, ProgressTracker, emit
 
@@ -125,7 +126,9 @@ def map_cases(fn, args: Sequence[tuple], num_workers: Optional[int], progress: O
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: ITK's thread pool does not survive fork reliably, and torch may be loaded
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from AutoSegLib.processes import die_with_parent
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:  # workers end with a killed parent
         futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
         out = [None] * len(args)
         for fut in as_completed(futures):
@@ -173,53 +176,6 @@ def raw_file_errors(case: CaseFiles) -> List[str]:
     return errs
 
 
-def nifti_raw_problem(path: Path) -> str:
-    """Check a NIfTI-1 file (.nii / .nii.gz) from its raw bytes; '' when fine or not NIfTI-1.
-
-    Detects a data block shorter than the header announces (a truncated file or gzip stream) and, for
-    float data, NaN/inf voxels.
-    """
-    import gzip
-    import zlib
-    name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return ""
-    try:
-        with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as f:
-            header = f.read(348)
-            if len(header) < 348:
-                return "truncated file: shorter than a NIfTI header. Re-export or re-copy it."
-            for order in "<>":
-                if int(np.frombuffer(header[:4], order + "i4")[0]) == 348:
-                    break
-            else:
-                return ""  # NIfTI-2 or not NIfTI: left to the reader
-            dims = np.frombuffer(header[40:56], order + "i2").astype(np.int64)
-            bitpix = int(np.frombuffer(header[72:74], order + "i2")[0])
-            datatype = int(np.frombuffer(header[70:72], order + "i2")[0])
-            offset = int(np.frombuffer(header[108:112], order + "f4")[0])
-            if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8:
-                return ""
-            n = int(np.prod(dims[1:dims[0] + 1]))
-            f.read(max(offset - 348, 0))
-            want = n * bitpix // 8
-            data = f.read(want)
-    except (EOFError, zlib.error, OSError) as exc:
-        return (f"truncated or corrupt file ({exc}); the image reader would fill the missing part with 0. "
-                f"Re-export or re-copy it.")
-    if len(data) < want:
-        return (f"truncated file: {len(data)} of {want} data bytes present; the image reader would fill the rest "
-                f"with 0. Re-export or re-copy it.")
-    dtype = {16: "f4", 64: "f8"}.get(datatype)
-    if dtype is None:
-        return ""
-    bad = int((~np.isfinite(np.frombuffer(data, order + dtype))).sum())
-    if bad:
-        return (f"{bad} voxel(s) are NaN or infinite in the file (the image reader silently turns them into 0). "
-                f"Expected finite values; replace them (e.g. with the image minimum).")
-    return ""
-
-
 def check_case_arrays(case: CaseFiles, images: Sequence[np.ndarray], geometries: Sequence[Geometry],
                       label: np.ndarray, label_geometry: Geometry,
                       label_values: Tuple[int, ...]) -> Tuple[List[str], List[str]]:
@@ -259,13 +215,9 @@ def check_case_arrays(case: CaseFiles, images: Sequence[np.ndarray], geometries:
             errors.append(f"case {case.case_id!r}: {path.name}: {diff} (found vs expected from {ref_path.name}). "
                           f"The {what} must share the image's geometry; fix the header or resample it.")
     for path, arr in zip(case.images, images):
-        if arr.dtype.kind == "f":
-            bad = ~np.isfinite(arr)
-            if bad.any():
-                n_nan = int(np.isnan(arr).sum())
-                errors.append(f"case {case.case_id!r}: {path.name}: {int(bad.sum())} voxel(s) are NaN or infinite "
-                              f"({n_nan} NaN). Expected finite intensities; replace them (e.g. with the image "
-                              f"minimum).")
+        problem = image_array_problem(arr)  # the same check predict makes (io.image_check)
+        if problem:
+            errors.append(f"case {case.case_id!r}: {path.name}: {problem}")
     found = _label_values(label)
     if found is None:
         errors.append(f"case {case.case_id!r}: {case.label.name}: contains NaN/inf or non-integer values; a label map "

@@ -47,6 +47,11 @@ ALLOWED_SUFFIXES = (".json", ".jsonl", ".pt", ".pth", ".png", ".md", ".txt", ".c
 CHECKPOINT_KEYS = ("network_weights", "configuration", "plans_identifier", "num_input_channels", "num_outputs",
                    "epoch", "mirror_axes")
 MAX_TOTAL_BYTES = 64 * 2 ** 30  # refuse archives claiming more than this uncompressed (zip bombs)
+# Weights (float32) compress by ~1.1x, JSON/logs by ~10-30x: an archive expanding more than MAX_RATIO times
+# beyond RATIO_CHECK_ABOVE bytes is a decompression bomb, not a model.
+MAX_RATIO = 100
+RATIO_CHECK_ABOVE = 64 * 2 ** 20
+MAX_MANIFEST_BYTES = 16 * 2 ** 20
 
 
 def _sha256(path: Path) -> str:
@@ -204,6 +209,20 @@ def _archive_kind(path: Path) -> Optional[str]:
     return None
 
 
+def _format_of(archive: Path) -> str:
+    """"zip" or "tar" (plain or compressed), from the name first and then the leading bytes. Never
+    ``zipfile.is_zipfile`` alone: it searches the end of the file for a zip record, and finds the one of a
+    checkpoint (torch.save writes zips) stored last in a .tar made by export-model."""
+    kind = _archive_kind(archive)
+    if kind is not None:
+        return "zip" if kind == "zip" else "tar"
+    with open(archive, "rb") as f:
+        head = f.read(4)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    return "tar"  # tarfile.open detects plain/gz/bz2/xz itself and says so when it is none of them
+
+
 def _check_name(archive: Path, name: str) -> PurePosixPath:
     """The member name as a safe relative path, or AutoSegError."""
     if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":") or "\x00" in name:
@@ -222,8 +241,11 @@ def _check_name(archive: Path, name: str) -> PurePosixPath:
 def _members(archive: Path):
     """[(safe relative path, is_dir, size, opener)] of the archive; refuses unsafe entries."""
     out = []
-    if zipfile.is_zipfile(archive):
-        zf = zipfile.ZipFile(archive)
+    if _format_of(archive) == "zip":
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise AutoSegError(f"{archive}: not a model archive (not a readable zip file: {exc}).") from None
         for info in zf.infolist():
             kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the writer recorded no Unix file type
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
@@ -277,10 +299,19 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
         if total > MAX_TOTAL_BYTES:
             raise AutoSegError(f"{archive}: refused: it claims {total / 2 ** 30:.1f} GiB uncompressed (more than "
                                f"{MAX_TOTAL_BYTES // 2 ** 30} GiB); not a model archive.")
+        ratio = total / max(archive.stat().st_size, 1)
+        if total > RATIO_CHECK_ABOVE and ratio > MAX_RATIO:
+            raise AutoSegError(f"{archive}: refused: {archive.stat().st_size / 2 ** 20:.1f} MiB that would expand to "
+                               f"{total / 2 ** 20:.0f} MiB ({ratio:.0f}x; model weights barely compress, at most "
+                               f"{MAX_RATIO}x is accepted). Not a model archive (a decompression bomb?).")
+        listed = _manifest_names(archive, members)
         for rel, is_dir, _, _ in members:
             if not is_dir and not rel.name.lower().endswith(ALLOWED_SUFFIXES):
                 raise AutoSegError(f"{archive}: refused: entry {str(rel)!r} is not a file type a model holds "
                                    f"(allowed: {', '.join(ALLOWED_SUFFIXES)}); pickles and code are never loaded.")
+            if listed is not None and not is_dir and not _listed(rel, listed):
+                raise AutoSegError(f"{archive}: refused: entry {str(rel)!r} is not listed in its {MANIFEST}; an "
+                                   f"archive written by export-model holds only the files it lists.")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -298,7 +329,12 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
             root = _model_root(archive, tmp)
             _verify_manifest(archive, root)
             for ckpt in sorted(list(root.rglob("*.pt")) + list(root.rglob("*.pth"))):
-                load_checkpoint(ckpt)  # raises CheckpointRefused (an AutoSegError) for code-executing pickles
+                try:
+                    load_checkpoint(ckpt)  # raises CheckpointRefused (an AutoSegError) for code-executing pickles
+                except AutoSegError as exc:  # name the archive and its entry, not the temporary copy
+                    entry = ckpt.relative_to(root).as_posix()
+                    raise type(exc)(f"{archive}: entry {entry}: " + str(exc).replace(f"{ckpt}: ", "")
+                                    .replace(str(ckpt), entry)) from None
             write_json(root / MARKER, {"archive": str(archive.resolve()), "sha256": digest})
             _replace_dir(root, dest)
         finally:
@@ -307,6 +343,30 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
     finally:
         handle.close()
     return dest
+
+
+def _listed(rel: PurePosixPath, listed: set) -> bool:
+    """Whether the manifest lists ``rel`` (archives made by zipping the folder itself add one top folder)."""
+    return str(rel) in listed or (len(rel.parts) > 1 and str(PurePosixPath(*rel.parts[1:])) in listed)
+
+
+def _manifest_names(archive: Path, members) -> "Optional[set]":
+    """The file names ``archive_manifest.json`` lists (read from the archive, before anything is extracted),
+    plus the manifest itself; None for an archive without one (made by hand: checked entry by entry)."""
+    found = [(rel, size, opener) for rel, is_dir, size, opener in members
+             if not is_dir and rel.name == MANIFEST and len(rel.parts) <= 2]
+    if not found:
+        return None
+    rel, size, opener = found[0]
+    if size > MAX_MANIFEST_BYTES:
+        raise AutoSegError(f"{archive}: refused: its {MANIFEST} claims {size} bytes; not a model archive.")
+    try:
+        with opener() as f:
+            files = json.loads(f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))["files"]
+        names = {str(k) for k in files}
+    except (KeyError, TypeError, ValueError, OSError, UnicodeDecodeError):
+        raise AutoSegError(f"{archive}: {MANIFEST} is unreadable; the archive is damaged.") from None
+    return names | {MANIFEST}
 
 
 def _model_root(archive: Path, folder: Path) -> Path:
@@ -328,7 +388,9 @@ def _verify_manifest(archive: Path, root: Path) -> None:
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         raise AutoSegError(f"{archive}: {MANIFEST} is unreadable; the archive is damaged.") from None
     for name, entry in listed.items():
-        f = root / name
+        # a name outside the archive (absolute, '..') must not make us stat local files and tell
+        rel = _check_name(archive, str(name))
+        f = root.joinpath(*rel.parts)
         if not f.is_file():
             raise AutoSegError(f"{archive}: {name} is listed in {MANIFEST} but missing; the archive is incomplete.")
         if f.stat().st_size != entry.get("size") or _sha256(f) != entry.get("sha256"):
@@ -345,3 +407,36 @@ def _replace_dir(new: Path, dest: Path) -> None:
     os.replace(new, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+STALE_TEMPORARY_S = 24 * 3600
+
+
+def prune_archive_cache(cache_root: "str | os.PathLike", keep: "Optional[Path]" = None) -> List[Path]:
+    """Remove from ``cache_root`` (``~/.cache/autoseg/models``) the extractions whose archive no longer exists
+    (one that changed is extracted again over its own folder by `extract_model_archive`) and temporary
+    folders of killed extractions older than a day. Folders without our marker and ``keep`` are never
+    touched. Returns the folders removed."""
+    root = Path(cache_root)
+    removed: List[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for entry in root.iterdir():
+        if keep is not None and entry.resolve() == Path(keep).resolve():
+            continue
+        try:
+            if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
+                stale = now - entry.stat().st_mtime > STALE_TEMPORARY_S
+            else:
+                marker = entry / MARKER
+                if not marker.is_file():
+                    continue  # not ours: never touched
+                source = json.loads(marker.read_text()).get("archive")
+                stale = not source or not Path(source).is_file()
+        except (OSError, ValueError, AttributeError):
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

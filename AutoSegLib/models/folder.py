@@ -200,8 +200,10 @@ def _read_json(path: Path, what: str) -> dict:
     except FileNotFoundError:
         raise AutoSegError(f"{path.parent}: not a model: {path.name} is missing ({what}). A model folder holds "
                            f"dataset.json, plans.json and trained/<configuration>/fold_<k>/checkpoint_final.pt.") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AutoSegError(f"{path}: not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise AutoSegError(f"{path}: nested too deeply to be {what}; the file is damaged.") from None
 
 
 def _mirror_axes(conf, metadata: dict) -> Tuple[int, ...]:
@@ -259,7 +261,14 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
     plans_path = path / "plans.json"
     if not plans_path.is_file():
         _read_json(plans_path, "the plans written by `autoseg plan`")
-    plans = Plans.from_json(plans_path)
+    try:
+        plans = Plans.from_json(plans_path)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+        # a damaged or hand-edited file (a list where a number belongs, ...): a message, not a traceback
+        raise AutoSegError(f"{plans_path}: malformed plans ({type(exc).__name__}: {exc}). The plans file is "
+                           f"damaged; re-export or re-import the model.") from None
+    from AutoSegLib.models.plans_check import check_model_plans
+    check_model_plans(plans, plans_path)  # before anything below builds on the values
     dataset = _read_json(path / "dataset.json", "labels and channel names")
     metadata = json.loads((path / "model.json").read_text()) if (path / "model.json").is_file() else {}
     configurations: Dict[str, ConfigurationModel] = {}
@@ -321,6 +330,13 @@ def load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "st
     AutoSegError
         Path missing, unknown kind of model, or a model with missing pieces (the message says which).
     """
+    from AutoSegLib.models.plans_check import check_model_plans
+    model = _load_model(path, allow_non_final, cache_dir)
+    check_model_plans(model.plans, Path(path) / "plans.json" if Path(path).is_dir() else path)  # nnU-Net too
+    return model
+
+
+def _load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "str | Path | None" = None) -> Model:
     path = Path(path).expanduser()
     if not path.exists():
         raise AutoSegError(f"{path}: model not found. Pass a model folder, a training work folder, a model "
@@ -329,6 +345,9 @@ def load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "st
         from AutoSegLib.models.archive import extract_model_archive  # helper h5's module
         dest = Path(cache_dir) if cache_dir else default_archive_cache(path)
         folder = extract_model_archive(path, dest)
+        if not cache_dir:  # the shared cache: drop extractions of archives that are gone
+            from AutoSegLib.models.archive import prune_archive_cache
+            prune_archive_cache(dest.parent, keep=dest)
         model = load_model_folder(folder or dest, allow_non_final)
         model.source = "archive"
         return model

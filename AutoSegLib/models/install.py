@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path, write_json
+from AutoSegLib.io.atomic import atomic_path, output_folder, write_json
 from AutoSegLib.progress import ProgressCallback, ProgressTracker, emit
 
 log = logging.getLogger(__name__)
@@ -199,34 +199,34 @@ def import_models(sources: Sequence["str | os.PathLike"], models_dir: "str | os.
         raise AutoSegError("import-model: give at least one SOURCE (a results folder, model folder or archive).")
     sources = [Path(s).expanduser().resolve() for s in sources]
     models_dir = Path(models_dir).expanduser().resolve()
-    models_dir.mkdir(parents=True, exist_ok=True)
-    emit(progress, "stage", stage="import-model", message=f"reading {len(sources)} source(s)")
-    with tempfile.TemporaryDirectory(prefix=".import-", dir=models_dir) as scratch:
-        models = [_load_source(s, Path(scratch)) for s in sources]
-        model = merge_models(models, sources)
-        final = models_dir / _sanitize(name or model.metadata.get("name") or model.plans.dataset_name)
-        if final.exists() and not overwrite:
-            raise AutoSegError(f"{final}: a model of this name is already installed. Choose another --name, or "
-                               f"pass --overwrite to replace it.")
-        if name:
-            model.metadata = {**(model.metadata or {}), "name": name}
-        staging = models_dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            write_model_folder(model, staging, progress)
-            check = load_model_folder(staging)  # the written folder must load back completely
-            missing = sorted(set(model.configurations) - set(check.configurations))
-            if missing:
-                raise AutoSegError(f"{staging}: written without {missing}; nothing was installed.")
-            old = None
-            if final.exists():
-                old = models_dir / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(final, old)
-            os.replace(staging, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+    with output_folder(models_dir):  # a refused import leaves no empty models folder behind
+        emit(progress, "stage", stage="import-model", message=f"reading {len(sources)} source(s)")
+        with tempfile.TemporaryDirectory(prefix=".import-", dir=models_dir) as scratch:
+            models = [_load_source(s, Path(scratch)) for s in sources]
+            model = merge_models(models, sources)
+            final = models_dir / _sanitize(name or model.metadata.get("name") or model.plans.dataset_name)
+            if final.exists() and not overwrite:
+                raise AutoSegError(f"{final}: a model of this name is already installed. Choose another --name, or "
+                                   f"pass --overwrite to replace it.")
+            if name:
+                model.metadata = {**(model.metadata or {}), "name": name}
+            staging = models_dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                write_model_folder(model, staging, progress)
+                check = load_model_folder(staging)  # the written folder must load back completely
+                missing = sorted(set(model.configurations) - set(check.configurations))
+                if missing:
+                    raise AutoSegError(f"{staging}: written without {missing}; nothing was installed.")
+                old = None
+                if final.exists():
+                    old = models_dir / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+                    os.replace(final, old)
+                os.replace(staging, final)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging, ignore_errors=True)
     emit(progress, "result", model=str(final), configurations=sorted(model.configurations),
          folds={c: sorted(m.folds) for c, m in model.configurations.items()})
     return final

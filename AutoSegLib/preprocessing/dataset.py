@@ -83,8 +83,10 @@ def _identifier_jobs(plans: Plans, configurations: Sequence[str], work_dir: Path
 _PLANS: Optional[Plans] = None
 
 
-def _init_worker(plans_dict: dict) -> None:
+def _init_worker(plans_dict: dict, parent_pid: "int | None" = None) -> None:
     global _PLANS
+    from AutoSegLib.processes import die_with_parent
+    die_with_parent(parent_pid)  # a killed plan-and-preprocess must not leave workers writing
     _PLANS = Plans.from_dict(plans_dict)
 
 
@@ -286,7 +288,7 @@ def _execute(tasks: List[dict], plans: Plans, workers: int, tracker: ProgressTra
 
     ctx = multiprocessing.get_context(_start_method())
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(plans.to_dict(),))
+                               initargs=(plans.to_dict(), os.getpid()))
     futures = {}
     try:
         futures = {pool.submit(_run_case, t): t["case"] for t in tasks}

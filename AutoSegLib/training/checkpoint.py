@@ -61,6 +61,43 @@ def load_training_checkpoint(path: "str | os.PathLike") -> Dict[str, Any]:
     return ckpt
 
 
+# What a fold can be resumed from, newest first: latest is written after every epoch, best only when the EMA
+# pseudo-Dice improved (so at most as new as latest). checkpoint_final.pt holds no optimizer or loop state.
+RESUMABLE = ("checkpoint_latest.pt", "checkpoint_best.pt")
+
+
+def load_resume_checkpoint(fold_dir: "str | os.PathLike", progress=None) -> "tuple[Optional[Path], Optional[dict]]":
+    """The newest loadable checkpoint of ``fold_dir`` to resume from, as the reference does.
+
+    A kill during the first checkpoint write leaves checkpoint_best.pt without checkpoint_latest.pt (or a
+    truncated latest): training continues from best rather than refusing. Unloadable files are reported
+    as warnings (through ``progress``) and will be replaced by the resumed training.
+
+    Returns
+    -------
+    (path, checkpoint) or (None, None) when none is loadable: the caller starts anew (with a warning).
+    """
+    from AutoSegLib.progress import emit
+    fold_dir = Path(fold_dir)
+    for name in RESUMABLE:
+        path = fold_dir / name
+        if not path.is_file():
+            continue
+        try:
+            ckpt = load_training_checkpoint(path)
+        except AutoSegError as exc:
+            log.warning("%s", exc)
+            emit(progress, "log", level="warning", message=f"cannot resume from it: {exc}")
+            continue
+        if name != RESUMABLE[0]:
+            message = (f"resuming from {path} (epoch {ckpt.get('epoch')}): {RESUMABLE[0]} is missing or unreadable "
+                       f"(a run stopped while writing it?)")
+            log.warning(message)
+            emit(progress, "log", level="warning", message=message)
+        return path, ckpt
+    return None, None
+
+
 def rng_state() -> Dict[str, Any]:
     """RNG states of torch (CPU and CUDA) as uint8 tensors."""
     state = {"torch": torch.get_rng_state()}

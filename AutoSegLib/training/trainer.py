@@ -62,7 +62,8 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     progress : callable, optional
         Receives "stage", "progress" (iterations), "epoch" and "result" events.
     resume : bool
-        Continue from ``checkpoint_latest.pt`` of that folder.
+        Continue from the newest loadable checkpoint of that folder (``checkpoint_latest.pt``, else
+        ``checkpoint_best.pt``); when none loads, start anew with a warning (as the reference does).
 
     Returns
     -------
@@ -74,7 +75,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     AutoSegError
         Unknown configuration or fold; missing preprocessed data or data made with other plans; for a cascade
         stage, missing or stale previous-stage predictions (naming the cases and the runs that make them); an existing
-        run without ``resume``; a corrupt checkpoint on resume; ``init_from`` weights with other labels or
+        run without ``resume``; a resume checkpoint made with other plans; ``init_from`` weights with other labels or
         another architecture; CUDA out of memory. Nothing is overwritten in those cases.
     """
     from AutoSegLib.allocator import keep_freed_memory
@@ -108,7 +109,6 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         cascade_values = cascade_label_values(layout)
     num_inputs = network_input_channels(plans, configuration)
     fold_dir = fold_output_dir(work_dir, configuration, fold, output_dir)
-    latest = fold_dir / "checkpoint_latest.pt"
 
     info = dist_mod.from_environment()
     device = resolve_device(config.device)
@@ -125,14 +125,18 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
 
     resumed = None
     if resume:
-        if not latest.is_file():
-            raise AutoSegError(f"{latest}: nothing to resume (no checkpoint_latest.pt). Start without --resume.")
-        resumed = ckpt_mod.load_training_checkpoint(latest)
-        want = ckpt_mod.plans_identifier(plan)
-        if resumed.get("plans_identifier") != want or resumed.get("configuration") != configuration:
-            raise AutoSegError(f"{latest}: made with other plans or another configuration than {configuration!r} "
-                               f"of {work_dir / 'plans.json'}. Train into another --output, or delete the folder.")
-    elif any((fold_dir / n).is_file() for n in ("checkpoint_latest.pt", "checkpoint_final.pt")):
+        source, resumed = ckpt_mod.load_resume_checkpoint(fold_dir, progress)
+        if resumed is None:  # as the reference: a fold with nothing loadable to resume from starts anew
+            message = f"{fold_dir}: no loadable checkpoint to resume from; starting a new training."
+            log.warning(message)
+            emit(progress, "log", level="warning", message=message)
+        else:
+            want = ckpt_mod.plans_identifier(plan)
+            if resumed.get("plans_identifier") != want or resumed.get("configuration") != configuration:
+                raise AutoSegError(f"{source}: made with other plans or another configuration than "
+                                   f"{configuration!r} of {work_dir / 'plans.json'}. Train into another --output, "
+                                   f"or delete the folder.")
+    elif any((fold_dir / n).is_file() for n in ckpt_mod.RESUMABLE + ("checkpoint_final.pt",)):
         raise AutoSegError(f"{fold_dir}: holds a training already. Use --resume to continue it, --output for "
                            f"another place, or delete the folder to start over.")
 

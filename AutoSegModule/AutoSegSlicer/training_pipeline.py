@@ -263,10 +263,13 @@ def finetune_state(dataset: Path, work: Path, options: TrainingOptions, folds: L
 
 
 def resume_args(step: Step, work: Path) -> List[str]:
-    """The arguments a train step is (re)started with: ``--resume`` when its fold has a latest checkpoint."""
+    """The arguments a train step is (re)started with: ``--resume`` when its fold has a checkpoint to resume
+    from (latest, or best alone after a stop during the first checkpoint write: the trainer falls back to
+    the newest loadable one, see AutoSegLib.training.checkpoint.RESUMABLE)."""
     args = list(step.args)
     if step.command == "train" and "--resume" not in args:
-        if (fold_dir(work, step.configuration, step.fold) / "checkpoint_latest.pt").is_file():
+        folder = fold_dir(work, step.configuration, step.fold)
+        if any((folder / name).is_file() for name in ("checkpoint_latest.pt", "checkpoint_best.pt")):
             args.append("--resume")
     return args
 

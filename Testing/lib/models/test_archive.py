@@ -43,7 +43,7 @@ def _model_folder(root):
     return root
 
 
-@pytest.mark.parametrize("name", ["model.zip", "model.tar.gz"])
+@pytest.mark.parametrize("name", ["model.zip", "model.tar.gz", "model.tar"])
 def test_round_trip(tmp_path, name):
     src = _model_folder(tmp_path / "work")
     archive = export_model_archive(src, tmp_path / name, metadata={"description": "toy"})
@@ -185,3 +185,93 @@ def test_refuses_tampered_and_incomplete(tmp_path):
     with pytest.raises(AutoSegError, match="not a model archive"):
         extract_model_archive(tmp_path / "junk.zip", tmp_path / "d3")
     assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists()
+
+
+def test_plain_tar_is_read_as_tar_even_without_its_extension(tmp_path):
+    """A .tar written by export-model ends with a checkpoint, itself a zip: zip detection by the end
+    record took the tar for a zip. The format comes from the name, else from the leading bytes."""
+    src = _model_folder(tmp_path / "work")
+    archive = export_model_archive(src, tmp_path / "model.tar")
+    assert zipfile.is_zipfile(archive)  # the trap
+    renamed = archive.rename(tmp_path / "model.bin")
+    dest = extract_model_archive(renamed, tmp_path / "out")
+    assert (dest / "plans.json").read_bytes() == (src / "plans.json").read_bytes()
+
+
+def test_refuses_decompression_bomb_before_writing(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("plans.json", "{}")
+        zf.writestr("dataset.json", "{}")
+        zf.writestr("notes.txt", b"0" * (80 * 2 ** 20))   # 80 MiB -> ~80 KiB
+    with pytest.raises(AutoSegError, match=r"bomb\.zip: refused: .*would expand to 80 MiB"):
+        extract_model_archive(tmp_path / "bomb.zip", tmp_path / "dest")
+    assert [p.name for p in tmp_path.iterdir()] == ["bomb.zip"]
+
+
+def test_extracts_only_what_the_manifest_lists(tmp_path):
+    base = export_model_archive(_model_folder(tmp_path / "work"), tmp_path / "ok.zip")
+    with zipfile.ZipFile(base) as src, zipfile.ZipFile(tmp_path / "extra.zip", "w") as zf:
+        for info in src.infolist():
+            zf.writestr(info, src.read(info))
+        zf.writestr("trained/3d_fullres/fold_0/extra.txt", "smuggled")
+    with pytest.raises(AutoSegError, match=r"extra\.zip: refused: entry 'trained/3d_fullres/fold_0/extra.txt' is "
+                                           r"not listed in its archive_manifest.json"):
+        extract_model_archive(tmp_path / "extra.zip", tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_manifest_naming_local_files_reveals_nothing(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x")
+    base = export_model_archive(_model_folder(tmp_path / "work"), tmp_path / "ok.zip")
+    for name in (str(secret), "../../secret.txt"):
+        with zipfile.ZipFile(base) as src, zipfile.ZipFile(tmp_path / "m.zip", "w") as zf:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename == MANIFEST:
+                    m = json.loads(data)
+                    m["files"][name] = {"size": 1, "sha256": "0"}
+                    data = json.dumps(m).encode()
+                zf.writestr(info, data)
+        with pytest.raises(AutoSegError) as err:
+            extract_model_archive(tmp_path / "m.zip", tmp_path / "dest")
+        assert "refused" in str(err.value) and "missing" not in str(err.value) and "checksum" not in str(err.value)
+
+
+def test_errors_about_content_name_the_archive_not_a_temporary_path(tmp_path):
+    base = export_model_archive(_model_folder(tmp_path / "work"), tmp_path / "ok.zip")
+    with zipfile.ZipFile(base) as src, zipfile.ZipFile(tmp_path / "trunc.zip", "w") as zf:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "trained/3d_fullres/fold_1/checkpoint_final.pt":
+                data = data[:100]
+            if info.filename != MANIFEST:
+                zf.writestr(info, data)
+    with pytest.raises(AutoSegError) as err:
+        extract_model_archive(tmp_path / "trunc.zip", tmp_path / "dest")
+    text = str(err.value)
+    assert text.startswith(f"{tmp_path / 'trunc.zip'}: entry trained/3d_fullres/fold_1/checkpoint_final.pt")
+    assert ".tmp-" not in text
+
+
+def test_cache_drops_extractions_of_deleted_archives(tmp_path):
+    from AutoSegLib.models.archive import STALE_TEMPORARY_S, prune_archive_cache
+    cache = tmp_path / "cache"
+    a = export_model_archive(_model_folder(tmp_path / "work"), tmp_path / "a.zip")
+    b = tmp_path / "b.zip"
+    b.write_bytes(a.read_bytes())
+    extract_model_archive(a, cache / "a_zip")
+    extract_model_archive(b, cache / "b_zip")
+    (cache / "mine").mkdir()                       # not an extraction: never touched
+    old_tmp = cache / ".x.tmp-1234"
+    old_tmp.mkdir()
+    os.utime(old_tmp, (0, 0))
+    fresh_tmp = cache / ".y.tmp-5678"               # may belong to a running extraction
+    fresh_tmp.mkdir()
+    b.unlink()
+    removed = prune_archive_cache(cache, keep=cache / "a_zip")
+    assert sorted(p.name for p in removed) == [".x.tmp-1234", "b_zip"]
+    assert sorted(p.name for p in cache.iterdir()) == [".y.tmp-5678", "a_zip", "mine"]
+    assert STALE_TEMPORARY_S >= 3600
+    a.unlink()
+    assert prune_archive_cache(cache, keep=cache / "a_zip") == []   # kept: the one in use

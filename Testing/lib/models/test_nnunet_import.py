@@ -81,7 +81,11 @@ def test_failed_import_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(install, "_save_tensors", broken)
     with pytest.raises(RuntimeError):
         import_models([TINY / "Dataset901_ResEncRegions"], tmp_path / "models")
-    assert list((tmp_path / "models").iterdir()) == []
+    assert not (tmp_path / "models").exists()  # not even the models folder it created
+    (tmp_path / "models").mkdir()
+    with pytest.raises(RuntimeError):
+        import_models([TINY / "Dataset901_ResEncRegions"], tmp_path / "models")
+    assert list((tmp_path / "models").iterdir()) == []  # a folder that existed stays, empty
 
 
 def test_cli_errors_are_clean(tmp_path, capsys):

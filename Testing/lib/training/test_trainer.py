@@ -175,13 +175,15 @@ def test_existing_run_corrupt_checkpoint_and_init_from(work, tmp_path):
     out = train_fold(work, "3d_fullres", "all", cfg)
     with pytest.raises(AutoSegError, match="holds a training already.*--resume"):
         train_fold(work, "3d_fullres", "all", cfg)
-    # a corrupt latest checkpoint: clear error, nothing overwritten
+    # checkpoints made with other plans: clear error, nothing overwritten
     latest = out / "checkpoint_latest.pt"
-    latest.write_bytes(latest.read_bytes()[:200])
-    damaged = latest.read_bytes()
-    with pytest.raises(AutoSegError, match="checkpoint_latest.pt"):
+    ck = torch.load(latest, weights_only=True)
+    torch.save({**ck, "plans_identifier": "other"}, latest)
+    before = latest.read_bytes()
+    with pytest.raises(AutoSegError, match="checkpoint_latest.pt: made with other plans"):
         train_fold(work, "3d_fullres", "all", cfg, resume=True)
-    assert latest.read_bytes() == damaged
+    assert latest.read_bytes() == before
+    torch.save(ck, latest)
     # fine-tuning from the final checkpoint works (same labels and architecture)
     ft = train_fold(work, "3d_fullres", 0, cfg.replace(init_from=str(work)), output_dir=tmp_path / "ft")
     assert json.loads((ft / "training_config.json").read_text())["resolved"]["init_from"].endswith("checkpoint_final.pt")
@@ -231,3 +233,35 @@ def test_cuda_out_of_memory_names_the_fix():
     with pytest.raises(AutoSegError, match="--gpu-memory-gb"):
         train_step(net, torch.optim.SGD(net.parameters(), lr=0.1), None, loss, np.zeros((1, 1, 4, 4), np.float32),
                    np.zeros((1, 1, 4, 4), np.int16), ex, [(4, 4)], 12.0)
+
+
+def test_resume_falls_back_to_the_newest_loadable_checkpoint(work):
+    """A kill during the first checkpoint write leaves checkpoint_best.pt without a (complete)
+    checkpoint_latest.pt: --resume continues from best; with nothing loadable it starts anew, warning."""
+    cfg = FAST.replace(epochs=1, iterations_per_epoch=2, val_iterations=1, validate_at_end=False)
+    out = train_fold(work, "3d_fullres", 0, cfg)
+    latest, best_path = out / "checkpoint_latest.pt", out / "checkpoint_best.pt"
+    for damage in ("missing", "truncated"):
+        (out / "checkpoint_final.pt").unlink()
+        if damage == "missing":
+            latest.unlink()
+        else:
+            latest.write_bytes(latest.read_bytes()[:300])
+        best = torch.load(best_path, weights_only=True)["epoch"]
+        events = []
+        train_fold(work, "3d_fullres", 0, cfg.replace(epochs=best + 1), progress=events.append, resume=True)
+        warnings = [e["message"] for e in events if e.get("level") == "warning"]
+        assert any("resuming from" in m and "checkpoint_best.pt" in m for m in warnings), warnings
+        log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+        # best's epochs were kept and one more trained on top
+        assert [e["epoch"] for e in log] == list(range(best + 1)), damage
+        assert torch.load(latest, weights_only=True)["epoch"] == best + 1
+    # nothing loadable at all: a new training, with a warning (not "nothing to resume")
+    (out / "checkpoint_final.pt").unlink()
+    for p in (latest, best_path):
+        p.write_bytes(b"garbage")
+    events = []
+    train_fold(work, "3d_fullres", 0, cfg, progress=events.append, resume=True)
+    assert any("no loadable checkpoint to resume from; starting a new training" in e.get("message", "")
+               for e in events)
+    assert torch.load(latest, weights_only=True)["epoch"] == 1
