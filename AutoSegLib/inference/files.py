@@ -106,7 +106,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
                   step_size: float = 0.5, device="auto", precision: str = "auto", save_probabilities: bool = False,
                   postprocess: bool = True, batch_size: int = 1, output_ending: Optional[str] = None,
                   overwrite: bool = True, progress: Optional[ProgressCallback] = None,
-                  channels_last: Optional[bool] = None) -> List[Path]:
+                  channels_last: Optional[bool] = None, runtime: str = "torch") -> List[Path]:
     """Segment image files and write label maps in each input's own grid and format.
 
     Parameters
@@ -116,7 +116,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         A folder of cases, or one case's channel files (see ``find_cases``).
     output : path
         Output folder (created), or for a single case a file name with an image ending.
-    configuration, folds, tta, step_size, device, precision, postprocess, batch_size, channels_last
+    configuration, folds, tta, step_size, device, precision, postprocess, batch_size, channels_last, runtime
         See ``predict_arrays``.
     save_probabilities : bool
         Also write ``<case>.npz`` with key ``probabilities`` (float32, (K, *spatial)).
@@ -132,7 +132,10 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
     """
     from AutoSegLib.inference.predict import check_input, predict_arrays
 
+    from AutoSegLib.inference.compiled import resolve_runtime
+
     cases = find_cases(inputs, model.plans.num_channels)
+    runtime = resolve_runtime(runtime, str(device))
     output = Path(output).expanduser()
     single = len(cases) == 1 and any(output.name.lower().endswith(e) for e in SUPPORTED_ENDINGS)
     if not single:
@@ -154,7 +157,8 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         check_input(model, images, geometry, source=str(files[0]))
         labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
                                        precision, return_probabilities=save_probabilities, postprocess=postprocess,
-                                       batch_size=batch_size, progress=progress, channels_last=channels_last)
+                                       batch_size=batch_size, progress=progress, channels_last=channels_last,
+                                       runtime=runtime)
         del images
         if save_probabilities:
             npz = dest.with_name(dest.name[: len(dest.name) - len(ending)] + ".npz")
