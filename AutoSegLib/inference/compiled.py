@@ -249,8 +249,9 @@ def export_fold(plan, num_input_channels: int, num_outputs: int, fold_weights, d
     AutoSegError
         torch missing, or the export disagrees with torch (see ``EXPORT_TOLERANCE``).
     """
-    if not torch_importable():
-        raise AutoSegError(f"{fold_weights.path}: exporting a network needs PyTorch (`pip install torch`).")
+    if not torch_importable() or not installed("onnx"):
+        raise AutoSegError(f"{fold_weights.path}: exporting a network needs PyTorch and the onnx package "
+                           f"(`pip install 'autoseg[train]'`, or `pip install torch onnx`).")
     from AutoSegLib.network.unet import build_network
 
     dest = Path(dest_dir) if dest_dir is not None else Path(fold_weights.path).parent
@@ -267,7 +268,7 @@ def export_fold(plan, num_input_channels: int, num_outputs: int, fold_weights, d
     ck = Path(fold_weights.path)
     st = ck.stat()
     record = {"format": FORMAT, "sha256": _sha256(path), "opset": OPSET,
-              "checkpoint": {"name": ck.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(ck)},
+              "checkpoint": {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(ck)},
               "input_channels": int(num_input_channels), "outputs": int(num_outputs),
               "patch_size": [int(p) for p in plan.patch_size], "check": checks,
               "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

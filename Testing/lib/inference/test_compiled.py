@@ -301,9 +301,55 @@ def test_predict_cli_without_torch_matches_torch(tiny_model, tmp_path, runtime):
     got = (sitk.GetArrayFromImage(sitk.ReadImage(str(out / "c0.nii.gz"))), np.load(out / "c0.npz")["probabilities"])
     ref = (sitk.GetArrayFromImage(sitk.ReadImage(str(ref_out / "c0.nii.gz"))), np.load(ref_out / "c0.npz")["probabilities"])
     assert_equivalent(ref, got, (1, 2), f"torch-free {runtime}")
+    # an archive too: extracted (no checkpoint is unpickled without torch) and predicted from its ONNX files
+    from AutoSegLib.models.archive import export_model_archive
+    archive = export_model_archive(model.path, tmp_path / "m.zip")
+    res = subprocess.run([sys.executable, "-c", code, "predict", "-m", str(archive), "-i", str(inp), "-o",
+                          str(tmp_path / "out_archive"), "--runtime", runtime],
+                         env=dict(env, HOME=str(tmp_path / "home")), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out_archive" / "c0.nii.gz"))),
+                                  got[0])
     # torch-free and no export: a clear message, not a traceback
     for fw in model.configurations["3d_fullres"].folds.values():
         compiled.onnx_path(fw).unlink()
     res = subprocess.run([sys.executable, "-c", code, "predict", "-m", str(model.path), "-i", str(inp), "-o",
                           str(tmp_path / "out2"), "--runtime", runtime], env=env, capture_output=True, text=True)
     assert res.returncode == 2 and "needs PyTorch" in res.stderr, res.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------- export-model, import-model
+
+def test_archive_carries_checked_networks_used_without_re_export(tiny_model, tmp_path):
+    import zipfile
+    from AutoSegLib.models.archive import MANIFEST, export_model_archive
+    from AutoSegLib.models.folder import load_model
+    model = tiny_model(folds=("0", "1"))
+    archive = export_model_archive(model.path, tmp_path / "m.zip")
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read(MANIFEST))["files"]
+    for fold in ("0", "1"):
+        for f in (compiled.ONNX_NAME, compiled.SIDECAR_NAME):
+            assert f"trained/3d_fullres/fold_{fold}/{f}" in names and f"trained/3d_fullres/fold_{fold}/{f}" in manifest
+    assert not (model.path / "trained" / "3d_fullres" / "fold_0" / compiled.ONNX_NAME).exists()  # source untouched
+    loaded = load_model(archive, cache_dir=tmp_path / "x")
+    assert [compiled.export_status(fw) for fw in loaded.configurations["3d_fullres"].folds.values()] == ["ok", "ok"]
+    if any(compiled.installed(r) for r in compiled.COMPILED):
+        geo = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), EYE)
+        messages = []
+        img = image((6, 16, 16))
+        got = predict_arrays(loaded, img, geo, tta=False, runtime="auto", progress=messages.append,
+                             return_probabilities=True)
+        assert not any("exporting" in str(m.get("message", "")) for m in messages)
+        ref = predict_arrays(model, img, geo, tta=False, return_probabilities=True)
+        assert_equivalent(ref, got, (1, 2), "archive")
+
+
+def test_import_model_exports_every_fold(tmp_path):
+    from AutoSegLib.models.folder import load_model
+    from AutoSegLib.models.install import import_models
+    installed = load_model(import_models([TINY / "Dataset902_Cascade"], tmp_path / "models"))
+    folds = [fw for cm in installed.configurations.values() for fw in cm.folds.values()]
+    assert len(folds) == 2 and all(compiled.export_status(fw) == "ok" for fw in folds)
+    assert not list(TINY.rglob(compiled.ONNX_NAME))  # nothing written into the source
