@@ -417,6 +417,18 @@ def threads_setting() -> Optional[int]:
     return int(v) if v and v.isdigit() and int(v) > 0 else None
 
 
+def _session(model, path: Path, runtime: str):
+    """The fold's loaded network; kept on the model when it caches weights (several cases in a row: each
+    network is read, verified and compiled once)."""
+    if not getattr(model, "cache_weights", False):
+        return load_session(path, runtime, threads_setting())
+    cache = model.__dict__.setdefault("_compiled_sessions", {})
+    key = (str(path), runtime)
+    if key not in cache:
+        cache[key] = load_session(path, runtime, threads_setting())
+    return cache[key]
+
+
 def predict_logits_compiled(model, configuration: str, data: np.ndarray, fold_names: Sequence[str], runtime: str,
                             tta: bool = True, step_size: float = 0.5, batch_size: int = 1,
                             progress: Optional[ProgressCallback] = None) -> np.ndarray:
@@ -431,7 +443,7 @@ def predict_logits_compiled(model, configuration: str, data: np.ndarray, fold_na
     data = np.ascontiguousarray(data, dtype=np.float32)
     total = None
     for i, fold in enumerate(fold_names):
-        predictor = load_session(paths[fold], runtime, threads_setting())
+        predictor = _session(model, paths[fold], runtime)
         log.info("predicting %s fold %s with %s: %d windows, mirror axes %s", configuration, fold, runtime,
                  count_windows(tuple(data.shape[1:]), conf.patch_size, step_size), mirror)
         stage = f"predict {configuration} fold {fold} ({i + 1}/{len(fold_names)})"
