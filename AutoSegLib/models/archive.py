@@ -103,7 +103,11 @@ def _exported_network(source: Path, conf: str, fold: str, checkpoint: Path, tmp:
     from AutoSegLib.models.folder import FoldWeights, network_input_channels
     from AutoSegLib.planning.plans import Plans
 
-    plans = Plans.from_json(source / "plans.json")
+    try:
+        plans = Plans.from_json(source / "plans.json")
+    except AutoSegError as exc:  # not AutoSeg plans: no network to build (the archive cannot predict anyway)
+        log.warning("%s: no ONNX network exported: %s", source, exc)
+        return {}
     out_dir = tmp / "onnx" / conf / f"fold_{fold}"
     export_fold(plans.configuration(conf), network_input_channels(plans, conf), plans.label_layout().num_outputs,
                 FoldWeights(fold, checkpoint), out_dir)
