@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the local virtual environment .venv and install AutoSeg into it.
-# Usage: scripts/setup-env.sh [test]   ("test" adds pytest and slicer-core)
+# Usage: scripts/setup-env.sh [test]   (everything for training and the demo: the "train" extra; "test" adds
+# pytest, slicer-core and ONNX Runtime). Prediction alone needs only `pip install .` (OpenVINO, no PyTorch).
 # Idempotent: a stamp file records what was installed; nothing is reinstalled when pyproject.toml is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +17,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 # torch first, pinned: an unpinned torch would pull several GB of CUDA packages on a CPU machine.
 .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 if [ "$extra" = "test" ]; then
-    .venv/bin/python -m pip install -q -e ".[test]"
+    .venv/bin/python -m pip install -q -e ".[train,test]"
 else
-    .venv/bin/python -m pip install -q -e .
+    .venv/bin/python -m pip install -q -e ".[train]"
 fi
 echo "$want" > "$stamp"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")  # AutoSegLib.inference.compiled.RUNTIMES
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -22,6 +23,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-tta", action="store_true",
                         help="disable test-time mirroring (about 8x faster in 3D, slightly less accurate)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="compute device (default: best available)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="what runs the networks: auto (default): OpenVINO or ONNX Runtime on the CPU when "
+                             "installed (float32, faster, no PyTorch needed), torch on CUDA/MPS; torch; openvino; "
+                             "onnxruntime. A compiled runtime uses each fold's exported network.onnx (exported on "
+                             "first use when missing)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: float16 autocast on CUDA; on CPU bfloat16 for AutoSeg models trained in "
                              "bfloat16 (on CPUs that compute it natively), float32 otherwise (nnU-Net models: the "
@@ -39,13 +45,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="for a training work folder: use checkpoint_best/latest of folds without a final checkpoint")
     parser.add_argument("--skip-existing", action="store_true", help="skip cases whose output already exists")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the runtime (default: the runtime's own choice)")
 
 
 def run(args, progress) -> int:
-    import torch
+    import os
 
     from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.inference.compiled import resolve_runtime
     from AutoSegLib.inference.files import predict_files
     from AutoSegLib.models.folder import load_model
 
@@ -53,12 +61,19 @@ def run(args, progress) -> int:
         raise AutoSegError(f"--step-size must be in (0, 1], got {args.step_size}.")
     if args.batch_size < 1:
         raise AutoSegError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    runtime = resolve_runtime(args.runtime, args.device)
+    if args.threads and args.threads < 1:
+        raise AutoSegError(f"--threads must be at least 1, got {args.threads}.")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        os.environ["AUTOSEG_THREADS"] = str(args.threads)  # read by the compiled runtimes
+        if runtime == "torch":
+            import torch
+            torch.set_num_threads(args.threads)
     model = load_model(args.model, allow_non_final=args.allow_unfinished)
     model.cache_weights = True  # several cases in a row: read each fold's weights once
     progress({"event": "stage", "stage": "predict",
-              "message": f"model {model.path} ({model.source}); configurations {sorted(model.configurations)}"})
+              "message": f"model {model.path} ({model.source}); configurations {sorted(model.configurations)}; "
+                         f"runtime {runtime}"})
     inputs = args.input[0] if len(args.input) == 1 else args.input
     configuration = None
     if args.configuration:
@@ -68,6 +83,6 @@ def run(args, progress) -> int:
                             precision=args.precision, save_probabilities=args.save_probabilities,
                             postprocess=not args.no_postprocessing, batch_size=args.batch_size,
                             output_ending=args.output_ending, overwrite=not args.skip_existing, progress=progress,
-                            channels_last=args.channels_last)
+                            channels_last=args.channels_last, runtime=runtime)
     progress({"event": "log", "level": "info", "message": f"wrote {len(written)} label map(s) to {args.output}"})
     return 0

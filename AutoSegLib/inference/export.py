@@ -6,6 +6,9 @@ channel at a time, stored as float16 like the reference's float16 logits), THEN 
 regions) in float32, argmax (regions: painted in ``regions_class_order`` where > 0.5), pasted into the
 crop bounding box (probabilities outside: background 1, regions 0), and transposed back.
 
+The logits may be a torch tensor (the torch runtime) or a numpy array (the compiled runtimes: then
+nothing here imports torch); torch logits take torch's softmax, bit for bit the reference's.
+
 Memory: the full-resolution logits are float16 and the non-linearity runs in slabs along axis 0, so a
 512x512x400 volume with 3 classes needs about 2 x 0.6 GB plus the outputs.
 """
@@ -15,7 +18,6 @@ import inspect
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from AutoSegLib.io.labels import LabelLayout
 from AutoSegLib.planning.plans import ConfigurationPlan, Plans
@@ -42,41 +44,80 @@ def case_properties(properties: dict) -> dict:
     }
 
 
-def resample_logits(logits: torch.Tensor, current_spacing: Sequence[float], new_shape: Sequence[int],
-                    new_spacing: Sequence[float], conf: ConfigurationPlan) -> torch.Tensor:
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.numpy() if _is_torch(x) else np.asarray(x)
+
+
+def resample_logits(logits, current_spacing: Sequence[float], new_shape: Sequence[int],
+                    new_spacing: Sequence[float], conf: ConfigurationPlan):
     """Resample (K, *spatial) logits to ``new_shape`` one channel at a time; returns float16 (K, *new_shape)
-    (the reference stores its resampled logits in the dtype of its float16 accumulator)."""
+    (the reference stores its resampled logits in the dtype of its float16 accumulator), a torch tensor
+    for torch logits, else a numpy array."""
     new_shape = tuple(int(s) for s in new_shape)
+    torch_in = _is_torch(logits)
     if tuple(logits.shape[1:]) == new_shape:
-        return logits.to(torch.float16)
+        return logits.to(_torch_float16()) if torch_in else np.asarray(logits, np.float16)
     from AutoSegLib.preprocessing.resampling import resample_image
     params = inspect.signature(resample_image).parameters
     extra = {"new_spacing": tuple(new_spacing)} if "new_spacing" in params else {}
-    out = torch.empty((logits.shape[0], *new_shape), dtype=torch.float16)
+    out = np.empty((logits.shape[0], *new_shape), dtype=np.float16)
     for c in range(logits.shape[0]):
         # float64 input keeps resample_image on its float64 path, the reference's: its float16 rounding of
         # the result then lands on the same values (float32 interpolation flips some by one float16 ulp)
-        chan = logits[c:c + 1].double().cpu().numpy()
+        chan = (logits[c:c + 1].double().cpu().numpy() if torch_in
+                else np.asarray(logits[c:c + 1], dtype=np.float64))
         res = resample_image(chan, tuple(current_spacing), new_shape, conf.resampling, is_probabilities=True, **extra)
-        out[c] = torch.from_numpy(np.asarray(res, dtype=np.float32)[0]).to(torch.float16)
+        # float32 then float16: the cast torch's float32 -> float16 conversion made before
+        out[c] = np.asarray(res, dtype=np.float32)[0].astype(np.float16)
         del chan, res
+    if torch_in:
+        import torch
+        return torch.from_numpy(out)
     return out
 
 
-def apply_nonlinearity(logits: torch.Tensor, layout: LabelLayout) -> torch.Tensor:
-    """float32 probabilities: softmax over channels, or sigmoid per region."""
-    x = logits.float()
-    return torch.sigmoid(x) if layout.has_regions else torch.softmax(x, 0)
+def _torch_float16():
+    import torch
+    return torch.float16
 
 
-def probabilities_to_labels(probs: torch.Tensor, layout: LabelLayout) -> torch.Tensor:
-    """(K, *spatial) probabilities -> (*spatial) int16 label values."""
+def apply_nonlinearity(logits, layout: LabelLayout):
+    """float32 probabilities: softmax over channels, or sigmoid per region (torch in, torch out; numpy in,
+    numpy out)."""
+    if _is_torch(logits):
+        import torch
+        x = logits.float()
+        return torch.sigmoid(x) if layout.has_regions else torch.softmax(x, 0)
+    x = np.asarray(logits, dtype=np.float32)
     if layout.has_regions:
-        seg = torch.zeros(probs.shape[1:], dtype=torch.int16)
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32, copy=False)
+    e = np.exp(x - x.max(axis=0, keepdims=True))
+    e /= e.sum(axis=0, keepdims=True)
+    return e
+
+
+def probabilities_to_labels(probs, layout: LabelLayout):
+    """(K, *spatial) probabilities -> (*spatial) int16 label values (torch or numpy, as given)."""
+    if _is_torch(probs):
+        import torch
+        if layout.has_regions:
+            seg = torch.zeros(probs.shape[1:], dtype=torch.int16)
+            for i, value in enumerate(layout.regions_class_order):
+                seg[probs[i] > 0.5] = int(value)
+            return seg
+        values = torch.tensor(layout.softmax_values, dtype=torch.int16)
+        return values[probs.argmax(0)]
+    probs = np.asarray(probs)
+    if layout.has_regions:
+        seg = np.zeros(probs.shape[1:], dtype=np.int16)
         for i, value in enumerate(layout.regions_class_order):
             seg[probs[i] > 0.5] = int(value)
         return seg
-    values = torch.tensor(layout.softmax_values, dtype=torch.int16)
+    values = np.asarray(layout.softmax_values, dtype=np.int16)
     return values[probs.argmax(0)]
 
 
@@ -84,7 +125,7 @@ def label_dtype(layout: LabelLayout):
     return np.uint8 if max(layout.all_label_values) < 255 else np.uint16
 
 
-def logits_to_probabilities(logits: torch.Tensor, layout: LabelLayout, want_probabilities: bool,
+def logits_to_probabilities(logits, layout: LabelLayout, want_probabilities: bool,
                             labels_out: Optional[np.ndarray] = None, probs_out: Optional[np.ndarray] = None
                             ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Non-linearity and labels in slabs along axis 0.
@@ -100,9 +141,9 @@ def logits_to_probabilities(logits: torch.Tensor, layout: LabelLayout, want_prob
     step = max(1, SLAB_VOXELS // max(per_slice, 1))
     for z0 in range(0, spatial[0], step):
         p = apply_nonlinearity(logits[:, z0:z0 + step], layout)
-        labels[z0:z0 + step] = probabilities_to_labels(p, layout).numpy()
+        labels[z0:z0 + step] = _to_numpy(probabilities_to_labels(p, layout))
         if probs is not None:
-            probs[:, z0:z0 + step] = p.numpy()
+            probs[:, z0:z0 + step] = _to_numpy(p)
         del p
     return labels, probs
 
@@ -118,13 +159,13 @@ def _transpose_back(labels: np.ndarray, probs: Optional[np.ndarray], plans: Plan
     return labels, probs
 
 
-def export_logits(logits: torch.Tensor, properties: dict, plans: Plans, configuration: str,
+def export_logits(logits, properties: dict, plans: Plans, configuration: str,
                   return_probabilities: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Logits of one case in its preprocessed grid -> label map and probabilities in its raw grid.
 
     Parameters
     ----------
-    logits : Tensor, (K, *preprocessed spatial), float16 or float32
+    logits : Tensor or ndarray, (K, *preprocessed spatial), float16 or float32
         Network output (after sliding window and fold averaging), transposed axis order.
     properties : dict
         From ``preprocess_case`` (shape before cropping, bbox, shape after cropping, original spacing).

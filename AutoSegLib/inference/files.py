@@ -157,7 +157,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
                   step_size: float = 0.5, device="auto", precision: str = "auto", save_probabilities: bool = False,
                   postprocess: bool = True, batch_size: int = 1, output_ending: Optional[str] = None,
                   overwrite: bool = True, progress: Optional[ProgressCallback] = None,
-                  channels_last: Optional[bool] = None) -> List[Path]:
+                  channels_last: Optional[bool] = None, runtime: str = "torch") -> List[Path]:
     """Segment image files and write label maps in each input's own grid and format.
 
     Parameters
@@ -167,7 +167,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         A folder of cases, or one case's channel files (see ``find_cases``).
     output : path
         Output folder (created), or for a single case a file name with an image ending.
-    configuration, folds, tta, step_size, device, precision, postprocess, batch_size, channels_last
+    configuration, folds, tta, step_size, device, precision, postprocess, batch_size, channels_last, runtime
         See ``predict_arrays``.
     save_probabilities : bool
         Also write ``<case>.npz`` with key ``probabilities`` (float32, (K, *spatial)).
@@ -181,7 +181,10 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
     list of Path
         The label-map files written (or kept).
     """
+    from AutoSegLib.inference.compiled import resolve_runtime
+
     cases = find_cases(inputs, model.plans.num_channels, progress)
+    runtime = resolve_runtime(runtime, str(device))
     output = Path(output).expanduser()
     single = len(cases) == 1 and any(output.name.lower().endswith(e) for e in SUPPORTED_ENDINGS)
     planned = {}
@@ -198,12 +201,12 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         remove_stale_temporaries([p for dests in planned.values() for p in dests])  # left by a killed run
         return _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                               save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
-                              channels_last)
+                              channels_last, runtime)
 
 
 def _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                    save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
-                   channels_last) -> List[Path]:
+                   channels_last, runtime) -> List[Path]:
     from AutoSegLib.inference.predict import check_input, predict_arrays
 
     written = []
@@ -221,7 +224,8 @@ def _predict_cases(model, cases, output, single, configuration, folds, tta, step
         check_input(model, images, geometry, source=str(files[0]))
         labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
                                        precision, return_probabilities=save_probabilities, postprocess=postprocess,
-                                       batch_size=batch_size, progress=progress, channels_last=channels_last)
+                                       batch_size=batch_size, progress=progress, channels_last=channels_last,
+                                       runtime=runtime)
         del images
         if save_probabilities:
             npz = _probabilities_path(dest, ending)

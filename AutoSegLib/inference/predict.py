@@ -5,7 +5,8 @@ export to the input grid, post-processing.
 preprocessed exactly like the training data, predicted fold by fold (``runner.predict_logits``), and the
 logits exported to the input grid (``export.export_logits``). An ensemble of configurations averages the
 probabilities; a cascade stage gets the previous stage's label map as one-hot extra channels; the
-model's post-processing steps (inference.json) run last.
+model's post-processing steps (inference.json) run last. ``runtime`` picks what runs the networks
+(`inference.compiled`); with a compiled runtime nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import logging
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.inference.export import export_logits, label_dtype, probabilities_to_labels
@@ -59,7 +59,8 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
                           folds=None, tta: bool = True, step_size: float = 0.5, device="auto",
                           precision: str = "auto", batch_size: int = 1, return_probabilities: bool = True,
                           progress: Optional[ProgressCallback] = None, _cache: Optional[dict] = None,
-                          channels_last: Optional[bool] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                          channels_last: Optional[bool] = None, runtime: str = "torch"
+                          ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """One configuration (its folds averaged) -> (labels, probabilities) in the input grid; a cascade stage
     first predicts its previous stage (result cached in ``_cache`` for ensembles)."""
     from AutoSegLib.models.folder import cascade_label_values, cascade_one_hot
@@ -77,7 +78,8 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
                                f"{conf.previous_stage!r} configuration, which this model lacks.")
         emit(progress, "log", level="info", message=f"cascade: predicting {conf.previous_stage} first")
         prev_labels, _ = predict_configuration(model, images, geometry, conf.previous_stage, folds, tta, step_size,
-                                               device, precision, batch_size, False, progress, _cache, channels_last)
+                                               device, precision, batch_size, False, progress, _cache, channels_last,
+                                               runtime)
     emit(progress, "stage", stage="predict", message=f"{configuration}: preprocessing")
     label_in = None if prev_labels is None else prev_labels[None].astype(np.int16)
     data, seg, props = preprocess_case(images, geometry, model.plans, configuration, label=label_in)
@@ -85,10 +87,13 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
         seg_arr = np.asarray(seg)[0]
         data = np.concatenate([np.asarray(data, dtype=np.float32),
                                cascade_one_hot(seg_arr, cascade_label_values(model.label_layout))])
-    dev = resolve_device(device)
-    logits = predict_logits(model, configuration, torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
-                            folds=folds, tta=tta, step_size=step_size, device=dev, precision=precision,
-                            batch_size=batch_size, progress=progress, channels_last=channels_last)
+    if runtime == "torch":
+        import torch
+        data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        device = resolve_device(device)
+    logits = predict_logits(model, configuration, data, folds=folds, tta=tta, step_size=step_size, device=device,
+                            precision=precision, batch_size=batch_size, progress=progress,
+                            channels_last=channels_last, runtime=runtime)
     del data
     emit(progress, "stage", stage="predict", message=f"{configuration}: resampling to the input grid")
     result = export_logits(logits, props, model.plans, configuration, return_probabilities=return_probabilities)
@@ -100,8 +105,8 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
 def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration: "str | Sequence[str] | None" = None,
                    folds=None, tta: bool = True, step_size: float = 0.5, device="auto", precision: str = "auto",
                    return_probabilities: bool = False, postprocess: bool = True, batch_size: int = 1,
-                   progress: Optional[ProgressCallback] = None, channels_last: Optional[bool] = None
-                   ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                   progress: Optional[ProgressCallback] = None, channels_last: Optional[bool] = None,
+                   runtime: str = "torch") -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Segment one case given as arrays.
 
     Parameters
@@ -135,6 +140,10 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
     channels_last : bool, optional
         Channels-last convolutions: faster on CPU, but float32 results then agree with the reference to
         ~1e-3 in probability instead of exactly. Default: on with autocast or CUDA, off otherwise.
+    runtime : str
+        What runs the networks: ``torch`` (default), ``openvino``, ``onnxruntime`` (CPU, float32, the
+        folds' exported ONNX networks; exported on first use when missing) or ``auto`` (the compiled
+        runtime on the CPU when one is installed, torch on CUDA/MPS); see `compiled.resolve_runtime`.
 
     Returns
     -------
@@ -166,25 +175,27 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
             chosen = model.inference["folds"].get(c)
             if chosen and all(str(f) in model.configurations[c].folds for f in chosen):
                 folds_for[c] = list(chosen)
+    from AutoSegLib.inference.compiled import resolve_runtime
+    runtime = resolve_runtime(runtime, str(device))  # once, so that every configuration and fold uses the same
     cache: dict = {}
     need_probs = return_probabilities or len(configurations) > 1
     if len(configurations) == 1:
         labels, probs = predict_configuration(model, images, geometry, configurations[0], folds_for[configurations[0]],
                                               tta, step_size,
                                               device, precision, batch_size, need_probs, progress, cache,
-                                              channels_last)
+                                              channels_last, runtime)
     else:
         probs = None
         for c in configurations:
             _, p = predict_configuration(model, images, geometry, c, folds_for[c], tta, step_size, device, precision,
-                                         batch_size, True, progress, cache, channels_last)
+                                         batch_size, True, progress, cache, channels_last, runtime)
             if probs is None:
                 probs = p
             else:
                 probs += p
             del p
         probs /= len(configurations)
-        labels = probabilities_to_labels(torch.from_numpy(probs), layout).numpy().astype(label_dtype(layout))
+        labels = probabilities_to_labels(probs, layout).astype(label_dtype(layout))
     if postprocess:
         labels = _postprocess(model, labels, configurations, layout)
     return labels, (probs if return_probabilities else None)

@@ -2,7 +2,8 @@
 
 `predict_logits` is the one place where weights meet data: for each requested fold it loads that fold's
 weights into one network, predicts the preprocessed array window by window (with test-time mirroring),
-and averages the folds' logits.
+and averages the folds' logits. With a compiled CPU runtime (``runtime``, see `inference.compiled`) the
+exported networks replace the torch network and nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import contextlib
 import logging
 from typing import Optional, Sequence
 
-import torch
+import numpy as np
 
 from AutoSegLib.allocator import keep_freed_memory
 from AutoSegLib.errors import AutoSegError
@@ -22,23 +23,25 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
-def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
+def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     """``auto``: CUDA if available, else MPS, else CPU. An unavailable explicit choice is an AutoSegError.
     One rule for training and inference: `AutoSegLib.training.device.resolve_device`."""
+    import torch
     if isinstance(device, torch.device):
         return device
     from AutoSegLib.training.device import resolve_device as _resolve
     return _resolve(str(device))
 
 
-def resolve_precision(precision: str, device: torch.device, trained_precision: Optional[str] = None
-                      ) -> Optional[torch.dtype]:
+def resolve_precision(precision: str, device: "torch.device", trained_precision: Optional[str] = None
+                      ) -> "Optional[torch.dtype]":
     """The autocast dtype, or None for plain float32.
 
     ``auto``: float16 autocast on CUDA (as the reference does there); on the CPU, bfloat16 for a model that
     was itself trained in bfloat16 (``trained_precision``, AutoSeg's CPU training default) when the CPU
     computes bfloat16 natively, else float32 (the reference's CPU mode: nnU-Net models and models trained
     in float32 or on a GPU get the reference's numbers)."""
+    import torch
     p = str(precision).lower()
     if p not in PRECISIONS:
         raise AutoSegError(f"unknown precision {precision!r}; choose one of {PRECISIONS}.")
@@ -60,8 +63,9 @@ class NetworkPredictor:
     the reference's in the last bits, which its float16 accumulator can round into 1-ulp logit differences
     (up to ~2e-3 in probability); the default float32 CPU path is bit-identical to the reference."""
 
-    def __init__(self, network: torch.nn.Module, device: torch.device, autocast_dtype: Optional[torch.dtype] = None,
+    def __init__(self, network: "torch.nn.Module", device: "torch.device", autocast_dtype: "Optional[torch.dtype]" = None,
                  channels_last: Optional[bool] = None):
+        import torch
         self.device = device
         self.autocast_dtype = autocast_dtype
         network.deep_supervision = False
@@ -80,7 +84,8 @@ class NetworkPredictor:
         if self.memory_format is not None:
             self.network.to(memory_format=self.memory_format)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: "torch.Tensor") -> "torch.Tensor":
+        import torch
         if self.memory_format is not None:
             batch = batch.contiguous(memory_format=self.memory_format)
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
@@ -93,8 +98,8 @@ class NetworkPredictor:
 def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str]] = None, tta: bool = True,
                    step_size: float = 0.5, device: "str | torch.device" = "auto", precision: str = "auto",
                    batch_size: int = 1, progress: Optional[ProgressCallback] = None,
-                   predictor: Optional[NetworkPredictor] = None, channels_last: Optional[bool] = None
-                   ) -> torch.Tensor:
+                   predictor: Optional[NetworkPredictor] = None, channels_last: Optional[bool] = None,
+                   runtime: str = "torch") -> "torch.Tensor | np.ndarray":
     """Fold-averaged logits of one preprocessed case.
 
     Parameters
@@ -111,19 +116,38 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
     device, precision : see ``resolve_device`` / ``resolve_precision``.
     channels_last : bool, optional
         Channels-last convolutions (see ``NetworkPredictor``); default: on with autocast or CUDA.
+    runtime : str
+        ``torch`` (default), a compiled CPU runtime (``openvino``, ``onnxruntime``) or ``auto``
+        (`compiled.resolve_runtime`). A compiled runtime ignores ``precision`` (always float32),
+        ``predictor`` and ``channels_last``.
 
     Returns
     -------
-    Tensor, (K, *spatial) float16 on the CPU
+    Tensor (torch) or ndarray (compiled runtime), (K, *spatial) float16 on the CPU
         Mean over folds of the stitched logits (float16 like the reference's accumulator).
     """
-    from AutoSegLib.network.unet import build_network
+    from AutoSegLib.inference.compiled import COMPILED, resolve_runtime
 
     cm = model.configurations.get(configuration)
     if cm is None:
         raise AutoSegError(f"{model.path}: no trained weights for configuration {configuration!r}; "
                            f"this model has {sorted(model.configurations)}.")
     fold_names = select_folds(model, configuration, folds)
+    if predictor is None and runtime != "torch":
+        runtime = resolve_runtime(runtime, str(device))
+        if runtime in COMPILED:
+            from AutoSegLib.inference.compiled import predict_logits_compiled
+            keep_freed_memory()
+            data = np.asarray(data.numpy() if hasattr(data, "numpy") else data)
+            if data.shape[0] != cm.num_input_channels:
+                raise AutoSegError(f"configuration {configuration!r} expects {cm.num_input_channels} input channels, "
+                                   f"got {data.shape[0]}.")
+            return predict_logits_compiled(model, configuration, data, fold_names, runtime, tta=tta,
+                                           step_size=step_size, batch_size=batch_size, progress=progress)
+    import torch
+
+    from AutoSegLib.network.unet import build_network
+
     conf = model.plans.configuration(configuration)
     dev = resolve_device(device)
     if dev.type == "cpu":
@@ -158,11 +182,12 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
 
 
 def _stitch_on_device(data, predictor, patch_size, num_outputs, step_size, mirror, batch_size, dev, progress,
-                      stage) -> torch.Tensor:
+                      stage) -> "torch.Tensor":
     """Sliding window with the accumulator on the GPU when there is one (falling back to the CPU when the
     GPU runs out of memory, as the reference does); the result is always on the CPU."""
     kw = dict(num_outputs=num_outputs, step_size=step_size, mirror_axes=mirror, batch_size=batch_size,
               device=dev, progress=progress, stage=stage)
+    import torch
     if dev.type == "cuda":
         try:
             return predict_sliding_window(data, predictor, patch_size, results_device=dev, **kw).cpu()

@@ -8,6 +8,10 @@ combinations, in float32) are multiplied by a Gaussian (sigma = patch / 8 per ax
 zeros replaced by the smallest non-zero value) and summed into a float16 accumulator together with the
 weights; the result is the weighted mean, cropped back. A 2D patch over 3D data predicts every slice
 along axis 0.
+
+Two stitchers, the same arithmetic: `predict_sliding_window` (torch tensors, any torch device) and
+`predict_sliding_window_numpy` (numpy, for the compiled CPU runtimes: no torch import). torch is imported
+only inside the torch functions, so that this module loads without it.
 """
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ from functools import lru_cache
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from AutoSegLib.progress import ProgressCallback, ProgressTracker
 
@@ -52,31 +55,55 @@ def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_siz
 
 
 @lru_cache(maxsize=4)
-def _gaussian_cached(patch_size: Tuple[int, ...], sigma_scale: float, peak: float, dtype: torch.dtype) -> torch.Tensor:
+def _gaussian_float64(patch_size: Tuple[int, ...], sigma_scale: float, peak: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
     tmp = np.zeros(patch_size)
     tmp[tuple(p // 2 for p in patch_size)] = 1
     g = gaussian_filter(tmp, [p * sigma_scale for p in patch_size], 0, mode="constant", cval=0)
     g /= np.max(g) / peak
-    t = torch.from_numpy(g).to(dtype)
+    return g
+
+
+@lru_cache(maxsize=4)
+def _gaussian_cached(patch_size: Tuple[int, ...], sigma_scale: float, peak: float, dtype) -> "torch.Tensor":
+    import torch
+    t = torch.from_numpy(_gaussian_float64(patch_size, sigma_scale, peak)).to(dtype)
     zero = t == 0  # after the cast: float16 underflow at the corners would give 0/0 = NaN
     if zero.any():
         t[zero] = torch.min(t[~zero])
     return t
 
 
+@lru_cache(maxsize=4)
+def _gaussian_cached_numpy(patch_size: Tuple[int, ...], sigma_scale: float, peak: float, dtype) -> np.ndarray:
+    # float64 -> float32 -> dtype: the cast torch's ``.to(float16)`` makes from float64, so both maps agree bit for bit
+    g = _gaussian_float64(patch_size, sigma_scale, peak).astype(np.float32).astype(dtype)
+    zero = g == 0
+    if zero.any():
+        g[zero] = g[~zero].min()
+    g.flags.writeable = False
+    return g
+
+
 def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8, peak: float = GAUSSIAN_PEAK,
-                            dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """Gaussian weight map of shape ``patch_size``, peak ``peak`` at the centre voxel ``p // 2``, never 0.
+                            dtype=None) -> "torch.Tensor":
+    """Gaussian weight map of shape ``patch_size``, peak ``peak`` at the centre voxel ``p // 2``, never 0;
+    a torch tensor of ``dtype`` (default float16).
 
     Returns a cached tensor: do not modify it in place."""
-    return _gaussian_cached(tuple(int(p) for p in patch_size), float(sigma_scale), float(peak), dtype)
+    import torch
+    return _gaussian_cached(tuple(int(p) for p in patch_size), float(sigma_scale), float(peak),
+                            torch.float16 if dtype is None else dtype)
 
 
-def pad_to_patch(array: torch.Tensor, patch_size: Sequence[int]) -> Tuple[torch.Tensor, Tuple[slice, ...]]:
-    """Zero-pad the trailing ``len(patch_size)`` axes of ``array`` to at least ``patch_size`` (content
-    centred, odd remainder after). Returns the padded tensor and the slices of the original region
-    (over all axes)."""
+def gaussian_importance_map_numpy(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8,
+                                  peak: float = GAUSSIAN_PEAK, dtype=np.float16) -> np.ndarray:
+    """`gaussian_importance_map` as a read-only numpy array (the same values)."""
+    return _gaussian_cached_numpy(tuple(int(p) for p in patch_size), float(sigma_scale), float(peak), np.dtype(dtype))
+
+
+def _padding(array, patch_size: Sequence[int]):
+    """Per trailing axis (lo, hi) zero padding to reach ``patch_size``, and the original region's slices."""
     spatial = array.shape[array.ndim - len(patch_size):]
     pads, region = [], [slice(None)] * (array.ndim - len(patch_size))
     for size, patch in zip(spatial, patch_size):
@@ -84,10 +111,28 @@ def pad_to_patch(array: torch.Tensor, patch_size: Sequence[int]) -> Tuple[torch.
         lo = diff // 2
         pads.append((lo, diff - lo))
         region.append(slice(lo, lo + size))
+    return pads, tuple(region)
+
+
+def pad_to_patch(array: "torch.Tensor", patch_size: Sequence[int]) -> Tuple["torch.Tensor", Tuple[slice, ...]]:
+    """Zero-pad the trailing ``len(patch_size)`` axes of ``array`` to at least ``patch_size`` (content
+    centred, odd remainder after). Returns the padded tensor and the slices of the original region
+    (over all axes)."""
+    import torch
+    pads, region = _padding(array, patch_size)
     if not any(p for pair in pads for p in pair):
-        return array, tuple(region)
+        return array, region
     flat = [p for pair in reversed(pads) for p in pair]  # F.pad wants last axis first
-    return torch.nn.functional.pad(array, flat, mode="constant", value=0), tuple(region)
+    return torch.nn.functional.pad(array, flat, mode="constant", value=0), region
+
+
+def pad_to_patch_numpy(array: np.ndarray, patch_size: Sequence[int]) -> Tuple[np.ndarray, Tuple[slice, ...]]:
+    """`pad_to_patch` for numpy arrays."""
+    pads, region = _padding(array, patch_size)
+    if not any(p for pair in pads for p in pair):
+        return array, region
+    lead = [(0, 0)] * (array.ndim - len(patch_size))
+    return np.pad(array, lead + pads, mode="constant", constant_values=0), region
 
 
 def mirror_combinations(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
@@ -96,10 +141,11 @@ def mirror_combinations(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
     return [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
 
 
-def predict_with_mirroring(predictor: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
-                           mirror_axes: Sequence[int] = ()) -> torch.Tensor:
+def predict_with_mirroring(predictor: Callable[["torch.Tensor"], "torch.Tensor"], batch: "torch.Tensor",
+                           mirror_axes: Sequence[int] = ()) -> "torch.Tensor":
     """Logits of ``batch`` (B, C, *patch) averaged over the original and every mirrored version
     (``mirror_axes`` are spatial axes, 0-based); each mirrored prediction is flipped back first."""
+    import torch
     pred = predictor(batch)
     combos = mirror_combinations(mirror_axes)
     for axes in combos:
@@ -107,6 +153,19 @@ def predict_with_mirroring(predictor: Callable[[torch.Tensor], torch.Tensor], ba
         pred += torch.flip(predictor(torch.flip(batch, dims)), dims)
     if combos:
         pred /= len(combos) + 1
+    return pred
+
+
+def predict_with_mirroring_numpy(predictor: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
+                                 mirror_axes: Sequence[int] = ()) -> np.ndarray:
+    """`predict_with_mirroring` for numpy predictors (float32 sums in the same order)."""
+    pred = np.array(predictor(batch), dtype=np.float32)  # a copy: updated in place below
+    combos = mirror_combinations(mirror_axes)
+    for axes in combos:
+        dims = tuple(a + 2 for a in axes)
+        pred += np.flip(predictor(np.ascontiguousarray(np.flip(batch, dims))), dims)
+    if combos:
+        pred /= np.float32(len(combos) + 1)
     return pred
 
 
@@ -133,12 +192,12 @@ def count_windows(spatial: Sequence[int], patch_size: Sequence[int], step_size: 
     return int(np.prod([len(s) for s in steps])) * (padded[0] if off else 1)
 
 
-def predict_sliding_window(array, predictor: Callable[[torch.Tensor], torch.Tensor], patch_size: Sequence[int],
+def predict_sliding_window(array, predictor: Callable[["torch.Tensor"], "torch.Tensor"], patch_size: Sequence[int],
                            num_outputs: Optional[int] = None, step_size: float = 0.5, gaussian: bool = True,
                            mirror_axes: Sequence[int] = (), batch_size: int = 1,
-                           accumulate_dtype: torch.dtype = torch.float16, device: "str | torch.device" = "cpu",
+                           accumulate_dtype=None, device: "str | torch.device" = "cpu",
                            results_device: "str | torch.device | None" = None,
-                           progress: Optional[ProgressCallback] = None, stage: str = "predict") -> torch.Tensor:
+                           progress: Optional[ProgressCallback] = None, stage: str = "predict") -> "torch.Tensor":
     """Predict a whole array window by window and stitch the logits.
 
     Parameters
@@ -162,8 +221,9 @@ def predict_sliding_window(array, predictor: Callable[[torch.Tensor], torch.Tens
         predicted and the logits averaged.
     batch_size : int
         Windows per predictor call. Results equal batch size 1 up to float rounding of the predictor.
-    accumulate_dtype : torch.dtype
-        Accumulator dtype; float16 reproduces the reference (and halves memory), float32 is finer.
+    accumulate_dtype : torch.dtype, optional
+        Accumulator dtype (default float16); float16 reproduces the reference (and halves memory), float32
+        is finer.
     device : str or torch.device
         Where windows are sent for the predictor.
     results_device : str or torch.device, optional
@@ -176,13 +236,10 @@ def predict_sliding_window(array, predictor: Callable[[torch.Tensor], torch.Tens
     Tensor, (K, *spatial), ``accumulate_dtype`` on ``results_device``
         Weighted mean logits, in the input's (unpadded) grid.
     """
+    import torch
+    accumulate_dtype = torch.float16 if accumulate_dtype is None else accumulate_dtype
     x = torch.as_tensor(array)
-    nd_patch = len(patch_size)
-    if x.ndim - 1 not in (nd_patch, nd_patch + 1):
-        raise ValueError(f"array of shape {tuple(x.shape)} (C, *spatial) does not fit a {nd_patch}D patch "
-                         f"{tuple(patch_size)}: expected {nd_patch} or {nd_patch + 1} spatial axes")
-    if mirror_axes and max(mirror_axes) >= nd_patch:
-        raise ValueError(f"mirror axes {tuple(mirror_axes)} do not exist in a {nd_patch}D patch")
+    _check_shapes(tuple(x.shape), patch_size, mirror_axes)
     results_device = torch.device(results_device or "cpu")
     device = torch.device(device)
     x, region = pad_to_patch(x, patch_size)
@@ -212,4 +269,66 @@ def predict_sliding_window(array, predictor: Callable[[torch.Tensor], torch.Tens
     if torch.isinf(logits).any():
         raise FloatingPointError("the stitched logits overflowed the accumulator dtype; predict with "
                                  "accumulate_dtype=torch.float32")
+    return logits[(slice(None), *region[1:])]
+
+
+def _check_shapes(shape: Tuple[int, ...], patch_size: Sequence[int], mirror_axes: Sequence[int]) -> None:
+    nd_patch = len(patch_size)
+    if len(shape) - 1 not in (nd_patch, nd_patch + 1):
+        raise ValueError(f"array of shape {shape} (C, *spatial) does not fit a {nd_patch}D patch "
+                         f"{tuple(patch_size)}: expected {nd_patch} or {nd_patch + 1} spatial axes")
+    if mirror_axes and max(mirror_axes) >= nd_patch:
+        raise ValueError(f"mirror axes {tuple(mirror_axes)} do not exist in a {nd_patch}D patch")
+
+
+def predict_sliding_window_numpy(array: np.ndarray, predictor: Callable[[np.ndarray], np.ndarray],
+                                 patch_size: Sequence[int], num_outputs: Optional[int] = None, step_size: float = 0.5,
+                                 gaussian: bool = True, mirror_axes: Sequence[int] = (), batch_size: int = 1,
+                                 accumulate_dtype=np.float16, progress: Optional[ProgressCallback] = None,
+                                 stage: str = "predict") -> np.ndarray:
+    """`predict_sliding_window` in numpy, for predictors that take and return numpy arrays (the compiled
+    CPU runtimes). Same windows, Gaussian, mirroring and accumulation order and dtypes, so that for the same
+    window logits the result is identical.
+
+    Parameters
+    ----------
+    array : ndarray, (C, *spatial) float
+    predictor : callable
+        ``predictor(batch) -> logits``: batch ``(B, C, *patch)`` float32 numpy, logits ``(B, K, *patch)``.
+    patch_size, num_outputs, step_size, gaussian, mirror_axes, batch_size, accumulate_dtype, progress, stage
+        As in `predict_sliding_window` (``accumulate_dtype`` a numpy dtype).
+
+    Returns
+    -------
+    ndarray, (K, *spatial), ``accumulate_dtype``
+    """
+    x = np.asarray(array)
+    _check_shapes(tuple(x.shape), patch_size, mirror_axes)
+    x, region = pad_to_patch_numpy(x, patch_size)
+    spatial = tuple(x.shape[1:])
+    slicers = list(_windows(spatial, patch_size, step_size))
+    if gaussian:
+        weight = gaussian_importance_map_numpy(patch_size, dtype=accumulate_dtype)
+    else:
+        weight = np.ones(tuple(patch_size), dtype=accumulate_dtype)
+    weights_sum = np.zeros(spatial, dtype=accumulate_dtype)
+    logits = None if num_outputs is None else np.zeros((num_outputs, *spatial), dtype=accumulate_dtype)
+    tracker = ProgressTracker(progress, stage, int(math.ceil(len(slicers) / max(batch_size, 1))))
+    for b0 in range(0, len(slicers), max(batch_size, 1)):
+        batch_slicers = slicers[b0:b0 + batch_size]
+        batch = np.stack([x[(slice(None), *sl)] for sl in batch_slicers]).astype(np.float32, copy=False)
+        pred = predict_with_mirroring_numpy(predictor, batch, mirror_axes)
+        if logits is None:
+            logits = np.zeros((pred.shape[1], *spatial), dtype=accumulate_dtype)
+        for sl, p in zip(batch_slicers, pred):
+            if gaussian:
+                p *= weight  # float32 product, as torch's in-place multiply of a float32 tensor
+            target = logits[(slice(None), *sl)]
+            np.add(target, p, out=target, casting="same_kind")  # float32 sum rounded to the accumulator
+            weights_sum[sl] += weight
+        tracker.step(f"window {min(b0 + batch_size, len(slicers))}/{len(slicers)}")
+    np.divide(logits, weights_sum, out=logits)
+    if np.isinf(logits).any():
+        raise FloatingPointError("the stitched logits overflowed the accumulator dtype; predict with "
+                                 "accumulate_dtype=numpy.float32")
     return logits[(slice(None), *region[1:])]

@@ -6,6 +6,8 @@ layout (DEVELOPERS.md)::
 
     dataset.json  plans.json  fingerprint.json  inference.json  model.json  archive_manifest.json
     trained/<configuration>/fold_<k>/checkpoint_final.pt            weights only
+    trained/<configuration>/fold_<k>/network.onnx, network.onnx.json the network for the CPU runtimes
+                                                                    (inference.compiled; checked at export)
     trained/<configuration>/fold_<k>/{training_config.json, training_log.jsonl, progress.png,
                                       validation/summary.json}      training summaries (when present)
 
@@ -43,7 +45,7 @@ MANIFEST = "archive_manifest.json"
 MARKER = ".autoseg_archive.json"
 TOP_FILES = ("dataset.json", "plans.json", "fingerprint.json", "inference.json", "model.json", "splits_final.json")
 FOLD_FILES = ("training_config.json", "training_log.jsonl", "progress.png", "validation/summary.json")
-ALLOWED_SUFFIXES = (".json", ".jsonl", ".pt", ".pth", ".png", ".md", ".txt", ".csv")
+ALLOWED_SUFFIXES = (".json", ".jsonl", ".pt", ".pth", ".png", ".md", ".txt", ".csv", ".onnx")
 CHECKPOINT_KEYS = ("network_weights", "configuration", "plans_identifier", "num_input_channels", "num_outputs",
                    "epoch", "mirror_axes")
 MAX_TOTAL_BYTES = 64 * 2 ** 30  # refuse archives claiming more than this uncompressed (zip bombs)
@@ -97,6 +99,24 @@ def _slim_checkpoint(path: Path, tmp_dir: Path) -> Path:
     out = tmp_dir / f"{uuid.uuid4().hex}.pt"
     torch.save(slim, out)
     return out
+
+
+def _exported_network(source: Path, conf: str, fold: str, checkpoint: Path, tmp: Path, prefix: str) -> Dict[str, Path]:
+    """The fold's network exported to ONNX from the archived checkpoint and checked against torch
+    (``inference.compiled.export_fold``): ``{archive name: local file}``."""
+    from AutoSegLib.inference.compiled import ONNX_NAME, SIDECAR_NAME, export_fold
+    from AutoSegLib.models.folder import FoldWeights, network_input_channels
+    from AutoSegLib.planning.plans import Plans
+
+    try:
+        plans = Plans.from_json(source / "plans.json")
+    except AutoSegError as exc:  # not AutoSeg plans: no network to build (the archive cannot predict anyway)
+        log.warning("%s: no ONNX network exported: %s", source, exc)
+        return {}
+    out_dir = tmp / "onnx" / conf / f"fold_{fold}"
+    export_fold(plans.configuration(conf), network_input_channels(plans, conf), plans.label_layout().num_outputs,
+                FoldWeights(fold, checkpoint), out_dir)
+    return {f"{prefix}/{ONNX_NAME}": out_dir / ONNX_NAME, f"{prefix}/{SIDECAR_NAME}": out_dir / SIDECAR_NAME}
 
 
 def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.PathLike",
@@ -174,6 +194,7 @@ def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.Pa
                 fdir = source / "trained" / conf / f"fold_{fold}"
                 prefix = f"trained/{conf}/fold_{fold}"
                 files[f"{prefix}/checkpoint_final.pt"] = _slim_checkpoint(fdir / "checkpoint_final.pt", tmp)
+                files.update(_exported_network(source, conf, fold, files[f"{prefix}/checkpoint_final.pt"], tmp, prefix))
                 for extra in FOLD_FILES:
                     if (fdir / extra).is_file():
                         files[f"{prefix}/{extra}"] = fdir / extra
@@ -188,7 +209,7 @@ def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.Pa
             if kind == "zip":
                 with zipfile.ZipFile(out, "w") as zf:
                     for name, path in sorted(files.items()):
-                        method = zipfile.ZIP_STORED if name.endswith((".pt", ".png")) else zipfile.ZIP_DEFLATED
+                        method = zipfile.ZIP_STORED if name.endswith((".pt", ".png", ".onnx")) else zipfile.ZIP_DEFLATED
                         zf.write(path, name, compress_type=method)
             else:
                 with tarfile.open(out, "w:gz" if kind == "tar.gz" else "w") as tf:
@@ -328,7 +349,9 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
                     shutil.copyfileobj(src, dst, 2 ** 20)
             root = _model_root(archive, tmp)
             _verify_manifest(archive, root)
-            for ckpt in sorted(list(root.rglob("*.pt")) + list(root.rglob("*.pth"))):
+            from AutoSegLib.inference.compiled import torch_importable
+            # without torch (a runtime-only install) no checkpoint is ever unpickled: the ONNX networks are used
+            for ckpt in sorted(list(root.rglob("*.pt")) + list(root.rglob("*.pth"))) if torch_importable() else []:
                 try:
                     load_checkpoint(ckpt)  # raises CheckpointRefused (an AutoSegError) for code-executing pickles
                 except AutoSegError as exc:  # name the archive and its entry, not the temporary copy

@@ -7,6 +7,7 @@ layout (DEVELOPERS.md):
 
     plans.json, dataset.json, model.json, [inference.json],
     trained/<configuration>/fold_<k>/checkpoint_final.pt     tensors + plain values only
+    trained/<configuration>/fold_<k>/network.onnx(.json)     the network for the CPU runtimes (inference.compiled)
 
 The folder is assembled under a hidden temporary name in ``models_dir`` (model listings skip dot-folders),
 checked by loading it back (every checkpoint through the safe loader, every state dict against the
@@ -217,6 +218,8 @@ def import_models(sources: Sequence["str | os.PathLike"], models_dir: "str | os.
                 missing = sorted(set(model.configurations) - set(check.configurations))
                 if missing:
                     raise AutoSegError(f"{staging}: written without {missing}; nothing was installed.")
+                from AutoSegLib.inference.compiled import export_model
+                export_model(check, progress=progress)  # every fold's ONNX network, checked against torch
                 old = None
                 if final.exists():
                     old = models_dir / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
