@@ -24,7 +24,6 @@ torch on CUDA/MPS.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -35,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from AutoSegLib.io.atomic import file_sha256
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.progress import ProgressCallback, emit
 
@@ -134,14 +134,6 @@ def resolve_runtime(runtime: str = "auto", device: str = "auto") -> str:
 
 # ---------------------------------------------------------------------------------------------------- files
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2 ** 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def onnx_path(fold_weights) -> Path:
     """Where the exported network of a ``models.folder.FoldWeights`` lives (beside its checkpoint)."""
     return Path(fold_weights.path).parent / ONNX_NAME
@@ -168,7 +160,7 @@ def _checkpoint_matches(record: dict, checkpoint: Path) -> bool:
         return False
     if st.st_mtime_ns == ck.get("mtime_ns"):
         return True
-    return _sha256(checkpoint) == ck.get("sha256")
+    return file_sha256(checkpoint) == ck.get("sha256")
 
 
 def export_status(fold_weights) -> str:
@@ -267,8 +259,8 @@ def export_fold(plan, num_input_channels: int, num_outputs: int, fold_weights, d
         raise
     ck = Path(fold_weights.path)
     st = ck.stat()
-    record = {"format": FORMAT, "sha256": _sha256(path), "opset": OPSET,
-              "checkpoint": {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(ck)},
+    record = {"format": FORMAT, "sha256": file_sha256(path), "opset": OPSET,
+              "checkpoint": {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(ck)},
               "input_channels": int(num_input_channels), "outputs": int(num_outputs),
               "patch_size": [int(p) for p in plan.patch_size], "check": checks,
               "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -341,7 +333,7 @@ def _verify_file(path: Path) -> None:
     if record is None:
         raise AutoSegError(f"{path.parent / SIDECAR_NAME}: missing or unreadable record of the exported network; "
                            f"re-export the model (`autoseg export-model`, or delete {ONNX_NAME} to re-export on use).")
-    if _sha256(path) != record.get("sha256"):
+    if file_sha256(path) != record.get("sha256"):
         raise AutoSegError(f"{path}: the exported network is damaged (its SHA-256 does not match "
                            f"{SIDECAR_NAME}). Delete it to re-export from the checkpoint, or re-install the model.")
 

@@ -242,3 +242,15 @@ def _check_size(tmp: Path, expected: int) -> None:
     size = tmp.stat().st_size
     if size != expected:
         raise IncompleteWrite(f"{size} of {expected} bytes on disk")
+
+
+def file_sha256(path: "str | os.PathLike") -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB chunks: how archives and exported networks record
+    what they hold."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2 ** 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

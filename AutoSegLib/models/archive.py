@@ -21,7 +21,6 @@ failure leaves nothing behind; an unchanged archive (same SHA-256) already extra
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path, write_json
+from AutoSegLib.io.atomic import atomic_path, file_sha256, write_json
 from AutoSegLib.progress import emit
 
 log = logging.getLogger(__name__)
@@ -54,14 +53,6 @@ MAX_TOTAL_BYTES = 64 * 2 ** 30  # refuse archives claiming more than this uncomp
 MAX_RATIO = 100
 RATIO_CHECK_ABOVE = 64 * 2 ** 20
 MAX_MANIFEST_BYTES = 16 * 2 ** 20
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2 ** 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _select_folds(source: Path, configurations, folds) -> Dict[str, List[str]]:
@@ -201,7 +192,7 @@ def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.Pa
                 done += 1
                 emit(progress, "progress", stage="export", current=done, total=total, eta_s=None,
                      message=f"{conf} fold {fold}")
-        manifest = {"format": 1, "files": {n: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        manifest = {"format": 1, "files": {n: {"size": p.stat().st_size, "sha256": file_sha256(p)}
                                             for n, p in sorted(files.items())}}
         write_json(tmp / MANIFEST, manifest)
         files[MANIFEST] = tmp / MANIFEST
@@ -303,7 +294,7 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
     archive, dest = Path(archive), Path(dest_dir)
     if not archive.is_file():
         raise AutoSegError(f"{archive}: model archive not found.")
-    digest = _sha256(archive)
+    digest = file_sha256(archive)
     marker = dest / MARKER
     if marker.is_file():
         try:
@@ -416,7 +407,7 @@ def _verify_manifest(archive: Path, root: Path) -> None:
         f = root.joinpath(*rel.parts)
         if not f.is_file():
             raise AutoSegError(f"{archive}: {name} is listed in {MANIFEST} but missing; the archive is incomplete.")
-        if f.stat().st_size != entry.get("size") or _sha256(f) != entry.get("sha256"):
+        if f.stat().st_size != entry.get("size") or file_sha256(f) != entry.get("sha256"):
             raise AutoSegError(f"{archive}: {name} does not match its checksum in {MANIFEST}; the archive is damaged "
                                f"or was modified.")
 

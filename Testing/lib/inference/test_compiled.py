@@ -227,7 +227,7 @@ def test_damaged_or_unrecorded_exports_are_clear_errors(tiny_model, runtime):
     # the same truncated file with a matching record: the runtime's own parse error, reworded
     side = path.parent / compiled.SIDECAR_NAME
     rec = json.loads(side.read_text())
-    rec["sha256"] = compiled._sha256(path)
+    rec["sha256"] = compiled.file_sha256(path)
     side.write_text(json.dumps(rec))
     with pytest.raises(AutoSegError, match=f"{runtime} cannot load the exported network"):
         compiled.load_session(path, runtime)
