@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-from AutoSegLib.errors import AutoSegError
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +228,11 @@ def probe_topology(patch: Sequence[int], base: int):
 
     from AutoSegLib.planning.topology import plain_topology, pooling_plan
 
+    from AutoSegLib.planning.budget import features_for
+
     pool = pooling_plan((1.0,) * len(patch), patch)
     topo = plain_topology(pool)
-    feats = tuple(min(320, base * 2 ** s) for s in range(topo.n_stages))
-    return replace(topo, features_per_stage=feats), pool.patch_size
+    return replace(topo, features_per_stage=features_for(base, topo.n_stages, len(patch))), pool.patch_size
 
 
 def _time_probe(patch, base, ex) -> Tuple[float, float]:
@@ -318,14 +318,3 @@ def _write_cache(path: Path, entries: dict) -> None:
     except OSError as exc:
         log.warning("%s: could not cache the calibration (%s); it will be measured again next time", path, exc)
 
-
-def resolve_precision(device: str, precision: str) -> str:
-    """The precision training will use for ``precision`` ("auto" resolved as `choose_execution` does)."""
-    import torch
-
-    from AutoSegLib.training.device import choose_execution, resolve_device
-
-    if precision not in ("auto", "float32", "bfloat16", "float16"):
-        raise AutoSegError(f"precision must be auto, float32, bfloat16 or float16; got {precision!r}.")
-    ex = choose_execution(resolve_device(device), precision, False, 3)
-    return {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[ex.autocast_dtype]
