@@ -43,7 +43,7 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
 
     With ``time_budget_minutes`` the plans also get a configuration sized for that much training on
     ``device`` at ``precision`` ("auto": as training resolves it), from a measurement of the device
-    cached in ``calibration_cache`` (default `planning.calibration.default_cache_path`); see
+    cached in ``calibration_cache`` (default `training.calibration.default_cache_path`); see
     `planning.budget`."""
     from AutoSegLib.errors import AutoSegError
     from AutoSegLib.io.datasets import load_dataset, resolve_work_dir, write_work_dataset_json
@@ -58,7 +58,7 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
     if time_budget_minutes is not None:
         if not time_budget_minutes > 0:
             raise AutoSegError(f"--time-budget-minutes must be a positive number; got {time_budget_minutes}.")
-        from AutoSegLib.planning.calibration import calibrate
+        from AutoSegLib.training.calibration import calibrate
         calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
     work = resolve_work_dir(dataset, output)
     ds = load_dataset(dataset)

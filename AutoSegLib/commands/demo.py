@@ -125,7 +125,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     folds : folds to train (default 0-4).
     configuration : the configuration trained ("auto": the budget configuration).
     precision : training precision the budget is planned for; calibration_cache : where the device's measured
-        speed is cached (planning.calibration).
+        speed is cached (training.calibration).
     holdout : real dataset without labelsTs: number of training cases held out for the test.
     device, tta, num_workers : prediction/training device, test-time mirroring (None: off for generated
         data, on for a real dataset), data workers.
@@ -150,7 +150,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     from AutoSegLib.postprocessing.selection import find_best
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
     from AutoSegLib.progress import emit
-    from AutoSegLib.planning.calibration import calibrate
+    from AutoSegLib.training.calibration import calibrate
     from AutoSegLib.training.config import TrainingConfig, budget_defaults
     from AutoSegLib.training.trainer import train_fold
 

@@ -96,7 +96,8 @@ def _exported_network(source: Path, conf: str, fold: str, checkpoint: Path, tmp:
     """The fold's network exported to ONNX from the archived checkpoint and checked against torch
     (``inference.compiled.export_fold``): ``{archive name: local file}``."""
     from AutoSegLib.inference.compiled import ONNX_NAME, SIDECAR_NAME, export_fold
-    from AutoSegLib.models.folder import FoldWeights, network_input_channels
+    from AutoSegLib.models.folder import FoldWeights
+    from AutoSegLib.planning.plans import network_input_channels
     from AutoSegLib.planning.plans import Plans
 
     try:

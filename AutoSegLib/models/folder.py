@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.labels import LabelLayout
-from AutoSegLib.planning.plans import Plans
+from AutoSegLib.planning.plans import Plans, network_input_channels
 
 log = logging.getLogger(__name__)
 
@@ -155,43 +155,6 @@ class Model:
             if name in self.configurations:
                 return (name,)
         return (sorted(self.configurations)[0],)
-
-
-def cascade_label_values(layout: LabelLayout) -> Tuple[int, ...]:
-    """Label values whose one-hot maps (in this order) are the extra inputs of a cascade stage: every
-    foreground integer label value (for regions: every integer a region is made of), ignore excluded."""
-    return tuple(v for v in layout.all_label_values if v != 0 and v != layout.ignore_label)
-
-
-def network_input_channels(plans: Plans, configuration: str) -> int:
-    """Input channels of a configuration's network: the image channels, plus for a cascade stage one
-    one-hot channel per `cascade_label_values` (training and loading both count them here)."""
-    n = plans.num_channels
-    if plans.configuration(configuration).previous_stage:
-        n += len(cascade_label_values(plans.label_layout()))
-    return n
-
-
-def cascade_one_hot(labels, values):
-    """The extra input channels of a cascade stage from a previous-stage label map.
-
-    Parameters
-    ----------
-    labels : ndarray of int, any shape (``-1``, outside the non-zero region, matches no value)
-    values : sequence of int
-        `cascade_label_values` of the label layout.
-
-    Returns
-    -------
-    ndarray float32, shape ``(len(values), *labels.shape)``: channel k is 1 where ``labels == values[k]``.
-    """
-    import numpy as np
-
-    labels = np.asarray(labels)
-    out = np.zeros((len(values), *labels.shape), dtype=np.float32)
-    for i, v in enumerate(values):
-        out[i] = labels == v
-    return out
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -115,7 +115,7 @@ def write_model_folder(model, dest: "str | Path", progress: Optional[ProgressCal
     ``num_input_channels``, ``num_outputs``, ``epoch`` (-1: imported) and ``mirror_axes``.
     """
     from AutoSegLib.models.nnunet import check_state_dict
-    from AutoSegLib.training.checkpoint import plans_identifier
+    from AutoSegLib.planning.plans import plans_identifier
 
     dest = Path(dest)
     dest.mkdir(parents=True)

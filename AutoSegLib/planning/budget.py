@@ -2,7 +2,7 @@
 
 The stock configurations are sized for GPU memory and ~250,000 iterations; on a laptop CPU an hour buys
 about a hundred of them. The budget configuration (``3d_budget``, ``2d_budget`` for 2D data) is chosen by
-explicit rules from the device's measured cost (`planning.calibration.Calibration`):
+explicit rules from the device's measured cost (`training.calibration.Calibration`):
 
 1. **Time**: the budget pays for training *and* its validation. Reserved first (`validation_reserve`):
    the fold's final validation (its cases predicted in full, no mirroring: windows at half-patch steps x
@@ -125,7 +125,7 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
     ----------
     minutes : float
         Training budget (validation included).
-    calibration : planning.calibration.Calibration
+    calibration : training.calibration.Calibration
         Measured cost of the device (or a stand-in with ``step_seconds``, ``network_seconds``,
         ``gflops``, ``key``, ``device``, ``precision``).
     target_spacing, median_shape : sequence of float

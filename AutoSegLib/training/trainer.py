@@ -79,11 +79,12 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         another architecture; CUDA out of memory. Nothing is overwritten in those cases.
     """
     from AutoSegLib.allocator import keep_freed_memory
-    from AutoSegLib.models.folder import cascade_label_values, network_input_channels
+    from AutoSegLib.io.labels import cascade_label_values
+    from AutoSegLib.planning.plans import network_input_channels
     from AutoSegLib.network.unet import build_network
     from AutoSegLib.planning.plans import Plans
     from AutoSegLib.training.data import check_preprocessed
-    from AutoSegLib.training.device import choose_execution, resolve_device
+    from AutoSegLib.device import choose_execution, resolve_device
     from AutoSegLib.training.loss import SegmentationLoss
     from AutoSegLib.training.splits import fold_cases, parse_fold
     from AutoSegLib.training.workers import choose_workers

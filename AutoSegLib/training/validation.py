@@ -29,7 +29,7 @@ import torch
 from AutoSegLib.io.atomic import atomic_path, write_json
 from AutoSegLib.io.labels import LabelLayout
 from AutoSegLib.progress import ProgressCallback, ProgressTracker
-from AutoSegLib.training.device import Execution
+from AutoSegLib.device import Execution
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,9 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
     from AutoSegLib.inference.sliding_window import predict_sliding_window
     from AutoSegLib.io.geometry import Geometry
     from AutoSegLib.io.images import read_case, read_image, write_image
-    from AutoSegLib.models.folder import cascade_label_values, cascade_one_hot
+    from AutoSegLib.io.labels import cascade_label_values, cascade_one_hot
     from AutoSegLib.training import cascade
-    from AutoSegLib.training.checkpoint import plans_identifier
+    from AutoSegLib.planning.plans import plans_identifier
     from AutoSegLib.training.data import load_case
 
     plan = plans.configuration(configuration)
