@@ -46,7 +46,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
     cached in ``calibration_cache`` (default `training.calibration.default_cache_path`); see
     `planning.budget`."""
     from AutoSegLib.errors import AutoSegError
-    from AutoSegLib.io.datasets import load_dataset, resolve_work_dir, write_work_dataset_json
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import resolve_work_dir, write_work_dataset_json
     from AutoSegLib.planning.planner import plan_experiment
     from AutoSegLib.planning.workdir import fingerprint_for
 
@@ -76,7 +77,7 @@ def preprocess(work_dir: PathLike, configurations: Optional[Sequence[str]] = Non
                force: bool = False, progress=None) -> dict:
     """Preprocess the training cases of a planned work folder (skips finished cases unless ``force``)."""
     from AutoSegLib.errors import AutoSegError
-    from AutoSegLib.io.datasets import dataset_path_of
+    from AutoSegLib.io.work_folder import dataset_path_of
     from AutoSegLib.planning.plans import Plans
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
 

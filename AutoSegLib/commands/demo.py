@@ -141,7 +141,8 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     from AutoSegLib.evaluation.folders import evaluate_folders
     from AutoSegLib.inference.files import predict_files
     from AutoSegLib.io.atomic import write_json
-    from AutoSegLib.io.datasets import load_dataset, verify_dataset, write_work_dataset_json
+    from AutoSegLib.io.datasets import load_dataset, verify_dataset
+    from AutoSegLib.io.work_folder import write_work_dataset_json
     from AutoSegLib.io.images import read_case, read_image
     from AutoSegLib.io.synthetic import make_synthetic_dataset
     from AutoSegLib.models.folder import load_model
@@ -249,8 +250,9 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     if configuration == plans.budget.configuration:
         config = budget_defaults(config, plans.budget, explicit | {"device", "time_budget_minutes"})
     epochs, iterations_per_epoch = config.epochs, config.iterations_per_epoch
+    from AutoSegLib.io.work_folder import fold_dir as work_fold_dir
     for fold in folds:
-        fold_dir = work / "trained" / configuration / f"fold_{fold}"
+        fold_dir = work_fold_dir(work, configuration, fold)
         if _fold_done(fold_dir):
             emit(progress, "log", level="info", message=f"fold {fold}: already trained, reused")
             continue

@@ -13,7 +13,8 @@ def add_arguments(parser) -> None:
 
 def run(args, progress) -> int:
     from AutoSegLib.fingerprint.extract import extract_fingerprint
-    from AutoSegLib.io.datasets import load_dataset, resolve_work_dir, write_work_dataset_json
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import resolve_work_dir, write_work_dataset_json
 
     work = resolve_work_dir(args.dataset, args.output)
     dataset = load_dataset(args.dataset)

@@ -79,7 +79,8 @@ def _raw_label_path(work_dir: Path, case: str) -> Optional[Path]:
 def _raw_images(work_dir: Path) -> Optional[Dict[str, tuple]]:
     """Image files per case of the raw dataset (``dataset_path`` of the work folder's dataset.json), or
     None (with a warning) when it cannot be read."""
-    from AutoSegLib.io.datasets import dataset_path_of, load_dataset
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import dataset_path_of
 
     try:
         return {c: f.images for c, f in load_dataset(dataset_path_of(work_dir)).cases.items()}

@@ -89,7 +89,8 @@ def make_model_folder(path, channel_names=("MRI",), labels=None, model_json=None
     loads weights itself (the child does). Returns its path."""
     path = Path(path)
     labels = labels or {"background": 0, "organ": 1, "lesion": 2}
-    fold = path / "trained" / configuration / "fold_0"
+    from AutoSegLib.io.work_folder import fold_dir
+    fold = fold_dir(path, configuration, 0)
     fold.mkdir(parents=True)
     (fold / "checkpoint_final.pt").write_bytes(b"placeholder")
     (path / "dataset.json").write_text(json.dumps({

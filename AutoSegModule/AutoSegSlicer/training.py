@@ -27,9 +27,10 @@ from typing import Callable, List, Optional
 
 from AutoSegLib.errors import AutoSegError, DatasetError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.work_folder import CHECKPOINT_LATEST, trained_folds
 from AutoSegSlicer import models
 from AutoSegSlicer.runner import ProcessRunner, autoseglib_command
-from AutoSegSlicer.training_install import cv_report_table, install_model, trained_folds
+from AutoSegSlicer.training_install import cv_report_table, install_model
 from AutoSegSlicer.training_job import TrainingJob
 from AutoSegSlicer.training_options import (DatasetSummary, TrainingOptions, check_finetune_compatible,
                                             resolve_folds, summarize_dataset)
@@ -128,7 +129,7 @@ class TrainingLogic:
                 state = TrainingState.load(work)
             except AutoSegError:
                 state = None  # unreadable: nothing to resume
-        trained = any((work / "trained").rglob("checkpoint_latest.pt")) if work.is_dir() else False
+        trained = bool(trained_folds(work, (CHECKPOINT_LATEST,)))
         if state is not None and not state.finished and trained:
             raise UnfinishedTrainingError(f"An unfinished training named '{options.model_name}' exists in {work}. "
                                           f"Resume it, discard it, or choose another model name.", work)

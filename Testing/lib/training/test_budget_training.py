@@ -94,7 +94,8 @@ def test_the_reserve_counts_the_final_validation_windows():
 # ---- a budget configuration end to end -------------------------------------------------------------------
 def budget_work(root: Path):
     """Synthetic dataset planned with a 5-minute budget on a stand-in device, budget data preprocessed."""
-    from AutoSegLib.io.datasets import load_dataset, write_work_dataset_json
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import write_work_dataset_json
     from AutoSegLib.io.synthetic import make_synthetic_dataset
     from AutoSegLib.training.calibration import Calibration
     from AutoSegLib.planning.planner import plan_experiment
