@@ -28,9 +28,25 @@ PathLike = "str | os.PathLike"
 
 def verify(dataset: PathLike, num_workers: Optional[int] = None, progress=None):
     """Check a raw dataset folder; returns a report listing every error and warning (never raises for
-    bad data, never writes). See `AutoSegLib.io.datasets.verify_dataset`."""
-    from AutoSegLib.io.datasets import verify_dataset
+    bad data, never writes). See `AutoSegLib.io.verify.verify_dataset`."""
+    from AutoSegLib.io.verify import verify_dataset
     return verify_dataset(dataset, num_workers=num_workers, progress=progress)
+
+
+def fingerprint(dataset: PathLike, output: Optional[PathLike] = None, num_workers: Optional[int] = None,
+                verify: bool = True, progress=None):
+    """Extract the dataset fingerprint into the work folder (``output``, default ``./autoseg_work/<name>``);
+    returns ``(work folder, Fingerprint)``. ``verify``: run the per-case integrity checks while reading."""
+    from AutoSegLib.fingerprint.extract import extract_fingerprint
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import FINGERPRINT_JSON, resolve_work_dir, write_work_dataset_json
+
+    work = resolve_work_dir(dataset, output)
+    ds = load_dataset(dataset)
+    fp = extract_fingerprint(ds.root, num_workers=num_workers, progress=progress, verify=verify)
+    fp.to_json(work / FINGERPRINT_JSON)
+    write_work_dataset_json(ds, work)
+    return work, fp
 
 
 def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: float = 8.0,
@@ -158,11 +174,12 @@ def predict_arrays(model, images, geometry, **options):
 
 
 def evaluate(pred_dir: PathLike, ref_dir: PathLike, output_dir: Optional[PathLike] = None, label_layout=None,
-             num_workers: int = 1, progress=None) -> dict:
-    """Dice, IoU, HD95, ASSD (mm) and volumes per case and label; JSON and CSV into ``output_dir``."""
+             num_workers: int = 1, surface: bool = True, progress=None) -> dict:
+    """Dice, IoU, HD95, ASSD (mm; ``surface=False`` skips the two distances) and volumes per case and
+    label; JSON and CSV into ``output_dir``."""
     from AutoSegLib.evaluation.folders import evaluate_folders
     return evaluate_folders(pred_dir, ref_dir, label_layout=label_layout, output_dir=output_dir,
-                            num_workers=num_workers, progress=progress)
+                            num_workers=num_workers, surface=surface, progress=progress)
 
 
 def export_model(source: PathLike, archive: PathLike, configurations=None, folds=None, metadata=None,

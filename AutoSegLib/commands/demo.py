@@ -141,7 +141,8 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     from AutoSegLib.evaluation.folders import evaluate_folders
     from AutoSegLib.inference.files import predict_files
     from AutoSegLib.io.atomic import write_json
-    from AutoSegLib.io.datasets import load_dataset, verify_dataset
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.verify import verify_dataset
     from AutoSegLib.io.work_folder import write_work_dataset_json
     from AutoSegLib.io.images import read_case, read_image
     from AutoSegLib.io.synthetic import make_synthetic_dataset

@@ -112,13 +112,6 @@ def load_dataset(path: "str | os.PathLike") -> Dataset:
     return dataset
 
 
-def verify_dataset(path, num_workers=None, progress=None):
-    """Structure and contents check of every case; see `AutoSegLib.io.verify.verify_dataset`."""
-    from AutoSegLib.io.verify import verify_dataset as _verify
-    return _verify(path, num_workers=num_workers, progress=progress)
-
-
-# --------------------------------------------------------------------------------------------------
 def scan_dataset(path: "str | os.PathLike") -> Tuple[Optional[Dataset], List[str], List[str]]:
     """Structural scan. Returns ``(dataset or None, errors, warnings)``; never raises for bad input.
 
