@@ -52,10 +52,14 @@ def fingerprint(dataset: PathLike, output: Optional[PathLike] = None, num_worker
 def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: float = 8.0,
          num_workers: Optional[int] = None, force_fingerprint: bool = False, progress=None,
          time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
-         calibration_cache: Optional[PathLike] = None) -> Tuple[Path, "Plans"]:
+         calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None) -> Tuple[Path, "Plans"]:
     """Fingerprint (reused while current) and plan ``dataset`` into the work folder ``output`` (default
     ``./autoseg_work/<dataset name>``; never inside the dataset). Writes fingerprint.json, plans.json and
     dataset.json (with "dataset_path"). Returns (work folder, plans).
+
+    With ``plans_from`` (a model or work folder) nothing is planned: that model's plans are adopted for
+    fine-tuning it on ``dataset`` (`planning.reuse.adopt_plans`: same channels and labels required), with its
+    fingerprint.
 
     With ``time_budget_minutes`` the plans also get a configuration sized for that much training on
     ``device`` at ``precision`` ("auto": as training resolves it), from a measurement of the device
@@ -69,6 +73,11 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
 
     if not gpu_memory_gb > 0:
         raise AutoSegError(f"--gpu-memory-gb must be a positive number of gigabytes; got {gpu_memory_gb}.")
+    if plans_from is not None:
+        if time_budget_minutes is not None:
+            raise AutoSegError("--plans-from keeps the model's plans, --time-budget-minutes makes new ones: give one "
+                               "of them (to fine-tune for a time, pass --time-budget-minutes to `autoseg train`).")
+        return _adopt_plans(dataset, output, plans_from)
     if num_workers is not None and num_workers < 1:
         raise AutoSegError(f"--workers must be at least 1; got {num_workers}.")
     calibration = None
@@ -85,6 +94,25 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
     plans = plan_experiment(fp, ds, gpu_memory_gb=gpu_memory_gb, budget_minutes=time_budget_minutes,
                             calibration=calibration)
     plans.to_json(work / "plans.json")
+    write_work_dataset_json(ds, work)
+    return work, plans
+
+
+def _adopt_plans(dataset: PathLike, output: Optional[PathLike], source: PathLike) -> Tuple[Path, "Plans"]:
+    import shutil
+
+    from AutoSegLib.io.atomic import atomic_path
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import FINGERPRINT_JSON, PLANS_JSON, resolve_work_dir, write_work_dataset_json
+    from AutoSegLib.planning.reuse import adopt_plans
+
+    ds = load_dataset(dataset)
+    plans = adopt_plans(source, ds)
+    work = resolve_work_dir(dataset, output)
+    plans.to_json(work / PLANS_JSON)
+    if (Path(source) / FINGERPRINT_JSON).is_file():
+        with atomic_path(work / FINGERPRINT_JSON) as tmp:
+            shutil.copyfile(Path(source) / FINGERPRINT_JSON, tmp)
     write_work_dataset_json(ds, work)
     return work, plans
 
@@ -111,15 +139,20 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
                         configurations: Optional[Sequence[str]] = None, num_workers: Optional[int] = None,
                         force: bool = False, force_fingerprint: bool = False, progress=None,
                         time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
-                        calibration_cache: Optional[PathLike] = None) -> Tuple[Path, "Plans", dict]:
+                        calibration_cache: Optional[PathLike] = None,
+                        plans_from: Optional[PathLike] = None) -> Tuple[Path, "Plans", dict]:
     """verify (inside the fingerprint) + fingerprint + plan + preprocess. Returns (work folder, plans,
     preprocessing summary). With a time budget (see `plan`) and no ``configurations``, only the budget
-    configuration is preprocessed (the one that budget will train)."""
+    configuration is preprocessed (the one that budget will train); with ``plans_from``, the configurations
+    that model has trained."""
+    from AutoSegLib.io.work_folder import trained_folds
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
 
     work, plans = plan(dataset, output, gpu_memory_gb, num_workers, force_fingerprint, progress,
                        time_budget_minutes=time_budget_minutes, device=device, precision=precision,
-                       calibration_cache=calibration_cache)
+                       calibration_cache=calibration_cache, plans_from=plans_from)
+    if configurations is None and plans_from is not None:
+        configurations = [c for c in trained_folds(plans_from) if c in plans.configurations] or None
     if configurations is None and plans.budget is not None:
         configurations = [plans.budget.configuration]
     for name in configurations or ():

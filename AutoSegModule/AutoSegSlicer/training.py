@@ -239,23 +239,9 @@ class TrainingLogic:
     @staticmethod
     def _prepare_finetune(state: TrainingState) -> None:
         """The work folder of a fine-tuning: the new dataset's dataset.json, the model's plans and fingerprint
-        (the network and normalisation must stay the model's)."""
-        base = Path(state.base_model)
-        dataset_json = json.loads((state.dataset / "dataset.json").read_text())
-        dataset_json["dataset_path"] = str(state.dataset)
-        write_json(state.work / "dataset.json", dataset_json)
-        for name in ("plans.json", "fingerprint.json"):
-            if not (base / name).is_file():
-                if name == "plans.json":
-                    raise AutoSegError(f"{base / name}: missing; model '{base.name}' cannot be fine-tuned.")
-                continue
-            data = json.loads((base / name).read_text())
-            labels = dataset_json.get("labels") or {}
-            if name == "plans.json" and "ignore" in labels and isinstance(data.get("labels"), dict):
-                # Partially annotated corrections: the plans must know the ignore value (outputs unchanged).
-                data["labels"] = {**{k: v for k, v in data["labels"].items() if k != "ignore"},
-                                  "ignore": labels["ignore"]}
-            write_json(state.work / name, data)
+        (the network and normalisation must stay the model's): `autoseg plan --plans-from MODEL`'s function."""
+        from AutoSegLib import api
+        api.plan(state.dataset, state.work, plans_from=state.base_model)
 
     def _install(self, job: TrainingJob) -> None:
         state = job.state
