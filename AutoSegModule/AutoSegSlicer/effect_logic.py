@@ -38,6 +38,8 @@ MODES = (MODE_LABELS, MODE_SELECTED)
 PREVIEW_REFERENCE_ROLE = "SegmentationResultPreview"
 PREVIEW_OWNER_PARAMETER = "SegmentationResultPreviewOwnerEffect"
 PREVIEW_OPACITY = 0.6
+#: Attribute of the preview node holding its region (`effect_region.box_to_text`), so that Apply uses it.
+REGION_ATTRIBUTE = "AutoSeg.Region"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,28 @@ class LogicEditor:
     def modify(self, segmentation_node, segment_id: str, labelmap, add: bool) -> None:
         mode = self.logic.ModificationModeAdd if add else self.logic.ModificationModeRemove
         self.logic.ModifySegmentByLabelmap(segmentation_node, segment_id, labelmap, mode, True, False)
+
+
+class ScriptedEffectEditor:
+    """Applies edits through a Segment Editor effect (``qSlicerSegmentEditorScriptedEffect``): Slicer's masking.
+
+    ``modes`` holds the effect's ``ModificationModeAdd`` / ``ModificationModeRemove`` (in Slicer:
+    ``slicer.qSlicerSegmentEditorAbstractEffect``).
+    """
+
+    def __init__(self, scripted_effect, modes):
+        self.effect = scripted_effect
+        self.modes = modes
+
+    def reference_geometry(self):
+        return self.effect.defaultModifierLabelmap()
+
+    def save_state_for_undo(self) -> None:
+        self.effect.saveStateForUndo()
+
+    def modify(self, segmentation_node, segment_id: str, labelmap, add: bool) -> None:
+        mode = self.modes.ModificationModeAdd if add else self.modes.ModificationModeRemove
+        self.effect.modifySegmentByLabelmap(segmentation_node, segment_id, labelmap, mode)
 
 
 class EffectLogic:
@@ -147,6 +171,7 @@ class EffectLogic:
             display.SetOpacity(PREVIEW_OPACITY)
             display.SetVisibility2DOutline(False)
             preview.SetAttribute("AutoSeg.PreviewFor", target.GetID())
+            preview.SetAttribute(REGION_ATTRIBUTE, effect_region.box_to_text(preview_job.box))
         except Exception:
             self.remove_preview(preview)
             raise
@@ -183,7 +208,7 @@ class EffectLogic:
             display.SetSegmentVisibility(seg.GetNthSegmentID(i), visible)
 
     # -- apply -------------------------------------------------------------------------------
-    def apply_preview(self, preview_node, segmentation_node, editor, reference, region=None, mode: str = MODE_LABELS,
+    def apply_preview(self, preview_node, segmentation_node, editor, reference, region="preview", mode: str = MODE_LABELS,
                       selected_segment_id: Optional[str] = None, label_value: Optional[int] = None) -> List[str]:
         """Write a preview into ``segmentation_node`` through ``editor`` (masking settings apply); returns the
         IDs of the segments edited. The caller saves the undo state first (`editor.save_state_for_undo`).
@@ -193,11 +218,13 @@ class EffectLogic:
         editor : object with ``modify(segmentation_node, segment_id, vtkOrientedImageData, add: bool)``
         reference : vtkOrientedImageData
             The editor's modifier geometry (the segmentation's reference geometry); edits are resampled onto it.
-        region : (z, y, x) bool array on the preview's grid, or None for everywhere
-            Where the model's result replaces the segment (`effect_region.region_mask` of the preview's region).
+        region : "preview", or a (z, y, x) bool array on the preview's grid, or None for everywhere
+            Where the model's result replaces the segment; by default the region the preview was made for.
         mode : MODE_LABELS or MODE_SELECTED (then ``selected_segment_id`` and ``label_value`` are required)
         """
         layer, image = _preview_layer(preview_node)
+        if isinstance(region, str) and region == "preview":
+            region = _preview_region(preview_node, image)
         inside = np.ones(layer.shape, bool) if region is None else np.asarray(region, bool)
         if inside.shape != layer.shape:
             raise AutoSegError(f"The region ({inside.shape}) is not on the preview's grid ({layer.shape}).")
@@ -262,6 +289,19 @@ def _preview_layer(preview_node):
     e = image.GetExtent()
     shape = (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
     return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape), image
+
+
+def _preview_region(preview_node, image) -> Optional[np.ndarray]:
+    """The region stored on a preview (`REGION_ATTRIBUTE`) as a mask over its label map; None: everywhere."""
+    import vtk
+
+    box = effect_region.box_from_text(preview_node.GetAttribute(REGION_ATTRIBUTE))
+    if box is None:
+        return None
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    ijk_to_world = effect_region.node_to_world(preview_node) @ effect_region.array_from_matrix(m)
+    return effect_region.grid_mask(box, image.GetDimensions(), ijk_to_world)
 
 
 def _clear_outside(preview_node, mask: np.ndarray) -> None:

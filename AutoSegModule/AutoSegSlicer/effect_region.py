@@ -16,6 +16,7 @@ voxels whose centres lie inside the box itself, and the effect keeps only those 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -50,7 +51,7 @@ class OrientedBox:
         return np.all(np.abs(local) <= np.asarray(self.half, float)[None] + tolerance, axis=1)
 
 
-def _matrix(vtk_matrix) -> np.ndarray:
+def array_from_matrix(vtk_matrix) -> np.ndarray:
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
@@ -66,7 +67,7 @@ def node_to_world(node) -> np.ndarray:
                            f"transform (Data module) before using it as a region or an input.")
     m = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(m)
-    return _matrix(m)
+    return array_from_matrix(m)
 
 
 def box_from_roi_node(roi_node) -> OrientedBox:
@@ -77,7 +78,7 @@ def box_from_roi_node(roi_node) -> OrientedBox:
         raise AutoSegError(f"ROI '{roi_node.GetName()}' is empty (size {[2 * r for r in radius]} mm): place it "
                            f"around the structure first.")
     # box axes and centre in the node's coordinates (the centre is the matrix's translation)
-    obj_to_world = node_to_world(roi_node) @ _matrix(roi_node.GetObjectToNodeMatrix())
+    obj_to_world = node_to_world(roi_node) @ array_from_matrix(roi_node.GetObjectToNodeMatrix())
     linear = obj_to_world[:3, :3]
     lengths = np.linalg.norm(linear, axis=0)   # a scaling parent transform stretches the box
     axes = linear / lengths[None]
@@ -91,7 +92,7 @@ def volume_corners_ras(volume_node) -> np.ndarray:
     dims = volume_node.GetImageData().GetDimensions()
     m = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(m)
-    ijk_to_world = node_to_world(volume_node) @ _matrix(m)
+    ijk_to_world = node_to_world(volume_node) @ array_from_matrix(m)
     ijk = np.array([[(-0.5, d - 0.5)[s] for s, d in zip(combo, dims)] + [1.0]
                     for combo in itertools.product((0, 1), repeat=3)])
     return (ijk_to_world @ ijk.T).T[:, :3]
@@ -109,13 +110,13 @@ def box_from_slice_view(slice_node, volume_node) -> OrientedBox:
     if width <= 0 or height <= 0:
         raise AutoSegError(f"Slice view '{slice_node.GetName()}' is not shown (size {width}x{height} pixels): show it "
                            f"in the layout or choose another region.")
-    xy_to_ras = _matrix(slice_node.GetXYToRAS())
+    xy_to_ras = array_from_matrix(slice_node.GetXYToRAS())
     origin = (xy_to_ras @ [0.0, 0.0, 0.0, 1.0])[:3]
     x_edge = (xy_to_ras @ [float(width), 0.0, 0.0, 1.0])[:3] - origin
     y_edge = (xy_to_ras @ [0.0, float(height), 0.0, 1.0])[:3] - origin
     slice_to_ras = vtk.vtkMatrix4x4()
     slice_to_ras.DeepCopy(slice_node.GetSliceToRAS())
-    normal = _matrix(slice_to_ras)[:3, 2]
+    normal = array_from_matrix(slice_to_ras)[:3, 2]
     normal = normal / np.linalg.norm(normal)
     depths = volume_corners_ras(volume_node) @ normal
     center = origin + (x_edge + y_edge) / 2
@@ -149,10 +150,28 @@ def region_mask(box: Optional[OrientedBox], volume_node) -> Optional[np.ndarray]
 
     if box is None:
         return None
-    i, j, k = volume_node.GetImageData().GetDimensions()
     m = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(m)
-    ijk_to_world = node_to_world(volume_node) @ _matrix(m)
+    return grid_mask(box, volume_node.GetImageData().GetDimensions(), node_to_world(volume_node) @ array_from_matrix(m))
+
+
+def grid_mask(box: OrientedBox, dims, ijk_to_world: np.ndarray) -> np.ndarray:
+    """(z, y, x) boolean over a grid of ``dims`` (i, j, k) voxels: centres inside ``box``."""
+    i, j, k = (int(d) for d in dims)
     kk, jj, ii = np.meshgrid(np.arange(k), np.arange(j), np.arange(i), indexing="ij")
     ijk = np.stack([ii.ravel(), jj.ravel(), kk.ravel(), np.ones(ii.size)], axis=0).astype(float)
-    return box.contains((ijk_to_world @ ijk)[:3].T).reshape(k, j, i)
+    return box.contains((np.asarray(ijk_to_world, float) @ ijk)[:3].T).reshape(k, j, i)
+
+
+def box_to_text(box: Optional[OrientedBox]) -> str:
+    """A JSON text of ``box`` ('' for none), kept on the preview node as an attribute."""
+    if box is None:
+        return ""
+    return json.dumps({"center": list(box.center), "axes": [list(a) for a in box.axes], "half": list(box.half)})
+
+
+def box_from_text(text: Optional[str]) -> Optional[OrientedBox]:
+    if not text:
+        return None
+    d = json.loads(text)
+    return OrientedBox(tuple(d["center"]), tuple(tuple(a) for a in d["axes"]), tuple(d["half"]))

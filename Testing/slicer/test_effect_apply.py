@@ -110,6 +110,12 @@ def test_preview_runs_the_model_with_fast_and_roi_and_keeps_only_the_region(setu
     layer = slicer.util.arrayFromSegmentBinaryLabelmap(preview, preview.GetSegmentation().GetNthSegmentID(0), s["volume"])
     assert np.array_equal(layer.astype(bool), (s["expected"] == 1) & inside)
     assert preview.GetDisplayNode().GetOpacity() == pytest.approx(0.6)
+    # Apply uses the region the preview was made for: the selected segment changes inside it only
+    mine = np.zeros(SHAPE, bool)
+    mine[:, 0:2, :] = True                                         # rows j 0..1: x inside and outside the ROI
+    sid = _add_segment(s, "mine", mine)
+    _apply(s, preview, mode=MODE_SELECTED, selected_segment_id=sid, label_value=1)
+    assert np.array_equal(_array(s, "mine"), (mine & ~inside) | ((s["expected"] == 1) & inside))
 
 
 def test_apply_creates_a_segment_per_label_and_overwrites_all_other_segments(setup):
