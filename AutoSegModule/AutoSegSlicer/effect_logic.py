@@ -11,9 +11,9 @@ The effect (SegmentEditorAutoSegLib/SegmentEditorEffect.py) is a thin Qt shell a
   that applies an edit under the Segment Editor's masking settings (editable area, editable intensity range,
   overwrite other segments): *remove* where the region says "not this label", then *add* the label's voxels.
   Inside the region and the editable area the segment becomes the model's result; elsewhere nothing changes.
-  In Slicer the editor is the effect itself (``scriptedEffect.modifySegmentByLabelmap``, Slicer's own masking
-  code: qSlicerSegmentEditorAbstractEffect in 5.8, vtkSlicerSegmentEditorLogic from 5.10); `LogicEditor` drives
-  the same vtkSlicerSegmentEditorLogic directly (slicer-core, scripts).
+  In Slicer the editor is the effect itself (`ScriptedEffectEditor`: ``scriptedEffect.modifySegmentByLabelmap``,
+  Slicer's own masking code: qSlicerSegmentEditorAbstractEffect in 5.8, vtkSlicerSegmentEditorLogic from 5.10);
+  the headless tests drive that vtkSlicerSegmentEditorLogic directly.
 - Targets: one segment per model label (a segment of the segmentation already tagged with that label value is
   reused; otherwise a new one is added with the preview segment's name, colour, terminology and tags; a label
   with no voxel in the region adds nothing), or the selected segment filled with one chosen label.
@@ -72,48 +72,28 @@ class PreviewJob:
         return self.job.running
 
 
-class LogicEditor:
-    """Applies edits with Slicer's vtkSlicerSegmentEditorLogic (exists from Slicer 5.10 and in slicer-core).
-
-    ``logic`` is configured by the caller: segment editor node (segmentation, selected segment, masking settings)
-    and source volume. The effect in Slicer uses the scripted effect's own methods instead (same masking code).
-    """
-
-    def __init__(self, logic):
-        self.logic = logic
-
-    def reference_geometry(self):
-        self.logic.ResetModifierLabelmapToDefault()
-        return self.logic.GetModifierLabelmap()
-
-    def save_state_for_undo(self) -> None:
-        self.logic.SaveStateForUndo()
-
-    def modify(self, segmentation_node, segment_id: str, labelmap, add: bool) -> None:
-        mode = self.logic.ModificationModeAdd if add else self.logic.ModificationModeRemove
-        self.logic.ModifySegmentByLabelmap(segmentation_node, segment_id, labelmap, mode, True, False)
-
-
 class ScriptedEffectEditor:
-    """Applies edits through a Segment Editor effect (``qSlicerSegmentEditorScriptedEffect``): Slicer's masking.
+    """The editor of a Segment Editor effect (``qSlicerSegmentEditorScriptedEffect``): Slicer's own masking code.
 
-    ``modes`` holds the effect's ``ModificationModeAdd`` / ``ModificationModeRemove`` (in Slicer:
-    ``slicer.qSlicerSegmentEditorAbstractEffect``).
+    ``add_mode`` / ``remove_mode``: ``slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd`` /
+    ``ModificationModeRemove``. The tests use an editor with the same three methods on vtkSlicerSegmentEditorLogic
+    (Slicer 5.10+, slicer-core), the code this effect's ``modifySegmentByLabelmap`` runs from 5.10.
     """
 
-    def __init__(self, scripted_effect, modes):
-        self.effect = scripted_effect
-        self.modes = modes
+    def __init__(self, scriptedEffect, add_mode, remove_mode):
+        self.scriptedEffect = scriptedEffect
+        self.add_mode, self.remove_mode = add_mode, remove_mode
 
     def reference_geometry(self):
-        return self.effect.defaultModifierLabelmap()
+        """The modifier labelmap geometry: the segmentation's reference geometry (source volume aligned)."""
+        return self.scriptedEffect.defaultModifierLabelmap()
 
     def save_state_for_undo(self) -> None:
-        self.effect.saveStateForUndo()
+        self.scriptedEffect.saveStateForUndo()
 
     def modify(self, segmentation_node, segment_id: str, labelmap, add: bool) -> None:
-        mode = self.modes.ModificationModeAdd if add else self.modes.ModificationModeRemove
-        self.effect.modifySegmentByLabelmap(segmentation_node, segment_id, labelmap, mode)
+        mode = self.add_mode if add else self.remove_mode
+        self.scriptedEffect.modifySegmentByLabelmap(segmentation_node, segment_id, labelmap, mode)
 
 
 class EffectLogic:

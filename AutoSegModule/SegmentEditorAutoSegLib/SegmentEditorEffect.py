@@ -232,10 +232,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.labelComboBox.currentData is not None:
             p.setParameter("LabelValue", int(self.labelComboBox.currentData))
 
+    def createCursor(self, widget):
+        return slicer.util.mainWindow().cursor  # nothing to paint: keep the normal cursor
+
+    def sourceVolumeNodeChanged(self):
+        self.onModelChanged()  # the first input is the source volume; re-guess the others
+
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
         """Remember the slice view last used ("around the current view"); never consumes the event."""
         if viewWidget is not None and viewWidget.className() == "qMRMLSliceWidget":
-            self.last_slice_node = viewWidget.mrmlSliceNode()
+            sliceWidget = viewWidget
+            self.last_slice_node = sliceWidget.mrmlSliceNode()
         return False
 
     # -- preview ----------------------------------------------------------------------------
@@ -255,8 +262,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def currentSliceNode(self):
         if self.last_slice_node is not None and self.last_slice_node.GetScene() is not None:
             return self.last_slice_node
-        widget = slicer.app.layoutManager().sliceWidget("Red")
-        return widget.mrmlSliceNode() if widget is not None else None
+        layoutManager = slicer.app.layoutManager()  # a qSlicerLayoutManager
+        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager is not None else None
+        return sliceWidget.mrmlSliceNode() if sliceWidget is not None else None
 
     def recover(self):
         restore_cursor()
@@ -343,7 +351,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if preview is None:
             raise AutoSegError("Nothing to apply: run Preview first.")
         editor_node = self.scriptedEffect.parameterSetNode()
-        editor = ScriptedEffectEditor(self.scriptedEffect, slicer.qSlicerSegmentEditorAbstractEffect)
+        editor = ScriptedEffectEditor(self.scriptedEffect, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
+                                      slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove)
         p = self.scriptedEffect
         with slicer.util.WaitCursor():
             editor.save_state_for_undo()

@@ -14,10 +14,28 @@ import pytest
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegSlicer import effect_region, segmentation
-from AutoSegSlicer.effect_logic import MODE_SELECTED, EffectLogic, LogicEditor
+from AutoSegSlicer.effect_logic import MODE_SELECTED, EffectLogic, ScriptedEffectEditor
 from autoseg_testing import fake_runner_factory, make_model_folder
 
 SHAPE = (6, 12, 14)
+
+
+class ScriptedEffectOnLogic:
+    """The three methods of a qSlicerSegmentEditorScriptedEffect the effect's editor calls, with what the
+    effect runs for them from Slicer 5.10 (qSlicerSegmentEditorAbstractEffect -> vtkSlicerSegmentEditorLogic)."""
+
+    def __init__(self, logic):
+        self.logic = logic
+
+    def defaultModifierLabelmap(self):
+        self.logic.ResetModifierLabelmapToDefault()
+        return self.logic.GetModifierLabelmap()
+
+    def saveStateForUndo(self):
+        self.logic.SaveStateForUndo()
+
+    def modifySegmentByLabelmap(self, segmentation_node, segment_id, labelmap, mode):
+        self.logic.ModifySegmentByLabelmap(segmentation_node, segment_id, labelmap, mode, True, False)
 
 
 def _image():
@@ -49,7 +67,8 @@ def setup(autoseg_logic, make_volume, slicer_harness):
     logic.SetSegmentEditorNode(node)
     logic.SetSourceVolumeNode(volume)
     return dict(volume=volume, img=img, expected=expected, model=model, seg=seg, node=node,
-                editor=LogicEditor(logic), effect=EffectLogic(autoseg_logic), logic=autoseg_logic, scene=scene)
+                editor=ScriptedEffectEditor(ScriptedEffectOnLogic(logic), logic.ModificationModeAdd,
+                                            logic.ModificationModeRemove), effect=EffectLogic(autoseg_logic), logic=autoseg_logic, scene=scene)
 
 
 def _preview(s, label=None):
@@ -217,7 +236,7 @@ def test_apply_reuses_the_segment_tagged_with_the_label_value_and_undo_restores(
              for i in range(s["seg"].GetSegmentation().GetNumberOfSegments())]
     assert names == ["my liver", "lesion"]
     assert np.array_equal(_array(s, "my liver"), s["expected"] == 1)
-    s["editor"].logic.Undo()
+    s["editor"].scriptedEffect.logic.Undo()
     assert [s["seg"].GetSegmentation().GetNthSegment(i).GetName()
             for i in range(s["seg"].GetSegmentation().GetNumberOfSegments())] == ["my liver"]
     assert np.array_equal(_array(s, "my liver"), old)
