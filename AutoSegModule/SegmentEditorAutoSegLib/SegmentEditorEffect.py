@@ -247,9 +247,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # -- preview ----------------------------------------------------------------------------
     def previewNode(self):
-        node = self.scriptedEffect.nodeReference(PREVIEW_REFERENCE_ROLE)
-        if node is not None and self.scriptedEffect.parameter(PREVIEW_OWNER_PARAMETER) != EFFECT_NAME:
-            return None  # another effect's preview
+        p = self.scriptedEffect
+        node = p.nodeReference(PREVIEW_REFERENCE_ROLE)
+        if node is not None and p.parameterDefined(PREVIEW_OWNER_PARAMETER) and \
+                p.parameter(PREVIEW_OWNER_PARAMETER) != EFFECT_NAME:
+            return None  # another effect's preview (Grow from seeds, Local threshold ...)
         return node
 
     def removePreview(self):
@@ -283,8 +285,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not panel.ensureDependencies():
             return
         p = self.scriptedEffect
-        box = self.logic().region_box(p.parameter("Region"), source, self.roiSelector.currentNode(),
-                                      self.currentSliceNode())
+        region = p.parameter("Region")
+        box = self.logic().region_box(region, source, self.roiSelector.currentNode(),
+                                      self.currentSliceNode() if region == effect_region.REGION_VIEW else None)
         self.removePreview()
         volumes = [source] + [s.currentNode() for s in self.channel_selectors]
         self.preview_job = self.logic().start_preview(self.currentModel(), volumes, segmentation,
