@@ -155,12 +155,35 @@ def region_mask(box: Optional[OrientedBox], volume_node) -> Optional[np.ndarray]
     return grid_mask(box, volume_node.GetImageData().GetDimensions(), node_to_world(volume_node) @ array_from_matrix(m))
 
 
-def grid_mask(box: OrientedBox, dims, ijk_to_world: np.ndarray) -> np.ndarray:
-    """(z, y, x) boolean over a grid of ``dims`` (i, j, k) voxels: centres inside ``box``."""
+def grid_mask(box: OrientedBox, dims, ijk_to_world: np.ndarray, tolerance: float = 1e-6) -> np.ndarray:
+    """(z, y, x) boolean over a grid of ``dims`` (i, j, k) voxels: centres inside ``box``.
+
+    Only the index range holding the box's corners is evaluated, one slice at a time, with the box coordinates
+    as affine functions of the indices (a whole 512^2 x 300 grid of float coordinates would need gigabytes).
+    """
     i, j, k = (int(d) for d in dims)
-    kk, jj, ii = np.meshgrid(np.arange(k), np.arange(j), np.arange(i), indexing="ij")
-    ijk = np.stack([ii.ravel(), jj.ravel(), kk.ravel(), np.ones(ii.size)], axis=0).astype(float)
-    return box.contains((np.asarray(ijk_to_world, float) @ ijk)[:3].T).reshape(k, j, i)
+    m = np.asarray(ijk_to_world, float)
+    grid_corners = np.array([[c * (n - 1) for c, n in zip(combo, (i, j, k))] + [1.0]
+                             for combo in itertools.product((0, 1), repeat=3)])
+    if box.contains((m @ grid_corners.T)[:3].T, tolerance).all():   # a box is convex: all centres inside
+        return np.ones((k, j, i), bool)
+    out = np.zeros((k, j, i), bool)
+    corners = np.linalg.solve(m, np.c_[box.corners(), np.ones(8)].T)[:3]          # box corners in (i, j, k)
+    lo = np.maximum(np.floor(corners.min(1) - 1e-6).astype(int), 0)
+    hi = np.minimum(np.ceil(corners.max(1) + 1e-6).astype(int) + 1, (i, j, k))
+    if np.any(hi <= lo):
+        return out
+    axes, half = np.asarray(box.axes, float), np.asarray(box.half, float) + tolerance
+    a = axes.T @ m[:3, :3]                                      # box coordinate = a @ (i, j, k) + b
+    b = axes.T @ (m[:3, 3] - np.asarray(box.center, float))
+    jj, ii = np.meshgrid(np.arange(lo[1], hi[1], dtype=float), np.arange(lo[0], hi[0], dtype=float), indexing="ij")
+    in_plane = [a[n, 0] * ii + a[n, 1] * jj + b[n] for n in range(3)]
+    for z in range(lo[2], hi[2]):
+        inside = np.ones(ii.shape, bool)
+        for n in range(3):
+            inside &= np.abs(in_plane[n] + a[n, 2] * z) <= half[n]
+        out[z, lo[1]:hi[1], lo[0]:hi[0]] = inside
+    return out
 
 
 def box_to_text(box: Optional[OrientedBox]) -> str:

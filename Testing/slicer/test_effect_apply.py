@@ -18,6 +18,8 @@ from AutoSegSlicer.effect_logic import MODE_SELECTED, EffectLogic, ScriptedEffec
 from autoseg_testing import fake_runner_factory, make_model_folder
 
 SHAPE = (6, 12, 14)
+LESION_TERM = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
+               "Structure~SCT^4147007^Mass~^^~Anatomic codes - DICOM master list~^^~^^")
 
 
 class ScriptedEffectOnLogic:
@@ -54,7 +56,7 @@ def setup(autoseg_logic, make_volume, slicer_harness):
     img, expected = _image()
     volume = make_volume(img, (1.5, 0.8, 0.9), (5.0, -3.0, 2.0), name="ct")
     model = autoseg_logic.require_model(make_model_folder(autoseg_logic.models_dir / "Organs",
-                                                          model_json={"colors": {"lesion": [1, 1, 0]}}))
+                                                          model_json={"colors": {"lesion": [1, 1, 0]}, "terminology": {"lesion": LESION_TERM}}))
     scene = slicer_harness.scene
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     seg.CreateDefaultDisplayNodes()
@@ -152,6 +154,7 @@ def test_apply_creates_a_segment_per_label_and_overwrites_all_other_segments(set
     assert np.array_equal(_array(s, "other"), other & (s["expected"] == 0))
     lesion = s["seg"].GetSegmentation().GetSegment(s["seg"].GetSegmentation().GetSegmentIdBySegmentName("lesion"))
     assert segmentation.segment_label_value(lesion) == 2 and lesion.GetColor() == (1.0, 1.0, 0.0)
+    assert segmentation._get_tag(lesion, lesion.GetTerminologyEntryTagName()) == LESION_TERM   # the panel's rules
 
 
 @pytest.mark.parametrize("mode, keeps", [("OverwriteAllSegments", (False, False)),

@@ -142,3 +142,22 @@ def test_box_corners_and_contains_agree():
     corners = box.corners()
     assert sorted(map(tuple, corners)) == sorted(itertools.product((0.0, 2.0), (0.0, 4.0), (0.0, 6.0)))
     assert box.contains(corners).all() and not box.contains(corners * 1.01 + 0.01).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grid_mask_equals_testing_every_voxel_centre(seed):
+    """The sliced, range-limited mask against the definition (each centre through OrientedBox.contains)."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    r, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    m = np.eye(4)
+    m[:3, :3] = r @ np.diag(rng.uniform(0.5, 1.5, 3))
+    m[:3, 3] = rng.uniform(-3, 3, 3)
+    dims = (13, 11, 9)
+    centre = (m @ [*(rng.uniform(0.3, 0.7, 3) * dims), 1.0])[:3]
+    box = effect_region.OrientedBox(tuple(centre), tuple(map(tuple, q)), tuple(rng.uniform(1.5, 4, 3)))
+    k, j, i = np.meshgrid(*[np.arange(n) for n in dims[::-1]], indexing="ij")
+    centres = (np.stack([i, j, k, np.ones_like(i)], -1).reshape(-1, 4) @ m.T)[:, :3]
+    expected = box.contains(centres).reshape(dims[::-1])
+    assert expected.any() and not expected.all()
+    assert np.array_equal(effect_region.grid_mask(box, dims, m), expected)
