@@ -7,13 +7,14 @@ The effect (SegmentEditorAutoSegLib/SegmentEditorEffect.py) is a thin Qt shell a
   its label map fills a separate segmentation node (the preview overlay) through `AutoSegLogic.apply_labels`,
   so segment names, colours, terminology and label values follow the panel's rules (segmentation.py). Voxels
   outside the region (`effect_region`) are cleared.
-- **Apply** (`EffectLogic.apply_preview`): for each target segment, two edits through an *editor*, the object
+- **Apply** (`EffectLogic.apply_preview`): one *set* edit per target segment through an *editor*, the object
   that applies an edit under the Segment Editor's masking settings (editable area, editable intensity range,
-  overwrite other segments): *remove* where the region says "not this label", then *add* the label's voxels.
-  Inside the region and the editable area the segment becomes the model's result; elsewhere nothing changes.
-  In Slicer the editor is the effect itself (`ScriptedEffectEditor`: ``scriptedEffect.modifySegmentByLabelmap``,
-  Slicer's own masking code: qSlicerSegmentEditorAbstractEffect in 5.8, vtkSlicerSegmentEditorLogic from 5.10);
-  the headless tests drive that vtkSlicerSegmentEditorLogic directly.
+  overwrite other segments). The edit is the model's label inside the region and the segment's own voxels
+  outside it, so that inside the region and the editable area the segment becomes the model's result and
+  elsewhere nothing changes (Slicer's "set" keeps a segment outside the editable area; an erase would not, in
+  "inside one segment" mode). In Slicer the editor is the effect itself (`ScriptedEffectEditor`:
+  ``scriptedEffect.modifySegmentByLabelmap``, Slicer's own masking code: qSlicerSegmentEditorAbstractEffect in
+  5.8, vtkSlicerSegmentEditorLogic from 5.10); the headless tests drive that vtkSlicerSegmentEditorLogic directly.
 - Targets: one segment per model label (a segment of the segmentation already tagged with that label value is
   reused; otherwise a new one is added with the preview segment's name, colour, terminology and tags; a label
   with no voxel in the region adds nothing), or the selected segment filled with one chosen label.
@@ -75,14 +76,14 @@ class PreviewJob:
 class ScriptedEffectEditor:
     """The editor of a Segment Editor effect (``qSlicerSegmentEditorScriptedEffect``): Slicer's own masking code.
 
-    ``add_mode`` / ``remove_mode``: ``slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd`` /
-    ``ModificationModeRemove``. The tests use an editor with the same three methods on vtkSlicerSegmentEditorLogic
-    (Slicer 5.10+, slicer-core), the code this effect's ``modifySegmentByLabelmap`` runs from 5.10.
+    ``set_mode``: ``slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet``. The tests use an editor with
+    the same three methods on vtkSlicerSegmentEditorLogic (Slicer 5.10+, slicer-core), the code this effect's
+    ``modifySegmentByLabelmap`` runs from 5.10.
     """
 
-    def __init__(self, scriptedEffect, add_mode, remove_mode):
+    def __init__(self, scriptedEffect, set_mode):
         self.scriptedEffect = scriptedEffect
-        self.add_mode, self.remove_mode = add_mode, remove_mode
+        self.set_mode = set_mode
 
     def reference_geometry(self):
         """The modifier labelmap geometry: the segmentation's reference geometry (source volume aligned)."""
@@ -91,9 +92,8 @@ class ScriptedEffectEditor:
     def save_state_for_undo(self) -> None:
         self.scriptedEffect.saveStateForUndo()
 
-    def modify(self, segmentation_node, segment_id: str, labelmap, add: bool) -> None:
-        mode = self.add_mode if add else self.remove_mode
-        self.scriptedEffect.modifySegmentByLabelmap(segmentation_node, segment_id, labelmap, mode)
+    def modify(self, segmentation_node, segment_id: str, labelmap) -> None:
+        self.scriptedEffect.modifySegmentByLabelmap(segmentation_node, segment_id, labelmap, self.set_mode)
 
 
 class EffectLogic:
@@ -195,7 +195,7 @@ class EffectLogic:
 
         Parameters
         ----------
-        editor : object with ``modify(segmentation_node, segment_id, vtkOrientedImageData, add: bool)``
+        editor : object with ``modify(segmentation_node, segment_id, vtkOrientedImageData)`` (a masked "set")
         reference : vtkOrientedImageData
             The editor's modifier geometry (the segmentation's reference geometry); edits are resampled onto it.
         region : "preview", or a (z, y, x) bool array on the preview's grid, or None for everywhere
@@ -210,12 +210,12 @@ class EffectLogic:
             raise AutoSegError(f"The region ({inside.shape}) is not on the preview's grid ({layer.shape}).")
         to_reference = _preview_to_segmentation(preview_node, segmentation_node)
         targets = self._targets(preview_node, segmentation_node, layer, inside, mode, selected_segment_id, label_value)
+        inside_ref = _on_reference(inside, image, to_reference, reference)
         edited = []
         for segment_id, value in targets:
-            label = (layer == value) & inside
-            editor.modify(segmentation_node, segment_id, _on_reference(inside & ~label, image, to_reference, reference),
-                          False)
-            editor.modify(segmentation_node, segment_id, _on_reference(label, image, to_reference, reference), True)
+            label = _on_reference((layer == value) & inside, image, to_reference, reference)
+            keep = _segment_on_reference(segmentation_node, segment_id, reference) & ~inside_ref
+            editor.modify(segmentation_node, segment_id, _image_like(label | keep, reference))
             edited.append(segment_id)
         return edited
 
@@ -258,17 +258,13 @@ def _add_segment_like(segmentation_, source_segment) -> str:
 
 def _preview_layer(preview_node):
     """The preview's label map (one shared layer, values = label values) as a (z, y, x) array, and its image."""
-    from vtk.util import numpy_support
-
     seg = preview_node.GetSegmentation()
     if seg.GetNumberOfSegments() == 0:
         raise AutoSegError("The preview is empty: run Preview first.")
     if seg.GetNumberOfLayers() != 1:
         raise AutoSegError(f"The preview segmentation has {seg.GetNumberOfLayers()} labelmap layers, expected one.")
     image = seg.GetLayerDataObject(0)
-    e = image.GetExtent()
-    shape = (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
-    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape), image
+    return _array_of(image), image
 
 
 def _preview_region(preview_node, image) -> Optional[np.ndarray]:
@@ -299,23 +295,62 @@ def _preview_to_segmentation(preview_node, segmentation_node) -> np.ndarray:
     return np.linalg.inv(effect_region.node_to_world(segmentation_node)) @ effect_region.node_to_world(preview_node)
 
 
-def _on_reference(mask: np.ndarray, image, to_segmentation: np.ndarray, reference):
-    """A binary vtkOrientedImageData of ``mask`` (on ``image``'s grid) resampled (nearest) onto ``reference``."""
+def _array_of(image) -> np.ndarray:
+    """A (z, y, x) view of a one-component image over its extent."""
+    from vtk.util import numpy_support
+
+    e = image.GetExtent()
+    shape = (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape)
+
+
+def _image_like(mask: np.ndarray, reference):
+    """A uint8 vtkOrientedImageData holding ``mask`` on ``reference``'s extent and geometry."""
     import slicer
     import vtk
     from vtk.util import numpy_support
 
     out = slicer.vtkOrientedImageData()
-    out.SetExtent(image.GetExtent())
+    out.SetExtent(reference.GetExtent())
     m = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(m)
-    ijk_to_seg = to_segmentation @ np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-    out.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_seg))
+    reference.GetImageToWorldMatrix(m)
+    out.SetImageToWorldMatrix(m)
     out.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(mask, np.uint8).ravel(), deep=True,
                                                              array_type=vtk.VTK_UNSIGNED_CHAR))
-    if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(out, reference):
-        return out
-    resampled = slicer.vtkOrientedImageData()
-    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(out, reference, resampled,
-                                                                                      False, False)
-    return resampled
+    return out
+
+
+def _resampled(image, reference) -> np.ndarray:
+    """``image`` (any geometry, same coordinate system) nearest-resampled onto ``reference``: bool (z, y, x)."""
+    import slicer
+
+    if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference):
+        return _array_of(image) > 0
+    out = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(image, reference, out, False, False)
+    return _array_of(out) > 0
+
+
+def _on_reference(mask: np.ndarray, image, to_segmentation: np.ndarray, reference) -> np.ndarray:
+    """``mask`` (on ``image``'s grid, in preview coordinates) on ``reference``'s grid (segmentation coordinates)."""
+    import slicer
+    import vtk
+
+    out = _image_like(mask, image)
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    out.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(to_segmentation @ effect_region.array_from_matrix(m)))
+    return _resampled(out, reference)
+
+
+def _segment_on_reference(segmentation_node, segment_id: str, reference) -> np.ndarray:
+    """The segment's voxels on ``reference``'s grid (bool; all False for an empty segment)."""
+    import slicer
+
+    image = slicer.vtkOrientedImageData()
+    segmentation_node.GetBinaryLabelmapRepresentation(segment_id, image)
+    e = image.GetExtent()
+    if e[0] > e[1] or e[2] > e[3] or e[4] > e[5]:
+        e = reference.GetExtent()
+        return np.zeros((e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1), bool)
+    return _resampled(image, reference)

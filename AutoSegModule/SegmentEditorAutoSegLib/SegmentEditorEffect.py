@@ -354,8 +354,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if preview is None:
             raise AutoSegError("Nothing to apply: run Preview first.")
         editor_node = self.scriptedEffect.parameterSetNode()
-        editor = ScriptedEffectEditor(self.scriptedEffect, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
-                                      slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove)
+        editor = ScriptedEffectEditor(self.scriptedEffect, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
         p = self.scriptedEffect
         with slicer.util.WaitCursor():
             editor.save_state_for_undo()

@@ -69,8 +69,7 @@ def setup(autoseg_logic, make_volume, slicer_harness):
     logic.SetSegmentEditorNode(node)
     logic.SetSourceVolumeNode(volume)
     return dict(volume=volume, img=img, expected=expected, model=model, seg=seg, node=node,
-                editor=ScriptedEffectEditor(ScriptedEffectOnLogic(logic), logic.ModificationModeAdd,
-                                            logic.ModificationModeRemove), effect=EffectLogic(autoseg_logic), logic=autoseg_logic, scene=scene)
+                editor=ScriptedEffectEditor(ScriptedEffectOnLogic(logic), logic.ModificationModeSet), effect=EffectLogic(autoseg_logic), logic=autoseg_logic, scene=scene)
 
 
 def _preview(s, label=None):
@@ -254,3 +253,24 @@ def test_a_failed_run_leaves_no_preview(setup):
     with pytest.raises(AutoSegError, match="checkpoint_final.pt is damaged"):
         s["effect"].finish_preview(job, result)
     assert s["scene"].GetNumberOfNodes() == nodes
+
+
+def test_the_selected_segment_keeps_its_voxels_outside_the_editable_area(setup):
+    """Editable area "inside one segment": the selected segment changes only there, even where the model says
+    'not this label' (Slicer's erase would also clear the selected segment outside the mask: not wanted here)."""
+    import slicer
+
+    s = setup
+    mask = np.zeros(SHAPE, bool)
+    mask[:, :, 0:7] = True
+    mask_id = _add_segment(s, "mask", mask)
+    mine = np.zeros(SHAPE, bool)
+    mine[0:2, 0:12, 0:14] = True                                   # inside and outside the mask, mostly not organ
+    sid = _add_segment(s, "mine", mine)
+    s["node"].SetSelectedSegmentID(sid)
+    s["node"].SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    s["node"].SetMaskSegmentID(mask_id)
+    s["node"].SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+    _apply(s, _preview(s), mode=MODE_SELECTED, selected_segment_id=sid, label_value=1)
+    organ = s["expected"] == 1
+    assert np.array_equal(_array(s, "mine"), (mine & ~mask) | (organ & mask))

@@ -182,8 +182,7 @@ def effect(monkeypatch, slicer_harness, autoseg_logic, make_volume):
     logic.SetMRMLApplicationLogic(slicer_harness.app_logic)
     monkeypatch.setattr(slicer, "qMRMLNodeComboBox", _NodeComboBox, raising=False)
     monkeypatch.setattr(slicer, "qSlicerSegmentEditorAbstractEffect", types.SimpleNamespace(
-        ModificationModeAdd=logic.ModificationModeAdd, ModificationModeRemove=logic.ModificationModeRemove),
-        raising=False)
+        ModificationModeSet=logic.ModificationModeSet), raising=False)
     errors = []
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append(text))
     monkeypatch.setattr(slicer.util, "WaitCursor", contextlib.nullcontext)
