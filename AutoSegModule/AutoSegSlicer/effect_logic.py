@@ -250,8 +250,7 @@ def _add_segment_like(segmentation_, source_segment) -> str:
 
     segment = slicer.vtkSegment()
     segment.DeepCopyMetadata(source_segment)
-    name = source_segment.GetName()
-    segment_id = segmentation_.GenerateUniqueSegmentID("".join(c if c.isalnum() else "_" for c in name) or "segment")
+    segment_id = segmentation_.GenerateUniqueSegmentID(segmentation._id_base(source_segment.GetName()))  # panel's IDs
     segmentation_.AddSegment(segment, segment_id)
     return segment_id
 

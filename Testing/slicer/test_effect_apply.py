@@ -274,3 +274,18 @@ def test_the_selected_segment_keeps_its_voxels_outside_the_editable_area(setup):
     _apply(s, _preview(s), mode=MODE_SELECTED, selected_segment_id=sid, label_value=1)
     organ = s["expected"] == 1
     assert np.array_equal(_array(s, "mine"), (mine & ~mask) | (organ & mask))
+
+
+def test_a_segmentation_on_a_finer_grid_gets_the_result_resampled_nearest(setup, make_volume):
+    """The segmentation's geometry (the editor's modifier grid) is twice as fine in x as the model's input."""
+    s = setup
+    fine = make_volume(np.zeros((6, 12, 28), np.int16), (1.5, 0.8, 0.45), (5.0 - 0.225, -3.0, 2.0), name="fine")
+    s["seg"].SetReferenceImageGeometryParameterFromVolumeNode(fine)
+    s["editor"].scriptedEffect.logic.SetSourceVolumeNode(fine)
+    _apply(s, _preview(s))
+    import slicer
+
+    sid = s["seg"].GetSegmentation().GetSegmentIdBySegmentName("organ")
+    organ = slicer.util.arrayFromSegmentBinaryLabelmap(s["seg"], sid, fine).astype(bool)
+    # fine x centres 4.775, 5.225, 5.675, ... : pairs around each coarse centre 5, 5.9, ...
+    assert np.array_equal(organ, np.repeat(s["expected"] == 1, 2, axis=2))
