@@ -181,12 +181,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.scriptedEffect.setParameter("Model", str(model.path))
             self.modelComboBox.toolTip = model.summary()
             source = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
-            volumes = [source] + [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if n is not source]
+            volumes = [source] + [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                                  if n is not source and not n.IsA("vtkMRMLLabelMapVolumeNode")]
             defaults = self.logic().logic.default_inputs(model, [v for v in volumes if v is not None])
             self.inputsLayout.addRow(f"{model.channel_names[0]}:", qt.QLabel("the source volume"))
             for channel, default in zip(model.channel_names[1:], defaults[1:]):
                 selector = slicer.qMRMLNodeComboBox()
                 selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+                selector.hideChildNodeTypes = ["vtkMRMLLabelMapVolumeNode"]  # label maps are not model inputs
                 selector.noneEnabled = True
                 selector.addEnabled = False
                 selector.removeEnabled = False

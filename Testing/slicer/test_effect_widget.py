@@ -359,3 +359,23 @@ def test_the_module_registers_the_effect_at_startup(monkeypatch):
 
     # Slicer instantiates the class named after the file (qSlicerSegmentEditorScriptedEffect::setPythonSource)
     assert "class SegmentEditorEffect(" in Path(adaptor.source).read_text()
+
+
+def test_a_two_channel_model_gets_the_source_volume_first_and_a_volume_for_the_second(effect, make_volume,
+                                                                                      autoseg_logic):
+    e = effect
+    make_model_folder(autoseg_logic.models_dir / "Two", channel_names=("T1", "T2"))
+    make_volume(np.zeros((6, 12, 14), np.int16), name="T2 labels", labelmap=True)   # never an input
+    t2 = make_volume(np.zeros((6, 12, 14), np.int16), name="patient t2")
+    e.effect.refreshModels()
+    e.effect.modelComboBox.currentIndex = [t for t, _ in e.effect.modelComboBox.items].index("Two")
+    e.effect.onModelChanged()
+    assert [label for label, _ in e.effect.inputsLayout.rows] == ["T1:", "T2:"]
+    (selector,) = e.effect.channel_selectors
+    assert selector.currentNode() is t2 and selector.hideChildNodeTypes == ["vtkMRMLLabelMapVolumeNode"]
+    e.effect.onPreview()
+    assert not e.errors, e.errors
+    inputs = sorted(p.name for p in e.effect.preview_job.job.prepared.input_dir.iterdir())
+    assert inputs == ["case_0000.nii.gz", "case_0001.nii.gz"]
+    e.effect.onCancel()
+    assert e.effect.preview_job is None and e.effect.previewNode() is None
