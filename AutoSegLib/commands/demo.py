@@ -147,6 +147,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     from AutoSegLib.io.images import read_case, read_image
     from AutoSegLib.io.synthetic import make_synthetic_dataset
     from AutoSegLib.models.folder import load_model
+    from AutoSegLib.planning.budget import BudgetTooSmall
     from AutoSegLib.planning.planner import plan_experiment
     from AutoSegLib.planning.workdir import fingerprint_for
     from AutoSegLib.postprocessing.selection import find_best
@@ -223,7 +224,15 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     emit(progress, "stage", stage="plan", message="planning")
     per_fold = time_budget_minutes / len(folds)
     calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
-    plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
+    try:
+        plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
+    except BudgetTooSmall as exc:  # a slow or busy machine: the demo still runs, for longer, and says so
+        note = (f"{exc} The demo trains each fold for {exc.smallest_minutes} minutes instead of "
+                f"{per_fold:g}.")
+        emit(progress, "log", level="warning", message=note)
+        notes.append(note)
+        per_fold = float(exc.smallest_minutes)
+        plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
     configuration = plans.configuration(configuration).name  # "auto" -> the budget configuration
     if (work / "plans.json").is_file():
         from AutoSegLib.planning.plans import Plans

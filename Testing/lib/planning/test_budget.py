@@ -99,6 +99,7 @@ def test_a_budget_too_small_names_the_smallest_that_plans():
     with pytest.raises(AutoSegError, match=r"smallest budget that plans is (\d+) minutes") as err:
         plan(1, device)
     minutes = int(err.value.args[0].split("smallest budget that plans is ")[1].split()[0])
+    assert isinstance(err.value, B.BudgetTooSmall) and err.value.smallest_minutes == minutes  # the demo's fallback
     _, record = plan(minutes, device)  # and that budget does plan
     assert record.iterations >= B.MIN_ITERATIONS - B.MIN_ITERATIONS_PER_EPOCH
     with pytest.raises(AutoSegError, match="positive"):
