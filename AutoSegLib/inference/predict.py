@@ -93,23 +93,31 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
         import torch
         data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         device = resolve_device(device)
-    statistics = None
+    statistics = measure = None
     if uncertainty_out is not None:
-        from AutoSegLib.inference.uncertainty import EnsembleStatistics
-        statistics = EnsembleStatistics(regions=model.label_layout.has_regions)
+        from AutoSegLib.inference.uncertainty import MEASURE, EnsembleStatistics, ensemble_members
+        members = ensemble_members(model, configuration, folds, tta)
+        measure = MEASURE if members > 1 else "entropy"
+        if measure != "entropy":  # the entropy needs only the ensemble's logits
+            statistics = EnsembleStatistics(regions=model.label_layout.has_regions)
     logits = predict_logits(model, configuration, data, folds=folds, tta=tta, step_size=step_size, device=device,
                             precision=precision, batch_size=batch_size, progress=progress,
                             channels_last=channels_last, runtime=runtime, statistics=statistics)
     del data
+    values = None
+    if measure is not None:
+        from AutoSegLib.inference.uncertainty import entropy_of_logits
+        values = (entropy_of_logits(logits, model.label_layout.has_regions) if statistics is None
+                  else statistics.uncertainty(measure))
+        del statistics
     emit(progress, "stage", stage="predict", message=f"{configuration}: resampling to the input grid")
     result = export_logits(logits, props, model.plans, configuration, return_probabilities=return_probabilities)
-    if statistics is not None:
+    if values is not None:
         from AutoSegLib.inference.uncertainty import export_uncertainty
         del logits
-        values = statistics.uncertainty()
         uncertainty_out[configuration] = (export_uncertainty(values, props, model.plans, configuration),
-                                          statistics.measure_name(), statistics.members)
-        del statistics, values
+                                          measure, members)
+        del values
     if not return_probabilities:
         _cache[key] = result  # label maps only (a cascade's previous stage): small
     return result

@@ -81,6 +81,28 @@ def normalised_entropy(p: np.ndarray, regions: bool = False, axis: int = 0) -> n
     return np.clip(h, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def entropy_of_logits(logits, regions: bool = False, slab_voxels: int = 16_000_000) -> np.ndarray:
+    """Normalised entropy of the probabilities of stitched logits (K, *spatial): softmax (regions: sigmoid),
+    then `normalised_entropy`, in slabs along the first spatial axis; torch or numpy logits, float32 out."""
+    spatial = tuple(logits.shape[1:])
+    out = np.empty(spatial, np.float32)
+    per_slice = int(np.prod(spatial[1:])) if len(spatial) > 1 else 1
+    step = max(1, slab_voxels // max(per_slice * int(logits.shape[0]), 1))
+    for z0 in range(0, spatial[0], step):
+        z = _numpy(logits[:, z0:z0 + step])
+        out[z0:z0 + step] = normalised_entropy(_probabilities(z, regions, 0), regions, 0)
+    return out
+
+
+def ensemble_members(model, configuration: str, folds=None, tta: bool = True) -> int:
+    """Folds x mirrorings that predict one case of ``configuration``."""
+    from AutoSegLib.inference.runner import select_folds
+    from AutoSegLib.inference.sliding_window import mirror_combinations
+    cm = model.configurations[configuration]
+    mirrors = len(mirror_combinations(tuple(cm.mirror_axes))) + 1 if tta else 1
+    return len(select_folds(model, configuration, folds)) * mirrors
+
+
 def _squared_norm(p: np.ndarray, regions: bool, axis: int) -> np.ndarray:
     return (p * p).mean(axis=axis) if regions else (p * p).sum(axis=axis)
 
