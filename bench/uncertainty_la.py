@@ -92,6 +92,8 @@ def main():
         dice = 2.0 * np.logical_and(p, r).sum() / max(p.sum() + r.sum(), 1)
         region = analysis_region(labels, geometry)
         wrong = p != r
+        from scipy.ndimage import distance_transform_edt
+        near = (distance_transform_edt(~p, sampling=geometry.spacing) <= 10.0) if p.any() else np.ones_like(p)
         row = {"case": case, "dice": float(dice), "members": members, "wrong_voxels": int(wrong.sum()),
                "wrong_in_region": int(wrong[region].sum()), "region_voxels": int(np.prod([s.stop - s.start for s in region]))}
         for m, u in maps.items():
@@ -101,6 +103,7 @@ def main():
             row[m] = {"mean": float(ur.mean()), "mean_whole_image": float(u.mean()),
                       "mean_foreground": float(u[p].mean()) if p.any() else float(u.mean()),
                       "relative_volume": float(u.sum() / max(p.sum(), 1)),
+                      "mean_near_foreground": float(u[near].mean()),
                       "caught": int(wr[top].sum()), "top_wrong_share": float(wr[top].mean())}
         rows.append(row)
         print(f"{case}: Dice {dice:.3f}, wrong {row['wrong_voxels']} ({row['wrong_in_region']} in R), "
@@ -110,7 +113,8 @@ def main():
     summary = {}
     for m in MEASURES:
         mean_u = np.array([r[m]["mean"] for r in rows])
-        alt = {k: np.array([r[m][k] for r in rows]) for k in ("mean_whole_image", "mean_foreground", "relative_volume")}
+        alt = {k: np.array([r[m][k] for r in rows]) for k in ("mean_whole_image", "mean_foreground", "relative_volume",
+                                                            "mean_near_foreground")}
         caught = sum(r[m]["caught"] for r in rows)
         wrong = sum(r["wrong_in_region"] for r in rows)
         per_case = [r[m]["caught"] / r["wrong_in_region"] for r in rows if r["wrong_in_region"]]

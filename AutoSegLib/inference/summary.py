@@ -287,7 +287,9 @@ class Report:
     ----------
     model : models.folder.Model
     folder : path or None
-        Output folder of the summary (None: a single output file, no summary written).
+        Output folder of the summary (None: a single output file, no summary written). The summary is
+        rewritten after each case, except while every case so far failed and ``settings`` has no
+        ``continue_on_error``: a run that stops at its first case writes nothing.
     failed : dict or None
         ``{case: (files, message)}``: cases refused before prediction (`files.find_cases`).
     progress : callable or None
@@ -346,5 +348,7 @@ class Report:
         from AutoSegLib.progress import emit
         self.rows.append(row)
         emit(self.progress, "case", **row)
-        if self.folder is not None:
+        # a run stopped by its first case (no --continue-on-error) leaves the output folder as it was
+        if self.folder is not None and (self.settings.get("continue_on_error")
+                                        or any(r["status"] != "failed" for r in self.rows)):
             write_summary(self.folder, self.model, self.settings, self.rows)
