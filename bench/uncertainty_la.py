@@ -16,8 +16,9 @@ logits: what predict writes), ``entropy_of_mean_probabilities`` (of the members'
   (per case, pooled: sum over cases of the wrong voxels caught / all wrong voxels in R; random ranking
   catches 10 %), and the share of all wrong voxels that lie in R.
 
-R: the bounding box of the predicted foreground enlarged by 10 mm on each side (`inference.summary`'s
-region; the whole image when nothing is predicted). No reference label enters R.
+R: the voxels within 10 mm of the predicted foreground (`inference.summary.analysis_region`; the whole image
+when nothing is predicted). No reference label enters R. Other case aggregates are reported too (whole image,
+predicted foreground, its bounding box, and sum(u) / predicted volume).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def main():
     ap.add_argument("--no-tta", action="store_true")
     args = ap.parse_args()
 
-    from AutoSegLib.inference.summary import analysis_region
+    from AutoSegLib.inference.summary import MARGIN_MM, analysis_region
     from AutoSegLib.io.images import read_case, read_image
     MEASURES = ("entropy", "entropy_of_mean_probabilities", "mutual_information", "variance")
     from AutoSegLib.models.folder import load_model
@@ -92,39 +93,43 @@ def main():
         dice = 2.0 * np.logical_and(p, r).sum() / max(p.sum() + r.sum(), 1)
         region = analysis_region(labels, geometry)
         wrong = p != r
-        from scipy.ndimage import distance_transform_edt
-        near = (distance_transform_edt(~p, sampling=geometry.spacing) <= 10.0) if p.any() else np.ones_like(p)
+        box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(p)) if p.any() else ()
+        pads = [int(np.ceil(MARGIN_MM / s)) for s in geometry.spacing]
+        box10 = np.zeros(p.shape, bool)
+        box10[tuple(slice(max(0, b.start - m), b.stop + m) for b, m in zip(box, pads)) if box else ()] = True
+        regions = {"R": region, "box10": box10, "image": np.ones(p.shape, bool)}
         row = {"case": case, "dice": float(dice), "members": members, "wrong_voxels": int(wrong.sum()),
-               "wrong_in_region": int(wrong[region].sum()), "region_voxels": int(np.prod([s.stop - s.start for s in region]))}
+               **{f"wrong_in_{k}": int(wrong[v].sum()) for k, v in regions.items()}}
         for m, u in maps.items():
-            ur, wr = u[region].ravel(), wrong[region].ravel()
-            k = max(1, int(round(0.1 * ur.size)))
-            top = np.argpartition(-ur, k - 1)[:k]
-            row[m] = {"mean": float(ur.mean()), "mean_whole_image": float(u.mean()),
+            row[m] = {"mean": float(u[region].mean()), "mean_whole_image": float(u.mean()),
                       "mean_foreground": float(u[p].mean()) if p.any() else float(u.mean()),
-                      "relative_volume": float(u.sum() / max(p.sum(), 1)),
-                      "mean_near_foreground": float(u[near].mean()),
-                      "caught": int(wr[top].sum()), "top_wrong_share": float(wr[top].mean())}
+                      "mean_foreground_box": float(u[box].mean()),
+                      "relative_volume": float(u.sum() / max(p.sum(), 1))}
+            for k, v in regions.items():
+                ur, wr = u[v], wrong[v]
+                n = max(1, int(round(0.1 * ur.size)))
+                top = np.argpartition(-ur, n - 1)[:n]
+                row[m][f"caught_{k}"] = int(wr[top].sum())
+                row[m][f"top_wrong_share_{k}"] = float(wr[top].mean())
         rows.append(row)
-        print(f"{case}: Dice {dice:.3f}, wrong {row['wrong_voxels']} ({row['wrong_in_region']} in R), "
-              + ", ".join(f"{m} mean {row[m]['mean']:.4f} caught {row[m]['caught'] / max(row['wrong_in_region'], 1):.2f}"
+        print(f"{case}: Dice {dice:.3f}, wrong {row['wrong_voxels']} ({row['wrong_in_R']} in R), "
+              + ", ".join(f"{m} mean {row[m]['mean']:.4f} caught {row[m]['caught_R'] / max(row['wrong_in_R'], 1):.2f}"
                           for m in MEASURES), flush=True)
     err = np.array([1 - r["dice"] for r in rows])
     summary = {}
     for m in MEASURES:
         mean_u = np.array([r[m]["mean"] for r in rows])
         alt = {k: np.array([r[m][k] for r in rows]) for k in ("mean_whole_image", "mean_foreground", "relative_volume",
-                                                            "mean_near_foreground")}
-        caught = sum(r[m]["caught"] for r in rows)
-        wrong = sum(r["wrong_in_region"] for r in rows)
-        per_case = [r[m]["caught"] / r["wrong_in_region"] for r in rows if r["wrong_in_region"]]
+                                                            "mean_foreground_box")}
         summary[m] = {"pearson": float(np.corrcoef(mean_u, err)[0, 1]), "spearman": rank_corr(mean_u, err),
                       **{f"pearson_{k}": float(np.corrcoef(v, err)[0, 1]) for k, v in alt.items()},
-                      **{f"spearman_{k}": rank_corr(v, err) for k, v in alt.items()},
-                      "wrong_caught_by_top10_pooled": caught / max(wrong, 1),
-                      "wrong_caught_by_top10_case_mean": float(np.mean(per_case)),
-                      "top10_precision_case_mean": float(np.mean([r[m]["top_wrong_share"] for r in rows]))}
-    share_in_region = sum(r["wrong_in_region"] for r in rows) / max(sum(r["wrong_voxels"] for r in rows), 1)
+                      **{f"spearman_{k}": rank_corr(v, err) for k, v in alt.items()}}
+        for k in ("R", "box10", "image"):
+            summary[m][f"wrong_caught_by_top10_{k}"] = (sum(r[m][f"caught_{k}"] for r in rows)
+                                                       / max(sum(r[f"wrong_in_{k}"] for r in rows), 1))
+            summary[m][f"top10_precision_{k}"] = float(np.mean([r[m][f"top_wrong_share_{k}"] for r in rows]))
+    share_in_region = {k: sum(r[f"wrong_in_{k}"] for r in rows) / max(sum(r["wrong_voxels"] for r in rows), 1)
+                       for k in ("R", "box10")}
     out = {"model": args.model, "configuration": configuration, "folds": folds, "tta": not args.no_tta,
            "cases": rows, "mean_dice": float(np.mean([r["dice"] for r in rows])),
            "wrong_share_in_region": share_in_region, "measures": summary, "seconds": time.monotonic() - t0}

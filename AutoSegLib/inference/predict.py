@@ -98,26 +98,27 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
         from AutoSegLib.inference.uncertainty import MEASURE, EnsembleStatistics, ensemble_members
         members = ensemble_members(model, configuration, folds, tta)
         measure = MEASURE if members > 1 else "entropy"
-        if measure != "entropy":  # the entropy needs only the ensemble's logits
+        if members > 1:  # the members' moments: the disagreement (and a measure other than the entropy)
             statistics = EnsembleStatistics(regions=model.label_layout.has_regions)
     logits = predict_logits(model, configuration, data, folds=folds, tta=tta, step_size=step_size, device=device,
                             precision=precision, batch_size=batch_size, progress=progress,
                             channels_last=channels_last, runtime=runtime, statistics=statistics)
     del data
-    values = None
+    maps = {}
     if measure is not None:
-        from AutoSegLib.inference.uncertainty import entropy_of_logits
-        values = (entropy_of_logits(logits, model.label_layout.has_regions) if statistics is None
-                  else statistics.uncertainty(measure))
+        from AutoSegLib.inference.uncertainty import DISAGREEMENT, entropy_of_logits
+        maps["uncertainty"] = (entropy_of_logits(logits, model.label_layout.has_regions) if measure == "entropy"
+                               else statistics.uncertainty(measure))
+        if statistics is not None:
+            maps["disagreement"] = statistics.uncertainty(DISAGREEMENT)
         del statistics
     emit(progress, "stage", stage="predict", message=f"{configuration}: resampling to the input grid")
     result = export_logits(logits, props, model.plans, configuration, return_probabilities=return_probabilities)
-    if values is not None:
+    if maps:
         from AutoSegLib.inference.uncertainty import export_uncertainty
         del logits
-        uncertainty_out[configuration] = (export_uncertainty(values, props, model.plans, configuration),
-                                          measure, members)
-        del values
+        uncertainty_out[configuration] = {"measure": measure, "members": members, **{
+            k: export_uncertainty(maps.pop(k), props, model.plans, configuration) for k in list(maps)}}
     if not return_probabilities:
         _cache[key] = result  # label maps only (a cascade's previous stage): small
     return result
@@ -169,8 +170,9 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
     uncertainty_out : dict, optional
         When given, filled with ``uncertainty`` (ndarray (*spatial) float32 in [0, 1], the input grid: the
         ensemble's per-voxel uncertainty, `inference.uncertainty`; the mean over configurations for an
-        ensemble of configurations), ``measure`` (str) and ``members`` (int: folds x mirrorings, summed over
-        configurations). Costs no extra network passes.
+        ensemble of configurations), ``measure`` (str), ``members`` (int: folds x mirrorings, summed over
+        configurations) and, with more than one member, ``disagreement`` (the members' mutual information,
+        same grid). Costs no extra network passes.
 
     Returns
     -------

@@ -3,9 +3,11 @@ and ``predict_summary.json``.
 
 Definitions (README.md "Where to correct" repeats them):
 
-- region R of a case: the bounding box of its predicted foreground enlarged by `MARGIN_MM` on each side
-  (the whole image when nothing is predicted); ``mean_uncertainty`` is the mean of the uncertainty map over R
-  (the whole-image mean would mostly measure how much certain background the scan holds).
+- region R of a case: the voxels within `MARGIN_MM` of its predicted foreground (the whole image when nothing
+  is predicted). ``mean_uncertainty`` is the mean over R of the members' disagreement (mutual information,
+  `inference.uncertainty`; the entropy when the ensemble has one member): unlike the entropy, it ranks whole
+  cases by their Dice error (bench/README.md). The whole-image mean would mostly measure how much certain
+  background the scan holds.
 - uncertain volume of a slice: the integral of the uncertainty over the slice, sum(u) x voxel volume, in ml
   (a voxel of uncertainty 1 counts fully, 0.5 half); `rank_slices` keeps the largest, at least
   `MIN_SLICE_DISTANCE_MM` apart within one orientation.
@@ -36,19 +38,14 @@ SUMMARY_NAME = "predict_summary.json"
 ORIENTATIONS = ("sagittal", "coronal", "axial")  # slices across physical x (L), y (P), z (S)
 
 
-def analysis_region(labels: np.ndarray, geometry: Geometry, margin_mm: float = MARGIN_MM) -> Tuple[slice, ...]:
-    """Slices of R: the predicted foreground's bounding box enlarged by ``margin_mm`` per side, clipped to the
-    image; the whole image when ``labels`` has no foreground. ``labels`` in array order."""
+def analysis_region(labels: np.ndarray, geometry: Geometry, margin_mm: float = MARGIN_MM) -> np.ndarray:
+    """R: a boolean mask of the voxels within ``margin_mm`` (physical distance) of the predicted foreground,
+    the foreground included; the whole image when ``labels`` has no foreground. ``labels`` in array order."""
+    from scipy.ndimage import distance_transform_edt
     fg = np.asarray(labels) > 0
     if not fg.any():
-        return tuple(slice(0, s) for s in fg.shape)
-    out = []
-    for axis, (size, spacing) in enumerate(zip(fg.shape, geometry.spacing)):
-        other = tuple(a for a in range(fg.ndim) if a != axis)
-        idx = np.flatnonzero(fg.any(axis=other))
-        pad = int(np.ceil(margin_mm / float(spacing)))
-        out.append(slice(max(0, int(idx[0]) - pad), min(size, int(idx[-1]) + 1 + pad)))
-    return tuple(out)
+        return np.ones(fg.shape, bool)
+    return distance_transform_edt(~fg, sampling=geometry.spacing) <= margin_mm
 
 
 def mean_uncertainty(uncertainty: np.ndarray, labels: np.ndarray, geometry: Geometry) -> float:
@@ -322,7 +319,7 @@ class Report:
              "warnings": fingerprint_warnings(self.fingerprint, images, geometry, labels, names)}
         if uncertainty is not None:
             u = uncertainty["uncertainty"]
-            d["mean_unc"] = mean_uncertainty(u, labels, geometry)
+            d["mean_unc"] = mean_uncertainty(uncertainty.get("disagreement", u), labels, geometry)
             d["slices"] = rank_slices(u, labels, geometry, layout)
         for w in d["warnings"]:
             log.warning("%s: %s", self._case["case"], w)

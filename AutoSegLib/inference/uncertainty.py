@@ -16,12 +16,21 @@ region a binary variable, normalised by log 2, averaged over regions):
   every member says the same);
 - ``variance``: the members' spread ``E_m ||p_m - P||^2 = Q - ||P||^2`` over its largest value 1 - 1/K.
 
-``MEASURE`` is the one predict writes (the choice and the bench behind it: README.md, bench/README.md).
-With a single member (one fold, no mirroring) the disagreement measures are 0 everywhere and the entropy
-is written instead, whatever ``MEASURE`` says.
+What predict uses (the choice and the bench behind it: README.md "Where to correct", bench/README.md):
 
-Memory: K + 3 float32 arrays of the padded preprocessed grid (the stitcher's own logits accumulator holds K + 1
-float16 arrays), plus one window batch of member statistics.
+- the map it writes is `MEASURE`, the normalised entropy of the prediction's own probabilities (the softmax
+  of the ensemble's mean logits, from which the label map is made; `entropy_of_logits`): of the measures it
+  puts the most wrong voxels among the most uncertain ones;
+- the case's ``mean_uncertainty`` (`inference.summary`) is the mean of `DISAGREEMENT`, the members' mutual
+  information: unlike the entropy, its case mean grows with the case's Dice error.
+
+With a single member (one fold, no mirroring) there is no disagreement: the entropy serves for both.
+
+Memory: the entropy needs nothing beyond the logits predict keeps anyway (one float32 map of the
+preprocessed grid, then one of the input grid). With more than one member `EnsembleStatistics` adds K + 3
+float32 arrays of the padded preprocessed grid (the stitcher's own logits accumulator holds K + 1 float16
+arrays: about 3x its memory for K = 2) plus one window batch of member probabilities, and the disagreement is
+a second float32 map of the input grid.
 """
 from __future__ import annotations
 
@@ -31,7 +40,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 MEASURES = ("entropy", "mutual_information", "variance")
-MEASURE = "entropy"  # see bench/README.md (uncertainty_la.py): it points at errors best of the three
+MEASURE = "entropy"  # the map: of the three it points at wrong voxels best (bench/README.md, uncertainty_la.py)
+DISAGREEMENT = "mutual_information"  # the case's mean: it ranks cases by their Dice error (the entropy does not)
 METADATA_KEY = "autoseg_uncertainty"
 
 
@@ -332,16 +342,20 @@ def read_measure(path) -> Optional[str]:
 
 
 def combine_configurations(per_configuration: dict) -> dict:
-    """``{configuration: (map, measure, members)}`` -> ``{"uncertainty", "measure", "members"}``: one
-    configuration's map as it is, several averaged (their grids are the same input grid)."""
+    """``{configuration: {"uncertainty", "measure", "members"[, "disagreement"]}}`` -> one such dict: one
+    configuration's as it is, several averaged map by map (their grids are the same input grid)."""
     items = list(per_configuration.items())
     if len(items) == 1:
-        (_, (values, measure, members)), = items
-        return {"uncertainty": values, "measure": measure, "members": int(members)}
-    total = None
-    for _, (values, _m, _n) in items:
-        total = values.astype(np.float32, copy=True) if total is None else total + values
-    total /= float(len(items))
-    measures = sorted({m for _, (_v, m, _n) in items})
-    measure = f"{'/'.join(measures)}, mean over configurations {', '.join(c for c, _ in items)}"
-    return {"uncertainty": total, "measure": measure, "members": int(sum(n for _, (_v, _m, n) in items))}
+        return dict(items[0][1])
+    out = {}
+    for key in ("uncertainty", "disagreement"):
+        maps = [d[key] for _, d in items if key in d]
+        if len(maps) == len(items):
+            total = maps[0].astype(np.float32, copy=True)
+            for m in maps[1:]:
+                total += m
+            out[key] = total / np.float32(len(maps))
+    measures = sorted({d["measure"] for _, d in items})
+    out["measure"] = f"{'/'.join(measures)}, mean over configurations {', '.join(c for c, _ in items)}"
+    out["members"] = int(sum(d["members"] for _, d in items))
+    return out

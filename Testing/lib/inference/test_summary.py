@@ -9,6 +9,7 @@ import torch
 
 from AutoSegLib.inference.summary import (analysis_region, fingerprint_warnings, load_training_fingerprint,
                                           mean_uncertainty, rank_slices, volumes_ml)
+from AutoSegLib.inference.predict import predict_arrays
 from AutoSegLib.inference.uncertainty import read_measure
 from AutoSegLib.io.geometry import Geometry
 from AutoSegLib.io.labels import LabelLayout
@@ -51,13 +52,15 @@ def test_volumes_region_and_mean():
     labels[10:12, 10:20, 10:15] = 1   # 100 voxels of 2 mm^3
     labels[20, 5, 5] = 2
     assert volumes_ml(labels, geo, LAYOUT) == {"organ": 0.2, "lesion": 0.002}
-    region = analysis_region(labels, geo, margin_mm=4.0)  # 2 voxels on axis 0, 4 on the others
-    assert region == (slice(8, 23), slice(1, 24), slice(1, 19))  # foreground z 10..20, y 5..19, x 5..14
+    region = analysis_region(labels, geo, margin_mm=4.0)  # within 4 mm: 2 voxels along z, 4 along y and x
+    assert region[10, 10, 10] and region[8, 10, 10] and not region[7, 10, 10]
+    assert region[11, 19, 18] and not region[11, 19, 19] and region[10, 6, 10] and not region[10, 5, 10]
+    assert region[20, 5, 5] and region[20, 1, 5] and not region[20, 0, 5] and not region[17, 1, 1]
     u = np.zeros(labels.shape, np.float32)
     u[analysis_region(labels, geo)] = 0.25  # the default margin, 10 mm
-    u[0, 0, 0] = 1.0  # outside R: not counted
+    u[~analysis_region(labels, geo)] = 1.0  # outside R: not counted
     assert mean_uncertainty(u, labels, geo) == pytest.approx(0.25)
-    assert analysis_region(np.zeros_like(labels), geo) == tuple(slice(0, s) for s in labels.shape)
+    assert analysis_region(np.zeros_like(labels), geo).all()
     regions = LabelLayout.from_dataset_labels({"background": 0, "whole": [1, 2], "core": 2}, [1, 2])
     assert volumes_ml(labels, geo, regions) == {"whole": 0.202, "core": 0.002}
 
@@ -132,7 +135,15 @@ def test_batch_with_a_broken_case(tiny_model, tmp_path, capsys):
         assert read_measure(row["uncertainty"]) == "entropy"
         geo = Geometry.from_sitk(u_img)
         assert row["volumes_ml"] == volumes_ml(labels, geo, model.label_layout)
-        assert row["mean_uncertainty"] == pytest.approx(mean_uncertainty(u, labels, geo), abs=1e-6)
+        # the case's mean is the members' disagreement over R (not written as a file): the library's own
+        out = {}
+        images = sitk.GetArrayFromImage(sitk.ReadImage(row["inputs"][0]))[None].astype(np.float32)
+        api_labels, _ = predict_arrays(model, images, geo, device="cpu", runtime="torch", uncertainty_out=out)
+        np.testing.assert_array_equal(api_labels, labels)
+        np.testing.assert_allclose(out["uncertainty"], u, atol=1e-6)
+        assert out["measure"] == "entropy" and out["members"] == 16
+        assert row["mean_uncertainty"] == pytest.approx(mean_uncertainty(out["disagreement"], labels, geo), abs=1e-6)
+        assert 0 < row["mean_uncertainty"] < mean_uncertainty(u, labels, geo)
         assert 1 <= len(row["uncertain_slices"]) <= 5
         assert set(row["uncertain_slices"][0]) == {"axis", "index", "position_lps", "uncertain_volume_ml", "labels"}
     assert rows["a"]["warnings"] == []

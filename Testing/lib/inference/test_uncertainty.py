@@ -134,3 +134,34 @@ def test_cli_uncertainty_equals_the_entropy_of_the_saved_probabilities(tiny_mode
     assert u.dtype == np.float32 and u.shape == probs.shape[1:]
     np.testing.assert_allclose(u, normalised_entropy(probs), atol=5e-3)  # logits stitched in float16
     assert read_measure(out / "a_uncertainty.nii.gz") == "entropy"
+
+
+def test_ensemble_of_configurations_averages_the_maps_and_counts_members():
+    from AutoSegLib.inference.uncertainty import combine_configurations
+    a = {"uncertainty": np.array([0.2, 0.4], np.float32), "disagreement": np.array([0.0, 0.2], np.float32),
+         "measure": "entropy", "members": 8}
+    b = {"uncertainty": np.array([0.6, 0.0], np.float32), "disagreement": np.array([0.1, 0.1], np.float32),
+         "measure": "entropy", "members": 16}
+    out = combine_configurations({"2d": a, "3d_fullres": b})
+    np.testing.assert_allclose(out["uncertainty"], [0.4, 0.2])
+    np.testing.assert_allclose(out["disagreement"], [0.05, 0.15])
+    assert out["members"] == 24 and out["measure"] == "entropy, mean over configurations 2d, 3d_fullres"
+    assert combine_configurations({"2d": a}) == a
+
+
+def test_a_pass_abandoned_on_the_gpu_is_undone():
+    """runner falls back to the CPU when the GPU runs out of memory mid-pass: the statistics go back to their
+    state before the pass, so the redone pass is not counted twice."""
+    x = np.random.default_rng(6).normal(0, 1, PATCH).astype(np.float32)
+    flat = np.zeros(PATCH, np.float32)
+    once, twice = EnsembleStatistics(), EnsembleStatistics()
+    predict_sliding_window_numpy(x[None], ramp_predictor(1.0, flat), PATCH, 2, statistics=once)
+    predict_sliding_window_numpy(x[None], ramp_predictor(1.0, flat), PATCH, 2, statistics=twice)
+    twice.checkpoint()
+    twice.prepare(PATCH, (slice(None),) * 4, np.ones(PATCH))
+    twice.add_member(np.stack([flat, flat + 5])[None])
+    twice.add_windows([tuple(slice(0, p) for p in PATCH)])  # half a pass, then abandoned
+    twice.restore()
+    for a, b in zip(once.result(), twice.result()):
+        np.testing.assert_array_equal(a, b)
+    assert twice.members == once.members == 1
