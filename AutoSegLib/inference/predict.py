@@ -63,8 +63,8 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
                           uncertainty_out: Optional[dict] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """One configuration (its folds averaged) -> (labels, probabilities) in the input grid; a cascade stage
     first predicts its previous stage (result cached in ``_cache`` for ensembles). With ``uncertainty_out``
-    (a dict) the uncertainty map in the input grid, its measure and member count are stored there under the
-    configuration's name (`inference.uncertainty`)."""
+    (a dict), ``{"uncertainty", "measure", "members"[, "disagreement"]}`` (maps in the input grid, see
+    `predict_arrays`) is stored there under the configuration's name."""
     from AutoSegLib.io.labels import cascade_label_values, cascade_one_hot
     from AutoSegLib.preprocessing.case import preprocess_case
 
