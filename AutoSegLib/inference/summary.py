@@ -45,7 +45,17 @@ def analysis_region(labels: np.ndarray, geometry: Geometry, margin_mm: float = M
     fg = np.asarray(labels) > 0
     if not fg.any():
         return np.ones(fg.shape, bool)
-    return distance_transform_edt(~fg, sampling=geometry.spacing) <= margin_mm
+    # the distances only within the foreground's box enlarged by the margin: R lies inside it, and a CT-sized
+    # image's whole-grid distance map would take gigabytes
+    box = []
+    for axis, (size, spacing) in enumerate(zip(fg.shape, geometry.spacing)):
+        idx = np.flatnonzero(fg.any(axis=tuple(a for a in range(fg.ndim) if a != axis)))
+        pad = int(np.ceil(margin_mm / float(spacing)))
+        box.append(slice(max(0, int(idx[0]) - pad), min(size, int(idx[-1]) + 1 + pad)))
+    box = tuple(box)
+    out = np.zeros(fg.shape, bool)
+    out[box] = distance_transform_edt(~fg[box], sampling=geometry.spacing) <= margin_mm
+    return out
 
 
 def mean_uncertainty(uncertainty: np.ndarray, labels: np.ndarray, geometry: Geometry) -> float:
@@ -62,10 +72,11 @@ def _value_sets(layout) -> List[Tuple[str, set]]:
 def volumes_ml(labels: np.ndarray, geometry: Geometry, layout) -> Dict[str, float]:
     """Volume of each foreground label (a region: of its label values) in millilitres."""
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-    values, counts = np.unique(np.asarray(labels), return_counts=True)
-    per_value = dict(zip(values.tolist(), counts.tolist()))
+    labels = np.asarray(labels)
+    sets = _value_sets(layout)
+    per_value = {v: int(np.count_nonzero(labels == v)) for _, members in sets for v in members}
     return {name: round(sum(per_value.get(v, 0) for v in members) * voxel_ml, 4)
-            for name, members in _value_sets(layout)}
+            for name, members in sets}
 
 
 def axis_orientation(geometry: Geometry, axis: int) -> str:
