@@ -45,6 +45,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="for a training work folder: use checkpoint_best/latest of folds without a final checkpoint")
     parser.add_argument("--skip-existing", action="store_true", help="skip cases whose output already exists")
+    parser.add_argument("--save-uncertainty", action="store_true",
+                        help="also write <case>_uncertainty.<ext>: per voxel how unsure the ensemble (folds x "
+                             "mirrorings) is, float32 in [0, 1] (no extra network passes; see README)")
+    parser.add_argument("--continue-on-error", action="store_true",
+                        help="a case that fails is reported in predict_summary.json and the others go on; "
+                             "exit status 2 when any failed")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the runtime (default: the runtime's own choice)")
 
@@ -78,11 +84,30 @@ def run(args, progress) -> int:
     configuration = None
     if args.configuration:
         configuration = args.configuration[0] if len(args.configuration) == 1 else args.configuration
+    failures, total = [0], [0]
+
+    def report(event: dict) -> None:  # the library's per-case row, printed short on the console
+        progress(event)
+        if event.get("event") == "case":
+            total[0] += 1
+            failures[0] += event.get("status") == "failed"
+            if not getattr(args, "progress_json", False):
+                from AutoSegLib.inference.summary import short_line
+                progress({"event": "log", "level": "info", "message": short_line(event)})
+
     written = predict_files(model, inputs, args.output, configuration=configuration, folds=args.folds,
                             tta=not args.no_tta, step_size=args.step_size, device=args.device,
                             precision=args.precision, save_probabilities=args.save_probabilities,
                             postprocess=not args.no_postprocessing, batch_size=args.batch_size,
-                            output_ending=args.output_ending, overwrite=not args.skip_existing, progress=progress,
-                            channels_last=args.channels_last, runtime=runtime)
+                            output_ending=args.output_ending, overwrite=not args.skip_existing, progress=report,
+                            channels_last=args.channels_last, runtime=runtime,
+                            save_uncertainty=args.save_uncertainty, continue_on_error=args.continue_on_error)
     progress({"event": "log", "level": "info", "message": f"wrote {len(written)} label map(s) to {args.output}"})
+    if failures[0]:
+        from pathlib import Path
+
+        from AutoSegLib.inference.summary import SUMMARY_NAME
+        where = SUMMARY_NAME if Path(args.output).is_dir() else "the messages above"
+        progress({"event": "error", "message": f"{failures[0]} of {total[0]} cases failed (see {where})"})
+        return 2
     return 0

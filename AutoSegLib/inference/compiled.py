@@ -423,7 +423,7 @@ def _session(model, path: Path, runtime: str):
 
 def predict_logits_compiled(model, configuration: str, data: np.ndarray, fold_names: Sequence[str], runtime: str,
                             tta: bool = True, step_size: float = 0.5, batch_size: int = 1,
-                            progress: Optional[ProgressCallback] = None) -> np.ndarray:
+                            progress: Optional[ProgressCallback] = None, statistics=None) -> np.ndarray:
     """``runner.predict_logits`` with a compiled runtime: fold-averaged stitched logits, numpy float16
     (K, *spatial); the same windows, weights, mirroring and float16 accumulation as the torch path."""
     from AutoSegLib.inference.sliding_window import count_windows, predict_sliding_window_numpy
@@ -440,7 +440,8 @@ def predict_logits_compiled(model, configuration: str, data: np.ndarray, fold_na
                  count_windows(tuple(data.shape[1:]), conf.patch_size, step_size), mirror)
         stage = f"predict {configuration} fold {fold} ({i + 1}/{len(fold_names)})"
         logits = predict_sliding_window_numpy(data, predictor, conf.patch_size, cm.num_outputs, step_size,
-                                              mirror_axes=mirror, batch_size=batch_size, progress=progress, stage=stage)
+                                              mirror_axes=mirror, batch_size=batch_size, progress=progress, stage=stage,
+                                              statistics=statistics)
         del predictor
         if total is None:
             total = logits

@@ -34,7 +34,7 @@ def _stem(p: Path) -> str:
 
 
 def find_cases(inputs: "str | Path | Sequence[str | Path]", num_channels: int,
-               progress: Optional[ProgressCallback] = None) -> Dict[str, List[Path]]:
+               progress: Optional[ProgressCallback] = None, failed: Optional[dict] = None) -> Dict[str, List[Path]]:
     """Group input files into cases: ``{case: [channel 0 file, channel 1 file, ...]}``.
 
     ``inputs`` is a folder of ``<case>_<XXXX><ext>`` files (for a one-channel model also plain
@@ -45,7 +45,8 @@ def find_cases(inputs: "str | Path | Sequence[str | Path]", num_channels: int,
     Raises
     ------
     AutoSegError
-        Nothing found, or a case with missing/extra channels (named).
+        Nothing found, or a case with missing/extra channels (named). With ``failed`` (a dict) such cases
+        are put there instead, ``{case: (files, message)}``, and the others returned.
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -86,8 +87,14 @@ def find_cases(inputs: "str | Path | Sequence[str | Path]", num_channels: int,
             want = list(range(num_channels))
             if sorted(chans) != want:
                 problems.append(f"case {case!r}: channels {sorted(chans)} found, expected {want}")
+                if failed is not None:
+                    failed[case] = ([chans[k] for k in sorted(chans)],
+                                    f"the model expects {num_channels} channel file(s) <case>_0000 .. "
+                                    f"<case>_{num_channels - 1:04d}; found channels {sorted(chans)}")
             else:
                 out[case] = [chans[i] for i in want]
+        if problems and failed is not None and out:
+            problems = []  # reported per case (continue on error)
         if problems:
             raise AutoSegError(f"{folder}: the model expects {num_channels} channel file(s) per case "
                                f"(<case>_0000 .. <case>_{num_channels - 1:04d}):\n" + "\n".join(f"  - {p}" for p in problems))
@@ -157,7 +164,8 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
                   step_size: float = 0.5, device="auto", precision: str = "auto", save_probabilities: bool = False,
                   postprocess: bool = True, batch_size: int = 1, output_ending: Optional[str] = None,
                   overwrite: bool = True, progress: Optional[ProgressCallback] = None,
-                  channels_last: Optional[bool] = None, runtime: str = "torch") -> List[Path]:
+                  channels_last: Optional[bool] = None, runtime: str = "torch", save_uncertainty: bool = False,
+                  continue_on_error: bool = False) -> List[Path]:
     """Segment image files and write label maps in each input's own grid and format.
 
     Parameters
@@ -175,6 +183,15 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         Force a file format (".nii.gz", ".nrrd", ...); default: each input's own.
     overwrite : bool
         When False, cases whose output exists are skipped.
+    save_uncertainty : bool
+        Also write ``<case>_uncertainty<ending>`` (float32 in [0, 1], the input grid; `inference.uncertainty`).
+    continue_on_error : bool
+        A case that fails (unreadable, wrong channels, bad values, ...) is reported with status "failed" and
+        the others go on; the caller counts the failures in the summary (`inference.summary`). Without it the
+        first failure raises.
+
+    Each case ends with a ``case`` progress event (a row of the summary); when ``output`` is a folder,
+    ``<output>/predict_summary.json`` is rewritten atomically after every case.
 
     Returns
     -------
@@ -183,7 +200,8 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
     """
     from AutoSegLib.inference.compiled import resolve_runtime
 
-    cases = find_cases(inputs, model.plans.num_channels, progress)
+    failed: Optional[dict] = {} if continue_on_error else None
+    cases = find_cases(inputs, model.plans.num_channels, progress, failed)
     runtime = resolve_runtime(runtime, str(device))
     output = Path(output).expanduser()
     single = len(cases) == 1 and any(output.name.lower().endswith(e) for e in SUPPORTED_ENDINGS)
@@ -192,6 +210,8 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         ending = output_ending or file_ending(files[0])
         dest = _output_path(output, case, ending, single)
         planned[case] = [dest, _probabilities_path(dest, ending)] if save_probabilities else [dest]
+        if save_uncertainty:
+            planned[case].append(uncertainty_path(dest, ending))
     check_outputs_spare_inputs(inputs, cases, planned)
     if not single and output.exists() and not output.is_dir():
         raise AutoSegError(f"{output}: exists and is not a folder; give an output folder.")
@@ -199,14 +219,25 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
     with output_folder(output.parent if single else output) as folder:
         check_writable(folder)  # a read-only or full folder is found before the first case, not after it
         remove_stale_temporaries([p for dests in planned.values() for p in dests])  # left by a killed run
+        from AutoSegLib.inference.summary import Report
+        report = Report(model, None if single else folder, failed, progress, settings={
+            "configuration": configuration, "folds": None if folds is None else [str(f) for f in folds], "tta": tta,
+            "step_size": step_size, "device": str(device), "precision": precision, "runtime": runtime,
+            "postprocess": postprocess, "save_probabilities": save_probabilities,
+            "save_uncertainty": save_uncertainty, "continue_on_error": continue_on_error})
         return _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                               save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
-                              channels_last, runtime)
+                              channels_last, runtime, save_uncertainty, continue_on_error, report)
+
+
+def uncertainty_path(dest: Path, ending: str) -> Path:
+    """``<case>_uncertainty<ending>`` beside the label map ``dest``."""
+    return dest.with_name(dest.name[: len(dest.name) - len(ending)] + "_uncertainty" + ending)
 
 
 def _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                    save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
-                   channels_last, runtime) -> List[Path]:
+                   channels_last, runtime, save_uncertainty=False, continue_on_error=False, report=None) -> List[Path]:
     from AutoSegLib.inference.predict import check_input, predict_arrays
 
     written = []
@@ -218,22 +249,39 @@ def _predict_cases(model, cases, output, single, configuration, folds, tta, step
         if dest.exists() and not overwrite:
             emit(progress, "log", level="info", message=f"{case}: output exists, skipped")
             written.append(dest)
+            report.skipped(case, files, dest)
             continue
         emit(progress, "stage", stage="predict", message=f"case {i + 1}/{n}: {case}")
-        images, geometry = read_case(files, check=True)  # verify's image check: never segment zero-filled data
-        check_input(model, images, geometry, source=str(files[0]))
-        labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
-                                       precision, return_probabilities=save_probabilities, postprocess=postprocess,
-                                       batch_size=batch_size, progress=progress, channels_last=channels_last,
-                                       runtime=runtime)
-        del images
-        if save_probabilities:
-            npz = _probabilities_path(dest, ending)
-            with atomic_path(npz) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, probabilities=probs)
-            del probs
-        write_image(labels, geometry, dest)
+        report.start(case, files)
+        try:
+            images, geometry = read_case(files, check=True)  # verify's image check: never segment zero-filled data
+            check_input(model, images, geometry, source=str(files[0]))
+            unc = {} if save_uncertainty else None
+            labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
+                                           precision, return_probabilities=save_probabilities, postprocess=postprocess,
+                                           batch_size=batch_size, progress=progress, channels_last=channels_last,
+                                           runtime=runtime, uncertainty_out=unc)
+            report.predicted(images, geometry, labels, unc)
+            del images
+            if save_probabilities:
+                npz = _probabilities_path(dest, ending)
+                with atomic_path(npz) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez_compressed(f, probabilities=probs)
+                del probs
+            write_image(labels, geometry, dest)
+            unc_path = None
+            if save_uncertainty:
+                from AutoSegLib.inference.uncertainty import write_uncertainty
+                unc_path = write_uncertainty(unc["uncertainty"], geometry, uncertainty_path(dest, ending),
+                                             unc["measure"], unc["members"])
+            del unc
+        except Exception as exc:  # noqa: BLE001 - continue_on_error: any case's failure is reported, not fatal
+            report.failed(exc)
+            if not continue_on_error:
+                raise
+            continue
+        report.done(dest, unc_path)
         written.append(dest)
         elapsed = time.monotonic() - start
         emit(progress, "progress", stage="predict cases", current=i + 1, total=n,

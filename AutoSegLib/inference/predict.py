@@ -59,16 +59,18 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
                           folds=None, tta: bool = True, step_size: float = 0.5, device="auto",
                           precision: str = "auto", batch_size: int = 1, return_probabilities: bool = True,
                           progress: Optional[ProgressCallback] = None, _cache: Optional[dict] = None,
-                          channels_last: Optional[bool] = None, runtime: str = "torch"
-                          ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                          channels_last: Optional[bool] = None, runtime: str = "torch",
+                          uncertainty_out: Optional[dict] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """One configuration (its folds averaged) -> (labels, probabilities) in the input grid; a cascade stage
-    first predicts its previous stage (result cached in ``_cache`` for ensembles)."""
+    first predicts its previous stage (result cached in ``_cache`` for ensembles). With ``uncertainty_out``
+    (a dict), ``{"uncertainty", "measure", "members"[, "disagreement"]}`` (maps in the input grid, see
+    `predict_arrays`) is stored there under the configuration's name."""
     from AutoSegLib.io.labels import cascade_label_values, cascade_one_hot
     from AutoSegLib.preprocessing.case import preprocess_case
 
     _cache = {} if _cache is None else _cache
     key = (configuration, return_probabilities)
-    if key in _cache:
+    if key in _cache and uncertainty_out is None:
         return _cache[key]
     conf = model.plans.configuration(configuration)
     prev_labels = None
@@ -91,12 +93,32 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
         import torch
         data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         device = resolve_device(device)
+    statistics = measure = None
+    if uncertainty_out is not None:
+        from AutoSegLib.inference.uncertainty import MEASURE, EnsembleStatistics, ensemble_members
+        members = ensemble_members(model, configuration, folds, tta)
+        measure = MEASURE if members > 1 else "entropy"
+        if members > 1:  # the members' moments: the disagreement (and a measure other than the entropy)
+            statistics = EnsembleStatistics(regions=model.label_layout.has_regions)
     logits = predict_logits(model, configuration, data, folds=folds, tta=tta, step_size=step_size, device=device,
                             precision=precision, batch_size=batch_size, progress=progress,
-                            channels_last=channels_last, runtime=runtime)
+                            channels_last=channels_last, runtime=runtime, statistics=statistics)
     del data
+    maps = {}
+    if measure is not None:
+        from AutoSegLib.inference.uncertainty import DISAGREEMENT, entropy_of_logits
+        maps["uncertainty"] = (entropy_of_logits(logits, model.label_layout.has_regions) if measure == "entropy"
+                               else statistics.uncertainty(measure))
+        if statistics is not None:
+            maps["disagreement"] = statistics.uncertainty(DISAGREEMENT)
+        del statistics
     emit(progress, "stage", stage="predict", message=f"{configuration}: resampling to the input grid")
     result = export_logits(logits, props, model.plans, configuration, return_probabilities=return_probabilities)
+    if maps:
+        from AutoSegLib.inference.uncertainty import export_uncertainty
+        del logits
+        uncertainty_out[configuration] = {"measure": measure, "members": members, **{
+            k: export_uncertainty(maps.pop(k), props, model.plans, configuration) for k in list(maps)}}
     if not return_probabilities:
         _cache[key] = result  # label maps only (a cascade's previous stage): small
     return result
@@ -106,7 +128,8 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
                    folds=None, tta: bool = True, step_size: float = 0.5, device="auto", precision: str = "auto",
                    return_probabilities: bool = False, postprocess: bool = True, batch_size: int = 1,
                    progress: Optional[ProgressCallback] = None, channels_last: Optional[bool] = None,
-                   runtime: str = "torch") -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                   runtime: str = "torch", uncertainty_out: Optional[dict] = None
+                   ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Segment one case given as arrays.
 
     Parameters
@@ -144,6 +167,12 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
         What runs the networks: ``torch`` (default), ``openvino``, ``onnxruntime`` (CPU, float32, the
         folds' exported ONNX networks; exported on first use when missing) or ``auto`` (the compiled
         runtime on the CPU when one is installed, torch on CUDA/MPS); see `compiled.resolve_runtime`.
+    uncertainty_out : dict, optional
+        When given, filled with ``uncertainty`` (ndarray (*spatial) float32 in [0, 1], the input grid: the
+        ensemble's per-voxel uncertainty, `inference.uncertainty`; the mean over configurations for an
+        ensemble of configurations), ``measure`` (str), ``members`` (int: folds x mirrorings, summed over
+        configurations) and, with more than one member, ``disagreement`` (the members' mutual information,
+        same grid). Costs no extra network passes.
 
     Returns
     -------
@@ -178,17 +207,18 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
     from AutoSegLib.inference.compiled import resolve_runtime
     runtime = resolve_runtime(runtime, str(device))  # once, so that every configuration and fold uses the same
     cache: dict = {}
+    per_configuration = None if uncertainty_out is None else {}
     need_probs = return_probabilities or len(configurations) > 1
     if len(configurations) == 1:
         labels, probs = predict_configuration(model, images, geometry, configurations[0], folds_for[configurations[0]],
                                               tta, step_size,
                                               device, precision, batch_size, need_probs, progress, cache,
-                                              channels_last, runtime)
+                                              channels_last, runtime, per_configuration)
     else:
         probs = None
         for c in configurations:
             _, p = predict_configuration(model, images, geometry, c, folds_for[c], tta, step_size, device, precision,
-                                         batch_size, True, progress, cache, channels_last, runtime)
+                                         batch_size, True, progress, cache, channels_last, runtime, per_configuration)
             if probs is None:
                 probs = p
             else:
@@ -198,6 +228,9 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
         labels = probabilities_to_labels(probs, layout).astype(label_dtype(layout))
     if postprocess:
         labels = _postprocess(model, labels, configurations, layout)
+    if uncertainty_out is not None:
+        from AutoSegLib.inference.uncertainty import combine_configurations
+        uncertainty_out.update(combine_configurations(per_configuration))
     return labels, (probs if return_probabilities else None)
 
 

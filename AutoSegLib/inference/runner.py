@@ -99,7 +99,7 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
                    step_size: float = 0.5, device: "str | torch.device" = "auto", precision: str = "auto",
                    batch_size: int = 1, progress: Optional[ProgressCallback] = None,
                    predictor: Optional[NetworkPredictor] = None, channels_last: Optional[bool] = None,
-                   runtime: str = "torch") -> "torch.Tensor | np.ndarray":
+                   runtime: str = "torch", statistics=None) -> "torch.Tensor | np.ndarray":
     """Fold-averaged logits of one preprocessed case.
 
     Parameters
@@ -120,6 +120,8 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
         ``torch`` (default), a compiled CPU runtime (``openvino``, ``onnxruntime``) or ``auto``
         (`compiled.resolve_runtime`). A compiled runtime ignores ``precision`` (always float32),
         ``predictor`` and ``channels_last``.
+    statistics : inference.uncertainty.EnsembleStatistics, optional
+        Receives every member's (fold x mirroring) window logits, for the uncertainty map.
 
     Returns
     -------
@@ -143,7 +145,8 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
                 raise AutoSegError(f"configuration {configuration!r} expects {cm.num_input_channels} input channels, "
                                    f"got {data.shape[0]}.")
             return predict_logits_compiled(model, configuration, data, fold_names, runtime, tta=tta,
-                                           step_size=step_size, batch_size=batch_size, progress=progress)
+                                           step_size=step_size, batch_size=batch_size, progress=progress,
+                                           statistics=statistics)
     import torch
 
     from AutoSegLib.network.unet import build_network
@@ -170,7 +173,7 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
                      count_windows(tuple(data.shape[1:]), conf.patch_size, step_size), mirror)
             stage = f"predict {configuration} fold {fold} ({i + 1}/{len(fold_names)})"
             logits = _stitch_on_device(data, predictor, conf.patch_size, cm.num_outputs, step_size, mirror,
-                                       batch_size, dev, progress, stage)
+                                       batch_size, dev, progress, stage, statistics)
             if total is None:
                 total = logits
             else:
@@ -182,17 +185,21 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
 
 
 def _stitch_on_device(data, predictor, patch_size, num_outputs, step_size, mirror, batch_size, dev, progress,
-                      stage) -> "torch.Tensor":
+                      stage, statistics=None) -> "torch.Tensor":
     """Sliding window with the accumulator on the GPU when there is one (falling back to the CPU when the
     GPU runs out of memory, as the reference does); the result is always on the CPU."""
     kw = dict(num_outputs=num_outputs, step_size=step_size, mirror_axes=mirror, batch_size=batch_size,
-              device=dev, progress=progress, stage=stage)
+              device=dev, progress=progress, stage=stage, statistics=statistics)
     import torch
     if dev.type == "cuda":
+        if statistics is not None:
+            statistics.checkpoint()  # the pass may be redone on the CPU below
         try:
             return predict_sliding_window(data, predictor, patch_size, results_device=dev, **kw).cpu()
         except torch.cuda.OutOfMemoryError:
             log.warning("GPU memory too small to hold the whole case; accumulating on the CPU instead")
+            if statistics is not None:
+                statistics.restore()
             torch.cuda.empty_cache()
     return predict_sliding_window(data, predictor, patch_size, results_device="cpu", **kw)
 

@@ -142,28 +142,39 @@ def mirror_combinations(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
 
 
 def predict_with_mirroring(predictor: Callable[["torch.Tensor"], "torch.Tensor"], batch: "torch.Tensor",
-                           mirror_axes: Sequence[int] = ()) -> "torch.Tensor":
+                           mirror_axes: Sequence[int] = (), members: Optional[Callable] = None) -> "torch.Tensor":
     """Logits of ``batch`` (B, C, *patch) averaged over the original and every mirrored version
-    (``mirror_axes`` are spatial axes, 0-based); each mirrored prediction is flipped back first."""
+    (``mirror_axes`` are spatial axes, 0-based); each mirrored prediction is flipped back first.
+    ``members``, when given, is called with each version's logits (flipped back) before they are summed."""
     import torch
     pred = predictor(batch)
+    if members is not None:
+        members(pred)
     combos = mirror_combinations(mirror_axes)
     for axes in combos:
         dims = [a + 2 for a in axes]
-        pred += torch.flip(predictor(torch.flip(batch, dims)), dims)
+        one = torch.flip(predictor(torch.flip(batch, dims)), dims)
+        if members is not None:
+            members(one)
+        pred += one
     if combos:
         pred /= len(combos) + 1
     return pred
 
 
 def predict_with_mirroring_numpy(predictor: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
-                                 mirror_axes: Sequence[int] = ()) -> np.ndarray:
+                                 mirror_axes: Sequence[int] = (), members: Optional[Callable] = None) -> np.ndarray:
     """`predict_with_mirroring` for numpy predictors (float32 sums in the same order)."""
     pred = np.array(predictor(batch), dtype=np.float32)  # a copy: updated in place below
+    if members is not None:
+        members(pred)
     combos = mirror_combinations(mirror_axes)
     for axes in combos:
         dims = tuple(a + 2 for a in axes)
-        pred += np.flip(predictor(np.ascontiguousarray(np.flip(batch, dims))), dims)
+        one = np.flip(predictor(np.ascontiguousarray(np.flip(batch, dims))), dims)
+        if members is not None:
+            members(one)
+        pred += one
     if combos:
         pred /= np.float32(len(combos) + 1)
     return pred
@@ -197,7 +208,8 @@ def predict_sliding_window(array, predictor: Callable[["torch.Tensor"], "torch.T
                            mirror_axes: Sequence[int] = (), batch_size: int = 1,
                            accumulate_dtype=None, device: "str | torch.device" = "cpu",
                            results_device: "str | torch.device | None" = None,
-                           progress: Optional[ProgressCallback] = None, stage: str = "predict") -> "torch.Tensor":
+                           progress: Optional[ProgressCallback] = None, stage: str = "predict",
+                           statistics=None) -> "torch.Tensor":
     """Predict a whole array window by window and stitch the logits.
 
     Parameters
@@ -230,6 +242,8 @@ def predict_sliding_window(array, predictor: Callable[["torch.Tensor"], "torch.T
         Where the accumulator lives (default: the CPU).
     progress : callable, optional
         Receives ``progress`` events (one step per window batch).
+    statistics : inference.uncertainty.EnsembleStatistics, optional
+        Also receives every member's (mirroring's) window logits, for the uncertainty map.
 
     Returns
     -------
@@ -252,11 +266,17 @@ def predict_sliding_window(array, predictor: Callable[["torch.Tensor"], "torch.T
     weights_sum = torch.zeros(spatial, dtype=accumulate_dtype, device=results_device)
     logits = None if num_outputs is None else torch.zeros((num_outputs, *spatial), dtype=accumulate_dtype,
                                                           device=results_device)
+    members = None
+    if statistics is not None:
+        statistics.prepare(spatial, region, weight)
+        members = statistics.add_member
     tracker = ProgressTracker(progress, stage, int(math.ceil(len(slicers) / max(batch_size, 1))))
     for b0 in range(0, len(slicers), max(batch_size, 1)):
         batch_slicers = slicers[b0:b0 + batch_size]
         batch = torch.stack([x[(slice(None), *sl)] for sl in batch_slicers]).to(device, torch.float32)
-        pred = predict_with_mirroring(predictor, batch, mirror_axes).to(results_device)
+        pred = predict_with_mirroring(predictor, batch, mirror_axes, members).to(results_device)
+        if statistics is not None:
+            statistics.add_windows(batch_slicers)
         if logits is None:
             logits = torch.zeros((pred.shape[1], *spatial), dtype=accumulate_dtype, device=results_device)
         for sl, p in zip(batch_slicers, pred):
@@ -265,6 +285,8 @@ def predict_sliding_window(array, predictor: Callable[["torch.Tensor"], "torch.T
             logits[(slice(None), *sl)] += p
             weights_sum[sl] += weight
         tracker.step(f"window {min(b0 + batch_size, len(slicers))}/{len(slicers)}")
+    if statistics is not None:
+        statistics.finish_pass()
     torch.div(logits, weights_sum, out=logits)
     if torch.isinf(logits).any():
         raise FloatingPointError("the stitched logits overflowed the accumulator dtype; predict with "
@@ -285,7 +307,7 @@ def predict_sliding_window_numpy(array: np.ndarray, predictor: Callable[[np.ndar
                                  patch_size: Sequence[int], num_outputs: Optional[int] = None, step_size: float = 0.5,
                                  gaussian: bool = True, mirror_axes: Sequence[int] = (), batch_size: int = 1,
                                  accumulate_dtype=np.float16, progress: Optional[ProgressCallback] = None,
-                                 stage: str = "predict") -> np.ndarray:
+                                 stage: str = "predict", statistics=None) -> np.ndarray:
     """`predict_sliding_window` in numpy, for predictors that take and return numpy arrays (the compiled
     CPU runtimes). Same windows, Gaussian, mirroring and accumulation order and dtypes, so that for the same
     window logits the result is identical.
@@ -295,7 +317,8 @@ def predict_sliding_window_numpy(array: np.ndarray, predictor: Callable[[np.ndar
     array : ndarray, (C, *spatial) float
     predictor : callable
         ``predictor(batch) -> logits``: batch ``(B, C, *patch)`` float32 numpy, logits ``(B, K, *patch)``.
-    patch_size, num_outputs, step_size, gaussian, mirror_axes, batch_size, accumulate_dtype, progress, stage
+    patch_size, num_outputs, step_size, gaussian, mirror_axes, batch_size, accumulate_dtype, progress, stage,
+    statistics
         As in `predict_sliding_window` (``accumulate_dtype`` a numpy dtype).
 
     Returns
@@ -313,11 +336,17 @@ def predict_sliding_window_numpy(array: np.ndarray, predictor: Callable[[np.ndar
         weight = np.ones(tuple(patch_size), dtype=accumulate_dtype)
     weights_sum = np.zeros(spatial, dtype=accumulate_dtype)
     logits = None if num_outputs is None else np.zeros((num_outputs, *spatial), dtype=accumulate_dtype)
+    members = None
+    if statistics is not None:
+        statistics.prepare(spatial, region, weight)
+        members = statistics.add_member
     tracker = ProgressTracker(progress, stage, int(math.ceil(len(slicers) / max(batch_size, 1))))
     for b0 in range(0, len(slicers), max(batch_size, 1)):
         batch_slicers = slicers[b0:b0 + batch_size]
         batch = np.stack([x[(slice(None), *sl)] for sl in batch_slicers]).astype(np.float32, copy=False)
-        pred = predict_with_mirroring_numpy(predictor, batch, mirror_axes)
+        pred = predict_with_mirroring_numpy(predictor, batch, mirror_axes, members)
+        if statistics is not None:
+            statistics.add_windows(batch_slicers)
         if logits is None:
             logits = np.zeros((pred.shape[1], *spatial), dtype=accumulate_dtype)
         for sl, p in zip(batch_slicers, pred):
@@ -327,6 +356,8 @@ def predict_sliding_window_numpy(array: np.ndarray, predictor: Callable[[np.ndar
             np.add(target, p, out=target, casting="same_kind")  # float32 sum rounded to the accumulator
             weights_sum[sl] += weight
         tracker.step(f"window {min(b0 + batch_size, len(slicers))}/{len(slicers)}")
+    if statistics is not None:
+        statistics.finish_pass()
     np.divide(logits, weights_sum, out=logits)
     if np.isinf(logits).any():
         raise FloatingPointError("the stitched logits overflowed the accumulator dtype; predict with "

@@ -204,6 +204,7 @@ def test_catalogue_c01_disk_full_during_predict(tiny_model, tmp_path, file_size_
     out = tmp_path / "out"
     assert main(["predict", "-m", str(model), "-i", str(inp), "-o", str(out), "--no-tta"]) == 0
     previous = (out / "a.nii.gz").read_bytes()
+    summary = (out / "predict_summary.json").read_bytes()
     # a bigger case under the same name: its label map no longer fits under the limit
     big = np.random.default_rng(1).random((40, 64, 64)).astype(np.float32)
     write_image(big, GEO, inp / "a_0000.nii.gz")
@@ -215,7 +216,8 @@ def test_catalogue_c01_disk_full_during_predict(tiny_model, tmp_path, file_size_
     text = res.stdout + res.stderr
     assert f"{out / 'a.nii.gz'}: could not be written: the disk is full" in text and "Traceback" not in text
     assert (out / "a.nii.gz").read_bytes() == previous
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz"]
+    assert (out / "predict_summary.json").read_bytes() == summary  # the run stopped at its first case
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "predict_summary.json"]
 
 
 def test_catalogue_c08_tar_from_export_model_imports(tiny_model, tmp_path):

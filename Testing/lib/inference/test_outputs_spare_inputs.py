@@ -77,4 +77,5 @@ def test_temporaries_of_a_killed_run_are_removed(tmp_path, model_dir):
     os.utime(stale, (0, 0))
     os.utime(other, (0, 0))
     assert main(["predict", "-m", str(model_dir), "-i", str(tmp_path / "in"), "-o", str(out), "--no-tta"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([fresh.name, other.name, "a.nii.gz"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([fresh.name, other.name, "a.nii.gz",
+                                                            "predict_summary.json"])

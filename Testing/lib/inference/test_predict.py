@@ -1,5 +1,6 @@
 """predict_arrays / predict_files on tiny random-weight models: geometry round trips, fold and
 configuration averaging, cascade inputs, probabilities, refusals, atomic outputs, the CLI."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -171,8 +172,10 @@ def test_interrupted_run_leaves_only_complete_files(tiny_model, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         model_predict_files(model, inp, out, progress=progress)
-    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "predict_summary.json"]
     sitk.ReadImage(str(out / "c0.nii.gz"))  # complete and readable
+    rows = json.loads((out / "predict_summary.json").read_text())["cases"]
+    assert [(r["case"], r["status"]) for r in rows] == [("c0", "ok")]  # written after each complete case
 
 
 def test_cli_predict_single_case_to_a_file_and_bad_channels(tiny_model, tmp_path, capsys):
