@@ -44,6 +44,17 @@ def add_arguments(parser) -> None:
                         help="file format of the label maps, e.g. .nii.gz or .nrrd (default: the input's own)")
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="for a training work folder: use checkpoint_best/latest of folds without a final checkpoint")
+    parser.add_argument("--fast", action="store_true",
+                        help="fast mode (less accurate): one fold, no mirroring, sliding-window step 0.9 "
+                             "(see the README's table for its speed and Dice cost)")
+    parser.add_argument("--roi", type=float, nargs=6, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"), default=None,
+                        help="predict only inside this box: two opposite corners in mm, in the image file's "
+                             "physical LPS coordinates (what ITK/SimpleITK report; Slicer's RAS (R, A, S) is LPS "
+                             "(-R, -A, S)); the label map covers the whole image, zero outside the box")
+    parser.add_argument("--force", action="store_true",
+                        help="predict even when the pre-flight estimate says the memory will not fit")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="print the pre-flight estimate (time, peak memory) and exit without predicting")
     parser.add_argument("--skip-existing", action="store_true", help="skip cases whose output already exists")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the runtime (default: the runtime's own choice)")
@@ -75,6 +86,9 @@ def run(args, progress) -> int:
               "message": f"model {model.path} ({model.source}); configurations {sorted(model.configurations)}; "
                          f"runtime {runtime}"})
     inputs = args.input[0] if len(args.input) == 1 else args.input
+    roi = None if args.roi is None else (tuple(args.roi[:3]), tuple(args.roi[3:]))
+    if not getattr(args, "progress_json", False):
+        progress = _printing_estimates(progress)
     configuration = None
     if args.configuration:
         configuration = args.configuration[0] if len(args.configuration) == 1 else args.configuration
@@ -83,6 +97,19 @@ def run(args, progress) -> int:
                             precision=args.precision, save_probabilities=args.save_probabilities,
                             postprocess=not args.no_postprocessing, batch_size=args.batch_size,
                             output_ending=args.output_ending, overwrite=not args.skip_existing, progress=progress,
-                            channels_last=args.channels_last, runtime=runtime)
+                            channels_last=args.channels_last, runtime=runtime, fast=args.fast, roi=roi,
+                            force=args.force or args.estimate_only, estimate_only=args.estimate_only)
+    if args.estimate_only:
+        return 0
     progress({"event": "log", "level": "info", "message": f"wrote {len(written)} label map(s) to {args.output}"})
     return 0
+
+
+def _printing_estimates(progress):
+    """The console renderer does not draw estimate events: print their message (a warning when it does not fit)."""
+    def render(event: dict) -> None:
+        progress(event)
+        if event.get("event") == "estimate":
+            progress({"event": "log", "level": "info" if event.get("fits") else "warning",
+                      "message": event.get("message")})
+    return render

@@ -157,7 +157,8 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
                   step_size: float = 0.5, device="auto", precision: str = "auto", save_probabilities: bool = False,
                   postprocess: bool = True, batch_size: int = 1, output_ending: Optional[str] = None,
                   overwrite: bool = True, progress: Optional[ProgressCallback] = None,
-                  channels_last: Optional[bool] = None, runtime: str = "torch") -> List[Path]:
+                  channels_last: Optional[bool] = None, runtime: str = "torch", fast: bool = False, roi=None,
+                  force: bool = False, estimate: bool = True, estimate_only: bool = False) -> List[Path]:
     """Segment image files and write label maps in each input's own grid and format.
 
     Parameters
@@ -175,6 +176,13 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         Force a file format (".nii.gz", ".nrrd", ...); default: each input's own.
     overwrite : bool
         When False, cases whose output exists are skipped.
+    fast, roi
+        Fast mode and region of interest: see ``predict_arrays``.
+    force, estimate : bool
+        ``estimate``: emit the pre-flight estimate (``inference.estimate``) before any work; when it says the
+        memory will not fit, stop with an AutoSegError unless ``force``.
+    estimate_only : bool
+        Stop after the estimate (nothing written; returns an empty list).
 
     Returns
     -------
@@ -193,6 +201,11 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         dest = _output_path(output, case, ending, single)
         planned[case] = [dest, _probabilities_path(dest, ending)] if save_probabilities else [dest]
     check_outputs_spare_inputs(inputs, cases, planned)
+    if estimate:
+        check_estimate(model, cases, configuration, folds, tta, step_size, runtime, save_probabilities, fast, roi,
+                       force, progress)
+    if estimate_only:
+        return []
     if not single and output.exists() and not output.is_dir():
         raise AutoSegError(f"{output}: exists and is not a folder; give an output folder.")
     # the output folder (created if needed) is removed again if nothing could be written into it
@@ -201,12 +214,29 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         remove_stale_temporaries([p for dests in planned.values() for p in dests])  # left by a killed run
         return _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                               save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
-                              channels_last, runtime)
+                              channels_last, runtime, fast, roi)
+
+
+def check_estimate(model, cases, configuration, folds, tta, step_size, runtime, save_probabilities, fast, roi,
+                   force, progress) -> dict:
+    """Emit the pre-flight estimate; AutoSegError when the memory will not fit and ``force`` is not given."""
+    from AutoSegLib.inference.estimate import estimate_run, run_configurations
+    from AutoSegLib.inference.predict import resolve_settings
+    from AutoSegLib.inference.runner import select_folds
+
+    configurations, folds_for, tta, step_size = resolve_settings(model, configuration, folds, tta, step_size, fast)
+    configurations = run_configurations(model, configurations)
+    folds_for = {c: select_folds(model, c, folds_for.get(c, folds)) for c in configurations}
+    event = estimate_run(model, cases, configurations, folds_for, tta, step_size, runtime, save_probabilities, roi,
+                         progress)
+    if not event["fits"] and not force:
+        raise AutoSegError(f"{event['message']}. Nothing was predicted.")
+    return event
 
 
 def _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                    save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
-                   channels_last, runtime) -> List[Path]:
+                   channels_last, runtime, fast=False, roi=None) -> List[Path]:
     from AutoSegLib.inference.predict import check_input, predict_arrays
 
     written = []
@@ -225,7 +255,7 @@ def _predict_cases(model, cases, output, single, configuration, folds, tta, step
         labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
                                        precision, return_probabilities=save_probabilities, postprocess=postprocess,
                                        batch_size=batch_size, progress=progress, channels_last=channels_last,
-                                       runtime=runtime)
+                                       runtime=runtime, fast=fast, roi=roi, source=str(files[0]))
         del images
         if save_probabilities:
             npz = _probabilities_path(dest, ending)

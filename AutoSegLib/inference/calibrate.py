@@ -1,0 +1,270 @@
+"""A short measurement of what prediction costs on this machine, run in a clean child process and cached.
+
+`measure` (called by `inference.estimate`) starts ``python -m AutoSegLib.inference.calibrate MODEL CONFIG
+RUNTIME`` and reads one JSON line back. The child measures, without the parent's memory in the way:
+
+- ``base_mib``: resident memory after importing what prediction imports (numpy, SciPy, SimpleITK, AutoSeg's
+  inference modules, the runtime);
+- ``session_mib``, ``session_seconds``: loading one fold's network (compiled runtime: reading, verifying and
+  compiling the exported file; torch: building the network);
+- ``patch_seconds``: one forward pass of one window (batch 1, the configuration's patch; best of 3 after a
+  warm-up), and ``activation_mib``: the peak memory it adds (Linux: the high-water mark reset through
+  ``/proc/self/clear_refs``; elsewhere 4 bytes per feature-map element of `network.memory.feature_map_size`);
+- ``resample_seconds_per_voxel`` (per output voxel, for spline orders 1 and 3 as ``resample_image`` does
+  them) and ``voxel_seconds`` (per image voxel: reading and writing a compressed NIfTI, normalising) and
+  ``class_voxel_seconds`` (per class and voxel: softmax, argmax).
+
+The network's timing depends on the network and the runtime, so its entry is keyed by machine, runtime,
+threads, architecture and patch (not the weights); the per-voxel costs by machine only. The cache is
+``$XDG_CACHE_HOME/autoseg/predict_calibration.json`` (``~/.cache`` when unset), next to the training
+calibration of `planning.calibration`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+PIPELINE_SHAPE = (48, 96, 96)  # synthetic volume for the per-voxel costs (0.44 M voxels: ~1 s in all)
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "autoseg" / "predict_calibration.json"
+
+
+def machine_key() -> str:
+    """CPU model, the vector extensions that matter, core count (no torch import)."""
+    import platform
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and ":" in line:
+                have = set(line.split(":", 1)[1].split())
+                flags = ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
+                break
+    except OSError:
+        pass
+    return f"{model} [{flags}] {os.cpu_count()} cores"
+
+
+def network_key(model, configuration: str, runtime: str, threads: Optional[int]) -> str:
+    conf = model.plans.configuration(configuration)
+    cm = model.configurations[configuration]
+    net = json.dumps([str(conf.network), list(conf.patch_size), cm.num_input_channels, cm.num_outputs])
+    return (f"{machine_key()} | {runtime} | {threads or 'default'} threads | "
+            f"{hashlib.sha256(net.encode()).hexdigest()[:16]}")
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return {}
+    return dict(data.get("entries") or {})
+
+
+def _write(path: Path, entries: dict) -> None:
+    from AutoSegLib.io.atomic import write_json
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"version": CACHE_VERSION, "entries": entries})
+    except OSError as exc:
+        log.warning("%s: could not cache the prediction calibration (%s)", path, exc)
+
+
+def measure(model, configuration: str, runtime: str, progress=None) -> dict:
+    """The calibration for this machine, model configuration and runtime (cached; measured once in a child
+    process, a few seconds)."""
+    from AutoSegLib.inference.compiled import COMPILED, ensure_exported, threads_setting
+    from AutoSegLib.progress import emit
+
+    threads = threads_setting()
+    path = cache_path()
+    entries = _read(path)
+    key_net, key_pipe = network_key(model, configuration, runtime, threads), f"{machine_key()} | pipeline"
+    if key_net in entries and key_pipe in entries:
+        return {**entries[key_pipe], **entries[key_net]}
+    onnx = ""
+    if runtime in COMPILED:
+        fold = next(iter(model.configurations[configuration].folds))
+        onnx = str(ensure_exported(model, configuration, [fold], progress)[fold])
+    emit(progress, "stage", stage="estimate",
+         message=f"measuring prediction speed on this machine ({runtime}): a few seconds, once")
+    cmd = [sys.executable, "-m", "AutoSegLib.inference.calibrate", str(model.path), configuration, runtime, onnx,
+           "pipeline" if key_pipe not in entries else ""]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        from AutoSegLib.errors import AutoSegError
+        raise AutoSegError(f"measuring prediction speed failed: {done.stderr.strip()[-500:]}")
+    result = json.loads(lines[-1])
+    net = {k: result[k] for k in ("base_mib", "session_mib", "session_seconds", "patch_seconds", "activation_mib")}
+    net["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    entries[key_net] = net
+    if "voxel_seconds" in result:
+        entries[key_pipe] = {k: result[k] for k in ("resample_seconds_per_voxel", "voxel_seconds",
+                                                     "class_voxel_seconds")}
+    _write(path, entries)
+    return {**entries[key_pipe], **entries[key_net]}
+
+
+# ------------------------------------------------------------------------------------------------ child side
+
+def rss_mib() -> float:
+    """Resident memory of this process (MiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def _peak_reset() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mib() -> Optional[float]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _time(fn, repeats: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipeline: bool) -> dict:
+    import numpy as np
+    import scipy.ndimage  # noqa: F401
+    import SimpleITK  # noqa: F401
+
+    import AutoSegLib.inference.files  # noqa: F401
+    import AutoSegLib.inference.predict  # noqa: F401
+    from AutoSegLib.inference.compiled import load_session, threads_setting
+    from AutoSegLib.models.folder import load_model
+    from AutoSegLib.network.memory import feature_map_size
+
+    model = load_model(model_path, allow_non_final=True)
+    conf = model.plans.configuration(configuration)
+    cm = model.configurations[configuration]
+    __import__("torch" if runtime == "torch" else runtime)
+    out = {"base_mib": rss_mib()}
+    t0 = time.perf_counter()
+    if runtime == "torch":
+        import torch
+
+        from AutoSegLib.inference.runner import NetworkPredictor, resolve_precision
+        from AutoSegLib.network.unet import build_network
+        if threads_setting():
+            torch.set_num_threads(threads_setting())
+        dev = torch.device("cpu")
+        net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
+        predictor = NetworkPredictor(net, dev, resolve_precision("auto", dev, cm.trained_precision))
+
+        def run(x):
+            with torch.inference_mode():
+                return predictor(torch.from_numpy(x))
+    else:
+        run = load_session(onnx, runtime, threads_setting())
+    out["session_seconds"] = time.perf_counter() - t0
+    out["session_mib"] = max(rss_mib() - out["base_mib"], 0.0)
+    x = np.random.default_rng(0).standard_normal((1, cm.num_input_channels, *conf.patch_size)).astype(np.float32)
+    before = rss_mib()  # before the first run: a runtime may allocate its buffers then and keep them
+    exact = _peak_reset()
+    out["patch_seconds"] = _time(lambda: run(x))
+    peak = _peak_mib() if exact else None
+    fm = feature_map_size(conf.network, conf.patch_size, cm.num_input_channels, cm.num_outputs) * 4 / 2 ** 20
+    out["activation_mib"] = max(peak - before, 0.0) if peak is not None else fm
+    if pipeline:
+        out.update(_pipeline_costs())
+    return out
+
+
+def _pipeline_costs() -> dict:
+    import tempfile
+
+    import numpy as np
+
+    from AutoSegLib.inference.export import logits_to_probabilities
+    from AutoSegLib.io.geometry import Geometry
+    from AutoSegLib.io.images import read_case, write_image
+    from AutoSegLib.io.labels import LabelLayout
+    from AutoSegLib.planning.plans import ResamplingSettings
+    from AutoSegLib.preprocessing.normalization import normalize_image
+    from AutoSegLib.preprocessing.resampling import resample_image
+
+    shape = PIPELINE_SHAPE
+    n = float(np.prod(shape))
+    rng = np.random.default_rng(0)
+    z = np.linspace(0, 1, shape[0])[:, None, None]
+    img = (200 * z + rng.normal(0, 10, shape)).astype(np.int16)
+    geo = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "img_0000.nii.gz"
+        write_image(img, geo, src)
+        labels = (img > 100).astype(np.uint8)
+
+        def io_cycle():
+            arr, g = read_case([src], check=True)
+            normalize_image(arr[0], "zscore")
+            write_image(labels, g, Path(tmp) / "seg.nii.gz")
+        out["voxel_seconds"] = _time(io_cycle, 2) / n
+    layout = LabelLayout.from_dataset_labels({"background": 0, "a": 1, "b": 2})
+    logits = rng.standard_normal((3, *shape)).astype(np.float16)
+    out["class_voxel_seconds"] = _time(lambda: logits_to_probabilities(logits, layout, False), 2) / (3 * n)
+    data = rng.standard_normal((1, *shape))
+    per = {}
+    for order in (1, 3):
+        settings = ResamplingSettings(order, 1, order, 0, 3.0, None)
+        new = tuple(int(s * 1.25) for s in shape)
+        per[str(order)] = _time(lambda: resample_image(data, (1.0, 1.0, 1.0), new, settings), 1) / float(np.prod(new))
+    out["resample_seconds_per_voxel"] = per
+    return out
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    model_path, configuration, runtime, onnx, pipeline = (argv + [""] * 5)[:5]
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(_child(model_path, configuration, runtime, onnx, pipeline == "pipeline")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
