@@ -86,6 +86,47 @@ def la_inputs(root: Path) -> list:
     return out
 
 
+def roi_on_padded(model: Path, work: Path, env) -> dict:
+    """A 64 mm cube around the atrium of la_067 padded to a larger field of view: --roi vs the whole volume."""
+    import SimpleITK as sitk
+    img = sitk.ReadImage(str(DATA / "imagesTr" / "la_067_0000.nii.gz"))
+    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "labelsTr" / "la_067.nii.gz"))) > 0
+    centre = np.array(img.TransformContinuousIndexToPhysicalPoint([float(v) for v in np.argwhere(gt).mean(0)[::-1]]))
+    lo, hi = centre - 32, centre + 32
+    whole = work / "out" / "padded" / "padded.nii.gz"
+    r = run_cli(["-m", str(model), "-i", str(work / "inputs" / "padded"), "-o", str(work / "out" / "padded_roi"),
+                 "--threads", "2", "--roi", *map(str, lo), *map(str, hi)], env)
+    t_whole = [row for row in RESULTS["la"] if row["input"] == "padded"][0]
+    seg_roi = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out" / "padded_roi" / "padded.nii.gz")))
+    seg_whole = sitk.GetArrayFromImage(sitk.ReadImage(str(whole)))
+    region = (slice(20, 20 + gt.shape[0]), slice(60, 60 + gt.shape[1]), slice(60, 60 + gt.shape[2]))
+    from AutoSegLib.inference.roi import roi_mask, roi_to_box
+    from AutoSegLib.io.geometry import Geometry
+    geo = Geometry.from_sitk(img)
+    box = roi_to_box((lo, hi), gt.shape, geo)
+    inside = np.zeros(gt.shape, bool)
+    inside[tuple(slice(a, b) for a, b in box)] = roi_mask((lo, hi), gt.shape, geo, box)
+
+    def dice(a, b):
+        return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    roi_l, whole_l = seg_roi[region] > 0, seg_whole[region] > 0
+    out = {"roi_wall_s": r["wall_s"], "roi_after_estimate_s": r["after_estimate_s"], "roi_peak_rss_mib": r["peak_rss_mib"],
+           "whole_wall_s": t_whole["wall_s"], "whole_after_estimate_s": t_whole["after_estimate_s"],
+           "whole_peak_rss_mib": t_whole["peak_rss_mib"],
+           "dice_gt_in_box_roi": dice(roi_l & inside, gt & inside), "dice_gt_in_box_whole": dice(whole_l & inside, gt & inside),
+           "dice_roi_vs_whole_in_box": dice(roi_l & inside, whole_l & inside),
+           "labels_outside_box": int(seg_roi[region][~inside].sum() + seg_roi.sum() - seg_roi[region].sum())}
+    print(f"\nROI, la_067 padded to {' x '.join(map(str, seg_roi.shape[::-1]))} voxels, 64 mm cube: "
+          f"{out['roi_after_estimate_s']:.1f} s vs {out['whole_after_estimate_s']:.1f} s whole (after the estimate), "
+          f"peak RSS {out['roi_peak_rss_mib']:.0f} vs {out['whole_peak_rss_mib']:.0f} MiB; Dice to GT in the box "
+          f"{out['dice_gt_in_box_roi']:.4f} vs {out['dice_gt_in_box_whole']:.4f}; ROI vs whole in the box "
+          f"{out['dice_roi_vs_whole_in_box']:.4f}; labels outside the box {out['labels_outside_box']}", flush=True)
+    return out
+
+
+RESULTS: dict = {}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="/tmp/la_b15")
@@ -99,7 +140,8 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(work / "cache"))
-    results = {"la": [], "ct": None}
+    results = RESULTS
+    results.update({"la": [], "ct": None})
     if not args.skip_la:
         model = copy_model(Path(args.model), work / "model")
         inputs = la_inputs(work / "inputs")
@@ -116,6 +158,7 @@ def main() -> int:
             print(f"| {name} | {' x '.join(map(str, size))} | {e['seconds']:.1f} | {r['after_estimate_s']:.1f} | "
                   f"{e['seconds'] / r['after_estimate_s']:.2f} | {r['wall_s']:.1f} | {e['peak_memory_mib']:.0f} | "
                   f"{r['peak_rss_mib']:.0f} | {e['peak_memory_mib'] / r['peak_rss_mib']:.2f} |", flush=True)
+        results["roi"] = roi_on_padded(model, work, env)
     if not args.skip_ct:
         from predict_memory import make_inputs
         with tempfile.TemporaryDirectory(dir=str(work)) as tmp:

@@ -7,11 +7,13 @@ RUNTIME`` and reads one JSON line back. The child measures, without the parent's
   inference modules, the runtime);
 - ``session_mib``, ``session_seconds``: loading one fold's network (compiled runtime: reading, verifying and
   compiling the exported file; torch: building the network);
-- ``patch_seconds``: one forward pass of one window (batch 1, the configuration's patch; best of 3 after a
-  warm-up), and ``activation_mib``: the peak memory it adds (Linux: the high-water mark reset through
+- ``import_seconds``: importing the runtime;
+- ``patch_seconds``: one forward pass of one window (batch 1, the configuration's patch; median of 5 after a
+  warm-up), ``stitch_seconds``: what one window adds in the numpy stitcher (Gaussian weighting, float16
+  accumulation), and ``activation_mib``: the peak memory it adds (Linux: the high-water mark reset through
   ``/proc/self/clear_refs``; elsewhere 4 bytes per feature-map element of `network.memory.feature_map_size`);
 - ``resample_seconds_per_voxel`` (per output voxel, for spline orders 1 and 3 as ``resample_image`` does
-  them) and ``voxel_seconds`` (per image voxel: reading and writing a compressed NIfTI, normalising) and
+  them) and ``voxel_seconds`` (per image voxel: reading and writing a compressed NIfTI, cropping to the non-zero region, normalising) and
   ``class_voxel_seconds`` (per class and voxel: softmax, argmax).
 
 The network's timing depends on the network and the runtime, so its entry is keyed by machine, runtime,
@@ -33,7 +35,9 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+NETWORK_KEYS = ("base_mib", "import_seconds", "session_mib", "session_seconds", "patch_seconds", "stitch_seconds",
+                "activation_mib")
 PIPELINE_SHAPE = (48, 96, 96)  # synthetic volume for the per-voxel costs (0.44 M voxels: ~1 s in all)
 
 
@@ -115,7 +119,7 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
         from AutoSegLib.errors import AutoSegError
         raise AutoSegError(f"measuring prediction speed failed: {done.stderr.strip()[-500:]}")
     result = json.loads(lines[-1])
-    net = {k: result[k] for k in ("base_mib", "session_mib", "session_seconds", "patch_seconds", "activation_mib")}
+    net = {k: result[k] for k in NETWORK_KEYS}
     net["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entries[key_net] = net
     if "voxel_seconds" in result:
@@ -159,13 +163,16 @@ def _peak_mib() -> Optional[float]:
 
 
 def _time(fn, repeats: int = 3) -> float:
+    """Median seconds of ``repeats`` calls after a warm-up (the median, not the minimum: on a shared machine
+    the estimate should say what a run takes, not what it takes at best)."""
+    import statistics
     fn()
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipeline: bool) -> dict:
@@ -182,8 +189,9 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
     model = load_model(model_path, allow_non_final=True)
     conf = model.plans.configuration(configuration)
     cm = model.configurations[configuration]
+    t0 = time.perf_counter()
     __import__("torch" if runtime == "torch" else runtime)
-    out = {"base_mib": rss_mib()}
+    out = {"base_mib": rss_mib(), "import_seconds": time.perf_counter() - t0}
     t0 = time.perf_counter()
     if runtime == "torch":
         import torch
@@ -206,8 +214,13 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
     x = np.random.default_rng(0).standard_normal((1, cm.num_input_channels, *conf.patch_size)).astype(np.float32)
     before = rss_mib()  # before the first run: a runtime may allocate its buffers then and keep them
     exact = _peak_reset()
-    out["patch_seconds"] = _time(lambda: run(x))
+    out["patch_seconds"] = _time(lambda: run(x), 5)
     peak = _peak_mib() if exact else None
+    # one window through the stitcher (Gaussian weighting, float16 accumulation) costs more than the network
+    from AutoSegLib.inference.sliding_window import predict_sliding_window_numpy
+    as_numpy = (lambda b: run(b).numpy()) if runtime == "torch" else run
+    window = _time(lambda: predict_sliding_window_numpy(x[0], as_numpy, conf.patch_size, cm.num_outputs), 3)
+    out["stitch_seconds"] = max(window - out["patch_seconds"], 0.0)
     fm = feature_map_size(conf.network, conf.patch_size, cm.num_input_channels, cm.num_outputs) * 4 / 2 ** 20
     out["activation_mib"] = max(peak - before, 0.0) if peak is not None else fm
     if pipeline:
@@ -225,6 +238,7 @@ def _pipeline_costs() -> dict:
     from AutoSegLib.io.images import read_case, write_image
     from AutoSegLib.io.labels import LabelLayout
     from AutoSegLib.planning.plans import ResamplingSettings
+    from AutoSegLib.preprocessing.cropping import crop_to_nonzero
     from AutoSegLib.preprocessing.normalization import normalize_image
     from AutoSegLib.preprocessing.resampling import resample_image
 
@@ -242,6 +256,7 @@ def _pipeline_costs() -> dict:
 
         def io_cycle():
             arr, g = read_case([src], check=True)
+            crop_to_nonzero(arr)
             normalize_image(arr[0], "zscore")
             write_image(labels, g, Path(tmp) / "seg.nii.gz")
         out["voxel_seconds"] = _time(io_cycle, 2) / n

@@ -2,11 +2,11 @@
 
 Time, per case and configuration, from the cached measurement of `inference.calibrate`::
 
-    network    = windows x (mirror combinations + 1 with TTA) x folds x patch_seconds
+    network    = windows x folds x ((mirror combinations + 1 with TTA) x patch_seconds + stitch_seconds)
     resampling = C x M x r(order_data) + K x N x r(order_probabilities)     (only when the grids differ)
     the rest   = N x voxel_seconds + K x N x class_voxel_seconds           (read, normalise, softmax, write)
 
-plus loading each fold's network once (``session_seconds``). N: voxels of the input (of the ROI crop with
+plus loading each fold's network once (``session_seconds``) and importing the runtime when it is not yet. N: voxels of the input (of the ROI crop with
 ``roi``), M: voxels after resampling to the configuration's spacing, C channels, K network outputs.
 
 Peak memory: the process's resident memory after its imports (``base_mib``), the loaded networks, and the
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def case_cost(cal: dict, model, configuration: str, shape: Sequence[int], spacin
     c, k = cm.num_input_channels, cm.num_outputs
     windows = count_windows(new_shape, conf.patch_size, step_size)
     passes = (len(mirror_combinations(cm.mirror_axes)) + 1) if tta else 1
-    network_s = windows * passes * folds * cal["patch_seconds"]
+    network_s = windows * folds * (passes * cal["patch_seconds"] + cal.get("stitch_seconds", 0.0))
     resample_s = 0.0
     resampled = tuple(new_shape) != tuple(shape_t)
     r = cal["resample_seconds_per_voxel"]
@@ -141,6 +141,9 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
     # every fold's network stays loaded while cases follow one another (the CLI caches them)
     sessions = sum(cals[c]["session_mib"] * len(folds_for[c]) for c in configurations)
     seconds += sum(cals[c]["session_seconds"] * len(folds_for[c]) for c in configurations)
+    import sys
+    if runtime not in sys.modules:  # imported with the first network
+        seconds += max(cals[c].get("import_seconds", 0.0) for c in configurations)
     base = max(cals[c]["base_mib"] for c in configurations)
     peak = base + sessions + pipeline_peak
     avail = available_mib()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 

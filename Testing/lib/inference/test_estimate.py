@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from AutoSegLib.inference import calibrate, estimate
 
-CAL = {"patch_seconds": 0.01, "session_seconds": 0.5, "session_mib": 40.0, "base_mib": 150.0, "activation_mib": 7.0,
+CAL = {"patch_seconds": 0.01, "stitch_seconds": 0.002, "import_seconds": 0.3, "session_seconds": 0.5, "session_mib": 40.0, "base_mib": 150.0, "activation_mib": 7.0,
        "voxel_seconds": 1e-7, "class_voxel_seconds": 2e-8, "resample_seconds_per_voxel": {"1": 3e-8, "3": 9e-8}}
 MIB = 2.0 ** 20
 
@@ -24,7 +24,7 @@ def test_case_cost_without_resampling_by_hand(tiny_model):
                               step_size=0.5, save_probabilities=False)
     # windows per axis: ceil((20-8)/4)+1 = 4, ceil((40-16)/8)+1 = 4, 4 -> 64; 8 mirror passes; 2 folds
     assert cost["windows"] == 64
-    assert cost["network_s"] == pytest.approx(64 * 8 * 2 * 0.01)
+    assert cost["network_s"] == pytest.approx(64 * 2 * (8 * 0.01 + 0.002))
     n = 20 * 40 * 40
     assert cost["resample_s"] == 0.0
     assert cost["other_s"] == pytest.approx(n * 1e-7 + 3 * n * 2e-8)
@@ -35,7 +35,7 @@ def test_case_cost_without_resampling_by_hand(tiny_model):
     assert cost["pipeline_mib"] == pytest.approx(max(pre, net, export) / MIB)
     no_tta = estimate.case_cost(CAL, model, "3d_fullres", (20, 40, 40), (2.0, 1.0, 1.0), folds=1, tta=False,
                                 step_size=1.0, save_probabilities=True)
-    assert no_tta["windows"] == 3 * 3 * 3 and no_tta["network_s"] == pytest.approx(27 * 0.01)
+    assert no_tta["windows"] == 3 * 3 * 3 and no_tta["network_s"] == pytest.approx(27 * (0.01 + 0.002))
     assert no_tta["pipeline_mib"] == pytest.approx(max(pre, net, export + 3 * n * 4) / MIB)
 
 
@@ -56,8 +56,7 @@ def test_case_cost_with_resampling_by_hand(tiny_model):
 
 def _seed_cache(model, runtime="torch"):
     key_net = calibrate.network_key(model, "3d_fullres", runtime, None)
-    entries = {key_net: {k: CAL[k] for k in ("patch_seconds", "session_seconds", "session_mib", "base_mib",
-                                             "activation_mib")},
+    entries = {key_net: {k: CAL[k] for k in calibrate.NETWORK_KEYS},
                f"{calibrate.machine_key()} | pipeline": {k: CAL[k] for k in ("voxel_seconds", "class_voxel_seconds",
                                                                               "resample_seconds_per_voxel")}}
     path = calibrate.cache_path()
@@ -85,6 +84,7 @@ def test_estimate_run_sums_cases_and_loaded_networks(tiny_model, tmp_path, monke
                                progress=events.append)
     one = estimate.case_cost(CAL, model, "3d_fullres", (20, 40, 40), (2.0, 1.0, 1.0), 2, True, 0.5, False)
     per_case = one["network_s"] + one["resample_s"] + one["other_s"]
+    assert "torch" in __import__("sys").modules  # so no import time is added
     assert ev["seconds"] == pytest.approx(2 * per_case + 2 * 0.5)  # two cases, two folds' networks loaded once
     assert ev["peak_memory_mib"] == pytest.approx(150.0 + 2 * 40.0 + one["pipeline_mib"])
     assert ev["fits"] and ev["available_memory_mib"] == 10_000.0
@@ -98,6 +98,7 @@ def test_calibration_is_measured_in_a_child_and_cached(tiny_model, monkeypatch):
     model = tiny_model(spacing=(2.0, 1.0, 1.0))
     cal = calibrate.measure(model, "3d_fullres", "torch")
     assert cal["patch_seconds"] > 0 and cal["base_mib"] > 50 and cal["voxel_seconds"] > 0
+    assert set(calibrate.NETWORK_KEYS) <= set(cal)
     assert set(cal["resample_seconds_per_voxel"]) == {"1", "3"}
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("measured again"))
     assert calibrate.measure(model, "3d_fullres", "torch")["patch_seconds"] == cal["patch_seconds"]
