@@ -95,7 +95,7 @@ def roi_on_padded(model: Path, work: Path, env) -> dict:
     lo, hi = centre - 32, centre + 32
     whole = work / "out" / "padded" / "padded.nii.gz"
     r = run_cli(["-m", str(model), "-i", str(work / "inputs" / "padded"), "-o", str(work / "out" / "padded_roi"),
-                 "--threads", "2", "--roi", *map(str, lo), *map(str, hi)], env)
+                 "--threads", "2", "--roi", *map(str, lo), *map(str, hi), *EXTRA], env)
     t_whole = [row for row in RESULTS["la"] if row["input"] == "padded"][0]
     seg_roi = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out" / "padded_roi" / "padded.nii.gz")))
     seg_whole = sitk.GetArrayFromImage(sitk.ReadImage(str(whole)))
@@ -125,6 +125,7 @@ def roi_on_padded(model: Path, work: Path, env) -> dict:
 
 
 RESULTS: dict = {}
+EXTRA: list = []
 
 
 def main() -> int:
@@ -133,6 +134,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/infer-bench-estimate")
     ap.add_argument("--skip-ct", action="store_true")
     ap.add_argument("--skip-la", action="store_true")
+    ap.add_argument("--no-tta", action="store_true", help="LA cases and ROI without mirroring (8x faster)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from fast_mode import copy_model
@@ -140,6 +142,8 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(work / "cache"))
+    if args.no_tta:
+        EXTRA.append("--no-tta")
     results = RESULTS
     results.update({"la": [], "ct": None})
     if not args.skip_la:
@@ -151,7 +155,8 @@ def main() -> int:
               "estimated peak MiB | measured peak RSS MiB | ratio |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name, folder, size in inputs:
-            r = run_cli(["-m", str(model), "-i", str(folder), "-o", str(work / "out" / name), "--threads", "2"], env)
+            r = run_cli(["-m", str(model), "-i", str(folder), "-o", str(work / "out" / name), "--threads", "2",
+                         *EXTRA], env)
             e = r["estimate"]
             row = {"input": name, "size": list(size), **r}
             results["la"].append(row)
@@ -164,6 +169,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(dir=str(work)) as tmp:
             root = Path(tmp)
             model = make_inputs(root, (400, 512, 512), (1.25, 0.7, 0.7))
+            from AutoSegLib.inference.compiled import export_model
+            from AutoSegLib.models.folder import load_model
+            export_model(load_model(model))  # as export-model/import-model do: predict then needs no torch
             r = run_cli(["-m", str(model), "-i", str(root / "in"), "-o", str(root / "out"), "--threads", "2",
                          "--no-tta", "--step-size", "1.0"], env)
         e = r["estimate"]

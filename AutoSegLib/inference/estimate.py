@@ -6,7 +6,7 @@ Time, per case and configuration, from the cached measurement of `inference.cali
     resampling = C x M x r(order_data) + K x N x r(order_probabilities)     (only when the grids differ)
     the rest   = N x voxel_seconds + K x N x class_voxel_seconds           (read, normalise, softmax, write)
 
-plus loading each fold's network once (``session_seconds``) and importing the runtime when it is not yet. N: voxels of the input (of the ROI crop with
+plus loading each fold's network once (``session_seconds``) and the imports this process has still to make. N: voxels of the input (of the ROI crop with
 ``roi``), M: voxels after resampling to the configuration's spacing, C channels, K network outputs.
 
 Peak memory: the process's resident memory after its imports (``base_mib``), the loaded networks, and the
@@ -142,8 +142,8 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
     sessions = sum(cals[c]["session_mib"] * len(folds_for[c]) for c in configurations)
     seconds += sum(cals[c]["session_seconds"] * len(folds_for[c]) for c in configurations)
     import sys
-    if runtime not in sys.modules:  # imported with the first network
-        seconds += max(cals[c].get("import_seconds", 0.0) for c in configurations)
+    imports = cals[configurations[0]].get("import_seconds") or {}
+    seconds += sum(t for module, t in imports.items() if module not in sys.modules)  # imported after this
     base = max(cals[c]["base_mib"] for c in configurations)
     peak = base + sessions + pipeline_peak
     avail = available_mib()

@@ -158,7 +158,8 @@ def whole_image_normalization(model, images: np.ndarray, configurations: Sequenc
 
     plans = model.plans
     schemes = {}
-    for name in configurations:
+    from AutoSegLib.inference.estimate import run_configurations
+    for name in run_configurations(model, configurations):  # a cascade's previous stages normalise too
         conf = plans.configuration(name)
         for c in range(images.shape[0]):
             if conf.normalization[c] in IMAGE_DEPENDENT:
