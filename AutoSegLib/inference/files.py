@@ -227,8 +227,13 @@ def check_estimate(model, cases, configuration, folds, tta, step_size, runtime, 
     configurations, folds_for, tta, step_size = resolve_settings(model, configuration, folds, tta, step_size, fast)
     configurations = run_configurations(model, configurations)
     folds_for = {c: select_folds(model, c, folds_for.get(c, folds)) for c in configurations}
-    event = estimate_run(model, cases, configurations, folds_for, tta, step_size, runtime, save_probabilities, roi,
-                         progress)
+    try:
+        event = estimate_run(model, cases, configurations, folds_for, tta, step_size, runtime, save_probabilities,
+                             roi, progress)
+    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:  # no estimate: predict all the same
+        log.warning("no pre-flight estimate: %s", exc)
+        emit(progress, "log", level="warning", message=f"no pre-flight estimate ({str(exc)[:200]})")
+        return {}
     if not event["fits"] and not force:
         raise AutoSegError(f"{event['message']}. Nothing was predicted.")
     return event

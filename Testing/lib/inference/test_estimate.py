@@ -120,3 +120,20 @@ def test_cli_refuses_when_memory_will_not_fit_and_writes_nothing(tiny_model, tmp
     assert main(args + ["--estimate-only"]) == 0 and not out.exists()
     assert "estimate: about" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0 and (out / "c.nii.gz").is_file()
+
+
+def test_a_failed_measurement_does_not_stop_prediction(tiny_model, tmp_path, monkeypatch):
+    from AutoSegLib.inference.files import predict_files
+
+    model = tiny_model(spacing=(2.0, 1.0, 1.0))
+
+    def broken(*a, **k):
+        return subprocess.CompletedProcess(a, 1, "", "Segmentation fault")
+    monkeypatch.setattr(subprocess, "run", broken)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty_cache"))  # nothing cached: it must measure
+    a = _write_case(tmp_path / "in")
+    events = []
+    (out,) = predict_files(model, a, tmp_path / "out", tta=False, runtime="torch", progress=events.append)
+    assert out.is_file()
+    assert any("no pre-flight estimate" in str(e.get("message")) and "Segmentation fault" in str(e.get("message"))
+               for e in events)
