@@ -94,7 +94,7 @@ def _write(path: Path, entries: dict) -> None:
 def measure(model, configuration: str, runtime: str, progress=None) -> dict:
     """The calibration for this machine, model configuration and runtime (cached; measured once in a child
     process, a few seconds)."""
-    from AutoSegLib.inference.compiled import COMPILED, ensure_exported, threads_setting
+    from AutoSegLib.inference.compiled import COMPILED, export_status, onnx_path, threads_setting
     from AutoSegLib.progress import emit
 
     threads = threads_setting()
@@ -104,9 +104,9 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
     if key_net in entries and key_pipe in entries:
         return {**entries[key_pipe], **entries[key_net]}
     onnx = ""
-    if runtime in COMPILED:
-        fold = next(iter(model.configurations[configuration].folds))
-        onnx = str(ensure_exported(model, configuration, [fold], progress)[fold])
+    if runtime in COMPILED:  # the fold's exported network when there is one; else the child exports a random one
+        fw = next(iter(model.configurations[configuration].folds.values()))
+        onnx = str(onnx_path(fw)) if export_status(fw) == "ok" else ""
     emit(progress, "stage", stage="estimate",
          message=f"measuring prediction speed on this machine ({runtime}): a few seconds, once")
     cmd = [sys.executable, "-m", "AutoSegLib.inference.calibrate", str(model.path), configuration, runtime, onnx,
@@ -199,7 +199,7 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
     conf = model.plans.configuration(configuration)
     cm = model.configurations[configuration]
     out = {"base_mib": rss_mib(), "import_seconds": imports}
-    t0 = time.perf_counter()
+    t0, mark = time.perf_counter(), out["base_mib"]
     if runtime == "torch":
         import torch
 
@@ -214,10 +214,22 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
         def run(x):
             with torch.inference_mode():
                 return predictor(torch.from_numpy(x))
-    else:
+    elif onnx:
         run = load_session(onnx, runtime, threads_setting())
+    else:  # not exported yet (prediction exports it later): the same network with random weights, in a temp dir
+        import tempfile
+
+        from AutoSegLib.inference.compiled import export_onnx
+        from AutoSegLib.network.unet import build_network
+        net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
+        tmp = tempfile.mkdtemp(prefix="autoseg-calibrate-")
+        path = export_onnx(net, cm.num_input_channels, len(conf.patch_size), Path(tmp) / "network.onnx")
+        t0, mark = time.perf_counter(), rss_mib()  # what prediction pays: the loading, not this export (nor torch)
+        run = load_session(path, runtime, threads_setting(), verify=False)
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
     out["session_seconds"] = time.perf_counter() - t0
-    out["session_mib"] = max(rss_mib() - out["base_mib"], 0.0)
+    out["session_mib"] = max(rss_mib() - mark, 0.0)
     x = np.random.default_rng(0).standard_normal((1, cm.num_input_channels, *conf.patch_size)).astype(np.float32)
     before = rss_mib()  # before the first run: a runtime may allocate its buffers then and keep them
     exact = _peak_reset()
