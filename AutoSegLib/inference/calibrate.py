@@ -13,6 +13,8 @@ RUNTIME`` and reads one JSON line back. The child measures, without the parent's
   warm-up), ``stitch_seconds``: what one window adds in the numpy stitcher (Gaussian weighting, float16
   accumulation), and ``activation_mib``: the peak memory it adds (Linux: the high-water mark reset through
   ``/proc/self/clear_refs``; elsewhere 4 bytes per feature-map element of `network.memory.feature_map_size`);
+- ``export_seconds``, ``export_mib`` (compiled runtime, model not exported yet): importing torch and exporting
+  the network, what the export on first use costs;
 - ``resample_seconds_per_voxel`` (per output voxel, for spline orders 1 and 3 as ``resample_image`` does
   them) and ``voxel_seconds`` (per image voxel: reading and writing a compressed NIfTI, cropping to the non-zero region, normalising) and
   ``class_voxel_seconds`` (per class and voxel: softmax, argmax).
@@ -101,7 +103,9 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
     path = cache_path()
     entries = _read(path)
     key_net, key_pipe = network_key(model, configuration, runtime, threads), f"{machine_key()} | pipeline"
-    if key_net in entries and key_pipe in entries:
+    exported = runtime not in COMPILED or all(export_status(fw) == "ok"
+                                              for fw in model.configurations[configuration].folds.values())
+    if key_net in entries and key_pipe in entries and (exported or "export_seconds" in entries[key_net]):
         return {**entries[key_pipe], **entries[key_net]}
     onnx = ""
     if runtime in COMPILED:  # the fold's exported network when there is one; else the child exports a random one
@@ -120,6 +124,7 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
         raise RuntimeError(f"measuring prediction speed failed: {done.stderr.strip()[-500:]}")
     result = json.loads(lines[-1])
     net = {k: result[k] for k in NETWORK_KEYS}
+    net.update({k: result[k] for k in ("export_seconds", "export_mib") if k in result})
     net["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entries[key_net] = net
     if "voxel_seconds" in result:
@@ -220,10 +225,14 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
         import tempfile
 
         from AutoSegLib.inference.compiled import export_onnx
-        from AutoSegLib.network.unet import build_network
+        t_export, m_export = time.perf_counter(), rss_mib()
+        from AutoSegLib.network.unet import build_network  # imports torch, as the export on first use will
         net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
         tmp = tempfile.mkdtemp(prefix="autoseg-calibrate-")
         path = export_onnx(net, cm.num_input_channels, len(conf.patch_size), Path(tmp) / "network.onnx")
+        # the export on first use also checks the file with every installed runtime: about two more loads
+        out["export_seconds"] = time.perf_counter() - t_export
+        out["export_mib"] = max(rss_mib() - m_export, 0.0)
         t0, mark = time.perf_counter(), rss_mib()  # what prediction pays: the loading, not this export (nor torch)
         run = load_session(path, runtime, threads_setting(), verify=False)
         import shutil

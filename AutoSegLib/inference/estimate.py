@@ -6,7 +6,9 @@ Time, per case and configuration, from the cached measurement of `inference.cali
     resampling = C x M x r(order_data) + K x N x r(order_probabilities)     (only when the grids differ)
     the rest   = N x voxel_seconds + K x N x class_voxel_seconds           (read, normalise, softmax, write)
 
-plus loading each fold's network once (``session_seconds``) and the imports this process has still to make. N: voxels of the input (of the ROI crop with
+plus loading each fold's network once (``session_seconds``), the imports this process has still to make, and,
+for a compiled runtime whose networks are not exported yet, the export on first use (torch import, export
+and its check: ``export_seconds`` + 2 x ``session_seconds`` per fold, ``export_mib`` of memory). N: voxels of the input (of the ROI crop with
 ``roi``), M: voxels after resampling to the configuration's spacing, C channels, K network outputs.
 
 Peak memory: the process's resident memory after its imports (``base_mib``), the loaded networks, and the
@@ -138,6 +140,16 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
                              save_probabilities)
             seconds += cost["network_s"] + cost["resample_s"] + cost["other_s"]
             pipeline_peak = max(pipeline_peak, cost["pipeline_mib"])
+    # networks exported on first use (compiled runtime): torch is imported and each fold exported and checked
+    from AutoSegLib.inference.compiled import COMPILED, export_status
+    export_s, export_mib = 0.0, 0.0
+    if runtime in COMPILED:
+        for c in configurations:
+            missing = sum(export_status(model.configurations[c].folds[f]) != "ok" for f in folds_for[c])
+            if missing:
+                export_s += missing * (cals[c].get("export_seconds", 0.0) + 2 * cals[c]["session_seconds"])
+                export_mib = max(export_mib, cals[c].get("export_mib", 0.0))
+    seconds += export_s
     # every fold's network stays loaded while cases follow one another (the CLI caches them)
     sessions = sum(cals[c]["session_mib"] * len(folds_for[c]) for c in configurations)
     seconds += sum(cals[c]["session_seconds"] * len(folds_for[c]) for c in configurations)
@@ -145,12 +157,14 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
     imports = cals[configurations[0]].get("import_seconds") or {}
     seconds += sum(t for module, t in imports.items() if module not in sys.modules)  # imported after this
     base = max(cals[c]["base_mib"] for c in configurations)
-    peak = base + sessions + pipeline_peak
+    peak = base + export_mib + sessions + pipeline_peak
     avail = available_mib()
     fits = peak <= avail
     n = len(cases)
     message = (f"estimate: about {_duration(seconds)} for {n} case{'s' if n != 1 else ''} ({runtime}), "
                f"peak memory about {peak / 1024:.1f} GiB of {avail / 1024:.1f} GiB available")
+    if export_s:
+        message += f" (including exporting the networks for {runtime}, once)"
     if not fits:
         message += (". This may not fit in memory: close other programs, predict with --roi or on a machine with "
                     "more memory, or give --force to try anyway")

@@ -137,3 +137,27 @@ def test_a_failed_measurement_does_not_stop_prediction(tiny_model, tmp_path, mon
     assert out.is_file()
     assert any("no pre-flight estimate" in str(e.get("message")) and "Segmentation fault" in str(e.get("message"))
                for e in events)
+
+
+def test_estimate_counts_the_export_on_first_use(tiny_model, tmp_path, monkeypatch):
+    from AutoSegLib.inference import compiled
+    model = tiny_model(spacing=(2.0, 1.0, 1.0))
+    runtime = "openvino"
+    key = calibrate.network_key(model, "3d_fullres", runtime, None)
+    entries = {key: {**{k: CAL[k] for k in calibrate.NETWORK_KEYS}, "export_seconds": 2.0, "export_mib": 300.0},
+               f"{calibrate.machine_key()} | pipeline": {k: CAL[k] for k in ("voxel_seconds", "class_voxel_seconds",
+                                                                              "resample_seconds_per_voxel")}}
+    calibrate.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    calibrate.cache_path().write_text(json.dumps({"version": calibrate.CACHE_VERSION, "entries": entries}))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(estimate, "available_mib", lambda: 10_000.0)
+    a = _write_case(tmp_path / "a")
+    cases = {"a": [a / "c_0000.nii.gz"]}
+    args = (model, cases, ["3d_fullres"], {"3d_fullres": ["0"]}, False, 0.5, runtime)
+    monkeypatch.setattr(compiled, "export_status", lambda fw: "missing")
+    missing = estimate.estimate_run(*args)
+    monkeypatch.setattr(compiled, "export_status", lambda fw: "ok")
+    ok = estimate.estimate_run(*args)
+    assert missing["seconds"] - ok["seconds"] == pytest.approx(2.0 + 2 * 0.5)  # export + its check's two loads
+    assert missing["peak_memory_mib"] - ok["peak_memory_mib"] == pytest.approx(300.0)
+    assert "exporting the networks" in missing["message"] and "exporting" not in ok["message"]
