@@ -230,7 +230,8 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
         net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
         tmp = tempfile.mkdtemp(prefix="autoseg-calibrate-")
         path = export_onnx(net, cm.num_input_channels, len(conf.patch_size), Path(tmp) / "network.onnx")
-        # the export on first use also checks the file with every installed runtime: about two more loads
+        from AutoSegLib.inference.compiled import _check_export
+        _check_export(net, path, cm.num_input_channels, conf.patch_size)  # as export_fold does, every runtime
         out["export_seconds"] = time.perf_counter() - t_export
         out["export_mib"] = max(rss_mib() - m_export, 0.0)
         t0, mark = time.perf_counter(), rss_mib()  # what prediction pays: the loading, not this export (nor torch)

@@ -8,7 +8,7 @@ Time, per case and configuration, from the cached measurement of `inference.cali
 
 plus loading each fold's network once (``session_seconds``), the imports this process has still to make, and,
 for a compiled runtime whose networks are not exported yet, the export on first use (torch import, export
-and its check: ``export_seconds`` + 2 x ``session_seconds`` per fold, ``export_mib`` of memory). N: voxels of the input (of the ROI crop with
+and its check with every installed runtime: ``export_seconds`` per fold, ``export_mib`` of memory). N: voxels of the input (of the ROI crop with
 ``roi``), M: voxels after resampling to the configuration's spacing, C channels, K network outputs.
 
 Peak memory: the process's resident memory after its imports (``base_mib``), the loaded networks, and the
@@ -147,7 +147,7 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
         for c in configurations:
             missing = sum(export_status(model.configurations[c].folds[f]) != "ok" for f in folds_for[c])
             if missing:
-                export_s += missing * (cals[c].get("export_seconds", 0.0) + 2 * cals[c]["session_seconds"])
+                export_s += missing * cals[c].get("export_seconds", 0.0)
                 export_mib = max(export_mib, cals[c].get("export_mib", 0.0))
     seconds += export_s
     # every fold's network stays loaded while cases follow one another (the CLI caches them)
