@@ -107,22 +107,24 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
                                               for fw in model.configurations[configuration].folds.values())
     if key_net in entries and key_pipe in entries and (exported or "export_seconds" in entries[key_net]):
         return {**entries[key_pipe], **entries[key_net]}
-    onnx = ""
-    if runtime in COMPILED:  # the fold's exported network when there is one; else the child exports a random one
-        fw = next(iter(model.configurations[configuration].folds.values()))
-        onnx = str(onnx_path(fw)) if export_status(fw) == "ok" else ""
     emit(progress, "stage", stage="estimate",
          message=f"measuring prediction speed on this machine ({runtime}): a few seconds, once")
-    cmd = [sys.executable, "-m", "AutoSegLib.inference.calibrate", str(model.path), configuration, runtime, onnx,
-           "pipeline" if key_pipe not in entries else ""]
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"measuring prediction speed failed: {done.stderr.strip()[-500:]}")
-    result = json.loads(lines[-1])
+    import shutil
+    import tempfile
+    onnx, export, tmp = "", {}, tempfile.mkdtemp(prefix="autoseg-calibrate-")
+    try:
+        if runtime in COMPILED:  # the fold's exported network; else a random-weight one exported for the purpose
+            fw = next(iter(model.configurations[configuration].folds.values()))
+            if export_status(fw) == "ok":
+                onnx = str(onnx_path(fw))
+            else:
+                export = _run_child([str(model.path), configuration, runtime, "", f"export:{tmp}"])
+                onnx = export.pop("onnx")
+        result = _run_child([str(model.path), configuration, runtime, onnx,
+                             "pipeline" if key_pipe not in entries else ""])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.update(export)
     net = {k: result[k] for k in NETWORK_KEYS}
     net.update({k: result[k] for k in ("export_seconds", "export_mib") if k in result})
     net["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -219,25 +221,8 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
         def run(x):
             with torch.inference_mode():
                 return predictor(torch.from_numpy(x))
-    elif onnx:
-        run = load_session(onnx, runtime, threads_setting())
-    else:  # not exported yet (prediction exports it later): the same network with random weights, in a temp dir
-        import tempfile
-
-        from AutoSegLib.inference.compiled import export_onnx
-        t_export, m_export = time.perf_counter(), rss_mib()
-        from AutoSegLib.network.unet import build_network  # imports torch, as the export on first use will
-        net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
-        tmp = tempfile.mkdtemp(prefix="autoseg-calibrate-")
-        path = export_onnx(net, cm.num_input_channels, len(conf.patch_size), Path(tmp) / "network.onnx")
-        from AutoSegLib.inference.compiled import _check_export
-        _check_export(net, path, cm.num_input_channels, conf.patch_size)  # as export_fold does, every runtime
-        out["export_seconds"] = time.perf_counter() - t_export
-        out["export_mib"] = max(rss_mib() - m_export, 0.0)
-        t0, mark = time.perf_counter(), rss_mib()  # what prediction pays: the loading, not this export (nor torch)
-        run = load_session(path, runtime, threads_setting(), verify=False)
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        run = load_session(onnx, runtime, threads_setting(), verify=False)
     out["session_seconds"] = time.perf_counter() - t0
     out["session_mib"] = max(rss_mib() - mark, 0.0)
     x = np.random.default_rng(0).standard_normal((1, cm.num_input_channels, *conf.patch_size)).astype(np.float32)
@@ -259,6 +244,22 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
     if pipeline:
         out.update(_pipeline_costs())
     return out
+
+
+def _export_child(model_path: str, configuration: str, folder: str) -> dict:
+    """Export the configuration's network with random weights into ``folder`` and check it, as the export on
+    first use does (torch import, export, check with every installed runtime): its time and memory."""
+    from AutoSegLib.inference.compiled import _check_export, export_onnx
+    from AutoSegLib.models.folder import load_model
+    model = load_model(model_path, allow_non_final=True)
+    conf = model.plans.configuration(configuration)
+    cm = model.configurations[configuration]
+    t0, m0 = time.perf_counter(), rss_mib()
+    from AutoSegLib.network.unet import build_network  # imports torch
+    net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
+    path = export_onnx(net, cm.num_input_channels, len(conf.patch_size), Path(folder) / "network.onnx")
+    _check_export(net, path, cm.num_input_channels, conf.patch_size)
+    return {"export_seconds": time.perf_counter() - t0, "export_mib": max(rss_mib() - m0, 0.0), "onnx": str(path)}
 
 
 def _pipeline_costs() -> dict:
@@ -306,10 +307,25 @@ def _pipeline_costs() -> dict:
     return out
 
 
+def _run_child(args) -> dict:
+    cmd = [sys.executable, "-m", "AutoSegLib.inference.calibrate", *args]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else root
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"measuring prediction speed failed: {done.stderr.strip()[-500:]}")
+    return json.loads(lines[-1])
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     model_path, configuration, runtime, onnx, pipeline = (argv + [""] * 5)[:5]
     logging.basicConfig(level=logging.WARNING)
+    if pipeline.startswith("export:"):
+        print(json.dumps(_export_child(model_path, configuration, pipeline[len("export:"):])))
+        return 0
     print(json.dumps(_child(model_path, configuration, runtime, onnx, pipeline == "pipeline")))
     return 0
 
