@@ -131,8 +131,12 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
 
     cals = {c: measure(model, c, runtime, progress) for c in configurations}
     seconds, pipeline_peak = 0.0, 0.0
+    from AutoSegLib.inference.predict import check_input
     for files in cases.values():
         shape, geo = _header(files[0])
+        # the prediction's own input check, on the header (a zero-stride array: no memory), so that an image
+        # it would refuse is refused with its message before an estimate is made of it
+        check_input(model, np.broadcast_to(np.float32(0), (len(files), *shape)), geo, source=str(files[0]))
         if roi is not None:
             shape = _roi_crop_shape(model, configurations, shape, geo, roi, str(files[0]))
         for c in configurations:
