@@ -201,8 +201,9 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         dest = _output_path(output, case, ending, single)
         planned[case] = [dest, _probabilities_path(dest, ending)] if save_probabilities else [dest]
     check_outputs_spare_inputs(inputs, cases, planned)
-    if estimate:
-        check_estimate(model, cases, configuration, folds, tta, step_size, runtime, save_probabilities, fast, roi,
+    todo = {c: f for c, f in cases.items() if overwrite or not planned[c][0].exists()}  # --skip-existing
+    if estimate and todo:
+        check_estimate(model, todo, configuration, folds, tta, step_size, runtime, save_probabilities, fast, roi,
                        force, progress)
     if estimate_only:
         return []
