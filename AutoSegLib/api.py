@@ -181,10 +181,11 @@ def find_best(work_dir: PathLike, configurations: Optional[Sequence[str]] = None
                       progress=progress)
 
 
-def load_model(path: PathLike):
-    """A model folder, training work folder, model archive or nnU-Net v2 results folder as a `Model`."""
+def load_model(path: PathLike, allow_non_final: bool = False):
+    """A model folder, training work folder, model archive or nnU-Net v2 results folder as a `Model`
+    (``allow_non_final``: a work folder's unfinished folds use their best/latest checkpoint)."""
     from AutoSegLib.models.folder import load_model as _load_model
-    return _load_model(path)
+    return _load_model(path, allow_non_final=allow_non_final)
 
 
 def predict(model, inputs, output: PathLike, **options):

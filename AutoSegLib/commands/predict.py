@@ -44,6 +44,17 @@ def add_arguments(parser) -> None:
                         help="file format of the label maps, e.g. .nii.gz or .nrrd (default: the input's own)")
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="for a training work folder: use checkpoint_best/latest of folds without a final checkpoint")
+    parser.add_argument("--fast", action="store_true",
+                        help="fast mode (less accurate): one fold, no mirroring, sliding-window step 0.9 "
+                             "(see the README's table for its speed and Dice cost)")
+    parser.add_argument("--roi", type=float, nargs=6, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"), default=None,
+                        help="predict only inside this box: two opposite corners in mm, in the image file's "
+                             "physical LPS coordinates (what ITK/SimpleITK report; Slicer's RAS (R, A, S) is LPS "
+                             "(-R, -A, S)); the label map covers the whole image, zero outside the box")
+    parser.add_argument("--force", action="store_true",
+                        help="predict even when the pre-flight estimate says the memory will not fit")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="print the pre-flight estimate (time, peak memory) and exit without predicting")
     parser.add_argument("--skip-existing", action="store_true", help="skip cases whose output already exists")
     parser.add_argument("--save-uncertainty", action="store_true",
                         help="also write <case>_uncertainty.<ext>: per voxel how unsure the ensemble (folds x "
@@ -58,10 +69,9 @@ def add_arguments(parser) -> None:
 def run(args, progress) -> int:
     import os
 
+    from AutoSegLib import api
     from AutoSegLib.errors import AutoSegError
     from AutoSegLib.inference.compiled import resolve_runtime
-    from AutoSegLib.inference.files import predict_files
-    from AutoSegLib.models.folder import load_model
 
     if not 0 < args.step_size <= 1:
         raise AutoSegError(f"--step-size must be in (0, 1], got {args.step_size}.")
@@ -75,12 +85,15 @@ def run(args, progress) -> int:
         if runtime == "torch":
             import torch
             torch.set_num_threads(args.threads)
-    model = load_model(args.model, allow_non_final=args.allow_unfinished)
+    model = api.load_model(args.model, allow_non_final=args.allow_unfinished)
     model.cache_weights = True  # several cases in a row: read each fold's weights once
     progress({"event": "stage", "stage": "predict",
               "message": f"model {model.path} ({model.source}); configurations {sorted(model.configurations)}; "
                          f"runtime {runtime}"})
     inputs = args.input[0] if len(args.input) == 1 else args.input
+    roi = None if args.roi is None else (tuple(args.roi[:3]), tuple(args.roi[3:]))
+    if not getattr(args, "progress_json", False):
+        progress = _printing_estimates(progress)
     configuration = None
     if args.configuration:
         configuration = args.configuration[0] if len(args.configuration) == 1 else args.configuration
@@ -95,13 +108,17 @@ def run(args, progress) -> int:
                 from AutoSegLib.inference.summary import short_line
                 progress({"event": "log", "level": "info", "message": short_line(event)})
 
-    written = predict_files(model, inputs, args.output, configuration=configuration, folds=args.folds,
-                            tta=not args.no_tta, step_size=args.step_size, device=args.device,
-                            precision=args.precision, save_probabilities=args.save_probabilities,
-                            postprocess=not args.no_postprocessing, batch_size=args.batch_size,
-                            output_ending=args.output_ending, overwrite=not args.skip_existing, progress=report,
-                            channels_last=args.channels_last, runtime=runtime,
-                            save_uncertainty=args.save_uncertainty, continue_on_error=args.continue_on_error)
+    written = api.predict(model, inputs, args.output, configuration=configuration, folds=args.folds,
+                          tta=not args.no_tta, step_size=args.step_size, device=args.device,
+                          precision=args.precision, save_probabilities=args.save_probabilities,
+                          postprocess=not args.no_postprocessing, batch_size=args.batch_size,
+                          output_ending=args.output_ending, overwrite=not args.skip_existing, progress=report,
+                          channels_last=args.channels_last, runtime=runtime,
+                          save_uncertainty=args.save_uncertainty, continue_on_error=args.continue_on_error,
+                          fast=args.fast, roi=roi, force=args.force or args.estimate_only,
+                          estimate_only=args.estimate_only)
+    if args.estimate_only:
+        return 0
     progress({"event": "log", "level": "info", "message": f"wrote {len(written)} label map(s) to {args.output}"})
     if failures[0]:
         from pathlib import Path
@@ -111,3 +128,13 @@ def run(args, progress) -> int:
         progress({"event": "error", "message": f"{failures[0]} of {total[0]} cases failed (see {where})"})
         return 2
     return 0
+
+
+def _printing_estimates(progress):
+    """The console renderer does not draw estimate events: print their message (a warning when it does not fit)."""
+    def render(event: dict) -> None:
+        progress(event)
+        if event.get("event") == "estimate":
+            progress({"event": "log", "level": "info" if event.get("fits") else "warning",
+                      "message": event.get("message")})
+    return render

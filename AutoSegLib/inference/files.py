@@ -165,7 +165,8 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
                   postprocess: bool = True, batch_size: int = 1, output_ending: Optional[str] = None,
                   overwrite: bool = True, progress: Optional[ProgressCallback] = None,
                   channels_last: Optional[bool] = None, runtime: str = "torch", save_uncertainty: bool = False,
-                  continue_on_error: bool = False) -> List[Path]:
+                  continue_on_error: bool = False, fast: bool = False, roi=None, force: bool = False,
+                  estimate: bool = True, estimate_only: bool = False) -> List[Path]:
     """Segment image files and write label maps in each input's own grid and format.
 
     Parameters
@@ -183,6 +184,13 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         Force a file format (".nii.gz", ".nrrd", ...); default: each input's own.
     overwrite : bool
         When False, cases whose output exists are skipped.
+    fast, roi
+        Fast mode and region of interest: see ``predict_arrays``.
+    force, estimate : bool
+        ``estimate``: emit the pre-flight estimate (``inference.estimate``) before any work; when it says the
+        memory will not fit, stop with an AutoSegError unless ``force``.
+    estimate_only : bool
+        Stop after the estimate (nothing written; returns an empty list).
     save_uncertainty : bool
         Also write ``<case>_uncertainty<ending>`` (float32 in [0, 1], the input grid; `inference.uncertainty`).
     continue_on_error : bool
@@ -213,6 +221,12 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
         if save_uncertainty:
             planned[case].append(uncertainty_path(dest, ending))
     check_outputs_spare_inputs(inputs, cases, planned)
+    todo = {c: f for c, f in cases.items() if overwrite or not planned[c][0].exists()}  # --skip-existing
+    if estimate and todo:
+        check_estimate(model, todo, configuration, folds, tta, step_size, runtime, save_probabilities, fast, roi,
+                       force, progress)
+    if estimate_only:
+        return []
     if not single and output.exists() and not output.is_dir():
         raise AutoSegError(f"{output}: exists and is not a folder; give an output folder.")
     # the output folder (created if needed) is removed again if nothing could be written into it
@@ -224,10 +238,11 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
             "configuration": configuration, "folds": None if folds is None else [str(f) for f in folds], "tta": tta,
             "step_size": step_size, "device": str(device), "precision": precision, "runtime": runtime,
             "postprocess": postprocess, "save_probabilities": save_probabilities,
-            "save_uncertainty": save_uncertainty, "continue_on_error": continue_on_error})
+            "save_uncertainty": save_uncertainty, "continue_on_error": continue_on_error, "fast": fast,
+            "roi": None if roi is None else [list(map(float, c)) for c in roi]})
         return _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                               save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
-                              channels_last, runtime, save_uncertainty, continue_on_error, report)
+                              channels_last, runtime, save_uncertainty, continue_on_error, report, fast, roi)
 
 
 def uncertainty_path(dest: Path, ending: str) -> Path:
@@ -235,9 +250,32 @@ def uncertainty_path(dest: Path, ending: str) -> Path:
     return dest.with_name(dest.name[: len(dest.name) - len(ending)] + "_uncertainty" + ending)
 
 
+def check_estimate(model, cases, configuration, folds, tta, step_size, runtime, save_probabilities, fast, roi,
+                   force, progress) -> dict:
+    """Emit the pre-flight estimate; AutoSegError when the memory will not fit and ``force`` is not given."""
+    from AutoSegLib.inference.estimate import estimate_run, run_configurations
+    from AutoSegLib.inference.predict import resolve_settings
+    from AutoSegLib.inference.runner import select_folds
+
+    configurations, folds_for, tta, step_size = resolve_settings(model, configuration, folds, tta, step_size, fast)
+    configurations = run_configurations(model, configurations)
+    folds_for = {c: select_folds(model, c, folds_for.get(c, folds)) for c in configurations}
+    try:
+        event = estimate_run(model, cases, configurations, folds_for, tta, step_size, runtime, save_probabilities,
+                             roi, progress)
+    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:  # no estimate: predict all the same
+        log.warning("no pre-flight estimate: %s", exc)
+        emit(progress, "log", level="warning", message=f"no pre-flight estimate ({str(exc)[:200]})")
+        return {}
+    if not event["fits"] and not force:
+        raise AutoSegError(f"{event['message']}. Nothing was predicted.")
+    return event
+
+
 def _predict_cases(model, cases, output, single, configuration, folds, tta, step_size, device, precision,
                    save_probabilities, postprocess, batch_size, output_ending, overwrite, progress,
-                   channels_last, runtime, save_uncertainty=False, continue_on_error=False, report=None) -> List[Path]:
+                   channels_last, runtime, save_uncertainty=False, continue_on_error=False, report=None, fast=False,
+                   roi=None) -> List[Path]:
     from AutoSegLib.inference.predict import check_input, predict_arrays
 
     written = []
@@ -260,7 +298,8 @@ def _predict_cases(model, cases, output, single, configuration, folds, tta, step
             labels, probs = predict_arrays(model, images, geometry, configuration, folds, tta, step_size, device,
                                            precision, return_probabilities=save_probabilities, postprocess=postprocess,
                                            batch_size=batch_size, progress=progress, channels_last=channels_last,
-                                           runtime=runtime, uncertainty_out=unc)
+                                           runtime=runtime, uncertainty_out=unc, fast=fast, roi=roi,
+                                           source=str(files[0]))
             report.predicted(images, geometry, labels, unc)
             del images
             if save_probabilities:
