@@ -22,7 +22,7 @@ RUNTIME`` and reads one JSON line back. The child measures, without the parent's
 The network's timing depends on the network and the runtime, so its entry is keyed by machine, runtime,
 threads, architecture and patch (not the weights); the per-voxel costs by machine only. The cache is
 ``$XDG_CACHE_HOME/autoseg/predict_calibration.json`` (``~/.cache`` when unset), next to the training
-calibration of `planning.calibration`.
+calibration of `training.calibration`.
 """
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
         return {**entries[key_pipe], **entries[key_net]}
     emit(progress, "stage", stage="estimate",
          message=f"measuring prediction speed on this machine ({runtime}): a few seconds, once")
+    spec = network_spec(model, configuration)
     import shutil
     import tempfile
     onnx, export, tmp = "", {}, tempfile.mkdtemp(prefix="autoseg-calibrate-")
@@ -118,10 +119,9 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
             if export_status(fw) == "ok":
                 onnx = str(onnx_path(fw))
             else:
-                export = _run_child([str(model.path), configuration, runtime, "", f"export:{tmp}"])
+                export = _run_child([spec, runtime, "", f"export:{tmp}"])
                 onnx = export.pop("onnx")
-        result = _run_child([str(model.path), configuration, runtime, onnx,
-                             "pipeline" if key_pipe not in entries else ""])
+        result = _run_child([spec, runtime, onnx, "pipeline" if key_pipe not in entries else ""])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.update(export)
@@ -136,7 +136,26 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
     return {**entries[key_pipe], **entries[key_net]}
 
 
+def network_spec(model, configuration: str) -> str:
+    """What the child needs to build the configuration's network, as JSON (the child loads no model)."""
+    from dataclasses import asdict
+    conf, cm = model.plans.configuration(configuration), model.configurations[configuration]
+    return json.dumps({"network": asdict(conf.network), "patch_size": list(conf.patch_size),
+                       "num_input_channels": cm.num_input_channels, "num_outputs": cm.num_outputs,
+                       "trained_precision": cm.trained_precision})
+
+
 # ------------------------------------------------------------------------------------------------ child side
+def _network(spec: str):
+    """(topology, patch size, input channels, outputs, trained precision) from `network_spec`'s JSON."""
+    from AutoSegLib.network.topology import NetworkTopology
+
+    d = json.loads(spec)
+    t = d["network"]
+    topology = NetworkTopology(**{k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                                      if isinstance(v, list) else v) for k, v in t.items()})
+    return topology, tuple(d["patch_size"]), int(d["num_input_channels"]), int(d["num_outputs"]), \
+        d.get("trained_precision")
 
 def lazy_imports(runtime: str) -> tuple:
     """Modules prediction imports on first use (after the estimate is printed), slowest first."""
@@ -188,7 +207,7 @@ def _time(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipeline: bool) -> dict:
+def _child(spec: str, runtime: str, onnx: str, pipeline: bool) -> dict:
     imports = {}
     for module in lazy_imports(runtime):  # timed one by one: the estimate adds those its process still lacks
         t0 = time.perf_counter()
@@ -199,12 +218,9 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
     import AutoSegLib.inference.files  # noqa: F401
     import AutoSegLib.inference.predict  # noqa: F401
     from AutoSegLib.inference.compiled import load_session, threads_setting
-    from AutoSegLib.models.folder import load_model
     from AutoSegLib.network.memory import feature_map_size
 
-    model = load_model(model_path, allow_non_final=True)
-    conf = model.plans.configuration(configuration)
-    cm = model.configurations[configuration]
+    topology, patch_size, n_in, n_out, trained_precision = _network(spec)
     out = {"base_mib": rss_mib(), "import_seconds": imports}
     t0, mark = time.perf_counter(), out["base_mib"]
     if runtime == "torch":
@@ -215,8 +231,8 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
         if threads_setting():
             torch.set_num_threads(threads_setting())
         dev = torch.device("cpu")
-        net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
-        predictor = NetworkPredictor(net, dev, resolve_precision("auto", dev, cm.trained_precision))
+        net = build_network(topology, n_in, n_out, deep_supervision=False)
+        predictor = NetworkPredictor(net, dev, resolve_precision("auto", dev, trained_precision))
 
         def run(x):
             with torch.inference_mode():
@@ -225,7 +241,7 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
         run = load_session(onnx, runtime, threads_setting(), verify=False)
     out["session_seconds"] = time.perf_counter() - t0
     out["session_mib"] = max(rss_mib() - mark, 0.0)
-    x = np.random.default_rng(0).standard_normal((1, cm.num_input_channels, *conf.patch_size)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, n_in, *patch_size)).astype(np.float32)
     before = rss_mib()  # before the first run: a runtime may allocate its buffers then and keep them
     exact = _peak_reset()
     t0 = time.perf_counter()
@@ -237,28 +253,25 @@ def _child(model_path: str, configuration: str, runtime: str, onnx: str, pipelin
     # one window through the stitcher (Gaussian weighting, float16 accumulation) costs more than the network
     from AutoSegLib.inference.sliding_window import predict_sliding_window_numpy
     as_numpy = (lambda b: run(b).numpy()) if runtime == "torch" else run
-    window = _time(lambda: predict_sliding_window_numpy(x[0], as_numpy, conf.patch_size, cm.num_outputs), 3)
+    window = _time(lambda: predict_sliding_window_numpy(x[0], as_numpy, patch_size, n_out), 3)
     out["stitch_seconds"] = max(window - out["patch_seconds"], 0.0)
-    fm = feature_map_size(conf.network, conf.patch_size, cm.num_input_channels, cm.num_outputs) * 4 / 2 ** 20
+    fm = feature_map_size(topology, patch_size, n_in, n_out) * 4 / 2 ** 20
     out["activation_mib"] = max(peak - before, 0.0) if peak is not None else fm
     if pipeline:
         out.update(_pipeline_costs())
     return out
 
 
-def _export_child(model_path: str, configuration: str, folder: str) -> dict:
+def _export_child(spec: str, folder: str) -> dict:
     """Export the configuration's network with random weights into ``folder`` and check it, as the export on
     first use does (torch import, export, check with every installed runtime): its time and memory."""
     from AutoSegLib.inference.compiled import _check_export, export_onnx
-    from AutoSegLib.models.folder import load_model
-    model = load_model(model_path, allow_non_final=True)
-    conf = model.plans.configuration(configuration)
-    cm = model.configurations[configuration]
+    topology, patch_size, n_in, n_out, _ = _network(spec)
     t0, m0 = time.perf_counter(), rss_mib()
     from AutoSegLib.network.unet import build_network  # imports torch
-    net = build_network(conf.network, cm.num_input_channels, cm.num_outputs, deep_supervision=False)
-    path = export_onnx(net, cm.num_input_channels, len(conf.patch_size), Path(folder) / "network.onnx")
-    _check_export(net, path, cm.num_input_channels, conf.patch_size)
+    net = build_network(topology, n_in, n_out, deep_supervision=False)
+    path = export_onnx(net, n_in, len(patch_size), Path(folder) / "network.onnx")
+    _check_export(net, path, n_in, patch_size)
     return {"export_seconds": time.perf_counter() - t0, "export_mib": max(rss_mib() - m0, 0.0), "onnx": str(path)}
 
 
@@ -321,12 +334,12 @@ def _run_child(args) -> dict:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    model_path, configuration, runtime, onnx, pipeline = (argv + [""] * 5)[:5]
+    spec, runtime, onnx, pipeline = (argv + [""] * 4)[:4]
     logging.basicConfig(level=logging.WARNING)
     if pipeline.startswith("export:"):
-        print(json.dumps(_export_child(model_path, configuration, pipeline[len("export:"):])))
+        print(json.dumps(_export_child(spec, pipeline[len("export:"):])))
         return 0
-    print(json.dumps(_child(model_path, configuration, runtime, onnx, pipeline == "pipeline")))
+    print(json.dumps(_child(spec, runtime, onnx, pipeline == "pipeline")))
     return 0
 
 

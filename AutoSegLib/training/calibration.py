@@ -163,9 +163,9 @@ def calibrate(device: str = "cpu", precision: str = "auto", cache_path: "str | o
     Parameters
     ----------
     device : str
-        "auto", "cpu", "cuda", "cuda:N" or "mps" (must exist: see `training.device.resolve_device`).
+        "auto", "cpu", "cuda", "cuda:N" or "mps" (must exist: see `device.resolve_device`).
     precision : str
-        "auto" resolves as training would (`training.device.choose_execution`).
+        "auto" resolves as training would (`device.choose_execution`).
     cache_path : path, optional
         JSON cache (default `default_cache_path()`); None entries are measured and added. A cache that
         cannot be read is ignored (and replaced), one that cannot be written only logs a warning.

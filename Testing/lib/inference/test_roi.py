@@ -143,7 +143,7 @@ def test_roi_in_predict_files_writes_the_input_grid(tiny_model, tmp_path):
     centre = np.array(img.TransformContinuousIndexToPhysicalPoint((17.5, 19.5, 11.5)))
     lo, hi = tuple(centre - 12), tuple(centre + 12)
     (out,) = predict_files(model, tmp_path / "in", tmp_path / "out", tta=False, runtime=RUNTIME, roi=(lo, hi),
-                           estimate=False)
+                           estimate=False, save_uncertainty=True)
     seg = sitk.ReadImage(str(out))
     assert seg.GetSize() == img.GetSize()
     assert np.allclose(seg.GetSpacing(), img.GetSpacing()) and np.allclose(seg.GetOrigin(), img.GetOrigin(), atol=1e-4)
@@ -151,3 +151,8 @@ def test_roi_in_predict_files_writes_the_input_grid(tiny_model, tmp_path):
     arr = sitk.GetArrayFromImage(seg)
     inside = _brute_force_inside(img, np.array(lo), np.array(hi))
     assert inside.sum() > 500 and not arr[~inside].any()
+    # the uncertainty map too: the input grid, zero outside the ROI, the entropy of the probabilities inside
+    unc = sitk.ReadImage(str(tmp_path / "out" / "c_uncertainty.nii.gz"))
+    assert unc.GetSize() == img.GetSize() and np.allclose(unc.GetDirection(), img.GetDirection(), atol=1e-5)
+    u = sitk.GetArrayFromImage(unc)
+    assert not u[~inside].any() and u[inside].max() > 0 and u.max() <= 1.0
