@@ -22,7 +22,7 @@ from typing import Optional, Union
 import torch
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.atomic import require_free_space, write_json
 from AutoSegLib.progress import ProgressCallback, emit
 from AutoSegLib.training.config import TrainingConfig
 from AutoSegLib.training import checkpoint as ckpt_mod
@@ -172,6 +172,9 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
             "num_input_channels": num_inputs, "num_outputs": layout.num_outputs,
             "labels": dict(plans.labels), "fold": str(fold), "format_version": ckpt_mod.FORMAT_VERSION}
     if info.is_main:
+        # room for the checkpoints and the validation outputs, before hours of training, not at their end
+        require_free_space(fold_dir, _bytes_to_write(net, data_folder, val_cases if config.validate_at_end else (),
+                                                     layout.num_outputs, plans.num_channels), "this training's checkpoints")
         fold_dir.mkdir(parents=True, exist_ok=True)
         ckpt_mod.cleanup_temporaries(fold_dir)
         write_json(fold_dir / "training_config.json", {**config.to_dict(), "resolved": {
@@ -208,6 +211,20 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     dist_mod.barrier(info)
     dist_mod.shutdown(info)
     return fold_dir
+
+
+def _bytes_to_write(net, data_folder, val_cases, num_outputs: int, num_inputs: int) -> float:
+    """Bytes a training writes at most at one time: checkpoint_latest and _best (weights + SGD momentum,
+    each beside its previous copy while it is replaced), checkpoint_final, and the validation probabilities
+    (float32 per output channel, about the size of the preprocessed image per input channel)."""
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    validation = 0.0
+    for case in val_cases:
+        try:
+            validation += (Path(data_folder) / f"{case}.npy").stat().st_size * num_outputs / max(1, num_inputs)
+        except OSError:
+            pass
+    return 2 * 2 * 2 * weights + weights + validation
 
 
 def _load_init(source, net, configuration, fold, labels, plan):
