@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from AutoSegLib.cli import main
-from AutoSegLib.io.atomic import is_stale_temporary, remove_stale_temporaries, temporary_tag
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -98,6 +97,7 @@ def test_killed_plan_and_preprocess_leaves_no_worker_and_next_run_cleans(synthet
 
 
 def test_temporary_names_carry_the_pid_and_dead_writers_are_recognised(tmp_path):
+    from AutoSegLib.io.atomic import is_stale_temporary, remove_stale_temporaries, temporary_tag
     tag = temporary_tag()
     assert tag.startswith(f".tmp-{os.getpid()}-")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
