@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 import torch
 
-from AutoSegLib.errors import AutoSegError
+from AutoSegLib.errors import AutoSegError, WriteError
 from AutoSegLib.io.atomic import require_free_space, write_json
 from AutoSegLib.progress import ProgressCallback, emit
 from AutoSegLib.training.config import TrainingConfig
@@ -193,6 +193,8 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     state["elapsed_s"] = float(state["elapsed_s"]) + (time.monotonic() - t_start)  # setup counts against a budget
     try:
         runner.run(fold_dir, base)
+    except WriteError as exc:  # a full disk mid-training: say what is left and how to go on
+        raise WriteError(f"{exc} {_how_to_go_on(fold_dir, state)}") from exc
     finally:
         runner.close()
     if info.is_main:
@@ -211,6 +213,16 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     dist_mod.barrier(info)
     dist_mod.shutdown(info)
     return fold_dir
+
+
+def _how_to_go_on(fold_dir: Path, state: dict) -> str:
+    """After a failed checkpoint write: which checkpoint a --resume would continue from, if any."""
+    kept = [n for n in ckpt_mod.RESUMABLE if (fold_dir / n).is_file()]
+    if kept:
+        return (f"Training stopped after {int(state['epoch'])} completed epoch(s); {kept[0]} from before is "
+                f"intact: free some space and run the same command with --resume to continue from it.")
+    return (f"Training stopped after {int(state['epoch'])} completed epoch(s), before any checkpoint was saved: "
+            f"free some space and run the same command again (it starts anew).")
 
 
 def _bytes_to_write(net, data_folder, val_cases, num_outputs: int, num_inputs: int) -> float:
