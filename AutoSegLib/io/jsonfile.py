@@ -85,8 +85,9 @@ def read_json(path: "str | os.PathLike", what: str = "", hint: str = "", missing
         if path.is_dir():
             raise JSONFileError(f"{path}: is a folder, not a JSON file{about}.{tail}")
         if size > max_bytes:
-            raise JSONFileError(f"{path}: {size / 2 ** 20:.0f} MiB, too large to be{' ' + what if what else ' a JSON file AutoSeg reads'}"
-                                f" (at most {max_bytes / 2 ** 20:.0f} MiB); the file is damaged or not the one meant.{tail}")
+            kind = what or "a JSON file AutoSeg reads"
+            raise JSONFileError(f"{path}: {size / 2 ** 20:.0f} MiB, too large to be {kind} (at most "
+                                f"{max_bytes / 2 ** 20:.0f} MiB); the file is damaged or not the one meant.{tail}")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise JSONFileMissing(f"{path}: {missing if missing is not None else 'not found.' + tail}") from None
@@ -105,7 +106,8 @@ def parse_json(data: "bytes | str", source: "str | os.PathLike", what: str = "",
         try:
             data = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise JSONFileError(f"{source}: not UTF-8 text (byte {exc.start}){about}; JSON files are UTF-8.{tail}") from None
+            raise JSONFileError(f"{source}: not UTF-8 text (byte {exc.start}){about}; JSON files are UTF-8."
+                                f"{tail}") from None
     try:
         value = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -119,7 +121,8 @@ def parse_json(data: "bytes | str", source: "str | os.PathLike", what: str = "",
         raise JSONFileError(f"{source}: nested more than {max_depth} levels deep, which no{' ' + what if what else ''}"
                             f" file is; the file is damaged.{tail}")
     if expect is not None and not isinstance(value, expect):
-        raise JSONFileError(f"{source}: expected {_kind(expect())} at the top level{about}, found {_kind(value)}.{tail}")
+        raise JSONFileError(f"{source}: expected {_kind(expect())} at the top level{about}, found {_kind(value)}."
+                            f"{tail}")
     return value
 
 

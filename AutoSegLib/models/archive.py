@@ -162,7 +162,8 @@ def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.Pa
         archive_path = archive_path.with_name(archive_path.name + ".zip")
         kind = "zip"
     dataset = read_json(source / "dataset.json", "a model's dataset.json", expect=dict)
-    model_meta = read_json(source / "model.json", "a model.json", expect=dict) if (source / "model.json").is_file() else {}
+    model_meta = (read_json(source / "model.json", "a model.json", expect=dict)
+                  if (source / "model.json").is_file() else {})
     model_meta.setdefault("name", dataset.get("name", source.name))
     model_meta.setdefault("version", "1")
     model_meta.setdefault("description", dataset.get("description", ""))
@@ -435,8 +436,8 @@ STALE_TEMPORARY_S = 24 * 3600
 def prune_archive_cache(cache_root: "str | os.PathLike", keep: "Optional[Path]" = None) -> List[Path]:
     """Remove from ``cache_root`` (``~/.cache/autoseg/models``) the extractions whose archive no longer exists
     (one that changed is extracted again over its own folder by `extract_model_archive`) and temporary
-    folders of killed extractions (their process is gone, or a day old). Folders without our marker and ``keep`` are never
-    touched. Returns the folders removed."""
+    folders of killed extractions (their process is gone, or a day old). Folders without our marker and
+    ``keep`` are never touched. Returns the folders removed."""
     root = Path(cache_root)
     removed: List[Path] = []
     if not root.is_dir():

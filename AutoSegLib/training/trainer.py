@@ -173,8 +173,9 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
             "labels": dict(plans.labels), "fold": str(fold), "format_version": ckpt_mod.FORMAT_VERSION}
     if info.is_main:
         # room for the checkpoints and the validation outputs, before hours of training, not at their end
-        require_free_space(fold_dir, _bytes_to_write(net, data_folder, val_cases if config.validate_at_end else (),
-                                                     layout.num_outputs, plans.num_channels), "this training's checkpoints")
+        needed = _bytes_to_write(net, data_folder, val_cases if config.validate_at_end else (), layout.num_outputs,
+                                 plans.num_channels)
+        require_free_space(fold_dir, needed, "this training's checkpoints")
         fold_dir.mkdir(parents=True, exist_ok=True)
         ckpt_mod.cleanup_temporaries(fold_dir)
         write_json(fold_dir / "training_config.json", {**config.to_dict(), "resolved": {
