@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import traceback
 
@@ -67,11 +68,25 @@ def main(argv: "list[str] | None" = None) -> int:
         parser.print_help()
         return 0
 
-    from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.processes import Terminated, terminate_as_interrupt
     from AutoSegLib.progress import console_renderer, json_lines_renderer
 
     progress = json_lines_renderer() if args.progress_json else console_renderer()
     module = importlib.import_module(COMMANDS[args.command][0])
+    previous = terminate_as_interrupt()  # SIGTERM cleans up like Ctrl-C (temporaries, worker processes)
+    try:
+        return _run(module, args, progress)
+    except Terminated:  # arrived after the command ended
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(module, args, progress) -> int:
+    from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.processes import Terminated
+
     try:
         return int(module.run(args, progress) or 0)
     except AutoSegError as exc:
@@ -92,9 +107,10 @@ def main(argv: "list[str] | None" = None) -> int:
         if args.progress_json:
             print(f"ERROR: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        progress({"event": "error", "message": "interrupted"})
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        progress({"event": "error", "message": "terminated (SIGTERM)" if terminated else "interrupted"})
+        return 143 if terminated else 130
     except Exception as exc:  # a bug, not bad input: keep the traceback
         tb = traceback.format_exc()
         progress({"event": "error", "message": f"internal error: {exc!r}", "traceback": tb})

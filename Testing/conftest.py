@@ -33,6 +33,18 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture
+def nnunet_reference():
+    """The small reference models shipped in the repository (Testing/lib/models/data/nnunet_ref, made by
+    make_reference_models.py WITH the reference implementation): ``root``, ``dataset`` (the results folder
+    Dataset900_Synth), ``trainer`` and ``model(configuration)`` (one results folder)."""
+    from types import SimpleNamespace
+    root = REPO / "Testing" / "lib" / "models" / "data" / "nnunet_ref"
+    trainer = "nnUNetTrainerTiny"
+    return SimpleNamespace(root=root, dataset=root / "Dataset900_Synth", trainer=trainer,
+                           model=lambda c: root / "Dataset900_Synth" / f"{trainer}__nnUNetPlans__{c}")
+
+
+@pytest.fixture
 def synthetic_dataset(tmp_path):
     """Factory: synthetic_dataset(**kwargs) -> path of a new raw dataset (see io.synthetic)."""
     from AutoSegLib.io.synthetic import make_synthetic_dataset

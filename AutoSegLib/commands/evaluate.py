@@ -16,21 +16,16 @@ def add_arguments(parser) -> None:
 
 def load_label_layout(path):
     """LabelLayout from a dataset.json file or a folder holding one."""
-    import json
     from pathlib import Path
 
     from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.io.jsonfile import read_json
     from AutoSegLib.io.labels import LabelLayout
 
     p = Path(path)
     if p.is_dir():
         p = p / "dataset.json"
-    try:
-        d = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise AutoSegError(f"{p}: not found; --labels takes a dataset.json (or a folder holding one).") from None
-    except json.JSONDecodeError as exc:
-        raise AutoSegError(f"{p}: not valid JSON ({exc}).") from None
+    d = read_json(p, "a dataset.json", missing="not found; --labels takes a dataset.json (or a folder holding one).")
     if not isinstance(d, dict) or "labels" not in d:
         raise AutoSegError(f"{p}: no 'labels' mapping; expected a dataset.json like "
                            f"{{\"labels\": {{\"background\": 0, \"organ\": 1}}}}.")

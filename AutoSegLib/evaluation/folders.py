@@ -167,7 +167,9 @@ def evaluate_folders(pred_dir: "str | os.PathLike", ref_dir: "str | os.PathLike"
     tracker = ProgressTracker(progress, "evaluate", len(jobs))
     results = []
     if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(num_workers, len(jobs))) as pool:
+        from AutoSegLib.processes import die_with_parent
+        with ProcessPoolExecutor(min(num_workers, len(jobs)), initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:  # workers end with a killed parent
             for r in pool.map(_evaluate_pair, jobs):
                 results.append(r)
                 tracker.step(r["case"])

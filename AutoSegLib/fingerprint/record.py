@@ -5,7 +5,6 @@ statistics are keyed by channel index as a string ("0", "1", ...), like dataset.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -180,13 +179,10 @@ class Fingerprint:
 
     @classmethod
     def from_json(cls, path: "str | os.PathLike") -> "Fingerprint":
+        from AutoSegLib.io.jsonfile import read_json
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise AutoSegError(f"{path}: fingerprint file not found. Run `autoseg fingerprint` first.") from None
-        except json.JSONDecodeError as exc:
-            raise AutoSegError(f"{path}: not valid JSON ({exc}). Delete it and run `autoseg fingerprint`.") from None
+        data = read_json(path, "a fingerprint", hint="Delete it and run `autoseg fingerprint`.",
+                         missing="fingerprint file not found. Run `autoseg fingerprint` first.", expect=dict)
         return cls.from_dict(data, source=str(path))
 
 

@@ -25,7 +25,6 @@ torch on CUDA/MPS.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -141,10 +140,8 @@ def onnx_path(fold_weights) -> Path:
 
 def _read_sidecar(path: Path) -> Optional[dict]:
     side = path.parent / SIDECAR_NAME
-    try:
-        d = json.loads(side.read_text())
-    except (OSError, ValueError):
-        return None
+    from AutoSegLib.io.jsonfile import read_json_or_none
+    d = read_json_or_none(side)
     return d if isinstance(d, dict) and d.get("format") == FORMAT else None
 
 

@@ -18,7 +18,6 @@ Definitions (README.md "Where to correct" repeats them):
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -163,13 +162,14 @@ def load_training_fingerprint(model) -> Optional[dict]:
     """``{"spacings": (N, ndim) array order, "intensity": {channel: {percentile_00_5, percentile_99_5, ...}}}``
     from the model folder's fingerprint.json (AutoSeg) or dataset_fingerprint.json (nnU-Net), None when the
     model keeps neither (or it cannot be read: then a log line, not a failure)."""
+    from AutoSegLib.io.jsonfile import JSONFileError, read_json
     folder = Path(model.path)
     for name in ("fingerprint.json", "dataset_fingerprint.json"):
         path = folder / name
         if not path.is_file():
             continue
         try:
-            d = json.loads(path.read_text())
+            d = read_json(path, "a training fingerprint", expect=dict)
             if "cases" in d:
                 spacings = [c["spacing"] for c in d["cases"]]
                 intensity = d.get("intensity_properties") or {}
@@ -178,7 +178,7 @@ def load_training_fingerprint(model) -> Optional[dict]:
                 intensity = d.get("foreground_intensity_properties_per_channel") or {}
             return {"spacings": np.asarray(spacings, float), "intensity": {str(k): v for k, v in intensity.items()},
                     "source": str(path)}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (JSONFileError, OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: unreadable training fingerprint (%s); no spacing/intensity warnings", path, exc)
     return None
 

@@ -16,6 +16,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -93,6 +94,16 @@ def write_failure(path: Path, exc: BaseException) -> Optional[WriteError]:
                       f"if any, is unchanged. Free some space (or fix the cause) and run again.")
 
 
+def _make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``; a file standing where the folder (or one of its parents)
+    should be is reported as such (mkdir says only "File exists")."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(blocker)) from None
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -123,13 +134,13 @@ def atomic_path(path: "str | os.PathLike", verify: Optional[Callable[[Path], Non
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path.parent)
     except OSError as exc:
         raise WriteError(f"{path}: could not be written: the folder {path.parent} cannot be created: "
                          f"{os_error_message(exc, path.parent)}") from None
     suffix = _suffix(path)
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    tmp = path.with_name(f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+    tmp = path.with_name(f".{stem}{temporary_tag()}{suffix}")
     try:
         try:
             yield tmp
@@ -166,7 +177,7 @@ def output_folder(folder: "str | os.PathLike") -> Iterator[Path]:
     folder = Path(folder)
     created = _missing_folders(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder)
     except OSError as exc:
         raise WriteError(f"{folder}: cannot write there: {os_error_message(exc, folder)}") from None
     try:
@@ -182,11 +193,51 @@ def output_folder(folder: "str | os.PathLike") -> Iterator[Path]:
 
 STALE_TEMPORARY_S = 300  # an atomic write's temporary file not modified for this long belongs to a dead writer
 
+# ".tmp-<pid>-<8 hex>": the writing process's id, so that a later run can tell a dead writer's leftovers
+# (kill -9: no cleanup runs) from a live writer's file at once; ".tmp-<8 hex>": the older names
+_TMP_RE = re.compile(r"\.tmp-(?:(\d+)-)?[0-9a-f]{8}")
+
+
+def temporary_tag() -> str:
+    """The tag of a temporary name written by this process: '.tmp-<pid>-<8 random hex digits>'."""
+    return f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists (another user's) or cannot tell: treat as alive
+    try:  # a zombie (exited, not yet reaped) writes nothing more
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def is_stale_temporary(tmp: Path, older_than_s: float = STALE_TEMPORARY_S, now: Optional[float] = None) -> bool:
+    """True when ``tmp`` is a temporary file of a writer that is gone: its name carries the id of a process
+    that no longer runs on this machine, or it was not modified for ``older_than_s`` seconds (older names
+    without a pid; a pid reused by an unrelated process). A live writer's file being written is not stale."""
+    import time
+    if ".tmp-" not in tmp.name:
+        return False
+    m = _TMP_RE.search(tmp.name)
+    if m is not None and m.group(1) is not None and not _pid_alive(int(m.group(1))):
+        return True
+    try:
+        return (now if now is not None else time.time()) - tmp.stat().st_mtime > older_than_s
+    except OSError:
+        return False
+
 
 def remove_stale_temporaries(paths, older_than_s: float = STALE_TEMPORARY_S) -> list:
     """Remove temporary files that `atomic_path` left for ``paths`` (a writer killed with SIGKILL cannot
-    clean up) and that were not modified for ``older_than_s`` seconds: a live writer modifies its
-    temporary file until it renames it. Returns the files removed."""
+    clean up) when their writer is gone (`is_stale_temporary`). Returns the files removed."""
     import time
     removed = []
     now = time.time()
@@ -195,14 +246,32 @@ def remove_stale_temporaries(paths, older_than_s: float = STALE_TEMPORARY_S) -> 
         stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
         if not path.parent.is_dir():
             continue
-        for tmp in path.parent.glob(f".{glob.escape(stem)}.tmp-????????{glob.escape(suffix)}"):
+        for tmp in path.parent.glob(f".{glob.escape(stem)}.tmp-*{glob.escape(suffix)}"):
+            name = tmp.name[len(stem) + 1: len(tmp.name) - len(suffix) if suffix else None]
+            if not _TMP_RE.fullmatch(name):
+                continue  # another file that happens to start alike
             try:
-                if now - tmp.stat().st_mtime > older_than_s:
+                if is_stale_temporary(tmp, older_than_s, now):
                     tmp.unlink()
                     removed.append(tmp)
             except OSError:
                 pass
     return removed
+
+
+def require_free_space(folder: "str | os.PathLike", needed_bytes: float, what: str) -> None:
+    """Refuse, before long work starts, when the file system of ``folder`` (or of its nearest existing
+    parent) has less than ``needed_bytes`` free. ``what`` says what needs the room ("the preprocessed data").
+    Nothing happens when the free space cannot be asked. Raises `WriteError` naming the folder, the room
+    needed and the room free."""
+    p = Path(folder)
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    free = free_bytes(p)
+    if free is not None and needed_bytes > free:
+        raise WriteError(f"{folder}: not enough free space for {what}: about {_human(int(needed_bytes))} needed, "
+                         f"{_human(free)} free there. Free some space or choose another folder; nothing was "
+                         f"started.")
 
 
 def check_writable(folder: "str | os.PathLike") -> Path:

@@ -16,7 +16,6 @@ every structural problem; `verify_dataset` (io.verify) also reads every file. No
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError, DatasetError
+from AutoSegLib.io.jsonfile import JSONFileError, read_json
 from AutoSegLib.io.labels import LabelLayout
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -136,11 +136,9 @@ def scan_dataset(path: "str | os.PathLike") -> Tuple[Optional[Dataset], List[str
                 "this is not a dataset folder (nnU-Net raw layout: dataset.json, imagesTr/, labelsTr/).")
         return None, [f"{json_path}: missing; {hint} Found in the folder: {found or 'nothing'}."], warnings
     try:
-        raw = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return None, [f"{json_path}: not valid JSON ({exc}). Fix the file's syntax."], warnings
-    except RecursionError:  # hundreds of nested brackets: not a dataset description
-        return None, [f"{json_path}: nested too deeply to be a dataset.json. Fix the file."], warnings
+        raw = read_json(json_path, "a dataset.json", hint="Fix the file.")
+    except JSONFileError as exc:
+        return None, [str(exc)], warnings
     if not isinstance(raw, dict):
         return None, [f"{json_path}: expected a JSON object with channel_names, labels, numTraining and "
                       f"file_ending; found a {type(raw).__name__}."], warnings

@@ -16,13 +16,13 @@ through this module: the commands, the Slicer module and the benchmarks.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.datasets import Dataset, default_work_dir
+from AutoSegLib.io.jsonfile import JSONFileError, read_json
 
 DATASET_JSON = "dataset.json"
 FINGERPRINT_JSON = "fingerprint.json"
@@ -147,10 +147,10 @@ def check_work_dir_for(work: Path, root: Path) -> None:
     meta = work / "dataset.json"
     if meta.is_file():
         try:
-            recorded = json.loads(meta.read_text()).get("dataset_path")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError) as exc:
-            raise AutoSegError(f"{meta}: not a readable work-folder dataset.json ({exc}); {work} is not a work "
-                               f"folder AutoSeg made. Give a new or empty folder as --output.") from None
+            recorded = read_json(meta, "a work folder's dataset.json", expect=dict).get("dataset_path")
+        except JSONFileError as exc:
+            raise AutoSegError(f"{exc} {work} is not a work folder AutoSeg made. Give a new or empty folder as "
+                               f"--output.") from None
         if not recorded:
             raise AutoSegError(f"{work}: is a raw dataset folder (its dataset.json names no \"dataset_path\"), not a "
                                f"work folder; writing there would replace its dataset.json. Give a new or empty "
@@ -178,13 +178,9 @@ def dataset_path_of(work_dir: "str | os.PathLike") -> str:
     """The raw dataset folder recorded in ``WORK/dataset.json`` ("dataset_path", see
     `write_work_dataset_json`). Raises AutoSegError naming the file when it is missing or unreadable."""
     path = Path(work_dir) / "dataset.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AutoSegError(f"{path}: not found. {Path(work_dir)} is not a planned work folder; run "
-                           f"`autoseg plan DATASET --output {work_dir}` first.") from None
-    except json.JSONDecodeError as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}). Re-run `autoseg plan`.") from None
+    data = read_json(path, "a work folder's dataset.json", hint="Re-run `autoseg plan`.", expect=dict,
+                     missing=f"not found. {Path(work_dir)} is not a planned work folder; run "
+                             f"`autoseg plan DATASET --output {work_dir}` first.")
     if not data.get("dataset_path"):
         raise AutoSegError(f"{path}: no \"dataset_path\" entry (the raw dataset folder). Re-run `autoseg plan "
                            f"DATASET --output {work_dir}`.")

@@ -21,7 +21,6 @@ failure leaves nothing behind; an unchanged archive (same SHA-256) already extra
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -35,7 +34,9 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path, file_sha256, write_json
+from AutoSegLib.io.atomic import (atomic_path, check_writable, file_sha256, is_stale_temporary, require_free_space,
+                                  temporary_tag, write_json)
+from AutoSegLib.io.jsonfile import JSONFileError, parse_json, read_json, read_json_or_none
 from AutoSegLib.io.work_folder import FOLD_RECORDS, fold_dir, trained_folds
 from AutoSegLib.progress import emit
 
@@ -160,8 +161,9 @@ def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.Pa
     if kind is None:
         archive_path = archive_path.with_name(archive_path.name + ".zip")
         kind = "zip"
-    dataset = json.loads((source / "dataset.json").read_text())
-    model_meta = json.loads((source / "model.json").read_text()) if (source / "model.json").is_file() else {}
+    dataset = read_json(source / "dataset.json", "a model's dataset.json", expect=dict)
+    model_meta = (read_json(source / "model.json", "a model.json", expect=dict)
+                  if (source / "model.json").is_file() else {})
     model_meta.setdefault("name", dataset.get("name", source.name))
     model_meta.setdefault("version", "1")
     model_meta.setdefault("description", dataset.get("description", ""))
@@ -170,6 +172,12 @@ def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.Pa
     model_meta["exported"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     model_meta["configurations"] = {c: f for c, f in selected.items()}
 
+    # a read-only or full place is found before the checkpoints are converted, not after: the slim copies,
+    # the exported networks and the archive take about three times the checkpoints' size
+    check_writable(archive_path.parent)
+    require_free_space(archive_path.parent, 3 * sum(
+        (fold_dir(source, c, f) / "checkpoint_final.pt").stat().st_size
+        for c, fl in selected.items() for f in fl), f"the archive {archive_path.name}")
     with tempfile.TemporaryDirectory(prefix=".autoseg-export-", dir=archive_path.parent if archive_path.parent.exists()
                                      else None) as tmp:
         tmp = Path(tmp)
@@ -298,11 +306,8 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
     digest = file_sha256(archive)
     marker = dest / MARKER
     if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("sha256") == digest:
-                return dest  # this very archive is already extracted there
-        except (OSError, json.JSONDecodeError):
-            pass
+        if (read_json_or_none(marker, expect=dict) or {}).get("sha256") == digest:
+            return dest  # this very archive is already extracted there
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not marker.is_file())):
         raise AutoSegError(f"{dest}: exists and was not extracted from a model archive; refusing to replace it. "
                            f"Choose an empty or new folder.")
@@ -326,7 +331,7 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
                 raise AutoSegError(f"{archive}: refused: entry {str(rel)!r} is not listed in its {MANIFEST}; an "
                                    f"archive written by export-model holds only the files it lists.")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = dest.parent / f".{dest.name}{temporary_tag()}"  # carries our pid: a killed run's is found at once
         tmp.mkdir()
         try:
             for rel, is_dir, _, opener in members:
@@ -377,9 +382,9 @@ def _manifest_names(archive: Path, members) -> "Optional[set]":
         raise AutoSegError(f"{archive}: refused: its {MANIFEST} claims {size} bytes; not a model archive.")
     try:
         with opener() as f:
-            files = json.loads(f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))["files"]
+            files = parse_json(f.read(MAX_MANIFEST_BYTES + 1), f"{archive}: {MANIFEST}", expect=dict)["files"]
         names = {str(k) for k in files}
-    except (KeyError, TypeError, ValueError, OSError, UnicodeDecodeError):
+    except (KeyError, TypeError, ValueError, OSError, JSONFileError):
         raise AutoSegError(f"{archive}: {MANIFEST} is unreadable; the archive is damaged.") from None
     return names | {MANIFEST}
 
@@ -399,8 +404,9 @@ def _verify_manifest(archive: Path, root: Path) -> None:
     if not path.is_file():
         return
     try:
-        listed = json.loads(path.read_text())["files"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        listed = read_json(path, expect=dict)["files"]
+        listed.items()
+    except (KeyError, TypeError, AttributeError, JSONFileError):
         raise AutoSegError(f"{archive}: {MANIFEST} is unreadable; the archive is damaged.") from None
     for name, entry in listed.items():
         # a name outside the archive (absolute, '..') must not make us stat local files and tell
@@ -430,8 +436,8 @@ STALE_TEMPORARY_S = 24 * 3600
 def prune_archive_cache(cache_root: "str | os.PathLike", keep: "Optional[Path]" = None) -> List[Path]:
     """Remove from ``cache_root`` (``~/.cache/autoseg/models``) the extractions whose archive no longer exists
     (one that changed is extracted again over its own folder by `extract_model_archive`) and temporary
-    folders of killed extractions older than a day. Folders without our marker and ``keep`` are never
-    touched. Returns the folders removed."""
+    folders of killed extractions (their process is gone, or a day old). Folders without our marker and
+    ``keep`` are never touched. Returns the folders removed."""
     root = Path(cache_root)
     removed: List[Path] = []
     if not root.is_dir():
@@ -441,13 +447,15 @@ def prune_archive_cache(cache_root: "str | os.PathLike", keep: "Optional[Path]" 
         if keep is not None and entry.resolve() == Path(keep).resolve():
             continue
         try:
-            if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
+            if entry.name.startswith(".") and ".tmp-" in entry.name:  # a dead extraction's, or a day old
+                stale = is_stale_temporary(entry, STALE_TEMPORARY_S, now)
+            elif entry.name.startswith(".") and ".old-" in entry.name:
                 stale = now - entry.stat().st_mtime > STALE_TEMPORARY_S
             else:
                 marker = entry / MARKER
                 if not marker.is_file():
                     continue  # not ours: never touched
-                source = json.loads(marker.read_text()).get("archive")
+                source = (read_json_or_none(marker, expect=dict) or {}).get("archive")
                 stale = not source or not Path(source).is_file()
         except (OSError, ValueError, AttributeError):
             continue

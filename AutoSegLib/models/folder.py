@@ -12,13 +12,13 @@ Other loaders (nnU-Net import) build a `Model` directly; ``FoldWeights.loader`` 
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.jsonfile import read_json_or_none
 from AutoSegLib.io.labels import LabelLayout
 from AutoSegLib.io.work_folder import CHECKPOINT_PREFERENCE, FOLD_NAMES, fold_checkpoint, trained_dir
 from AutoSegLib.planning.plans import Plans, network_input_channels
@@ -157,15 +157,12 @@ class Model:
 
 
 def _read_json(path: Path, what: str) -> dict:
+    from AutoSegLib.io.jsonfile import JSONFileMissing, read_json
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+        return read_json(path, what, expect=dict)
+    except JSONFileMissing:
         raise AutoSegError(f"{path.parent}: not a model: {path.name} is missing ({what}). A model folder holds "
                            f"dataset.json, plans.json and trained/<configuration>/fold_<k>/checkpoint_final.pt.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}).") from None
-    except RecursionError:
-        raise AutoSegError(f"{path}: nested too deeply to be {what}; the file is damaged.") from None
 
 
 def _mirror_axes(conf, metadata: dict) -> Tuple[int, ...]:
@@ -182,9 +179,8 @@ def _trained_precision(folds: Dict[str, FoldWeights]) -> Optional[str]:
     checkpoints): one answer only when every fold that records it agrees, else None."""
     found = set()
     for fw in folds.values():
-        try:
-            resolved = json.loads((fw.path.parent / "training_config.json").read_text()).get("resolved") or {}
-        except (OSError, ValueError, AttributeError):
+        resolved = (read_json_or_none(fw.path.parent / "training_config.json", expect=dict) or {}).get("resolved")
+        if not isinstance(resolved, dict):
             continue
         if "autocast" in resolved:  # a config without it records nothing (str(None) would read as float32)
             autocast = str(resolved["autocast"])
@@ -230,7 +226,7 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
     from AutoSegLib.models.plans_check import check_model_plans
     check_model_plans(plans, plans_path)  # before anything below builds on the values
     dataset = _read_json(path / "dataset.json", "labels and channel names")
-    metadata = json.loads((path / "model.json").read_text()) if (path / "model.json").is_file() else {}
+    metadata = _read_json(path / "model.json", "the model's name and description") if (path / "model.json").is_file() else {}
     configurations: Dict[str, ConfigurationModel] = {}
     trained = trained_dir(path)
     layout = plans.label_layout()

@@ -16,7 +16,6 @@ loaded only through `safe_load.load_checkpoint`; ``postprocessing.pkl`` (a pickl
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -39,12 +38,9 @@ PP_FUNCTION = "remove_all_but_largest_component_from_segmentation"
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AutoSegError(f"{path.parent}: not an nnU-Net v2 model folder: {path.name} is missing ({what}).") from None
-    except json.JSONDecodeError as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}).") from None
+    from AutoSegLib.io.jsonfile import read_json
+    return read_json(path, what, missing=f"missing; {path.parent} is not an nnU-Net v2 model folder without it ({what}).",
+                     expect=dict)
 
 
 def _split_identifier(name: str) -> Tuple[str, str, str]:

@@ -170,13 +170,9 @@ class Plans:
 
     @classmethod
     def from_json(cls, path: "str | os.PathLike") -> "Plans":
+        from AutoSegLib.io.jsonfile import read_json
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise AutoSegError(f"{path}: plans file not found. Run `autoseg plan` first.") from None
-        except json.JSONDecodeError as exc:
-            raise AutoSegError(f"{path}: not valid JSON ({exc}).") from None
+        data = read_json(path, "plans", missing="plans file not found. Run `autoseg plan` first.", expect=dict)
         return cls.from_dict(data, source=str(path))
 
 

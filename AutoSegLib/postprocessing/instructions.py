@@ -189,8 +189,6 @@ def load_inference_instructions(folder: "str | os.PathLike") -> Optional[Inferen
         path = path / FILE_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}). Re-run `autoseg find-best` to rewrite it.") from None
+    from AutoSegLib.io.jsonfile import read_json
+    data = read_json(path, "inference instructions", hint="Re-run `autoseg find-best` to rewrite it.")
     return InferenceInstructions.from_dict(data, str(path))

@@ -21,7 +21,6 @@ the connected components unchanged (outside it both are background).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.evaluation.metrics import dice_per_label
+from AutoSegLib.io.jsonfile import read_json, read_json_or_none
 from AutoSegLib.io.labels import LabelLayout
 from AutoSegLib.postprocessing.components import remove_all_but_largest_component
 from AutoSegLib.postprocessing.instructions import (InferenceInstructions, foreground_label_values,
@@ -124,10 +124,10 @@ def _reference_path(work_dir: Path, dataset: dict, case: str, npz: Path) -> Path
     if root and (Path(root) / "labelsTr" / f"{case}{ending}").is_file():
         return Path(root) / "labelsTr" / f"{case}{ending}"
     try:  # the fold's validation summary names the reference it used
-        ref = json.loads((npz.parent / "summary.json").read_text())["cases"][case]["reference"]
+        ref = read_json_or_none(npz.parent / "summary.json")["cases"][case]["reference"]
         if ref and Path(ref).is_file():
             return Path(ref)
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+    except (OSError, KeyError, TypeError):
         pass
     raise AutoSegError(f"{work_dir / 'dataset.json'}: the reference label of case {case!r} was not found "
                        f"(expected {root}/labelsTr/{case}{ending}). Set \"dataset_path\" to the raw dataset folder.")
@@ -268,11 +268,8 @@ def find_best(work_dir: "str | Path", configurations: Optional[Sequence[str]] = 
     from AutoSegLib.planning.plans import Plans
 
     work_dir = Path(work_dir)
-    try:
-        dataset = json.loads((work_dir / "dataset.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AutoSegError(f"{work_dir / 'dataset.json'}: cannot be read ({exc}); is {work_dir} a training work "
-                           f"folder?") from None
+    dataset = read_json(work_dir / "dataset.json", "a work folder's dataset.json", expect=dict,
+                        hint=f"Is {work_dir} a training work folder?")
     if (work_dir / "plans.json").is_file():
         layout = Plans.from_json(work_dir / "plans.json").label_layout()
     else:

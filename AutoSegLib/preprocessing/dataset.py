@@ -180,8 +180,7 @@ def preprocess_dataset(dataset_path: "str | os.PathLike", plans: Plans, configur
     work_dir = Path(work_dir)
     jobs = _identifier_jobs(plans, configurations, work_dir)
     for job in jobs:
-        Path(job["folder"]).mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(job["folder"])
+        remove_stale_temporaries(job["folder"])  # before the completeness checks below
     wanted = list(cases) if cases is not None else list(dataset.case_ids)
     unknown = [c for c in wanted if c not in dataset.cases]
     if unknown:
@@ -202,6 +201,11 @@ def preprocess_dataset(dataset_path: "str | os.PathLike", plans: Plans, configur
     emit(progress, "stage", stage="preprocess",
          message=f"{len(tasks)} case(s) to preprocess for {', '.join(configurations)}"
                  + (f" ({skipped} already done)" if skipped else ""))
+    if tasks:  # the room the arrays will take, before minutes of work rather than at a full disk
+        from AutoSegLib.io.atomic import require_free_space
+        require_free_space(work_dir, _bytes_to_write(work_dir, plans, tasks), "the preprocessed data")
+    for job in jobs:
+        Path(job["folder"]).mkdir(parents=True, exist_ok=True)
     tracker = ProgressTracker(progress, "preprocess", len(tasks))
     workers = min(num_workers or default_num_workers(), max(1, len(tasks)))
     if num_workers is None and workers > 1:
@@ -244,9 +248,9 @@ def _workers_fitting_in_memory(work_dir: Path, plans: Plans, configurations: Seq
 
     from AutoSegLib.preprocessing.case import target_spacing
 
-    try:
-        cases = json.loads((Path(work_dir) / "fingerprint.json").read_text())["cases"]
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+    from AutoSegLib.io.jsonfile import read_json_or_none
+    cases = (read_json_or_none(Path(work_dir) / "fingerprint.json", expect=dict) or {}).get("cases")
+    if not isinstance(cases, list):
         return 1 << 30
     available = available_memory()
     if available is None:
@@ -262,6 +266,32 @@ def _workers_fitting_in_memory(work_dir: Path, plans: Plans, configurations: Seq
             largest = max(largest, voxels_in, cropped * float(np.prod(spacing / target)))
     per_case = BYTES_PER_VOXEL * plans.num_channels * largest + PROCESS_OVERHEAD
     return max(1, int(0.8 * available // per_case))
+
+
+def _bytes_to_write(work_dir: Path, plans: Plans, tasks: List[dict]) -> float:
+    """Bytes the preprocessed arrays of ``tasks`` will take (float32 image channels + int16 labels at each
+    job's target spacing), from the case shapes in ``work_dir/fingerprint.json``; 0 when unknown."""
+    import numpy as np
+
+    from AutoSegLib.io.jsonfile import read_json_or_none
+    from AutoSegLib.preprocessing.case import target_spacing
+
+    cases = (read_json_or_none(Path(work_dir) / "fingerprint.json", expect=dict) or {}).get("cases")
+    if not isinstance(cases, list):
+        return 0.0
+    by_id = {c.get("case_id"): c for c in cases if isinstance(c, dict)}
+    tf = list(plans.transpose_forward)
+    total = 0.0
+    for task in tasks:
+        case = by_id.get(task["case"])
+        if case is None:
+            continue
+        spacing = np.asarray(case["spacing"], float)[tf]
+        cropped = float(np.prod(case["shape_after_crop"], dtype=np.float64))
+        for job in task["jobs"]:
+            target = np.asarray(target_spacing(plans.configuration(job["configuration"]), spacing), float)
+            total += cropped * float(np.prod(spacing / target)) * (4 * plans.num_channels + 2)
+    return total
 
 
 def _start_method() -> str:
@@ -298,5 +328,11 @@ def _execute(tasks: List[dict], plans: Plans, workers: int, tracker: ProgressTra
     except BrokenProcessPool:
         raise AutoSegError(f"a preprocessing worker process died (out of memory?). Complete cases are kept; re-run "
                            f"with fewer workers (--workers {max(1, workers // 2)}).") from None
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM through the CLI) or failed: the workers stop now rather than finishing
+        # their cases; a case's files are written atomically, so a half-done case leaves nothing
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -79,10 +79,8 @@ def save_preprocessed_case(folder: "str | os.PathLike", case: str, data: np.ndar
 def read_case_properties(folder: "str | os.PathLike", case: str) -> Optional[dict]:
     """The case's properties, or None when it is not (completely) preprocessed."""
     json_path = case_paths(folder, case)[2]
-    try:
-        return json.loads(json_path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    from AutoSegLib.io.jsonfile import read_json_or_none
+    return read_json_or_none(json_path, expect=dict)
 
 
 def is_case_complete(folder: "str | os.PathLike", case: str, signature: Optional[str] = None,
@@ -141,14 +139,17 @@ def load_preprocessed_case(folder: "str | os.PathLike", case: str, mmap: bool = 
 
 
 def remove_stale_temporaries(folder: "str | os.PathLike") -> int:
-    """Delete temporary files an interrupted (killed) run left behind; returns how many."""
+    """Delete temporary files an interrupted (killed) run left behind; returns how many. A temporary file of
+    a run still going (its pid alive, `io.atomic.is_stale_temporary`) is kept: two runs may share a folder."""
+    from AutoSegLib.io.atomic import is_stale_temporary
     folder = Path(folder)
     n = 0
     if folder.is_dir():
         for p in folder.glob(".*.tmp-*"):
             try:
-                p.unlink()
-                n += 1
+                if is_stale_temporary(p):
+                    p.unlink()
+                    n += 1
             except OSError:
                 pass
     return n

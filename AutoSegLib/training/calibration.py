@@ -19,7 +19,6 @@ device, precision and thread count), so planning again costs nothing.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -298,12 +297,13 @@ def _sync(device) -> None:
 
 
 def _read_cache(path: Path) -> dict:
+    from AutoSegLib.io.jsonfile import JSONFileError, JSONFileMissing, read_json
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+        data = read_json(path)
+    except JSONFileMissing:
         return {}
-    except (OSError, ValueError) as exc:
-        log.warning("%s: calibration cache not readable (%s); measuring again", path, exc)
+    except JSONFileError as exc:
+        log.warning("%s; measuring again", exc)
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
         return {}

@@ -22,7 +22,6 @@ previous stage) share the predictions; ``preprocess --force`` with other setting
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,6 +30,7 @@ import numpy as np
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import atomic_path, write_json
+from AutoSegLib.io.jsonfile import read_json_or_none
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,7 @@ def check_previous_stage(work_dir: "str | Path", plans, configuration: str, case
 
 
 def _read_record(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return read_json_or_none(path, expect=dict)
 
 
 def _same_shape(folder: Path, data_folder: Path, case: str) -> bool:
@@ -218,9 +215,8 @@ def folds_validating(work_dir: Path, cases: Optional[Sequence[str]]) -> List[str
     every = [str(k) for k in range(NUM_FOLDS)]
     if cases is None:
         return every
-    try:
-        splits = json.loads((Path(work_dir) / "splits_final.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    splits = read_json_or_none(Path(work_dir) / "splits_final.json", expect=list)
+    if splits is None or not all(isinstance(s, dict) for s in splits):
         return every
     wanted = set(cases)
     folds = [str(k) for k, s in enumerate(splits) if wanted & set(s.get("val", []))]

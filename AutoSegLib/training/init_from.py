@@ -2,13 +2,13 @@
 that they fit (same labels, same architecture) with an error naming the difference."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 
 from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.jsonfile import read_json_or_none
 
 
 def _find_checkpoint(path: Path, configuration: str, fold) -> Path:
@@ -34,10 +34,7 @@ def _source_plans(path: Path) -> Tuple[Optional[Path], Optional[dict]]:
     for folder in (path, *path.parents[:4]):
         plans = folder / "plans.json"
         if plans.is_file():
-            try:
-                return plans, json.loads(plans.read_text())
-            except (OSError, json.JSONDecodeError):
-                return plans, None
+            return plans, read_json_or_none(plans, expect=dict)
     return None, None
 
 

@@ -35,7 +35,16 @@ def read_log(path: Path) -> List[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from AutoSegLib.io.jsonfile import JSONFileError, parse_json
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    entries = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                entries.append(parse_json(line, f"{path}: line {n}", "a training log entry", expect=dict))
+            except JSONFileError as exc:
+                raise JSONFileError(f"{exc} Delete the line (or the file) to go on.") from None
+    return entries
 
 
 def plot_progress(path: Path, entries: Sequence[dict], title: str = "") -> None:

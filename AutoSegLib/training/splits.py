@@ -7,7 +7,6 @@ case list. Fold "all" trains on every case and validates on none (pseudo-Dice on
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.jsonfile import read_json
 
 SPLIT_SEED = 12345
 N_FOLDS = 5
@@ -49,10 +49,7 @@ def load_or_create_splits(work_dir: "str | Path", cases: Sequence[str]) -> List[
         splits = make_splits(cases)
         write_json(path, splits)
         return splits
-    try:
-        splits = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}). Fix it or delete it to get a fresh 5-fold split.") from None
+    splits = read_json(path, "splits", hint="Fix it or delete it to get a fresh 5-fold split.")
     known = set(cases)
     problems = []
     if not isinstance(splits, list) or not splits:

@@ -21,8 +21,8 @@ from typing import Optional, Union
 
 import torch
 
-from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import write_json
+from AutoSegLib.errors import AutoSegError, WriteError
+from AutoSegLib.io.atomic import require_free_space, write_json
 from AutoSegLib.progress import ProgressCallback, emit
 from AutoSegLib.training.config import TrainingConfig
 from AutoSegLib.training import checkpoint as ckpt_mod
@@ -172,6 +172,10 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
             "num_input_channels": num_inputs, "num_outputs": layout.num_outputs,
             "labels": dict(plans.labels), "fold": str(fold), "format_version": ckpt_mod.FORMAT_VERSION}
     if info.is_main:
+        # room for the checkpoints and the validation outputs, before hours of training, not at their end
+        needed = _bytes_to_write(net, data_folder, val_cases if config.validate_at_end else (), layout.num_outputs,
+                                 plans.num_channels)
+        require_free_space(fold_dir, needed, "this training's checkpoints")
         fold_dir.mkdir(parents=True, exist_ok=True)
         ckpt_mod.cleanup_temporaries(fold_dir)
         write_json(fold_dir / "training_config.json", {**config.to_dict(), "resolved": {
@@ -190,6 +194,8 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     state["elapsed_s"] = float(state["elapsed_s"]) + (time.monotonic() - t_start)  # setup counts against a budget
     try:
         runner.run(fold_dir, base)
+    except WriteError as exc:  # a full disk mid-training: say what is left and how to go on
+        raise WriteError(f"{exc} {_how_to_go_on(fold_dir, state)}") from exc
     finally:
         runner.close()
     if info.is_main:
@@ -208,6 +214,30 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     dist_mod.barrier(info)
     dist_mod.shutdown(info)
     return fold_dir
+
+
+def _how_to_go_on(fold_dir: Path, state: dict) -> str:
+    """After a failed checkpoint write: which checkpoint a --resume would continue from, if any."""
+    kept = [n for n in ckpt_mod.RESUMABLE if (fold_dir / n).is_file()]
+    if kept:
+        return (f"Training stopped after {int(state['epoch'])} completed epoch(s); {kept[0]} from before is "
+                f"intact: free some space and run the same command with --resume to continue from it.")
+    return (f"Training stopped after {int(state['epoch'])} completed epoch(s), before any checkpoint was saved: "
+            f"free some space and run the same command again (it starts anew).")
+
+
+def _bytes_to_write(net, data_folder, val_cases, num_outputs: int, num_inputs: int) -> float:
+    """Bytes a training writes at most at one time: checkpoint_latest and _best (weights + SGD momentum,
+    each beside its previous copy while it is replaced), checkpoint_final, and the validation probabilities
+    (float32 per output channel, about the size of the preprocessed image per input channel)."""
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    validation = 0.0
+    for case in val_cases:
+        try:
+            validation += (Path(data_folder) / f"{case}.npy").stat().st_size * num_outputs / max(1, num_inputs)
+        except OSError:
+            pass
+    return 2 * 2 * 2 * weights + weights + validation
 
 
 def _load_init(source, net, configuration, fold, labels, plan):

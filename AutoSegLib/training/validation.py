@@ -17,7 +17,6 @@ found through ``dataset_path`` in the work folder's dataset.json).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from AutoSegLib.io.atomic import atomic_path, write_json
+from AutoSegLib.io.jsonfile import read_json_or_none
 from AutoSegLib.io.labels import LabelLayout
 from AutoSegLib.progress import ProgressCallback, ProgressTracker
 from AutoSegLib.device import Execution
@@ -64,9 +64,8 @@ def _nanmean(values: Sequence[float]) -> Optional[float]:
 
 
 def _raw_label_path(work_dir: Path, case: str) -> Optional[Path]:
-    try:
-        ds = json.loads((work_dir / "dataset.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    ds = read_json_or_none(work_dir / "dataset.json", expect=dict)
+    if ds is None:
         return None
     root = ds.get("dataset_path")
     ending = ds.get("file_ending", ".nii.gz")
@@ -113,10 +112,7 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
     previous_folder = cascade.previous_stage_folder(work_dir, plans, configuration) if plan.previous_stage else None
     raw_images = _raw_images(work_dir) if cascade.next_stages(plans, configuration) else None
     ending = plans.file_ending
-    try:
-        ending = json.loads((work_dir / "dataset.json").read_text()).get("file_ending", ending)
-    except (OSError, json.JSONDecodeError):
-        pass
+    ending = (read_json_or_none(work_dir / "dataset.json", expect=dict) or {}).get("file_ending", ending)
     net.deep_supervision = False
     net.eval()
     mirror_axes = tuple(range(len(plan.patch_size))) if mirror else ()

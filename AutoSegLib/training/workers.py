@@ -103,7 +103,10 @@ def _seed(seed: int, worker: int, stream: int) -> Tuple[np.random.Generator, int
     return np.random.default_rng(ss), int(ss.generate_state(1)[0])
 
 
-def _worker_main(spec: BatchSpec, seed: int, worker: int, stream: int, out: "mp.Queue", stop) -> None:
+def _worker_main(spec: BatchSpec, seed: int, worker: int, stream: int, out: "mp.Queue", stop,
+                 parent_pid: "int | None" = None) -> None:
+    from AutoSegLib.processes import die_with_parent
+    die_with_parent(parent_pid)  # a training killed with SIGKILL leaves no worker producing batches
     try:
         rng, legacy = _seed(seed, worker, stream)
         np.random.seed(legacy)  # batchgenerators draws from numpy's global generator
@@ -158,7 +161,7 @@ class BatchStream:
                 os.environ[k] = "1"
             for w in range(self.num_workers):
                 q = ctx.Queue(maxsize=queue_size)
-                p = ctx.Process(target=_worker_main, args=(spec, seed, w, stream, q, self._stop),
+                p = ctx.Process(target=_worker_main, args=(spec, seed, w, stream, q, self._stop, os.getpid()),
                                 daemon=True, name=f"autoseg-augment-{w}")
                 p.start()
                 self._procs.append(p)

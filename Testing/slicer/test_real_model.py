@@ -11,8 +11,10 @@ from autoseg_harness import REPO
 from AutoSegSlicer import conversion, export, segmentation
 from AutoSegSlicer.logic import PredictOptions
 
-REF = REPO.parent / "shared" / "reference" / "nnunet_models"
-MODEL_SRC = REF / "Dataset900_Synth" / "nnUNetTrainerCPUBench__nnUNetPlans__2d"
+# reference models trained by nnunetv2 and its predictions, in the repository (make_reference_models.py)
+REF = REPO / "Testing" / "lib" / "models" / "data" / "nnunet_ref"
+TRAINER = "nnUNetTrainerTiny"
+MODEL_SRC = REF / "Dataset900_Synth" / f"{TRAINER}__nnUNetPlans__2d"
 INPUT = REF / "inputs" / "test_000_0000.nii.gz"
 
 pytestmark = [
@@ -38,7 +40,7 @@ def installed_models(tmp_path_factory):
             models_dir = tmp_path_factory.mktemp(f"models_{configuration}")
             logic = AutoSegLogic(scene=None, models_dir=models_dir, python_executable=sys.executable,
                                  pythonpath=str(REPO))
-            logic.add_model(MODEL_SRC.parent / f"nnUNetTrainerCPUBench__nnUNetPlans__{configuration}", timeout=300)
+            logic.add_model(MODEL_SRC.parent / f"{TRAINER}__nnUNetPlans__{configuration}", timeout=300)
             done[configuration] = models_dir
         return done[configuration]
 
@@ -77,7 +79,9 @@ def test_add_model_then_segment_matches_the_reference_prediction(installed_model
     agreement = float((ours == reference).mean())
     for value in (1, 2):
         a, b = ours == value, reference == value
-        dice = 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+        if not a.any() and not b.any():  # the 2-epoch model never predicts this label: both agree it is absent
+            continue
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
         print(f"label {value}: Dice {dice:.4f} against the reference prediction")
         assert dice > min_dice, f"label {value}: Dice {dice:.4f} against the reference prediction"
     print(f"voxel agreement with the reference prediction: {agreement:.5f}")

@@ -156,24 +156,51 @@ def test_runtime_matches_torch_on_the_nnunet_fixture_models(tiny_nnunet, runtime
     assert_equivalent(ref, got, (1, 2), f"cascade {runtime} tta={tta}")
 
 
+# Found with the trained fixture (lead: please look): OpenVINO's probabilities on the oblique anisotropic case
+# test_001 differ from torch by up to 2.5e-3 (labels identical; ONNX Runtime 2.4e-4; the export check on its
+# probe input measured 1.1e-5). Strict: the mark must go when that is fixed.
+_OPENVINO_3D = pytest.mark.xfail(reason="OpenVINO differs from torch by 2.5e-3 in probabilities on test_001",
+                                 strict=True)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("configuration, mode", [("3d_fullres", "notta"), ("2d", "tta")])
+def test_runtime_matches_torch_on_the_trained_reference_models(nnunet_reference, tmp_path, runtime, configuration,
+                                                               mode, request):
+    if runtime == "openvino" and configuration == "3d_fullres":
+        request.applymarker(_OPENVINO_3D)
+    _runtime_matches_torch(nnunet_reference.root, nnunet_reference.model(configuration), tmp_path, runtime,
+                           configuration, mode)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("configuration, mode", [("3d_fullres", "notta"), ("3d_fullres", "tta"), ("2d", "tta")])
 def test_runtime_matches_torch_on_the_shared_reference_models(shared_dir, tmp_path, runtime, configuration, mode):
-    from AutoSegLib.io.images import read_case
-    from AutoSegLib.models.install import import_models
-    from AutoSegLib.models.folder import load_model
     root = shared_dir / "reference" / "nnunet_models"
     if not root.is_dir():
         pytest.skip("shared reference models not found")
-    src = root / "Dataset900_Synth" / f"nnUNetTrainerCPUBench__nnUNetPlans__{configuration}"
+    _runtime_matches_torch(root, root / "Dataset900_Synth" / f"nnUNetTrainerCPUBench__nnUNetPlans__{configuration}",
+                           tmp_path, runtime, configuration, mode)
+
+
+def _runtime_matches_torch(root, src, tmp_path, runtime, configuration, mode):
+    from AutoSegLib.io.images import read_case
+    from AutoSegLib.models.install import import_models
+    from AutoSegLib.models.folder import load_model
+    import torch
     model = load_model(import_models([src], tmp_path / "models"))
-    for case in sorted(p.name[:-len("_0000.nii.gz")] for p in (root / "inputs").glob("*_0000.nii.gz")):
-        images, geometry = read_case([root / "inputs" / f"{case}_0000.nii.gz"])
-        kw = dict(tta=(mode == "tta"), device="cpu", return_probabilities=True)
-        assert_equivalent(predict_arrays(model, images, geometry, **kw),
-                          predict_arrays(model, images, geometry, runtime=runtime, **kw), (1, 2),
-                          f"{configuration} {mode} {case} {runtime}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small networks on a busy machine: many times slower with threads waiting on each other
+    try:
+        for case in sorted(p.name[:-len("_0000.nii.gz")] for p in (root / "inputs").glob("*_0000.nii.gz")):
+            images, geometry = read_case([root / "inputs" / f"{case}_0000.nii.gz"])
+            kw = dict(tta=(mode == "tta"), device="cpu", return_probabilities=True)
+            assert_equivalent(predict_arrays(model, images, geometry, **kw),
+                              predict_arrays(model, images, geometry, runtime=runtime, **kw), (1, 2),
+                              f"{configuration} {mode} {case} {runtime}")
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------- export and refusals

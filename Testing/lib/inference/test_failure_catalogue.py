@@ -99,6 +99,28 @@ def c06_malformed_regions_class_order(root, model):
     return ["verify", ds, "--workers", "1"], [str(ds / "dataset.json"), "'regions_class_order' must be a list"]
 
 
+def c06_zero_voxel_size_nifti(root, model):
+    import struct
+    inp = _scans(root / "in", ["a_0000.nii"])
+    p = inp / "a_0000.nii"
+    data = bytearray(p.read_bytes())
+    data[80:84] = struct.pack("<f", 0.0)  # pixdim[1]: read as 1 mm by the image reader, without a word
+    p.write_bytes(bytes(data))
+    return ["predict", "-m", model, "-i", inp, "-o", root / "out"], [str(p), "voxel size (pixdim)"]
+
+
+def c06_deeply_nested_model_json(root, model):
+    (model / "plans.json").write_text('{"a": ' * 100000 + "1" + "}" * 100000)
+    inp = _scans(root / "in", ["a_0000.nii.gz"])
+    return ["predict", "-m", model, "-i", inp, "-o", root / "out"], [str(model / "plans.json"),
+                                                                     "nested more than 64 levels deep"]
+
+
+def c06_model_json_not_utf8(root, model):
+    (model / "dataset.json").write_bytes(b'{"name": "\xe9t\xe9"}')  # Latin-1, not UTF-8
+    return ["import-model", model, "--models-dir", root / "models"], [str(model / "dataset.json"), "not UTF-8"]
+
+
 def c07_decompression_bomb(root, model):
     bomb = root / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -161,6 +183,48 @@ def c11_plan_into_unwritable_place(root, model):
     return ["plan", ds, "-o", root / "blocker" / "work"], [str(root / "blocker" / "work"), "cannot write there"]
 
 
+def c11_export_where_a_file_stands(root, model):
+    (root / "blocker").write_text("a file")
+    return ["export-model", model, "-o", root / "blocker" / "m.zip"], [str(root / "blocker"),
+                                                                       "a file stands where a folder"]
+
+
+def c11_import_where_a_file_stands(root, model):
+    (root / "blocker").write_text("a file")
+    return ["import-model", model, "--models-dir", root / "blocker" / "models"], [str(root / "blocker"),
+                                                                                  "a file stands where a folder"]
+
+
+_NO_ROOM = {"AutoSegLib.io.atomic.free_bytes": lambda folder: 0}  # the file system reports no room left
+
+
+def c11_export_disk_full(root, model):
+    return ["export-model", model, "-o", root / "m.zip"], [str(root), "not enough free space for the archive m.zip"], \
+        _NO_ROOM
+
+
+def _planned(root, configuration="3d_fullres"):
+    ds = _dataset(root)
+    work = root / "work"
+    assert main(["plan-and-preprocess", str(ds), "-o", str(work), "-c", configuration, "--workers", "1"]) == 0
+    return ds, work
+
+
+def c11_preprocess_disk_full(root, model):
+    ds, work = _planned(root)
+    import shutil
+    shutil.rmtree(work / "preprocessed")
+    return ["preprocess", work, "-c", "3d_fullres", "--workers", "1"], [str(work), "not enough free space for the "
+                                                                         "preprocessed data"], _NO_ROOM
+
+
+def c11_train_disk_full(root, model):
+    ds, work = _planned(root)
+    return ["train", work, "3d_fullres", "all", "--epochs", "1", "--iterations-per-epoch", "1", "--workers", "0"], \
+        [str(work / "trained" / "3d_fullres" / "fold_all"), "not enough free space for this training's checkpoints"], \
+        _NO_ROOM
+
+
 CLASSES = [v for k, v in sorted(globals().items()) if k.startswith("c") and k[1:3].isdigit()]
 
 
@@ -169,11 +233,13 @@ def _snapshot(root):
 
 
 @pytest.mark.parametrize("case", CLASSES, ids=lambda f: f.__name__)
-def test_catalogue(case, tiny_model, tmp_path, capsys):
+def test_catalogue(case, tiny_model, tmp_path, capsys, monkeypatch):
     model = tiny_model().path
     root = tmp_path / "case"
     root.mkdir()
-    argv, words = case(root, model)
+    argv, words, *patches = case(root, model)
+    for target, value in (patches[0] if patches else {}).items():
+        monkeypatch.setattr(target, value)
     before = {**_snapshot(root), **_snapshot(model)}
     capsys.readouterr()
     rc = main([str(a) for a in argv])

@@ -88,4 +88,4 @@ def test_deeply_nested_dataset_json_is_a_message(ds, capsys):
     (ds / "dataset.json").write_text("[" * 100000 + "]" * 100000)
     assert main(["verify", str(ds), "--workers", "1"]) == 2
     err = capsys.readouterr().err
-    assert f"{ds / 'dataset.json'}: nested too deeply" in err and "Traceback" not in err
+    assert f"{ds / 'dataset.json'}: nested more than 64 levels deep" in err and "Traceback" not in err

@@ -40,7 +40,7 @@ def test_inference_instructions_choose_the_default(tmp_path):
     (folder / "inference.json").write_text(json.dumps({"schema_version": 1, "configurations": ["2d"],
                                                        "postprocessing": []}))
     model = load_model(folder)
-    assert model.inference is not None
+    assert model.inference["configurations"] == ["2d"] and model.inference["postprocessing"] == []
     assert tuple(model.default_configurations()) == ("2d",)
 
 
@@ -90,11 +90,8 @@ def test_cascade_inputs_count_foreground_label_values():
     assert cascade_label_values(regions) == (1, 2)
 
 
-def test_nnunet_results_folder_is_delegated(shared_dir):
-    folder = shared_dir / "reference/nnunet_models/Dataset900_Synth/nnUNetTrainerCPUBench__nnUNetPlans__3d_fullres"
-    if not folder.is_dir() or importlib.util.find_spec("AutoSegLib.models.nnunet") is None:
-        pytest.skip("no reference fixture model or no nnU-Net import module")
-    model = load_model(folder)
+def test_nnunet_results_folder_is_delegated(nnunet_reference):
+    model = load_model(nnunet_reference.model("3d_fullres"))
     assert model.source == "nnunet" and "3d_fullres" in model.configurations
 
 

@@ -36,7 +36,26 @@ def _edit_plans(folder: Path, edit):
     (folder / "plans.json").write_text(json.dumps(plans))
 
 
-def test_reference_fixture_models_convert(shared_dir):
+def test_trained_reference_models_convert(nnunet_reference):
+    model = load_nnunet_results_folder(nnunet_reference.dataset)
+    assert model.source == "nnunet" and set(model.configurations) == {"2d", "3d_fullres"}
+    full = model.plans.configurations["3d_fullres"]
+    # numbers read off the reference's plans.json by hand (make_reference_models.py shrank the network)
+    assert full.patch_size == (16, 32, 32) and full.spacing == pytest.approx((2.95, 0.9, 0.9), abs=1e-6)
+    assert full.normalization == ("zscore",) and full.use_mask_for_norm == (False,)
+    assert full.network.architecture == "plain_unet" and full.network.features_per_stage == (4, 8, 16)
+    assert full.network.strides == ((1, 1, 1), (1, 2, 2), (2, 2, 2))
+    assert model.plans.configurations["2d"].patch_size == (32, 32)
+    assert model.configurations["3d_fullres"].mirror_axes == (0, 1, 2)
+    assert model.configurations["2d"].mirror_axes == (0, 1)
+    assert model.label_layout.num_outputs == 3
+    assert abs(model.plans.intensity_properties["0"]["mean"] - 320.54449462890625) < 1e-9
+    one = load_model(nnunet_reference.model("2d"))
+    assert set(one.configurations) == {"2d"}
+
+
+@pytest.mark.slow
+def test_shared_reference_models_convert(shared_dir):
     root = shared_dir / "reference" / "nnunet_models" / "Dataset900_Synth"
     if not root.is_dir():
         pytest.skip("reference nnU-Net models not found")
@@ -57,18 +76,27 @@ def test_reference_fixture_models_convert(shared_dir):
     assert set(one.configurations) == {"2d"}
 
 
-def test_weights_map_onto_our_network_exactly(shared_dir):
+@pytest.mark.parametrize("source", ["repository", pytest.param("shared", marks=pytest.mark.slow)])
+def test_weights_map_onto_our_network_exactly(source, nnunet_reference, request):
     from AutoSegLib.models.safe_load import load_checkpoint
     from AutoSegLib.network.unet import build_network
 
-    folder = shared_dir / "reference" / "nnunet_models" / "Dataset900_Synth" / "nnUNetTrainerCPUBench__nnUNetPlans__3d_fullres"
-    if not folder.is_dir():
-        pytest.skip("reference nnU-Net models not found")
+    if source == "repository":
+        # by hand: 3 encoder stages x 2 convs x (conv weight, bias, norm weight, bias) = 24, 2 decoder stages
+        # x 2 convs x 4 = 16, 2 transposed convs x 2 = 4, 2 segmentation heads x 2 = 4
+        folder, counts = nnunet_reference.model("3d_fullres"), (None, 48)
+    else:
+        shared_dir = request.getfixturevalue("shared_dir")
+        folder = shared_dir / "reference" / "nnunet_models" / "Dataset900_Synth" / "nnUNetTrainerCPUBench__nnUNetPlans__3d_fullres"
+        if not folder.is_dir():
+            pytest.skip("reference nnU-Net models not found")
+        counts = (188, 68)
     model = load_nnunet_results_folder(folder)
     conf = model.configurations["3d_fullres"]
     sd = conf.folds["0"].state_dict()
     raw = load_checkpoint(conf.folds["0"].path)["network_weights"]
-    assert len(raw) == 188 and len(sd) == 68  # the aliases (all_modules, decoder.encoder) dropped
+    assert len(sd) == counts[1] and (counts[0] is None or len(raw) == counts[0])
+    assert len(raw) > len(sd)  # the aliases (all_modules, decoder.encoder) dropped
     net = build_network(model.plans.configurations["3d_fullres"].network, 1, 3, deep_supervision=False)
     net.load_state_dict(sd, strict=True)
     for key, value in sd.items():

@@ -121,14 +121,22 @@ def test_missing_truncated_and_non_dict_files(tmp_path):
         load_checkpoint(tensor_only)
 
 
-def test_reference_checkpoints_load(shared_dir):
-    root = shared_dir / "reference" / "nnunet_models" / "Dataset900_Synth"
+@pytest.mark.parametrize("source", ["repository", pytest.param("shared", marks=pytest.mark.slow)])
+def test_reference_checkpoints_load(source, nnunet_reference, request):
+    """Checkpoints written by the reference's own trainer (optimizer state, numpy scalars in the log, the
+    trainer's init arguments) load tensors-only."""
+    if source == "repository":
+        root, trainer = nnunet_reference.dataset, nnunet_reference.trainer
+    else:
+        root, trainer = request.getfixturevalue("shared_dir") / "reference" / "nnunet_models" / "Dataset900_Synth", \
+            "nnUNetTrainerCPUBench"
     paths = sorted(root.glob("*/fold_0/checkpoint_final.pth"))
     if not paths:
         pytest.skip("reference nnU-Net checkpoints not found")
+    assert len(paths) == 2
     for path in paths:
         ck = load_checkpoint(path)
-        assert ck["trainer_name"] == "nnUNetTrainerCPUBench"
+        assert ck["trainer_name"] == trainer and ck["current_epoch"] >= 2
         ndim = 3 if "3d" in path.parent.parent.name else 2
         assert tuple(ck["inference_allowed_mirroring_axes"]) == tuple(range(ndim))
         weights = ck["network_weights"]

@@ -38,10 +38,21 @@ DATASETS = {"LA2018_1p25mm": "data/LA2018_1p25mm", "BraTS2015_4cases": "data/Bra
 
 
 
+REPOSITORY_DATASET = Path(__file__).resolve().parents[1] / "models" / "data" / "nnunet_ref"
+
+
+def test_repository_dataset_plans_like_the_reference(tmp_path, compare_plans):
+    """In every checkout: the 8 synthetic anisotropic cases the repository's reference models were trained on,
+    and the fingerprint and plans the reference made of them (make_reference_models.py)."""
+    _check_plans(REPOSITORY_DATASET / "raw", REPOSITORY_DATASET / "reference_plans", tmp_path, compare_plans)
+
+
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_shared_datasets_plan_like_the_reference(name, shared_dir, tmp_path, compare_plans):
-    raw = shared_dir / DATASETS[name]
-    ref_dir = shared_dir / "reference" / name
+    _check_plans(shared_dir / DATASETS[name], shared_dir / "reference" / name, tmp_path, compare_plans)
+
+
+def _check_plans(raw, ref_dir, tmp_path, compare_plans):
     fp = extract_fingerprint(raw, num_workers=2)
     ref_fp = json.loads((ref_dir / "dataset_fingerprint.json").read_text())
     ours = fp.to_reference_dict()

@@ -68,3 +68,26 @@ def test_preprocess_case_equals_reference(shared_dir, tmp_path, name, raw, n):
         assert np.abs(data - ref_data).max() < 1e-3, c.case_id
         assert (seg == ref_seg).mean() > 0.999, c.case_id
         assert props["bbox_used_for_cropping"] == json.loads((tmp_path / f"p_{i}.json").read_text())["bbox"]
+
+
+def test_preprocess_case_equals_the_shipped_reference_output(tmp_path):
+    """In every checkout: one case of the repository's reference dataset against what the reference's
+    DefaultPreprocessor made of it with the same plans (make_reference_models.py)."""
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.images import read_case, read_image
+    from AutoSegLib.models.nnunet_plans import convert_plans
+    from AutoSegLib.preprocessing.case import preprocess_case
+
+    root = REPO / "Testing" / "lib" / "models" / "data" / "nnunet_ref"
+    model = root / "Dataset900_Synth" / "nnUNetTrainerTiny__nnUNetPlans__3d_fullres"
+    dataset = load_dataset(root / "raw")
+    plans = convert_plans(json.loads((model / "plans.json").read_text()), dataset.raw_json, ["3d_fullres"])
+    case = dataset.cases["synth_000"]
+    image, geometry = read_case(case.images)
+    label, _ = read_image(case.label)
+    data, seg, props = preprocess_case(image, geometry, plans, "3d_fullres", label)
+    ref = np.load(root / "preprocessed" / "synth_000.npz")
+    assert data.shape == ref["data"].shape
+    assert np.abs(data - ref["data"]).max() < 1e-3
+    assert (seg == ref["seg"]).mean() > 0.999
+    assert props["bbox_used_for_cropping"] == ref["bbox"].tolist()

@@ -81,3 +81,48 @@ def tiny_work_dir(tmp_path):
     def make(**kwargs):
         return make_work_dir(tmp_path / f"w{len(list(tmp_path.iterdir()))}", **kwargs)
     return make
+
+
+@pytest.fixture
+def check_validation_dice():
+    """``check_validation_dice(fold_dir, regions, ignore_value=None)``: see `_check_validation_dice`."""
+    return _check_validation_dice
+
+
+def _check_validation_dice(fold_dir: Path, regions: dict, ignore_value=None) -> dict:
+    """Recompute, by hand, the Dice of every validation case in ``fold_dir/validation/summary.json`` from the
+    label map written there and the raw reference it names, and compare with the recorded values.
+
+    ``regions``: name -> tuple of label values counted as that label/region; ``ignore_value``: reference
+    voxels with that value count for nothing. Returns the summary. Dice is NaN when both masks are empty."""
+    import math
+
+    import numpy as np
+
+    from AutoSegLib.io.images import read_image
+
+    summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
+    assert summary["cases"], "no validation case"
+    per_name = {n: [] for n in regions}
+    for case, entry in summary["cases"].items():
+        pred = read_image(fold_dir / "validation" / entry["prediction"])[0]
+        ref = read_image(entry["reference"])[0]
+        assert pred.shape == ref.shape, case
+        valid = np.ones(ref.shape, bool) if ignore_value is None else ref != ignore_value
+        assert set(entry["dice"]) == set(regions), case
+        for name, values in regions.items():
+            p, g = np.isin(pred, values) & valid, np.isin(ref, values) & valid
+            denom = int(p.sum() + g.sum())
+            expected = 2 * int((p & g).sum()) / denom if denom else float("nan")
+            got = entry["dice"][name]
+            assert (math.isnan(expected) and math.isnan(got)) or abs(got - expected) < 1e-9, (case, name, got, expected)
+            assert math.isnan(got) or 0.0 <= got <= 1.0
+            per_name[name].append(expected)
+    for name, values in per_name.items():
+        finite = [v for v in values if not math.isnan(v)]
+        mean = summary["mean_dice"][name]
+        if finite:
+            assert abs(mean - sum(finite) / len(finite)) < 1e-9, (name, mean)
+        else:
+            assert mean is None or math.isnan(mean), (name, mean)
+    return summary

@@ -51,7 +51,9 @@ def test_cli_train_progress_json_and_errors(tmp_path, make_work):
     events = [json.loads(line) for line in res.stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert "epoch" in kinds and kinds[-1] == "result"
-    assert events[-1]["mean_foreground_dice"] is not None
+    summary = json.loads((work / "trained" / "3d_fullres" / "fold_1" / "validation" / "summary.json").read_text())
+    assert events[-1]["mean_foreground_dice"] == summary["mean_foreground_dice"]
+    assert 0.0 <= events[-1]["mean_foreground_dice"] <= 1.0
     # the same command again: refused, nothing overwritten, exit status 2 without a traceback
     before = (work / "trained" / "3d_fullres" / "fold_1" / "checkpoint_final.pt").read_bytes()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -69,12 +69,11 @@ def test_two_epochs_lower_the_loss_and_beat_chance(work):
     assert len(latest["loop_state"]["log"]) == 2
 
 
-def test_2d_configuration_trains(tmp_path, make_work):
+def test_2d_configuration_trains(tmp_path, make_work, check_validation_dice):
     work = make_work(tmp_path, ndim=2, n_cases=4)
     cfg = FAST.replace(epochs=1, iterations_per_epoch=4, val_iterations=1)
     out = train_fold(work, "2d", 1, cfg)
-    summary = json.loads((out / "validation" / "summary.json").read_text())
-    assert summary["cases"] and all(c["dice"] is not None for c in summary["cases"].values())
+    check_validation_dice(out, {"organ": (1,), "lesion": (2,)})
 
 
 _KILL_SCRIPT = """
@@ -265,3 +264,49 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(work):
     assert any("no loadable checkpoint to resume from; starting a new training" in e.get("message", "")
                for e in events)
     assert torch.load(latest, weights_only=True)["epoch"] == 1
+
+
+def test_full_disk_during_training_says_so_and_how_to_go_on(work, monkeypatch):
+    """A checkpoint write on a full disk stops training with "the disk is full" (not torch's
+    inline_container text), names the checkpoint, and says how to go on: --resume from the intact previous
+    checkpoint, or (nothing saved yet, the first epoch) run again. Resuming then finishes the training."""
+    import errno
+
+    from AutoSegLib.errors import WriteError
+    from AutoSegLib.io.atomic import atomic_path
+    from AutoSegLib.training import checkpoint as ckpt_mod
+
+    real = ckpt_mod.save_checkpoint
+    cfg = FAST.replace(epochs=2, iterations_per_epoch=2, val_iterations=1, validate_at_end=False)
+
+    def full_disk_after(n_ok):
+        calls = []
+
+        def save(path, payload):
+            calls.append(path)
+            if len(calls) <= n_ok:
+                return real(path, payload)
+            with atomic_path(path) as tmp:  # the writer fails as on a full disk
+                tmp.write_bytes(b"x")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        return save
+
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", full_disk_after(0))
+    with pytest.raises(WriteError) as err:
+        train_fold(work, "3d_fullres", 0, cfg)
+    fold = work / "trained" / "3d_fullres" / "fold_0"
+    text = str(err.value)
+    assert f"{fold / 'checkpoint_best.pt'}: could not be written: the disk is full" in text
+    assert "after 1 completed epoch(s), before any checkpoint was saved" in text and "inline_container" not in text
+    assert not list(fold.glob("*.pt")) and not list(fold.glob(".*tmp*"))
+
+    shutil.rmtree(fold)
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", full_disk_after(2))  # epoch 1's best + latest fit
+    with pytest.raises(WriteError) as err:
+        train_fold(work, "3d_fullres", 0, cfg)
+    assert "the disk is full" in str(err.value) and "after 2 completed epoch(s); checkpoint_latest.pt from before is intact" in \
+        str(err.value) and "--resume" in str(err.value)
+    assert torch.load(fold / "checkpoint_latest.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", real)  # room again
+    train_fold(work, "3d_fullres", 0, cfg, resume=True)
+    assert torch.load(fold / "checkpoint_final.pt", weights_only=True)["epoch"] == 2
