@@ -74,25 +74,6 @@ def network_key(model, configuration: str, runtime: str, threads: Optional[int])
             f"{hashlib.sha256(net.encode()).hexdigest()[:16]}")
 
 
-def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    return dict(data.get("entries") or {})
-
-
-def _write(path: Path, entries: dict) -> None:
-    from AutoSegLib.io.atomic import write_json
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"version": CACHE_VERSION, "entries": entries})
-    except OSError as exc:
-        log.warning("%s: could not cache the prediction calibration (%s)", path, exc)
-
-
 def measure(model, configuration: str, runtime: str, progress=None) -> dict:
     """The calibration for this machine, model configuration and runtime (cached; measured once in a child
     process, a few seconds)."""
@@ -101,7 +82,8 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
 
     threads = threads_setting()
     path = cache_path()
-    entries = _read(path)
+    from AutoSegLib.io.cache import read_entries, write_entries
+    entries = read_entries(path, CACHE_VERSION)
     key_net, key_pipe = network_key(model, configuration, runtime, threads), f"{machine_key()} | pipeline"
     exported = runtime not in COMPILED or all(export_status(fw) == "ok"
                                               for fw in model.configurations[configuration].folds.values())
@@ -132,7 +114,7 @@ def measure(model, configuration: str, runtime: str, progress=None) -> dict:
     if "voxel_seconds" in result:
         entries[key_pipe] = {k: result[k] for k in ("resample_seconds_per_voxel", "voxel_seconds",
                                                      "class_voxel_seconds")}
-    _write(path, entries)
+    write_entries(path, CACHE_VERSION, entries, "prediction calibration")
     return {**entries[key_pipe], **entries[key_net]}
 
 
@@ -150,7 +132,8 @@ def _network(spec: str):
     """(topology, patch size, input channels, outputs, trained precision) from `network_spec`'s JSON."""
     from AutoSegLib.network.topology import NetworkTopology
 
-    d = json.loads(spec)
+    from AutoSegLib.io.jsonfile import parse_json
+    d = parse_json(spec, "the calibration child's arguments", expect=dict)
     t = d["network"]
     topology = NetworkTopology(**{k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
                                       if isinstance(v, list) else v) for k, v in t.items()})
@@ -329,7 +312,8 @@ def _run_child(args) -> dict:
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"measuring prediction speed failed: {done.stderr.strip()[-500:]}")
-    return json.loads(lines[-1])
+    from AutoSegLib.io.jsonfile import parse_json
+    return parse_json(lines[-1], "the calibration child's output", expect=dict)
 
 
 def main(argv=None) -> int:

@@ -190,7 +190,8 @@ def calibrate(device: str = "cpu", precision: str = "auto", cache_path: "str | o
     threads = int(threads or default_threads)
     path = Path(cache_path) if cache_path is not None else default_cache_path()
     key = cache_key(str(dev), resolved, threads)
-    cache = _read_cache(path)
+    from AutoSegLib.io.cache import read_entries, write_entries
+    cache = read_entries(path, CACHE_VERSION)
     if not force and key in cache:
         try:
             return Calibration.from_dict(cache[key])
@@ -217,7 +218,7 @@ def calibrate(device: str = "cpu", precision: str = "auto", cache_path: "str | o
         "calibration: " + ", ".join(f"{6 * m / s / 1e9:.0f} GFLOP/s at {m / 1e9:.0f} GMAC" for m, s in
                                     zip(macs, seconds)) + f"; augmentation {per_voxel * 1e9:.1f} ns/voxel"))
     cache[key] = cal.to_dict()
-    _write_cache(path, cache)
+    write_entries(path, CACHE_VERSION, cache, "training calibration")
     return cal
 
 
@@ -294,27 +295,3 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def _read_cache(path: Path) -> dict:
-    from AutoSegLib.io.jsonfile import JSONFileError, JSONFileMissing, read_json
-    try:
-        data = read_json(path)
-    except JSONFileMissing:
-        return {}
-    except JSONFileError as exc:
-        log.warning("%s; measuring again", exc)
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
-        return {}
-    return dict(data["entries"])
-
-
-def _write_cache(path: Path, entries: dict) -> None:
-    from AutoSegLib.io.atomic import write_json
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"version": CACHE_VERSION, "entries": entries})
-    except OSError as exc:
-        log.warning("%s: could not cache the calibration (%s); it will be measured again next time", path, exc)
-
