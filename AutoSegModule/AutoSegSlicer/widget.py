@@ -511,9 +511,10 @@ class AutoSegPanel(VTKObservationMixin):
         return self.ui.outputSegmentationSelector.currentNode()
 
     # -- dependencies ------------------------------------------------------------------------
-    def ensureDependencies(self) -> bool:
-        """True when torch and the other packages are there (installed after asking). Installer failures
-        (declined, offline, pip errors) propagate to the calling slot, whose guard shows them."""
+    def ensureDependencies(self, training: bool = False) -> bool:
+        """True when what segmenting needs (with ``training``: also torch and the training packages) is there,
+        installed after asking. Installer failures (declined, offline, pip errors) propagate to the calling
+        slot, whose guard shows them."""
         try:
             import PyTorchUtils
             torch_logic = PyTorchUtils.PyTorchUtilsLogic()
@@ -532,4 +533,4 @@ class AutoSegPanel(VTKObservationMixin):
         return dependencies.ensure_dependencies(
             confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="AutoSeg"),
             pip_install=pip_install, torch_logic=torch_logic,
-            pip_ensure=getattr(packaging, "pip_ensure", None))
+            pip_ensure=getattr(packaging, "pip_ensure", None), training=training)
