@@ -9,6 +9,8 @@ staged (`batch.BatchLogic.stage`), in Slicer's process, before the child starts.
 """
 from __future__ import annotations
 
+import contextlib
+import locale
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -58,6 +60,11 @@ def sorted_series(files: Sequence[str]) -> List[str]:
     without position/orientation, with differing orientation or slice size, or two slices at one place."""
     import SimpleITK as sitk
 
+    with kept_locale():
+        return _sorted_series(sitk, files)
+
+
+def _sorted_series(sitk, files):
     keyed = []
     first = None
     for f in files:
@@ -91,13 +98,26 @@ def sorted_series(files: Sequence[str]) -> List[str]:
     return [f for _, f in keyed]
 
 
+@contextlib.contextmanager
+def kept_locale():
+    """Restore the process locale afterwards. SimpleITK's DICOM (GDCM) writer was seen to set it to "C" (Python's
+    default text encoding then turns from UTF-8 into ASCII, for the whole process); its reader did not here, but
+    a reader that does would do so inside Slicer's process, so the reading is wrapped too."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def write_series(files: Sequence[str], dest) -> Path:
     """Read one DICOM series (slices sorted by `sorted_series`) and write it as an image file ``dest``."""
     import SimpleITK as sitk
 
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sorted_series(files))
-    image = reader.Execute()
-    dest = Path(dest)
-    sitk.WriteImage(image, str(dest), True)
+    with kept_locale():
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sorted_series(files))
+        image = reader.Execute()
+        dest = Path(dest)
+        sitk.WriteImage(image, str(dest), True)
     return dest

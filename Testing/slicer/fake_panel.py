@@ -23,7 +23,8 @@ CONNECTIONS: list = []
 #: Arguments a signal passes, by its signature (what the real widgets send).
 SIGNAL_ARGS = {"clicked(bool)": (False,), "toggled(bool)": (True,), "currentIndexChanged(int)": (0,),
                "currentPathChanged(QString)": ("/",), "currentNodeChanged(vtkMRMLNode*)": (None,),
-               "timeout()": (), "triggered()": ()}
+               "timeout()": (), "triggered()": (), "valueChanged(int)": (50,), "currentRowChanged(int)": (0,),
+               "selectionChanged()": ()}
 
 
 class FakeWidget:
@@ -253,7 +254,8 @@ def install(monkeypatch, harness, tmp_path, settings=None, patch_models_folder=T
              "save": "", "warnings": []}
     shown["settings"].update(settings or {})
     monkeypatch.setitem(sys.modules, "qt", fake_qt(shown, tmp_path / "appdata"))
-    for name in ("AutoSegSlicer.widget", "AutoSegSlicer.widget_corrections"):
+    for name in ("AutoSegSlicer.widget", "AutoSegSlicer.widget_corrections", "AutoSegSlicer.widget_uncertainty",
+                 "AutoSegSlicer.widget_batch"):
         monkeypatch.delitem(sys.modules, name, raising=False)   # re-import against the fake qt
 
     def error_display(text, **kw):

@@ -235,18 +235,24 @@ class FakeDicomDatabase:
 
 
 def test_a_dicom_series_becomes_a_case_with_its_geometry(model, tmp_path, autoseg_logic):
+    import locale
+
     from AutoSegLib.io.images import read_image
     from AutoSegSlicer import dicom_batch
 
+    before = locale.setlocale(locale.LC_ALL)
     array = (np.arange(5 * 6 * 7).reshape(5, 6, 7) % 251).astype(np.int16)
     c, s = math.cos(0.3), math.sin(0.3)
     direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
-    files = _write_dicom_series(tmp_path / "dicom", array, (0.8, 0.9, 2.5), (10.0, -4.0, 30.0), direction)
+    with dicom_batch.kept_locale():   # SimpleITK's DICOM writer sets the process locale to "C" too
+        files = _write_dicom_series(tmp_path / "dicom", array, (0.8, 0.9, 2.5), (10.0, -4.0, 30.0), direction)
+    assert locale.setlocale(locale.LC_ALL) == before
     db = FakeDicomDatabase({"1.2.3.4": ("T1 axial", files), "9.9": ("T1 axial", files[:1])})
     assert dicom_batch.list_series(db) == [("1.2.3.4", "P1 / T1 axial"), ("9.9", "P1 / T1 axial")]
     cases = dicom_batch.cases_from_dicom(db, ["1.2.3.4"], model)
     assert cases[0].name == "T1_axial" and cases[0].dicom == [files]
     batch.BatchLogic(autoseg_logic).stage(model, cases, tmp_path / "in")
+    assert locale.setlocale(locale.LC_ALL) == before                      # reading DICOM left the locale alone
     image, geometry = read_image(tmp_path / "in" / "T1_axial_0000.nii.gz")
     assert np.array_equal(image, array)                                    # slices in position order
     assert np.allclose(geometry.spacing, (2.5, 0.9, 0.8), atol=1e-4) and np.allclose(geometry.origin, (10, -4, 30))

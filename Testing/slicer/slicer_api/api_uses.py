@@ -31,7 +31,8 @@ FIXTURE = HERE / "slicer_api.json"
 #: Signals and properties of the plain Qt classes the module uses (Qt 5.15 in every supported Slicer; Qt's
 #: own API is not in Slicer's sources). A Slicer/CTK widget inherits them from its Qt base.
 QT_SIGNALS = {"clicked(bool)", "clicked()", "toggled(bool)", "currentIndexChanged(int)", "timeout()", "triggered()",
-              "textChanged(QString)", "valueChanged(double)", "valueChanged(int)", "editingFinished()"}
+              "textChanged(QString)", "valueChanged(double)", "valueChanged(int)", "editingFinished()",
+              "currentRowChanged(int)"}
 QT_PROPERTIES = {"enabled", "toolTip", "text", "visible", "checked", "value", "maximum", "minimum", "currentIndex",
                  "currentData", "currentText", "count", "collapsed", "placeholderText", "readOnly", "objectName",
                  "title", "suffix", "decimals", "singleStep", "checkable", "plainText", "format", "toolTipDuration",
