@@ -82,28 +82,67 @@ def test_a_real_batch_with_a_broken_case_fills_the_table(request, autoseg_logic,
     assert organ == pytest.approx((written == 1).sum() * np.prod(spacing) / 1000, rel=1e-3)
 
 
-def test_the_segment_options_run_in_the_real_child(request, autoseg_logic, slicer_harness):
-    need("--fast", "--roi", "--save-uncertainty", "--force")
+def _roi_around_the_middle(scene, volume):
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    bounds = [0.0] * 6
+    volume.GetRASBounds(bounds)
+    roi.SetCenter(*[(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)])
+    roi.SetSize(*[(bounds[2 * i + 1] - bounds[2 * i]) / 2 for i in range(3)])
+    return roi
+
+
+def test_fast_and_roi_run_in_the_real_child_and_the_label_map_is_empty_outside(request, autoseg_logic,
+                                                                               slicer_harness):
+    need("--fast", "--roi", "--force")
     autoseg_logic.models_dir = request.getfixturevalue("models_dir")
     (model,), _ = autoseg_logic.models()
     volume = slicer_harness.load_volume(INPUTS / "test_000_0000.nii.gz")
-    roi = slicer_harness.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
-    bounds = [0.0] * 6
-    volume.GetRASBounds(bounds)
-    center = [(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)]
-    roi.SetCenter(*center)
-    roi.SetSize(*[(bounds[2 * i + 1] - bounds[2 * i]) / 2 for i in range(3)])
+    roi = _roi_around_the_middle(slicer_harness.scene, volume)
+    from AutoSegSlicer import export
     from AutoSegSlicer.roi import roi_box_lps
 
+    box = roi_box_lps(roi, volume)
+    events = []
     try:
-        seg = autoseg_logic.segment(model, [volume], PredictOptions(device="cpu", fast=True, save_uncertainty=True,
-                                                                    roi=roi_box_lps(roi, volume)), timeout=600,
-                                    prompt=lambda q: True)
+        seg = autoseg_logic.segment(model, [volume], PredictOptions(device="cpu", fast=True, roi=box),
+                                    on_event=events.append, timeout=600, prompt=lambda q: True)
     except AutoSegError as exc:
         raise AssertionError(f"the real child refused the panel's command line: {exc}") from None
+    assert any(e["event"] == "estimate" for e in events)
+    label, _ = export.labelmap_array(seg, volume)
+    # voxels whose centre is outside the box (in the volume's index space, where the box is aligned) are 0
+    import slicer
+    ijk_to_ras = slicer.util.arrayFromVTKMatrix(_ijk_to_ras(volume))
+    corners = [np.linalg.inv(ijk_to_ras) @ np.r_[-x, -y, z, 1.0] for x, y, z in box]
+    lo, hi = np.minimum(*corners)[:3], np.maximum(*corners)[:3]
+    k, j, i = np.indices(label.shape)
+    outside = (i < lo[0] - 0.5) | (i > hi[0] + 0.5) | (j < lo[1] - 0.5) | (j > hi[1] + 0.5) | \
+              (k < lo[2] - 0.5) | (k > hi[2] + 0.5)
+    assert outside.any() and not label[outside].any() and label[~outside].any()
+
+
+def _ijk_to_ras(volume):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    return m
+
+
+def test_save_uncertainty_runs_in_the_real_child_and_becomes_a_volume(request, autoseg_logic, slicer_harness):
+    need("--save-uncertainty")
+    autoseg_logic.models_dir = request.getfixturevalue("models_dir")
+    (model,), _ = autoseg_logic.models()
+    volume = slicer_harness.load_volume(INPUTS / "test_000_0000.nii.gz")
+    seg = autoseg_logic.segment(model, [volume], PredictOptions(device="cpu", tta=True, save_uncertainty=True),
+                                timeout=600)
     assert seg.GetSegmentation().GetNumberOfSegments() == 2
     found = autoseg_logic.last_job.uncertainty
-    assert found is not None and found.volume is not None
+    assert found is not None and found.volume is not None and found.row.get("case") == "case"
     import slicer
     values = slicer.util.arrayFromVolume(found.volume)
     assert values.shape == slicer.util.arrayFromVolume(volume).shape and 0 <= values.min() and values.max() <= 1
+    assert values.max() > 0
+    from AutoSegSlicer import uncertainty
+    entries = uncertainty.slice_entries(found.row)
+    assert entries and all(len(ras) == 3 for _, ras in entries)
