@@ -28,6 +28,7 @@ from AutoSegLib.errors import AutoSegError
 from AutoSegSlicer import conversion
 from AutoSegSlicer.predict_options import PredictOptions
 from AutoSegSlicer.runner import RunResult, autoseglib_command
+from AutoSegSlicer.uncertainty import SUMMARY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class BatchJob:
         self.folder, self.input_dir, self.output_dir = folder, Path(input_dir), Path(output_dir)
         self.rows: List[dict] = []
         self.estimate: Optional[dict] = None
+        self.summary_before = _stamp(self.output_dir / SUMMARY_NAME)   # an earlier run's summary is not this one's
         self.fraction_of_case = 0.0   # progress inside the current case, from its ``progress`` events
 
     @property
@@ -247,7 +249,8 @@ class BatchLogic:
         try:
             if result is None:
                 raise AutoSegError("The batch segmentation has not finished.")
-            summary = read_summary(job.output_dir)
+            fresh = _stamp(job.output_dir / SUMMARY_NAME) != job.summary_before
+            summary = read_summary(job.output_dir) if fresh else None
             rows = summary["cases"] if summary else job.rows
             if not rows:
                 if job.estimate and job.estimate.get("fits") is False and not job.options.force:
@@ -257,6 +260,15 @@ class BatchLogic:
                                              node=table_node)
         finally:
             shutil.rmtree(job.folder, ignore_errors=True)
+
+
+def _stamp(path: Path):
+    """(modification time in ns, size) of a file, None when absent."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

@@ -355,7 +355,7 @@ class AutoSegPanel(VTKObservationMixin):
     def inputVolumes(self):
         return [selector.currentNode() for _, selector in self.input_selectors]
 
-    def options(self) -> PredictOptions:
+    def options(self, with_roi: bool = True) -> PredictOptions:
         p = self._parameterNode
         try:
             folds = parameters.parse_folds(p.folds)
@@ -363,7 +363,7 @@ class AutoSegPanel(VTKObservationMixin):
             raise AutoSegError(str(exc)) from None
         device = self.ui.deviceComboBox.currentData or "auto"
         roi = None
-        if p.roi is not None and self.inputVolumes() and self.inputVolumes()[0] is not None:
+        if with_roi and p.roi is not None and self.inputVolumes() and self.inputVolumes()[0] is not None:
             from AutoSegSlicer.roi import roi_box_lps
 
             roi = roi_box_lps(p.roi, self.inputVolumes()[0])

@@ -126,7 +126,7 @@ class BatchSection:
         output = str(self.ui.batchOutputPathLineEdit.currentPath or "")
         if not output:
             raise AutoSegError("Choose an output folder for the label maps.")
-        options = dataclasses.replace(self.panel.options(), roi=None)
+        options = self.panel.options(with_roi=False)
         with slicer.util.WaitCursor():
             cases, folder = self._cases(model)
         if not self.panel.ensureDependencies():

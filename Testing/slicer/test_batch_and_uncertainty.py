@@ -169,6 +169,20 @@ def test_cancel_stops_the_one_child_and_removes_the_staged_inputs(autoseg_logic,
         logic.finish(job)
 
 
+def test_an_earlier_runs_summary_in_the_output_folder_is_not_taken_for_this_run(autoseg_logic, model, three_volumes,
+                                                                                 tmp_path, monkeypatch):
+    autoseg_logic.runner_factory = fake_predict_child.runner_factory(tmp_path / "bin")
+    logic = batch.BatchLogic(autoseg_logic)
+    cases = batch.cases_from_volumes(three_volumes, model)
+    job = logic.start(model, cases, tmp_path / "out")
+    assert logic.finish(job, job.wait(60)).GetNumberOfRows() == 3
+    monkeypatch.setenv("AUTOSEG_FAKE_NO_FIT", "1")              # the next run stops before any case
+    job = logic.start(model, cases, tmp_path / "out")
+    from AutoSegSlicer.logic import MemoryWillNotFit
+    with pytest.raises(MemoryWillNotFit):
+        logic.finish(job, job.wait(60))
+
+
 def test_bad_batch_sources_say_what_is_wrong(autoseg_logic, tmp_path, make_volume):
     two = make_model_folder(tmp_path / "models" / "Two", channel_names=("T1", "T2"))
     from AutoSegSlicer import models
