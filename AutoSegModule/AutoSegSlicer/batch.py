@@ -64,8 +64,9 @@ def unique_names(names: Sequence[str]) -> List[str]:
 
 
 def cases_from_volumes(volumes: Sequence, model) -> List[BatchCase]:
-    """Every given scalar volume (label maps excluded) as a one-channel case."""
-    volumes = [v for v in volumes if v is not None and not v.IsA("vtkMRMLLabelMapVolumeNode")]
+    """Every given scalar volume as a one-channel case (label maps and AutoSeg's uncertainty volumes excluded)."""
+    volumes = [v for v in volumes if v is not None and not v.IsA("vtkMRMLLabelMapVolumeNode")
+               and not v.GetAttribute("AutoSeg.Uncertainty")]
     if len(model.channel_names) != 1:
         raise AutoSegError(f"Model '{model.name}' takes {len(model.channel_names)} inputs "
                            f"({', '.join(model.channel_names)}): a batch over loaded volumes needs a one-input model. "

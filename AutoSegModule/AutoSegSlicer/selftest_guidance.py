@@ -38,10 +38,12 @@ def check_roi_table_and_jump(scene, folder) -> None:
              "mean_uncertainty": 0.1, "warnings": [], "error": None},
             {"case": "b", "status": "failed", "seconds": 0.1, "volumes_ml": {}, "error": "bad file", "warnings": []}]
     table = batch_table.results_table(scene, model, rows, folder)
-    assert table.GetNumberOfRows() == 2 and table.GetCellText(1, 1) == "failed" and table.GetCellText(1, 7) == "bad file"
+    assert table.GetNumberOfRows() == 2 and table.GetCellText(1, 1) == "failed"
+    assert table.GetCellText(1, 7) == "bad file"
     assert float(table.GetCellText(0, 3)) == 1.25
 
-    slices = [scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))]
+    slices = [scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+              for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))]
     if not slices:  # headless: the application's three views
         for orientation in ("Axial", "Sagittal", "Coronal"):
             node = scene.AddNewNodeByClass("vtkMRMLSliceNode")

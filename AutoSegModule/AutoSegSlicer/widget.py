@@ -271,7 +271,8 @@ class AutoSegPanel(VTKObservationMixin):
             self._updateButtons()
             return
         volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-        volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
+        volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")
+                   and not v.GetAttribute("AutoSeg.Uncertainty")]   # label maps, uncertainty: never inputs
         defaults = parameters.initial_inputs(self._mrmlParameterNode(), len(model.channel_names),
                                              self.logic.default_inputs(model, volumes))
         for channel, default in zip(model.channel_names, defaults):

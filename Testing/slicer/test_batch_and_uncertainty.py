@@ -116,6 +116,8 @@ def test_selecting_a_row_loads_the_case_with_its_segmentation(autoseg_logic, mod
     job = logic.start(model, batch.cases_from_volumes(three_volumes, model), tmp_path / "out",
                       PredictOptions(save_uncertainty=True))
     table = logic.finish(job, job.wait(60))
+    import slicer
+
     scene = slicer_harness.scene
     loaded = batch_table.load_case(scene, table, "liver_c")
     assert loaded.volume is three_volumes[2]                             # the scene's own volume
@@ -126,6 +128,8 @@ def test_selecting_a_row_loads_the_case_with_its_segmentation(autoseg_logic, mod
     img = _image(3)
     assert np.array_equal(label, (img > 50).astype(np.int16) + (img > 150))   # the stand-in's threshold
     assert loaded.uncertainty.volume is not None and loaded.uncertainty.slices
+    assert [c.name for c in batch.cases_from_volumes(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), model)] \
+        == ["liver-a", "broken_scan", "liver_c"]                       # the uncertainty volume is no case
     again = batch_table.load_case(scene, table, "liver_c")
     assert again.segmentation is loaded.segmentation and again.uncertainty.volume is loaded.uncertainty.volume
     with pytest.raises(AutoSegError, match="broken_scan' failed: .*truncated image data"):
