@@ -28,37 +28,63 @@ PathLike = "str | os.PathLike"
 
 def verify(dataset: PathLike, num_workers: Optional[int] = None, progress=None):
     """Check a raw dataset folder; returns a report listing every error and warning (never raises for
-    bad data, never writes). See `AutoSegLib.io.datasets.verify_dataset`."""
-    from AutoSegLib.io.datasets import verify_dataset
+    bad data, never writes). See `AutoSegLib.io.verify.verify_dataset`."""
+    from AutoSegLib.io.verify import verify_dataset
     return verify_dataset(dataset, num_workers=num_workers, progress=progress)
+
+
+def fingerprint(dataset: PathLike, output: Optional[PathLike] = None, num_workers: Optional[int] = None,
+                verify: bool = True, progress=None):
+    """Extract the dataset fingerprint into the work folder (``output``, default ``./autoseg_work/<name>``);
+    returns ``(work folder, Fingerprint)``. ``verify``: run the per-case integrity checks while reading."""
+    from AutoSegLib.fingerprint.extract import extract_fingerprint
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import FINGERPRINT_JSON, resolve_work_dir, write_work_dataset_json
+
+    work = resolve_work_dir(dataset, output)
+    ds = load_dataset(dataset)
+    fp = extract_fingerprint(ds.root, num_workers=num_workers, progress=progress, verify=verify)
+    fp.to_json(work / FINGERPRINT_JSON)
+    write_work_dataset_json(ds, work)
+    return work, fp
 
 
 def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: float = 8.0,
          num_workers: Optional[int] = None, force_fingerprint: bool = False, progress=None,
          time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
-         calibration_cache: Optional[PathLike] = None) -> Tuple[Path, "Plans"]:
+         calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None) -> Tuple[Path, "Plans"]:
     """Fingerprint (reused while current) and plan ``dataset`` into the work folder ``output`` (default
     ``./autoseg_work/<dataset name>``; never inside the dataset). Writes fingerprint.json, plans.json and
     dataset.json (with "dataset_path"). Returns (work folder, plans).
 
+    With ``plans_from`` (a model or work folder) nothing is planned: that model's plans are adopted for
+    fine-tuning it on ``dataset`` (`planning.reuse.adopt_plans`: same channels and labels required), with its
+    fingerprint.
+
     With ``time_budget_minutes`` the plans also get a configuration sized for that much training on
     ``device`` at ``precision`` ("auto": as training resolves it), from a measurement of the device
-    cached in ``calibration_cache`` (default `planning.calibration.default_cache_path`); see
+    cached in ``calibration_cache`` (default `training.calibration.default_cache_path`); see
     `planning.budget`."""
     from AutoSegLib.errors import AutoSegError
-    from AutoSegLib.io.datasets import load_dataset, resolve_work_dir, write_work_dataset_json
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import resolve_work_dir, write_work_dataset_json
     from AutoSegLib.planning.planner import plan_experiment
     from AutoSegLib.planning.workdir import fingerprint_for
 
     if not gpu_memory_gb > 0:
         raise AutoSegError(f"--gpu-memory-gb must be a positive number of gigabytes; got {gpu_memory_gb}.")
+    if plans_from is not None:
+        if time_budget_minutes is not None:
+            raise AutoSegError("--plans-from keeps the model's plans, --time-budget-minutes makes new ones: give one "
+                               "of them (to fine-tune for a time, pass --time-budget-minutes to `autoseg train`).")
+        return _adopt_plans(dataset, output, plans_from)
     if num_workers is not None and num_workers < 1:
         raise AutoSegError(f"--workers must be at least 1; got {num_workers}.")
     calibration = None
     if time_budget_minutes is not None:
         if not time_budget_minutes > 0:
             raise AutoSegError(f"--time-budget-minutes must be a positive number; got {time_budget_minutes}.")
-        from AutoSegLib.planning.calibration import calibrate
+        from AutoSegLib.training.calibration import calibrate
         calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
     work = resolve_work_dir(dataset, output)
     ds = load_dataset(dataset)
@@ -72,11 +98,30 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
     return work, plans
 
 
+def _adopt_plans(dataset: PathLike, output: Optional[PathLike], source: PathLike) -> Tuple[Path, "Plans"]:
+    import shutil
+
+    from AutoSegLib.io.atomic import atomic_path
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import FINGERPRINT_JSON, PLANS_JSON, resolve_work_dir, write_work_dataset_json
+    from AutoSegLib.planning.reuse import adopt_plans
+
+    ds = load_dataset(dataset)
+    plans = adopt_plans(source, ds)
+    work = resolve_work_dir(dataset, output)
+    plans.to_json(work / PLANS_JSON)
+    if (Path(source) / FINGERPRINT_JSON).is_file():
+        with atomic_path(work / FINGERPRINT_JSON) as tmp:
+            shutil.copyfile(Path(source) / FINGERPRINT_JSON, tmp)
+    write_work_dataset_json(ds, work)
+    return work, plans
+
+
 def preprocess(work_dir: PathLike, configurations: Optional[Sequence[str]] = None, num_workers: Optional[int] = None,
                force: bool = False, progress=None) -> dict:
     """Preprocess the training cases of a planned work folder (skips finished cases unless ``force``)."""
     from AutoSegLib.errors import AutoSegError
-    from AutoSegLib.io.datasets import dataset_path_of
+    from AutoSegLib.io.work_folder import dataset_path_of
     from AutoSegLib.planning.plans import Plans
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
 
@@ -94,15 +139,20 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
                         configurations: Optional[Sequence[str]] = None, num_workers: Optional[int] = None,
                         force: bool = False, force_fingerprint: bool = False, progress=None,
                         time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
-                        calibration_cache: Optional[PathLike] = None) -> Tuple[Path, "Plans", dict]:
+                        calibration_cache: Optional[PathLike] = None,
+                        plans_from: Optional[PathLike] = None) -> Tuple[Path, "Plans", dict]:
     """verify (inside the fingerprint) + fingerprint + plan + preprocess. Returns (work folder, plans,
     preprocessing summary). With a time budget (see `plan`) and no ``configurations``, only the budget
-    configuration is preprocessed (the one that budget will train)."""
+    configuration is preprocessed (the one that budget will train); with ``plans_from``, the configurations
+    that model has trained."""
+    from AutoSegLib.io.work_folder import trained_folds
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
 
     work, plans = plan(dataset, output, gpu_memory_gb, num_workers, force_fingerprint, progress,
                        time_budget_minutes=time_budget_minutes, device=device, precision=precision,
-                       calibration_cache=calibration_cache)
+                       calibration_cache=calibration_cache, plans_from=plans_from)
+    if configurations is None and plans_from is not None:
+        configurations = [c for c in trained_folds(plans_from) if c in plans.configurations] or None
     if configurations is None and plans.budget is not None:
         configurations = [plans.budget.configuration]
     for name in configurations or ():
@@ -157,11 +207,12 @@ def predict_arrays(model, images, geometry, **options):
 
 
 def evaluate(pred_dir: PathLike, ref_dir: PathLike, output_dir: Optional[PathLike] = None, label_layout=None,
-             num_workers: int = 1, progress=None) -> dict:
-    """Dice, IoU, HD95, ASSD (mm) and volumes per case and label; JSON and CSV into ``output_dir``."""
+             num_workers: int = 1, surface: bool = True, progress=None) -> dict:
+    """Dice, IoU, HD95, ASSD (mm; ``surface=False`` skips the two distances) and volumes per case and
+    label; JSON and CSV into ``output_dir``."""
     from AutoSegLib.evaluation.folders import evaluate_folders
     return evaluate_folders(pred_dir, ref_dir, label_layout=label_layout, output_dir=output_dir,
-                            num_workers=num_workers, progress=progress)
+                            num_workers=num_workers, surface=surface, progress=progress)
 
 
 def export_model(source: PathLike, archive: PathLike, configurations=None, folds=None, metadata=None,

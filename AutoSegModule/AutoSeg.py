@@ -34,6 +34,24 @@ class AutoSeg(ScriptedLoadableModule):
             "See the <a href=\"https://github.com/autoseg/SlicerAutoSeg#readme\">project page</a> for a tutorial.")
         self.parent.acknowledgementText = (
             "AutoSeg re-implements the nnU-Net v2 recipe (Isensee et al., Nature Methods 2021) independently.")
+        # The Segment Editor effect is registered once the application has started (the effect factory and the
+        # Segment Editor's Python effects exist then), as Slicer's scripted-effect extension template does.
+        app = getattr(slicer, "app", None)
+        if app is not None:
+            app.connect("startupCompleted()", registerEditorEffect)
+
+
+#: The Segment Editor effect "AutoSeg": Slicer instantiates the class named after the file.
+EDITOR_EFFECT_SOURCE = os.path.join(_here, "SegmentEditorAutoSegLib", "SegmentEditorEffect.py")
+
+
+def registerEditorEffect():
+    """Register the Segment Editor effect "AutoSeg" with Slicer's effect factory."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+    instance.setPythonSource(EDITOR_EFFECT_SOURCE.replace("\\", "/"))
+    instance.self().register()
 
 
 class AutoSegWidget(ScriptedLoadableModuleWidget):

@@ -13,7 +13,7 @@ SHARED = Path(os.environ.get("AUTOSEG_SHARED", REPO.parent / "shared"))
 
 @pytest.fixture(scope="session", autouse=True)
 def calibration_cache(tmp_path_factory):
-    """Device calibrations (planning.calibration) go to a per-session cache, not the user's ~/.cache:
+    """Device calibrations (training.calibration) go to a per-session cache, not the user's ~/.cache:
     measured once per test session, shared by child processes through XDG_CACHE_HOME."""
     old = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))

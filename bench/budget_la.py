@@ -32,6 +32,7 @@ from common import AUTOSEG_PYTHON, REPO, SHARED, bench_env, run_measured  # noqa
 
 
 def run_one(root: Path, budget: float, variant: str, precision: str, threads: int) -> dict:
+    from AutoSegLib.io.work_folder import fold_dir
     data = SHARED / "data" / "LA2018_1p25mm"
     out = root / f"{variant}_{precision}_{budget:g}min"
     if out.exists():
@@ -47,7 +48,7 @@ def run_one(root: Path, budget: float, variant: str, precision: str, threads: in
     evaluation = json.loads((out / "evaluation" / "summary.json").read_text())
     work = out / "work"
     conf = summary["configuration"]
-    fold = work / "trained" / conf / "fold_0"
+    fold = fold_dir(work, conf, 0)
     log = [json.loads(line) for line in (fold / "training_log.jsonl").read_text().splitlines() if line.strip()]
     plans = json.loads((work / "plans.json").read_text())
     plan = plans["configurations"][conf]

@@ -80,6 +80,7 @@ def dice(pred, ref) -> float:
 
 
 def main():
+    from AutoSegLib.io.work_folder import fold_dir
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-minutes", type=float, default=3.0)
     ap.add_argument("--train-cases", type=int, default=8)
@@ -108,7 +109,7 @@ def main():
             ds, fraction = make_variant(src, root, name, train, args.every)
             work = root / f"work_{name}"
             t_prep = run(["plan-and-preprocess", str(ds), "--output", str(work), "-c", "3d_fullres", "--workers", "1"], log)
-            fold = work / "trained" / "3d_fullres" / "fold_all"
+            fold = fold_dir(work, "3d_fullres", "all")
             if fold.exists():
                 import shutil
                 shutil.rmtree(fold)

@@ -84,9 +84,10 @@ def main() -> int:
 
 
 def _epochs_done(work: Path, configuration: str, folds) -> dict:
+    from AutoSegLib.io.work_folder import fold_dir
     done = {}
     for f in folds:
-        log = work / "trained" / configuration / f"fold_{f}" / "training_log.jsonl"
+        log = fold_dir(work, configuration, f) / "training_log.jsonl"
         done[str(f)] = sum(1 for line in log.read_text().splitlines() if line.strip()) if log.is_file() else 0
     return done
 

@@ -40,6 +40,7 @@ if not SHARED.is_dir():
 
 
 def setup_models(root: Path) -> dict:
+    from AutoSegLib.io.work_folder import fold_dir
     import torch
 
     from AutoSegLib.inference.compiled import export_model
@@ -55,11 +56,11 @@ def setup_models(root: Path) -> dict:
         import_models([src], root / "models", name="nnunet_synth")
     models["nnunet_synth"] = synth
     la = root / "models" / "la_arch"
-    if not (la / "trained" / "3d_fullres" / "fold_0" / "network.onnx").is_file():
+    if not (fold_dir(la, "3d_fullres", 0) / "network.onnx").is_file():
         ref = SHARED / "reference" / "LA2018_1p25mm" / "nnUNetPlans.json"
         dataset = json.loads((SHARED / "data" / "LA2018_1p25mm" / "dataset.json").read_text())
         plans = convert_plans(json.loads(ref.read_text()), dataset, ["3d_fullres"], ref)
-        fold = la / "trained" / "3d_fullres" / "fold_0"
+        fold = fold_dir(la, "3d_fullres", 0)
         fold.mkdir(parents=True, exist_ok=True)
         plans.to_json(la / "plans.json")
         (la / "dataset.json").write_text(json.dumps({k: dataset[k] for k in ("name", "channel_names", "labels",

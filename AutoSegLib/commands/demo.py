@@ -125,7 +125,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     folds : folds to train (default 0-4).
     configuration : the configuration trained ("auto": the budget configuration).
     precision : training precision the budget is planned for; calibration_cache : where the device's measured
-        speed is cached (planning.calibration).
+        speed is cached (training.calibration).
     holdout : real dataset without labelsTs: number of training cases held out for the test.
     device, tta, num_workers : prediction/training device, test-time mirroring (None: off for generated
         data, on for a real dataset), data workers.
@@ -141,16 +141,19 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     from AutoSegLib.evaluation.folders import evaluate_folders
     from AutoSegLib.inference.files import predict_files
     from AutoSegLib.io.atomic import write_json
-    from AutoSegLib.io.datasets import load_dataset, verify_dataset, write_work_dataset_json
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.verify import verify_dataset
+    from AutoSegLib.io.work_folder import write_work_dataset_json
     from AutoSegLib.io.images import read_case, read_image
     from AutoSegLib.io.synthetic import make_synthetic_dataset
     from AutoSegLib.models.folder import load_model
+    from AutoSegLib.planning.budget import BudgetTooSmall
     from AutoSegLib.planning.planner import plan_experiment
     from AutoSegLib.planning.workdir import fingerprint_for
     from AutoSegLib.postprocessing.selection import find_best
     from AutoSegLib.preprocessing.dataset import preprocess_dataset
     from AutoSegLib.progress import emit
-    from AutoSegLib.planning.calibration import calibrate
+    from AutoSegLib.training.calibration import calibrate
     from AutoSegLib.training.config import TrainingConfig, budget_defaults
     from AutoSegLib.training.trainer import train_fold
 
@@ -221,7 +224,15 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     emit(progress, "stage", stage="plan", message="planning")
     per_fold = time_budget_minutes / len(folds)
     calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
-    plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
+    try:
+        plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
+    except BudgetTooSmall as exc:  # a slow or busy machine: the demo still runs, for longer, and says so
+        note = (f"{exc} The demo trains each fold for {exc.smallest_minutes} minutes instead of "
+                f"{per_fold:g}.")
+        emit(progress, "log", level="warning", message=note)
+        notes.append(note)
+        per_fold = float(exc.smallest_minutes)
+        plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
     configuration = plans.configuration(configuration).name  # "auto" -> the budget configuration
     if (work / "plans.json").is_file():
         from AutoSegLib.planning.plans import Plans
@@ -249,8 +260,9 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     if configuration == plans.budget.configuration:
         config = budget_defaults(config, plans.budget, explicit | {"device", "time_budget_minutes"})
     epochs, iterations_per_epoch = config.epochs, config.iterations_per_epoch
+    from AutoSegLib.io.work_folder import fold_dir as work_fold_dir
     for fold in folds:
-        fold_dir = work / "trained" / configuration / f"fold_{fold}"
+        fold_dir = work_fold_dir(work, configuration, fold)
         if _fold_done(fold_dir):
             emit(progress, "log", level="info", message=f"fold {fold}: already trained, reused")
             continue

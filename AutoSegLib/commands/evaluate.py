@@ -40,12 +40,12 @@ def load_label_layout(path):
 def run(args, progress) -> int:
     import math
 
-    from AutoSegLib.evaluation.folders import evaluate_folders
+    from AutoSegLib import api
     from AutoSegLib.progress import emit
 
     layout = load_label_layout(args.labels) if args.labels else None
-    summary = evaluate_folders(args.pred_dir, args.ref_dir, layout, args.output, num_workers=args.num_workers,
-                               surface=not args.no_surface, progress=progress)
+    summary = api.evaluate(args.pred_dir, args.ref_dir, args.output, layout, num_workers=args.num_workers,
+                           surface=not args.no_surface, progress=progress)
 
     def f(v, digits=4):
         return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"

@@ -15,11 +15,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args, progress) -> int:
-    from AutoSegLib.models.archive import export_model_archive
+    from AutoSegLib import api
     from AutoSegLib.progress import emit
 
     meta = {k: v for k, v in (("name", args.name), ("version", args.model_version),
                               ("description", args.description)) if v}
-    path = export_model_archive(args.source, args.output, args.configurations, args.folds, meta, progress=progress)
+    path = api.export_model(args.source, args.output, args.configurations, args.folds, meta, progress=progress)
     emit(progress, "log", level="info", message=f"model archive written: {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)")
     return 0

@@ -15,7 +15,8 @@ def run(args, progress) -> int:
     import math
 
     from AutoSegLib.errors import AutoSegError
-    from AutoSegLib.postprocessing.selection import CV_FOLDS, find_best
+    from AutoSegLib import api
+    from AutoSegLib.postprocessing.selection import CV_FOLDS
     from AutoSegLib.progress import emit
 
     folds = None
@@ -25,8 +26,8 @@ def run(args, progress) -> int:
         if bad:
             raise AutoSegError(f"--folds: {bad} are not cross-validation folds; use some of {list(CV_FOLDS)} "
                                f"(fold 'all' has no validation cases to score).")
-    result = find_best(args.work_dir, args.configurations, folds, allow_ensembles=not args.no_ensembles,
-                       progress=progress)
+    result = api.find_best(args.work_dir, args.configurations, folds, allow_ensembles=not args.no_ensembles,
+                           progress=progress)
 
     def f(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"

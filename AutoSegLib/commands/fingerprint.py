@@ -12,14 +12,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args, progress) -> int:
-    from AutoSegLib.fingerprint.extract import extract_fingerprint
-    from AutoSegLib.io.datasets import load_dataset, resolve_work_dir, write_work_dataset_json
+    from AutoSegLib import api
+    from AutoSegLib.io.work_folder import FINGERPRINT_JSON
 
-    work = resolve_work_dir(args.dataset, args.output)
-    dataset = load_dataset(args.dataset)
-    fp = extract_fingerprint(dataset.root, num_workers=args.workers, progress=progress, verify=not args.no_verify)
-    path = fp.to_json(work / "fingerprint.json")
-    write_work_dataset_json(dataset, work)
+    work, fp = api.fingerprint(args.dataset, args.output, num_workers=args.workers, verify=not args.no_verify,
+                               progress=progress)
+    path = work / FINGERPRINT_JSON
     progress({"event": "log", "level": "info",
               "message": f"{fp.num_cases} case(s); median spacing {_fmt(fp.median_spacing)}, median shape after crop "
                          f"{_fmt(fp.median_shape)}; wrote {path}"})

@@ -23,10 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, progress) -> int:
-    from AutoSegLib.models.install import import_models
+    from AutoSegLib import api
     from AutoSegLib.progress import emit
 
-    dest = import_models(args.sources, args.models_dir, name=args.name, overwrite=args.overwrite, progress=progress)
+    dest = api.import_model(args.sources, args.models_dir, name=args.name, overwrite=args.overwrite, progress=progress)
     emit(progress, "log", level="info", message=f"model installed in {dest}")
     if not args.progress_json:
         print(dest)

@@ -15,7 +15,11 @@ def add_arguments(parser) -> None:
 
 
 def add_budget_arguments(parser) -> None:
-    """--time-budget-minutes / --device / --precision / --calibration-cache (plan, plan-and-preprocess)."""
+    """--time-budget-minutes / --device / --precision / --calibration-cache / --plans-from (plan,
+    plan-and-preprocess)."""
+    parser.add_argument("--plans-from", default=None, metavar="MODEL",
+                        help="fine-tuning: adopt the plans of this model or work folder instead of planning (same "
+                             "channels and labels required), then `autoseg train WORK CONF FOLD --init-from MODEL`")
     parser.add_argument("--time-budget-minutes", type=float, default=None, metavar="M",
                         help="also plan a configuration (3d_budget) that trains within M minutes, validation "
                              "included, on --device; `autoseg train WORK auto FOLD` then trains it")
@@ -35,7 +39,7 @@ def add_precision_arguments(parser) -> None:
 
 def budget_options(args) -> dict:
     return {"time_budget_minutes": args.time_budget_minutes, "device": args.device, "precision": args.precision,
-            "calibration_cache": args.calibration_cache}
+            "calibration_cache": args.calibration_cache, "plans_from": args.plans_from}
 
 
 def describe(plans, progress) -> None:

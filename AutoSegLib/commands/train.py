@@ -69,11 +69,11 @@ def config_from_args(args, plans=None) -> "object":
 def run(args, progress) -> int:
     from pathlib import Path
 
+    from AutoSegLib import api
     from AutoSegLib.planning.plans import Plans
-    from AutoSegLib.training.trainer import train_fold
 
     plans = Plans.from_json(Path(args.work_dir) / "plans.json") if (Path(args.work_dir) / "plans.json").is_file() else None
     config = config_from_args(args, plans)
-    train_fold(args.work_dir, args.configuration, args.fold, config, output_dir=args.output, progress=progress,
-               resume=args.resume)
+    api.train(args.work_dir, args.configuration, args.fold, config, output_dir=args.output, progress=progress,
+              resume=args.resume)
     return 0

@@ -9,9 +9,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args, progress) -> int:
-    from AutoSegLib.io.verify import verify_dataset
+    from AutoSegLib import api
 
-    report = verify_dataset(args.dataset, num_workers=args.workers, progress=progress)
+    report = api.verify(args.dataset, num_workers=args.workers, progress=progress)
     for w in report.warnings:
         progress({"event": "log", "level": "warning", "message": w})
     report.raise_if_failed()

@@ -63,7 +63,7 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
                           ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """One configuration (its folds averaged) -> (labels, probabilities) in the input grid; a cascade stage
     first predicts its previous stage (result cached in ``_cache`` for ensembles)."""
-    from AutoSegLib.models.folder import cascade_label_values, cascade_one_hot
+    from AutoSegLib.io.labels import cascade_label_values, cascade_one_hot
     from AutoSegLib.preprocessing.case import preprocess_case
 
     _cache = {} if _cache is None else _cache

@@ -25,11 +25,11 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     """``auto``: CUDA if available, else MPS, else CPU. An unavailable explicit choice is an AutoSegError.
-    One rule for training and inference: `AutoSegLib.training.device.resolve_device`."""
+    One rule for training and inference: `AutoSegLib.device.resolve_device`."""
     import torch
     if isinstance(device, torch.device):
         return device
-    from AutoSegLib.training.device import resolve_device as _resolve
+    from AutoSegLib.device import resolve_device as _resolve
     return _resolve(str(device))
 
 
@@ -49,7 +49,7 @@ def resolve_precision(precision: str, device: "torch.device", trained_precision:
         if device.type == "cuda":
             return torch.float16
         if device.type == "cpu" and trained_precision == "bfloat16":
-            from AutoSegLib.training.device import cpu_has_native_bf16
+            from AutoSegLib.device import cpu_has_native_bf16
             return torch.bfloat16 if cpu_has_native_bf16() else None
         return None
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[p]

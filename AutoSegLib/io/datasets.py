@@ -112,13 +112,6 @@ def load_dataset(path: "str | os.PathLike") -> Dataset:
     return dataset
 
 
-def verify_dataset(path, num_workers=None, progress=None):
-    """Structure and contents check of every case; see `AutoSegLib.io.verify.verify_dataset`."""
-    from AutoSegLib.io.verify import verify_dataset as _verify
-    return _verify(path, num_workers=num_workers, progress=progress)
-
-
-# --------------------------------------------------------------------------------------------------
 def scan_dataset(path: "str | os.PathLike") -> Tuple[Optional[Dataset], List[str], List[str]]:
     """Structural scan. Returns ``(dataset or None, errors, warnings)``; never raises for bad input.
 
@@ -307,67 +300,6 @@ def _resolve(root: Path, p: str) -> Path:
     return q if q.is_absolute() else (root / q)
 
 
-# ---- work folder helpers (used by every command that writes) -------------------------------------
-def resolve_work_dir(dataset_path: "str | os.PathLike", output: "str | os.PathLike | None" = None) -> Path:
-    """The work folder for ``dataset_path``: ``output`` if given, else `default_work_dir`.
-
-    Raises AutoSegError when it would lie inside the dataset folder (nothing is ever written there).
-    """
-    work = Path(output).expanduser().resolve() if output else default_work_dir(dataset_path)
-    root = Path(dataset_path).expanduser().resolve()
-    if work == root or root in work.parents:
-        raise AutoSegError(f"{work}: the output folder is inside the dataset folder {root}; AutoSeg never writes "
-                           f"there. Choose another --output, e.g. {default_work_dir(dataset_path)}.")
-    check_work_dir_for(work, root)
-    from AutoSegLib.io.atomic import check_writable
-    check_writable(work)  # before the fingerprint's minutes of reading, not after
-    return work
-
-
-# What a work folder holds (DEVELOPERS.md); a folder with only these (and no dataset.json yet: a run killed
-# before its first dataset.json) is taken as an unfinished work folder.
-# The Slicer module's training job keeps its state and log there too (AutoSegSlicer.training_pipeline).
-WORK_ENTRIES = ("dataset.json", "fingerprint.json", "plans.json", "splits_final.json", "preprocessed", "trained",
-                "inference.json", "find_best_report.json", "find_best_report.md",
-                "autoseg_training.json", "autoseg_training.log")
-
-
-def check_work_dir_for(work: Path, root: Path) -> None:
-    """Refuse ``work`` as the work folder of the raw dataset ``root`` unless it is new, empty, or already a
-    work folder of that same dataset (its dataset.json records ``root`` as "dataset_path").
-
-    Raises
-    ------
-    AutoSegError
-        ``work`` is a file, a raw dataset (dataset.json without "dataset_path"), the work folder of another
-        dataset, or a folder holding other things: writing there would replace the user's files.
-    """
-    if not work.exists():
-        return
-    if not work.is_dir():
-        raise AutoSegError(f"{work}: exists and is not a folder; give a new or empty folder as --output.")
-    meta = work / "dataset.json"
-    if meta.is_file():
-        try:
-            recorded = json.loads(meta.read_text()).get("dataset_path")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError) as exc:
-            raise AutoSegError(f"{meta}: not a readable work-folder dataset.json ({exc}); {work} is not a work "
-                               f"folder AutoSeg made. Give a new or empty folder as --output.") from None
-        if not recorded:
-            raise AutoSegError(f"{work}: is a raw dataset folder (its dataset.json names no \"dataset_path\"), not a "
-                               f"work folder; writing there would replace its dataset.json. Give a new or empty "
-                               f"folder as --output, e.g. {default_work_dir(root)}.")
-        if Path(recorded).expanduser().resolve() != root:
-            raise AutoSegError(f"{work}: is the work folder of another dataset ({recorded}), not of {root}. Give a "
-                               f"new or empty folder as --output, e.g. {default_work_dir(root)}; if the dataset was "
-                               f"moved there, delete {meta} to adopt the folder.")
-        return
-    others = sorted(p.name for p in work.iterdir() if p.name not in WORK_ENTRIES and not p.name.startswith("."))
-    if others:
-        raise AutoSegError(f"{work}: is neither empty nor an AutoSeg work folder (it holds {others[:5]}"
-                           f"{' ...' if len(others) > 5 else ''}). Give a new or empty folder as --output.")
-
-
 def dataset_signature(dataset: Dataset) -> str:
     """A short hash of dataset.json and of every training file's name, size and modification time: it
     changes when a case is added, removed, replaced or edited (or the folder is copied without keeping
@@ -383,28 +315,3 @@ def dataset_signature(dataset: Dataset) -> str:
             except OSError:
                 h.update(f"{case.case_id}|{p.name}|missing\n".encode())
     return h.hexdigest()[:16]
-
-
-def write_work_dataset_json(dataset: Dataset, work_dir: "str | os.PathLike") -> Path:
-    """Write ``WORK/dataset.json``: the raw dataset.json plus "dataset_path" (absolute), atomically."""
-    from AutoSegLib.io.atomic import write_json
-    data = dict(dataset.raw_json)
-    data["dataset_path"] = str(dataset.root)
-    return write_json(Path(work_dir) / "dataset.json", data)
-
-
-def dataset_path_of(work_dir: "str | os.PathLike") -> str:
-    """The raw dataset folder recorded in ``WORK/dataset.json`` ("dataset_path", see
-    `write_work_dataset_json`). Raises AutoSegError naming the file when it is missing or unreadable."""
-    path = Path(work_dir) / "dataset.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AutoSegError(f"{path}: not found. {Path(work_dir)} is not a planned work folder; run "
-                           f"`autoseg plan DATASET --output {work_dir}` first.") from None
-    except json.JSONDecodeError as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}). Re-run `autoseg plan`.") from None
-    if not data.get("dataset_path"):
-        raise AutoSegError(f"{path}: no \"dataset_path\" entry (the raw dataset folder). Re-run `autoseg plan "
-                           f"DATASET --output {work_dir}`.")
-    return data["dataset_path"]

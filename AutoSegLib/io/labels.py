@@ -130,3 +130,31 @@ class LabelLayout:
         if self.ignore_label is not None:
             out["ignore"] = self.ignore_label
         return out
+
+
+def cascade_label_values(layout: "LabelLayout") -> Tuple[int, ...]:
+    """Label values whose one-hot maps (in this order) are the extra inputs of a cascade stage: every
+    foreground integer label value (for regions: every integer a region is made of), ignore excluded."""
+    return tuple(v for v in layout.all_label_values if v != 0 and v != layout.ignore_label)
+
+
+def cascade_one_hot(labels, values):
+    """The extra input channels of a cascade stage from a previous-stage label map.
+
+    Parameters
+    ----------
+    labels : ndarray of int, any shape (``-1``, outside the non-zero region, matches no value)
+    values : sequence of int
+        `cascade_label_values` of the label layout.
+
+    Returns
+    -------
+    ndarray float32, shape ``(len(values), *labels.shape)``: channel k is 1 where ``labels == values[k]``.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels)
+    out = np.zeros((len(values), *labels.shape), dtype=np.float32)
+    for i, v in enumerate(values):
+        out[i] = labels == v
+    return out

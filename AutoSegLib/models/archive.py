@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import atomic_path, file_sha256, write_json
+from AutoSegLib.io.work_folder import FOLD_RECORDS, fold_dir, trained_folds
 from AutoSegLib.progress import emit
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "archive_manifest.json"
 MARKER = ".autoseg_archive.json"
 TOP_FILES = ("dataset.json", "plans.json", "fingerprint.json", "inference.json", "model.json", "splits_final.json")
-FOLD_FILES = ("training_config.json", "training_log.jsonl", "progress.png", "validation/summary.json")
 ALLOWED_SUFFIXES = (".json", ".jsonl", ".pt", ".pth", ".png", ".md", ".txt", ".csv", ".onnx")
 CHECKPOINT_KEYS = ("network_weights", "configuration", "plans_identifier", "num_input_channels", "num_outputs",
                    "epoch", "mirror_axes")
@@ -56,12 +56,12 @@ MAX_MANIFEST_BYTES = 16 * 2 ** 20
 
 
 def _select_folds(source: Path, configurations, folds) -> Dict[str, List[str]]:
-    trained = source / "trained"
-    confs = list(configurations) if configurations else sorted(p.name for p in trained.glob("*") if p.is_dir())
+    trained = trained_folds(source, configurations=configurations)
+    confs = list(configurations) if configurations else sorted(trained)
     wanted = [str(f) for f in folds] if folds else None
     out: Dict[str, List[str]] = {}
     for c in confs:
-        present = sorted(p.parent.name[len("fold_"):] for p in (trained / c).glob("fold_*/checkpoint_final.pt"))
+        present = trained.get(c, [])
         chosen = [f for f in present if wanted is None or f in wanted]
         if configurations and not chosen:
             raise AutoSegError(f"{source}: configuration {c!r} has no trained/{c}/fold_<k>/checkpoint_final.pt "
@@ -96,7 +96,8 @@ def _exported_network(source: Path, conf: str, fold: str, checkpoint: Path, tmp:
     """The fold's network exported to ONNX from the archived checkpoint and checked against torch
     (``inference.compiled.export_fold``): ``{archive name: local file}``."""
     from AutoSegLib.inference.compiled import ONNX_NAME, SIDECAR_NAME, export_fold
-    from AutoSegLib.models.folder import FoldWeights, network_input_channels
+    from AutoSegLib.models.folder import FoldWeights
+    from AutoSegLib.planning.plans import network_input_channels
     from AutoSegLib.planning.plans import Plans
 
     try:
@@ -182,11 +183,11 @@ def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.Pa
         done = 0
         for conf, fold_list in selected.items():
             for fold in fold_list:
-                fdir = source / "trained" / conf / f"fold_{fold}"
-                prefix = f"trained/{conf}/fold_{fold}"
+                fdir = fold_dir(source, conf, fold)
+                prefix = fdir.relative_to(source).as_posix()
                 files[f"{prefix}/checkpoint_final.pt"] = _slim_checkpoint(fdir / "checkpoint_final.pt", tmp)
                 files.update(_exported_network(source, conf, fold, files[f"{prefix}/checkpoint_final.pt"], tmp, prefix))
-                for extra in FOLD_FILES:
+                for extra in FOLD_RECORDS:
                     if (fdir / extra).is_file():
                         files[f"{prefix}/{extra}"] = fdir / extra
                 done += 1

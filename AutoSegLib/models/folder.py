@@ -20,12 +20,11 @@ from typing import Callable, Dict, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.labels import LabelLayout
-from AutoSegLib.planning.plans import Plans
+from AutoSegLib.io.work_folder import CHECKPOINT_PREFERENCE, FOLD_NAMES, fold_checkpoint, trained_dir
+from AutoSegLib.planning.plans import Plans, network_input_channels
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFERENCE = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt")
-FOLD_NAMES = ("0", "1", "2", "3", "4", "all")
 
 
 def load_autoseg_checkpoint_weights(path: Path) -> dict:
@@ -157,43 +156,6 @@ class Model:
         return (sorted(self.configurations)[0],)
 
 
-def cascade_label_values(layout: LabelLayout) -> Tuple[int, ...]:
-    """Label values whose one-hot maps (in this order) are the extra inputs of a cascade stage: every
-    foreground integer label value (for regions: every integer a region is made of), ignore excluded."""
-    return tuple(v for v in layout.all_label_values if v != 0 and v != layout.ignore_label)
-
-
-def network_input_channels(plans: Plans, configuration: str) -> int:
-    """Input channels of a configuration's network: the image channels, plus for a cascade stage one
-    one-hot channel per `cascade_label_values` (training and loading both count them here)."""
-    n = plans.num_channels
-    if plans.configuration(configuration).previous_stage:
-        n += len(cascade_label_values(plans.label_layout()))
-    return n
-
-
-def cascade_one_hot(labels, values):
-    """The extra input channels of a cascade stage from a previous-stage label map.
-
-    Parameters
-    ----------
-    labels : ndarray of int, any shape (``-1``, outside the non-zero region, matches no value)
-    values : sequence of int
-        `cascade_label_values` of the label layout.
-
-    Returns
-    -------
-    ndarray float32, shape ``(len(values), *labels.shape)``: channel k is 1 where ``labels == values[k]``.
-    """
-    import numpy as np
-
-    labels = np.asarray(labels)
-    out = np.zeros((len(values), *labels.shape), dtype=np.float32)
-    for i, v in enumerate(values):
-        out[i] = labels == v
-    return out
-
-
 def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
@@ -230,15 +192,13 @@ def _trained_precision(folds: Dict[str, FoldWeights]) -> Optional[str]:
     return found.pop() if len(found) == 1 else None
 
 
-def _scan_folds(conf_dir: Path, allow_non_final: bool) -> Dict[str, FoldWeights]:
+def _scan_folds(root: Path, configuration: str, allow_non_final: bool) -> Dict[str, FoldWeights]:
+    names = CHECKPOINT_PREFERENCE if allow_non_final else CHECKPOINT_PREFERENCE[:1]
     folds = {}
     for fold in FOLD_NAMES:
-        fdir = conf_dir / f"fold_{fold}"
-        names = CHECKPOINT_PREFERENCE if allow_non_final else CHECKPOINT_PREFERENCE[:1]
-        for name in names:
-            if (fdir / name).is_file():
-                folds[fold] = FoldWeights(fold, fdir / name)
-                break
+        path = fold_checkpoint(root, configuration, fold, names)
+        if path is not None:
+            folds[fold] = FoldWeights(fold, path)
     return folds
 
 
@@ -272,10 +232,10 @@ def load_model_folder(path: "str | Path", allow_non_final: bool = False) -> Mode
     dataset = _read_json(path / "dataset.json", "labels and channel names")
     metadata = json.loads((path / "model.json").read_text()) if (path / "model.json").is_file() else {}
     configurations: Dict[str, ConfigurationModel] = {}
-    trained = path / "trained"
+    trained = trained_dir(path)
     layout = plans.label_layout()
     for name, conf in plans.configurations.items():
-        folds = _scan_folds(trained / name, allow_non_final)
+        folds = _scan_folds(path, name, allow_non_final)
         if not folds:
             continue
         n_in = network_input_channels(plans, name)  # cascade: + one-hot of the previous stage's labels
@@ -351,7 +311,7 @@ def _load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "s
         model = load_model_folder(folder or dest, allow_non_final)
         model.source = "archive"
         return model
-    if (path / "plans.json").is_file() and (path / "trained").is_dir():
+    if (path / "plans.json").is_file() and trained_dir(path).is_dir():
         return load_model_folder(path, allow_non_final)
     if any(path.glob("*__*__*/plans.json")) or any(path.glob("fold_*/checkpoint_*.pth")):
         from AutoSegLib.models.nnunet import load_nnunet_results_folder  # helper h4's module

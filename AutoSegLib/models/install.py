@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import atomic_path, output_folder, write_json
+from AutoSegLib.io.work_folder import CHECKPOINT_FINAL, FOLD_RECORDS, fold_dir
 from AutoSegLib.progress import ProgressCallback, ProgressTracker, emit
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,13 @@ def write_model_folder(model, dest: "str | Path", progress: Optional[ProgressCal
     """Write ``model`` (a `models.folder.Model`) as an AutoSeg model folder at ``dest`` (must not exist).
 
     Checkpoints hold ``network_weights`` (contiguous CPU tensors), ``configuration``, ``plans_identifier``,
-    ``num_input_channels``, ``num_outputs``, ``epoch`` (-1: imported) and ``mirror_axes``.
+    ``num_input_channels``, ``num_outputs``, ``epoch`` (-1: imported) and ``mirror_axes``. A fold that comes
+    from an AutoSeg work or model folder keeps its records (`io.work_folder.FOLD_RECORDS`: training_config.json,
+    from which prediction takes the training precision, the log, the validation summary), as the Slicer
+    module's install keeps them.
     """
     from AutoSegLib.models.nnunet import check_state_dict
-    from AutoSegLib.training.checkpoint import plans_identifier
+    from AutoSegLib.planning.plans import plans_identifier
 
     dest = Path(dest)
     dest.mkdir(parents=True)
@@ -130,10 +134,12 @@ def write_model_folder(model, dest: "str | Path", progress: Optional[ProgressCal
         for fold, weights in conf.folds.items():
             state = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.state_dict().items()}
             check_state_dict(state, plan.network, conf.num_input_channels, layout.num_outputs, str(weights.path))
-            _save_tensors(dest / "trained" / name / f"fold_{fold}" / "checkpoint_final.pt", {
+            fdir = fold_dir(dest, name, fold)
+            _save_tensors(fdir / CHECKPOINT_FINAL, {
                 "network_weights": state, "configuration": name, "plans_identifier": plans_identifier(plan),
                 "num_input_channels": int(conf.num_input_channels), "num_outputs": int(conf.num_outputs),
                 "epoch": -1, "mirror_axes": [int(a) for a in conf.mirror_axes]})
+            _copy_fold_records(Path(weights.path).parent, fdir)
             tracker.step(f"{name} fold {fold}")
     if model.inference:
         _write_inference(model.inference, dest)
@@ -146,6 +152,14 @@ def write_model_folder(model, dest: "str | Path", progress: Optional[ProgressCal
     meta["mirror_axes"] = {n: [int(a) for a in c.mirror_axes] for n, c in model.configurations.items()}
     write_json(dest / "model.json", meta)
     return dest
+
+
+def _copy_fold_records(source: Path, dest: Path) -> None:
+    """Copy the `FOLD_RECORDS` present in the fold folder ``source`` to ``dest`` (atomically each)."""
+    for name in FOLD_RECORDS:
+        if (source / name).is_file():
+            with atomic_path(dest / name) as tmp:
+                shutil.copyfile(source / name, tmp)
 
 
 def _write_inference(inference: dict, dest: Path) -> None:

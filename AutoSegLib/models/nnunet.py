@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.models.folder import ConfigurationModel, FoldWeights, Model, cascade_label_values
+from AutoSegLib.io.labels import cascade_label_values
+from AutoSegLib.models.folder import ConfigurationModel, FoldWeights, Model
 from AutoSegLib.models.nnunet_plans import convert_plans, resolve_configuration
 from AutoSegLib.models.safe_load import load_checkpoint
 

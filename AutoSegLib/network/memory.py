@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence, Tuple
 
 if TYPE_CHECKING:  # only attributes are read; no import cycle with planning at run time
-    from AutoSegLib.planning.plans import NetworkTopology
+    from AutoSegLib.network.topology import NetworkTopology
 
 
 def _prod(values) -> int:
@@ -120,7 +120,7 @@ def conv_macs(topology: "NetworkTopology", patch_size: Sequence[int], n_input_ch
 
     The compute the planner's time budget is about (``budget.py``): a training step costs about three
     forward passes (forward, gradients of inputs and of weights). Instance norms and activations are not
-    counted; the device calibration (``planning.calibration``) measures what they add on top.
+    counted; the device calibration (``training.calibration``) measures what they add on top.
 
     Parameters are those of `feature_map_size`; ``n_input_channels`` matters here (the first conv).
 

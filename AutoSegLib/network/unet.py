@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from AutoSegLib.network.blocks import ConvStack, ResidualStack, he_init, ops_for
-from AutoSegLib.planning.plans import ARCHITECTURES, NetworkTopology
+from AutoSegLib.network.topology import ARCHITECTURES, NetworkTopology
 
 
 def _check_topology(t: NetworkTopology) -> None:

@@ -7,7 +7,7 @@ _EXPORTS = {
     "plan_configuration": "AutoSegLib.planning.planner",
     "Plans": "AutoSegLib.planning.plans",
     "ConfigurationPlan": "AutoSegLib.planning.plans",
-    "NetworkTopology": "AutoSegLib.planning.plans",
+    "NetworkTopology": "AutoSegLib.network.topology",
     "ResamplingSettings": "AutoSegLib.planning.plans",
 }
 __all__ = list(_EXPORTS)

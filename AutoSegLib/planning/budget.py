@@ -2,7 +2,7 @@
 
 The stock configurations are sized for GPU memory and ~250,000 iterations; on a laptop CPU an hour buys
 about a hundred of them. The budget configuration (``3d_budget``, ``2d_budget`` for 2D data) is chosen by
-explicit rules from the device's measured cost (`planning.calibration.Calibration`):
+explicit rules from the device's measured cost (`training.calibration.Calibration`):
 
 1. **Time**: the budget pays for training *and* its validation. Reserved first (`validation_reserve`):
    the fold's final validation (its cases predicted in full, no mirroring: windows at half-patch steps x
@@ -116,6 +116,14 @@ def validation_reserve(forward_s_per_patch: float, batch_size: int, val_iteratio
     return RESERVE_MARGIN * (epoch_val + final) + CHECKPOINT_S
 
 
+class BudgetTooSmall(AutoSegError):
+    """The budget buys fewer than `MIN_ITERATIONS`; ``smallest_minutes`` is the smallest that plans."""
+
+    def __init__(self, message: str, smallest_minutes: int):
+        super().__init__(message)
+        self.smallest_minutes = smallest_minutes
+
+
 def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], median_shape: Sequence[float],
                 n_channels: int, n_outputs: int, n_cases: int, base_plan, validation_cases: Optional[int] = None
                 ) -> Tuple[object, BudgetPlan]:
@@ -125,7 +133,7 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
     ----------
     minutes : float
         Training budget (validation included).
-    calibration : planning.calibration.Calibration
+    calibration : training.calibration.Calibration
         Measured cost of the device (or a stand-in with ``step_seconds``, ``network_seconds``,
         ``gflops``, ``key``, ``device``, ``precision``).
     target_spacing, median_shape : sequence of float
@@ -187,11 +195,11 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
         chosen = max(scored, key=lambda s: s[0][3])
     (factor, base, patch, iterations), spacing, shape, topo, step, reserve, macs = chosen
     if iterations < MIN_ITERATIONS:
-        need = (MIN_ITERATIONS * step + reserve) / 60.0
-        raise AutoSegError(
+        need = math.ceil((MIN_ITERATIONS * step + reserve) / 60.0)
+        raise BudgetTooSmall(
             f"a {minutes:g}-minute budget buys {max(iterations, 0)} training iterations on {calibration.device} "
             f"({calibration.precision}), fewer than the {MIN_ITERATIONS} that train anything useful. The smallest "
-            f"budget that plans is {math.ceil(need)} minutes; or train on a faster device.")
+            f"budget that plans is {need} minutes; or train on a faster device.", need)
     per_epoch = max(MIN_ITERATIONS_PER_EPOCH, iterations // EPOCHS_PER_RUN)
     epochs = max(1, iterations // per_epoch)
     iterations = epochs * per_epoch

@@ -125,7 +125,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
         Training time budget: adds the budget configuration ('3d_budget', '2d_budget' for 2D data) sized
         by `planning.budget.plan_budget` for ``calibration`` (required with it), recorded in
         ``Plans.budget``. Without it the plans are the stock ones.
-    calibration : planning.calibration.Calibration, optional
+    calibration : training.calibration.Calibration, optional
         The device's measured cost.
 
     Returns
@@ -174,7 +174,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
     budget = None
     if budget_minutes is not None:
         if calibration is None:
-            raise AutoSegError("a time budget needs the device's calibration (planning.calibration.calibrate).")
+            raise AutoSegError("a time budget needs the device's calibration (training.calibration.calibrate).")
         from AutoSegLib.planning.budget import plan_budget
         three_d = "3d_fullres" in configs
         base = configs["3d_fullres"] if three_d else configs["2d"]

@@ -8,6 +8,7 @@ a clear message.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -16,34 +17,11 @@ from typing import Dict, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.network.topology import NetworkTopology
 
 SCHEMA_VERSION = 1
 
-ARCHITECTURES = ("plain_unet", "residual_encoder_unet")
 NORMALIZATIONS = ("ct", "zscore", "none", "rescale_0_1", "rgb_to_0_1")
-
-
-@dataclass(frozen=True)
-class NetworkTopology:
-    """U-Net topology. Stage s has ``features_per_stage[s]`` features, is reached by a strided conv
-    with ``strides[s]`` (stage 0: all ones) and uses ``kernel_sizes[s]``. ``n_conv_per_stage`` counts
-    convs (plain) or residual blocks (residual encoder) per encoder stage; ``n_conv_per_stage_decoder``
-    has n_stages - 1 entries. Conv -> InstanceNorm(affine, eps 1e-5) -> LeakyReLU(0.01)."""
-    architecture: str
-    n_stages: int
-    features_per_stage: Tuple[int, ...]
-    kernel_sizes: Tuple[Tuple[int, ...], ...]
-    strides: Tuple[Tuple[int, ...], ...]
-    n_conv_per_stage: Tuple[int, ...]
-    n_conv_per_stage_decoder: Tuple[int, ...]
-    conv_bias: bool = True
-
-    @property
-    def ndim(self) -> int:
-        return len(self.kernel_sizes[0])
-
-    def pools_per_axis(self) -> Tuple[int, ...]:
-        return tuple(sum(1 for s in self.strides if s[a] > 1) for a in range(self.ndim))
 
 
 @dataclass(frozen=True)
@@ -227,3 +205,19 @@ def _build(cls, data: dict, source: str):
             v = _tupleize(v)
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def network_input_channels(plans: "Plans", configuration: str) -> int:
+    """Input channels of a configuration's network: the image channels, plus for a cascade stage one
+    one-hot channel per `cascade_label_values` (training and loading both count them here)."""
+    n = plans.num_channels
+    if plans.configuration(configuration).previous_stage:
+        from AutoSegLib.io.labels import cascade_label_values
+        n += len(cascade_label_values(plans.label_layout()))
+    return n
+
+
+def plans_identifier(configuration_plan) -> str:
+    """Hash of a configuration plan (its JSON, keys sorted): checkpoints and data record it."""
+    blob = json.dumps(asdict(configuration_plan), sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

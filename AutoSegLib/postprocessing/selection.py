@@ -82,14 +82,15 @@ def discover_cv_results(work_dir: Path, configurations: Optional[Sequence[str]] 
     added); one with none is left out (named in the notes) unless it was asked for explicitly (error).
     """
     notes = notes if notes is not None else []
-    trained = work_dir / "trained"
+    from AutoSegLib.io.work_folder import fold_dir, trained_dir
     wanted_folds = tuple(str(f) for f in (folds or CV_FOLDS))
+    trained = trained_dir(work_dir)
     names = list(configurations) if configurations else sorted(p.name for p in trained.glob("*") if p.is_dir())
     found: Dict[str, TrainedConfiguration] = {}
     for name in names:
         present, cases = [], {}
         for fold in wanted_folds:
-            vdir = trained / name / f"fold_{fold}" / "validation"
+            vdir = fold_dir(work_dir, name, fold) / "validation"
             if not (vdir / "summary.json").is_file():
                 continue
             present.append(fold)

@@ -159,7 +159,7 @@ def check_previous_stage(work_dir: "str | Path", plans, configuration: str, case
         previous stage that write them.
     """
     from AutoSegLib.preprocessing.dataset import preprocessed_folder, preprocessing_signature
-    from AutoSegLib.training.checkpoint import plans_identifier
+    from AutoSegLib.planning.plans import plans_identifier
 
     work_dir = Path(work_dir)
     folder = previous_stage_folder(work_dir, plans, configuration)

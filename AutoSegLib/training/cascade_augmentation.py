@@ -144,7 +144,7 @@ def previous_stage_to_one_hot(data: np.ndarray, seg: np.ndarray, values: Sequenc
     data : ndarray float32 (B, C + len(values), *spatial)
     seg : ndarray (B, 1, *spatial), dtype of ``seg``
     """
-    from AutoSegLib.models.folder import cascade_one_hot
+    from AutoSegLib.io.labels import cascade_one_hot
 
     if seg.shape[1] != 2:
         raise ValueError(f"expected seg of shape (B, 2, *spatial) holding the previous stage's map in channel 1, "

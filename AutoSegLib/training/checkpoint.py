@@ -8,8 +8,6 @@ any moment leaves either the previous or the new complete file.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,13 +21,6 @@ from AutoSegLib.io.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-
-
-def plans_identifier(configuration_plan) -> str:
-    """Hash of a configuration plan (its JSON, keys sorted): checkpoints and data record it."""
-    from dataclasses import asdict
-    blob = json.dumps(asdict(configuration_plan), sort_keys=True, default=list).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def save_checkpoint(path: "str | os.PathLike", payload: Dict[str, Any]) -> Path:

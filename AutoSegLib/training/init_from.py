@@ -14,16 +14,17 @@ from AutoSegLib.errors import AutoSegError
 def _find_checkpoint(path: Path, configuration: str, fold) -> Path:
     if path.is_file():
         return path
-    conf_dir = path / "trained" / configuration
+    from AutoSegLib.io.work_folder import CHECKPOINT_PREFERENCE, fold_checkpoint, trained_dir, trained_folds
+
+    conf_dir = trained_dir(path, configuration)
     if not conf_dir.is_dir():
         raise AutoSegError(f"--init-from {path}: no trained/{configuration}/ inside. Give a model folder or work "
                            f"folder trained with configuration {configuration!r}, or a checkpoint file.")
-    candidates = [f"fold_{fold}", "fold_all", "fold_0", *sorted(p.name for p in conf_dir.glob("fold_*"))]
-    for name in candidates:
-        for ck in ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt"):
-            p = conf_dir / name / ck
-            if p.is_file():
-                return p
+    present = trained_folds(path, None, [configuration]).get(configuration, [])
+    for name in (str(fold), "all", "0", *present):
+        p = fold_checkpoint(path, configuration, name, CHECKPOINT_PREFERENCE)
+        if p is not None:
+            return p
     raise AutoSegError(f"--init-from {path}: no checkpoint under {conf_dir}.")
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.training.device import Execution
+from AutoSegLib.device import Execution
 from AutoSegLib.training.loss import LabelEncoder, SegmentationLoss
 
 OOM_HINT = ("CUDA ran out of memory while training. Re-plan for a smaller GPU, e.g. `autoseg plan ... "

@@ -15,12 +15,10 @@ batch and only rank 0 writes.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 import torch
 
 from AutoSegLib.errors import AutoSegError
@@ -34,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def fold_output_dir(work_dir: Path, configuration: str, fold, output_dir=None) -> Path:
-    return Path(output_dir or work_dir) / "trained" / configuration / f"fold_{fold}"
+    from AutoSegLib.io.work_folder import fold_dir
+    return fold_dir(output_dir or work_dir, configuration, fold)
 
 
 def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str],
@@ -79,11 +78,11 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         another architecture; CUDA out of memory. Nothing is overwritten in those cases.
     """
     from AutoSegLib.allocator import keep_freed_memory
-    from AutoSegLib.models.folder import cascade_label_values, network_input_channels
+    from AutoSegLib.device import choose_execution, resolve_device
+    from AutoSegLib.io.labels import cascade_label_values
     from AutoSegLib.network.unet import build_network
-    from AutoSegLib.planning.plans import Plans
+    from AutoSegLib.planning.plans import Plans, network_input_channels, plans_identifier
     from AutoSegLib.training.data import check_preprocessed
-    from AutoSegLib.training.device import choose_execution, resolve_device
     from AutoSegLib.training.loss import SegmentationLoss
     from AutoSegLib.training.splits import fold_cases, parse_fold
     from AutoSegLib.training.workers import choose_workers
@@ -131,7 +130,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
             log.warning(message)
             emit(progress, "log", level="warning", message=message)
         else:
-            want = ckpt_mod.plans_identifier(plan)
+            want = plans_identifier(plan)
             if resumed.get("plans_identifier") != want or resumed.get("configuration") != configuration:
                 raise AutoSegError(f"{source}: made with other plans or another configuration than "
                                    f"{configuration!r} of {work_dir / 'plans.json'}. Train into another --output, "
@@ -169,7 +168,7 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
 
     n_out = (plan.network.n_stages - 1) if config.deep_supervision else 1
     loss_fn = SegmentationLoss(layout, plan.batch_dice, n_out, ddp=info.enabled)
-    base = {"configuration": configuration, "plans_identifier": ckpt_mod.plans_identifier(plan),
+    base = {"configuration": configuration, "plans_identifier": plans_identifier(plan),
             "num_input_channels": num_inputs, "num_outputs": layout.num_outputs,
             "labels": dict(plans.labels), "fold": str(fold), "format_version": ckpt_mod.FORMAT_VERSION}
     if info.is_main:

@@ -29,7 +29,7 @@ import torch
 from AutoSegLib.io.atomic import atomic_path, write_json
 from AutoSegLib.io.labels import LabelLayout
 from AutoSegLib.progress import ProgressCallback, ProgressTracker
-from AutoSegLib.training.device import Execution
+from AutoSegLib.device import Execution
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def _raw_label_path(work_dir: Path, case: str) -> Optional[Path]:
 def _raw_images(work_dir: Path) -> Optional[Dict[str, tuple]]:
     """Image files per case of the raw dataset (``dataset_path`` of the work folder's dataset.json), or
     None (with a warning) when it cannot be read."""
-    from AutoSegLib.io.datasets import dataset_path_of, load_dataset
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import dataset_path_of
 
     try:
         return {c: f.images for c, f in load_dataset(dataset_path_of(work_dir)).cases.items()}
@@ -102,9 +103,9 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
     from AutoSegLib.inference.sliding_window import predict_sliding_window
     from AutoSegLib.io.geometry import Geometry
     from AutoSegLib.io.images import read_case, read_image, write_image
-    from AutoSegLib.models.folder import cascade_label_values, cascade_one_hot
+    from AutoSegLib.io.labels import cascade_label_values, cascade_one_hot
     from AutoSegLib.training import cascade
-    from AutoSegLib.training.checkpoint import plans_identifier
+    from AutoSegLib.planning.plans import plans_identifier
     from AutoSegLib.training.data import load_case
 
     plan = plans.configuration(configuration)

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.labels import LabelLayout
+from AutoSegLib.io.work_folder import trained_dir, trained_folds
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +119,10 @@ def read_model_info(path) -> ModelInfo:
         regions = [(n, v) for n, v in zip(layout.names, layout.values) if v != 0]
         labels = [("background", 0)] + [(n, int(rco[i])) for i, (n, _) in enumerate(regions) if i < len(rco)]
 
-    trained = folder / "trained"
+    trained = trained_dir(folder)
     configurations = tuple(sorted(p.name for p in trained.iterdir() if p.is_dir())) if trained.is_dir() else ()
-    folds: Tuple[str, ...] = ()
-    for conf in configurations:
-        found = tuple(sorted(p.name[len("fold_"):] for p in (trained / conf).glob("fold_*")
-                             if (p / "checkpoint_final.pt").is_file()))
-        if found:
-            folds = found
-            break
+    with_final = trained_folds(folder)
+    folds: Tuple[str, ...] = tuple(next(iter(with_final.values()), ()))
     if not folds:
         raise AutoSegError(f"{folder} is not a usable model: no trained/<configuration>/fold_<k>/checkpoint_final.pt "
                            f"found. Install a trained model with 'Add model...'.")

@@ -89,16 +89,33 @@ def make_model_folder(path, channel_names=("MRI",), labels=None, model_json=None
     loads weights itself (the child does). Returns its path."""
     path = Path(path)
     labels = labels or {"background": 0, "organ": 1, "lesion": 2}
-    fold = path / "trained" / configuration / "fold_0"
+    from AutoSegLib.io.work_folder import fold_dir
+    fold = fold_dir(path, configuration, 0)
     fold.mkdir(parents=True)
     (fold / "checkpoint_final.pt").write_bytes(b"placeholder")
     (path / "dataset.json").write_text(json.dumps({
         "name": path.name, "channel_names": {str(i): n for i, n in enumerate(channel_names)},
         "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"}))
-    (path / "plans.json").write_text(json.dumps({"configurations": {configuration: {"patch_size": list(patch)}}}))
+    _tiny_plans(path.name, channel_names, labels, configuration, patch).to_json(path / "plans.json")
     if model_json is not None:
         (path / "model.json").write_text(json.dumps(model_json))
     return path
+
+
+def _tiny_plans(name, channel_names, labels, configuration, patch):
+    """Valid plans for a two-stage U-Net of 4..8 features at 1 mm (what a fine-tuning adopts)."""
+    from AutoSegLib.planning.plans import ConfigurationPlan, NetworkTopology, Plans
+
+    nd = len(patch)
+    topology = NetworkTopology("plain_unet", 2, (4, 8), ((3,) * nd, (3,) * nd), ((1,) * nd, (2,) * nd), (1, 1), (1,))
+    n = len(channel_names)
+    conf = ConfigurationPlan(name=configuration, spacing=(1.0,) * nd, patch_size=tuple(patch), batch_size=2,
+                             median_image_size=tuple(float(p) for p in patch), normalization=("zscore",) * n,
+                             use_mask_for_norm=(False,) * n, network=topology, data_identifier=f"tiny_{configuration}")
+    return Plans(dataset_name=name, channel_names={str(i): c for i, c in enumerate(channel_names)}, labels=labels,
+                 transpose_forward=(0, 1, 2), transpose_backward=(0, 1, 2), original_median_spacing=(1.0, 1.0, 1.0),
+                 original_median_shape=tuple(float(p) for p in patch)[-3:], intensity_properties={},
+                 configurations={configuration: conf})
 
 
 def synthetic_image():

@@ -27,9 +27,10 @@ from typing import Callable, List, Optional
 
 from AutoSegLib.errors import AutoSegError, DatasetError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.work_folder import CHECKPOINT_LATEST, trained_folds
 from AutoSegSlicer import models
 from AutoSegSlicer.runner import ProcessRunner, autoseglib_command
-from AutoSegSlicer.training_install import cv_report_table, install_model, trained_folds
+from AutoSegSlicer.training_install import cv_report_table, install_model
 from AutoSegSlicer.training_job import TrainingJob
 from AutoSegSlicer.training_options import (DatasetSummary, TrainingOptions, check_finetune_compatible,
                                             resolve_folds, summarize_dataset)
@@ -128,7 +129,7 @@ class TrainingLogic:
                 state = TrainingState.load(work)
             except AutoSegError:
                 state = None  # unreadable: nothing to resume
-        trained = any((work / "trained").rglob("checkpoint_latest.pt")) if work.is_dir() else False
+        trained = bool(trained_folds(work, (CHECKPOINT_LATEST,)))
         if state is not None and not state.finished and trained:
             raise UnfinishedTrainingError(f"An unfinished training named '{options.model_name}' exists in {work}. "
                                           f"Resume it, discard it, or choose another model name.", work)
@@ -238,23 +239,9 @@ class TrainingLogic:
     @staticmethod
     def _prepare_finetune(state: TrainingState) -> None:
         """The work folder of a fine-tuning: the new dataset's dataset.json, the model's plans and fingerprint
-        (the network and normalisation must stay the model's)."""
-        base = Path(state.base_model)
-        dataset_json = json.loads((state.dataset / "dataset.json").read_text())
-        dataset_json["dataset_path"] = str(state.dataset)
-        write_json(state.work / "dataset.json", dataset_json)
-        for name in ("plans.json", "fingerprint.json"):
-            if not (base / name).is_file():
-                if name == "plans.json":
-                    raise AutoSegError(f"{base / name}: missing; model '{base.name}' cannot be fine-tuned.")
-                continue
-            data = json.loads((base / name).read_text())
-            labels = dataset_json.get("labels") or {}
-            if name == "plans.json" and "ignore" in labels and isinstance(data.get("labels"), dict):
-                # Partially annotated corrections: the plans must know the ignore value (outputs unchanged).
-                data["labels"] = {**{k: v for k, v in data["labels"].items() if k != "ignore"},
-                                  "ignore": labels["ignore"]}
-            write_json(state.work / name, data)
+        (the network and normalisation must stay the model's): `autoseg plan --plans-from MODEL`'s function."""
+        from AutoSegLib import api
+        api.plan(state.dataset, state.work, plans_from=state.base_model)
 
     def _install(self, job: TrainingJob) -> None:
         state = job.state

@@ -19,27 +19,13 @@ from typing import Dict, List, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.work_folder import CHECKPOINT_FINAL, FOLD_RECORDS, fold_dir, trained_folds
 
 log = logging.getLogger(__name__)
 
 #: Files copied from the work folder's top level when present.
 TOP_FILES = ("dataset.json", "plans.json", "fingerprint.json", "inference.json", "find_best_report.json",
              "find_best_report.md", "splits_final.json")
-#: Files copied from each fold folder when present (checkpoint_final.pt is required).
-FOLD_FILES = ("checkpoint_final.pt", "training_log.jsonl", "training_config.json", "progress.png")
-
-
-def trained_folds(work) -> Dict[str, List[str]]:
-    """``{configuration: [fold, ...]}`` of the folds with a final checkpoint under ``work/trained``."""
-    out: Dict[str, List[str]] = {}
-    trained = Path(work) / "trained"
-    if not trained.is_dir():
-        return out
-    for conf in sorted(p for p in trained.iterdir() if p.is_dir()):
-        folds = sorted(p.name[len("fold_"):] for p in conf.glob("fold_*") if (p / "checkpoint_final.pt").is_file())
-        if folds:
-            out[conf.name] = folds
-    return out
 
 
 def folder_name(name: str) -> str:
@@ -106,15 +92,11 @@ def install_model(work, models_dir, name: str, description: str = "", base_model
                 shutil.copy2(work / f, stage / f)
         for conf, fold_list in folds.items():
             for fold in fold_list:
-                src = work / "trained" / conf / f"fold_{fold}"
-                dst = stage / "trained" / conf / f"fold_{fold}"
-                dst.mkdir(parents=True)
-                for f in FOLD_FILES:
+                src, dst = fold_dir(work, conf, fold), fold_dir(stage, conf, fold)
+                for f in (CHECKPOINT_FINAL, *FOLD_RECORDS):
                     if (src / f).is_file():
+                        (dst / f).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(src / f, dst / f)
-                if (src / "validation" / "summary.json").is_file():
-                    (dst / "validation").mkdir()
-                    shutil.copy2(src / "validation" / "summary.json", dst / "validation" / "summary.json")
         meta = {"name": name, "version": str(version), "description": description,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "configurations": folds}
         if base_model is not None:
@@ -177,12 +159,11 @@ def cv_report(folder) -> dict:
     labels = [(str(n), int(v)) for n, v in (dataset.get("labels") or {}).items()
               if n != "ignore" and isinstance(v, int)]
     rows = []
-    trained = folder / "trained"
-    for conf in sorted(p for p in trained.iterdir() if p.is_dir()) if trained.is_dir() else []:
-        for fold_dir in sorted(conf.glob("fold_*")):
-            summary = _read_json(fold_dir / "validation" / "summary.json")
+    for conf, folds in trained_folds(folder, checkpoints=None).items():
+        for fold in folds:
+            summary = _read_json(fold_dir(folder, conf, fold) / "validation" / "summary.json")
             if summary is not None:
-                rows.append((conf.name, fold_dir.name[len("fold_"):], _dice_by_label(summary, labels)))
+                rows.append((conf, fold, _dice_by_label(summary, labels)))
     inference = _read_json(folder / "inference.json") or {}
     chosen = inference.get("configurations") or []
     chosen = [c if isinstance(c, str) else str(c.get("name", c)) if isinstance(c, dict) else str(c) for c in chosen]

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.work_folder import fold_dir
 from AutoSegSlicer.runner import RunResult, autoseglib_command
 from AutoSegSlicer.training_pipeline import (DONE, FAILED, LOG_FILE, PENDING, RUNNING, Step, TrainingState,
-                                             fold_dir, resume_args)
+                                             resume_args)
 from AutoSegSlicer.training_options import budget_per_training
 from AutoSegSlicer.training_progress import TrainingCurves, TrainingStatus
 

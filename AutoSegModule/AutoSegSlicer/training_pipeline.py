@@ -26,6 +26,7 @@ from typing import List, Optional
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.work_folder import fold_dir
 from AutoSegSlicer.training_options import TrainingOptions, budget_per_training
 
 STATE_FILE = "autoseg_training.json"
@@ -274,8 +275,6 @@ def resume_args(step: Step, work: Path) -> List[str]:
     return args
 
 
-def fold_dir(work: Path, configuration: str, fold: str) -> Path:
-    return Path(work) / "trained" / str(configuration) / f"fold_{fold}"
 
 
 def process_running(pid: Optional[int]) -> bool:

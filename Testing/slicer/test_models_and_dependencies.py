@@ -192,3 +192,39 @@ def test_an_installed_torch_older_than_23_is_upgraded_through_pytorchutils_after
         dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=stuck,
                                          is_importable=present.__contains__, torch_version=lambda: "2.2.0", training=True)
     assert dependencies.version_tuple("2.3.0a0+git1234") == (2, 3, 0) and dependencies.version_tuple("2.10") > (2, 3)
+
+
+def test_command_line_import_and_slicer_install_keep_the_same_fold_records(tmp_path):
+    """`import-model WORK` and the module's install of a finished training give models that predict alike:
+    both keep each fold's training_config.json (prediction takes the training precision from it), its log
+    and its validation summary (one list of fold records, io.work_folder.FOLD_RECORDS)."""
+    import importlib.util
+    from pathlib import Path
+
+    from AutoSegLib.io.work_folder import FOLD_RECORDS, fold_dir
+    from AutoSegLib.models.folder import load_model
+    from AutoSegLib.models.install import import_models
+    from AutoSegSlicer.training_install import install_model
+
+    spec = importlib.util.spec_from_file_location(
+        "inference_conftest", Path(__file__).parents[1] / "lib" / "inference" / "conftest.py")
+    factory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factory)
+    work = factory.write_model(tmp_path / "work", factory.make_plans(), folds=("0", "1"))
+    for fold in ("0", "1"):
+        fdir = fold_dir(work, "3d_fullres", fold)
+        (fdir / "training_config.json").write_text(json.dumps({"resolved": {"autocast": "torch.bfloat16"}}))
+        (fdir / "training_log.jsonl").write_text('{"epoch": 0}\n')
+        (fdir / "validation").mkdir()
+        (fdir / "validation" / "summary.json").write_text(json.dumps({"fold": fold}))
+    assert load_model(work).configurations["3d_fullres"].trained_precision == "bfloat16"
+
+    imported = import_models([work], tmp_path / "cli_models", name="cli")
+    installed = install_model(work, tmp_path / "slicer_models", "slicer")
+    for folder in (imported, installed):
+        assert load_model(folder).configurations["3d_fullres"].trained_precision == "bfloat16", folder
+        for fold in ("0", "1"):
+            for record in ("training_config.json", "training_log.jsonl", "validation/summary.json"):
+                assert record in FOLD_RECORDS
+                got = fold_dir(folder, "3d_fullres", fold) / record
+                assert got.read_bytes() == (fold_dir(work, "3d_fullres", fold) / record).read_bytes(), got

@@ -213,7 +213,7 @@ def test_add_to_training_set_creates_then_extends_a_dataset(segmented, autoseg_l
 def _verify_dataset(ds):
     """The library's own dataset check when it exists (h1's verify), else an independent minimal one."""
     try:
-        from AutoSegLib.io.datasets import verify_dataset
+        from AutoSegLib.io.verify import verify_dataset
 
         verify_dataset(ds)  # raises DatasetError listing every problem
         return

@@ -72,3 +72,62 @@ def test_the_supported_releases_are_stated_where_users_and_pip_read_them():
     for tag in FIXTURE["tags"]:
         assert f"Slicer {tag[1:].rsplit('.', 1)[0]}" in readme, tag
     assert f"Python {oldest}" in readme
+
+
+EFFECT_FILE = MODULE_DIR / "SegmentEditorAutoSegLib" / "SegmentEditorEffect.py"
+#: The hooks a scripted Segment Editor effect must define to work (options, parameters, icon, help, cloning).
+REQUIRED_HOOKS = {"clone", "icon", "helpText", "setupOptionsFrame", "setMRMLDefaults", "updateGUIFromMRML",
+                  "updateMRMLFromGUI"}
+
+
+def _effect_class():
+    import ast
+
+    tree = ast.parse(EFFECT_FILE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegmentEditorEffect")
+    methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)} - {"__init__"}
+    referenced = {n.attr for n in ast.walk(cls) if isinstance(n, ast.Attribute)
+                  and isinstance(n.value, ast.Name) and n.value.id == "self"}
+    referenced |= {n.value for n in ast.walk(cls) if isinstance(n, ast.Constant)}   # @guarded(..., recover="x")
+    if "guarded(" in EFFECT_FILE.read_text():
+        referenced.add("recover")                                                    # guarded's default
+    return methods, referenced
+
+
+@pytest.mark.parametrize("tag", FIXTURE["tags"])
+def test_the_effect_defines_only_hooks_each_supported_slicer_calls(tag):
+    """A hook with a wrong name is never called (no error anywhere): every method of the effect class that its own
+    code never uses is for Slicer, so it must be a hook of qSlicerSegmentEditorScriptedEffect in that release."""
+    hooks = set(FIXTURE["releases"][tag]["effect_hooks"])
+    assert {"setupOptionsFrame", "processInteractionEvents"} <= hooks
+    methods, referenced = _effect_class()
+    assert REQUIRED_HOOKS <= methods
+    assert (methods - referenced) | REQUIRED_HOOKS <= hooks, sorted(((methods - referenced) | REQUIRED_HOOKS) - hooks)
+    assert "cleanup" not in methods or tag != "v5.8.0"   # a 5.10+ hook: on 5.8 it would silently never run
+
+
+def test_the_effect_calls_on_the_scripted_effect_adaptor_are_checked(tmp_path):
+    found = api_uses.uses(sorted(MODULE_DIR.rglob("*.py")), UI_DIR)
+    on_adaptor = {m for _, c, m in found.class_methods if c == "qSlicerSegmentEditorScriptedEffect"}
+    assert {"modifySegmentByLabelmap", "saveStateForUndo", "defaultModifierLabelmap", "addLabeledOptionsWidget",
+            "parameterSetNode", "setCommonNodeReference", "nodeReference", "setParameterDefault",
+            "integerParameter", "setPythonSource"} <= on_adaptor
+    assert ("SegmentEditorEffect.py:14", "SegmentEditorEffects", "AbstractScriptedSegmentEditorEffect") in \
+        found.python_imports
+    wrong = ("import qSlicerSegmentationsEditorEffectsPythonQt as effects\n"
+             "from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect, NotAnEffect\n"
+             "class E:\n"
+             "    def f(self, viewWidget):\n"
+             "        self.scriptedEffect.modifySegmentByLabelMap(None, '', None, 0)\n"
+             "        self.scriptedEffect.perSegmnt = False\n"
+             "        instance = effects.qSlicerSegmentEditorScriptedEffect(None)\n"
+             "        instance.setPythonSourceFile('x.py')\n"
+             "        instance.setPythonSource('x.py')\n"
+             "        sliceWidget = viewWidget\n"
+             "        sliceWidget.sliceNodeX()\n")
+    assert [line.split(": ", 1)[1] for line in _check_source(tmp_path, wrong, "v5.8.0")] == [
+        "qSlicerSegmentEditorScriptedEffect.modifySegmentByLabelMap does not exist in Slicer v5.8.0",
+        "qSlicerSegmentEditorScriptedEffect.setPythonSourceFile does not exist in Slicer v5.8.0",
+        "qMRMLSliceWidget.sliceNodeX does not exist in Slicer v5.8.0",
+        "SegmentEditorEffects.NotAnEffect does not exist in Slicer v5.8.0",
+        "qSlicerSegmentEditorScriptedEffect has no property perSegmnt in Slicer v5.8.0"]

@@ -482,7 +482,8 @@ def test_finetune_refuses_other_labels_or_channel_count(logic, dataset, base_mod
 def test_resume_passes_resume_when_only_the_best_checkpoint_exists(tmp_path):
     """A stop during the first checkpoint write leaves checkpoint_best.pt alone: Slicer's Resume must
     still pass --resume (the trainer falls back to it) instead of starting over and being refused."""
-    from AutoSegSlicer.training_pipeline import Step, fold_dir, resume_args
+    from AutoSegLib.io.work_folder import fold_dir
+    from AutoSegSlicer.training_pipeline import Step, resume_args
 
     step = Step("train", ["WORK", "3d_fullres", "0"], configuration="3d_fullres", fold="0")
     folder = fold_dir(tmp_path, "3d_fullres", "0")

@@ -107,11 +107,13 @@ def _cmake_list(text, variable):
 def test_every_module_file_on_disk_is_in_the_module_cmake_lists():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS")
-    assert scripts == ["${MODULE_NAME}.py", "${AUTOSEGSLICER_PYTHON_SCRIPTS}"], scripts
+    assert scripts == ["${MODULE_NAME}.py", "${AUTOSEGSLICER_PYTHON_SCRIPTS}", "${EFFECT_PYTHON_SCRIPTS}"], scripts
+    effect_scripts = _cmake_list(text, "EFFECT_PYTHON_SCRIPTS")
     m = re.search(r"file\(GLOB AUTOSEGSLICER_PYTHON_SCRIPTS(.*?)\)", text, re.S)
     assert m and "${CMAKE_CURRENT_SOURCE_DIR}/AutoSegSlicer/*.py" in m.group(1) and "RELATIVE" in m.group(1)
     # what that non-recursive glob cannot reach: .py files elsewhere in the module folder
-    covered = {MODULE_DIR / "AutoSeg.py", *(MODULE_DIR / "AutoSegSlicer").glob("*.py")}
+    covered = {MODULE_DIR / "AutoSeg.py", *(MODULE_DIR / "AutoSegSlicer").glob("*.py"),
+               *(MODULE_DIR / p for p in effect_scripts)}
     on_disk = {p for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
     assert on_disk - covered == set(), f"not installed by the module CMakeLists: {sorted(on_disk - covered)}"
     resources = {s.replace("${MODULE_NAME}", "AutoSeg") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")}

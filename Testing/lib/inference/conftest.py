@@ -35,7 +35,7 @@ def make_plans(num_channels=1, labels=None, configurations=("3d_fullres",), spac
 
 
 def write_model(folder, plans: Plans, folds=("0",), seed=0, checkpoint="checkpoint_final.pt"):
-    from AutoSegLib.models.folder import cascade_label_values
+    from AutoSegLib.io.labels import cascade_label_values
     folder.mkdir(parents=True, exist_ok=True)
     plans.to_json(folder / "plans.json")
     ds = {"channel_names": plans.channel_names, "labels": plans.labels, "file_ending": ".nii.gz", "numTraining": 0}

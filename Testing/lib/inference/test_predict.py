@@ -249,7 +249,7 @@ def test_device_and_precision_choices():
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_follows_the_training_precision_on_cpu(monkeypatch, native):
     from AutoSegLib.inference.runner import resolve_precision
-    from AutoSegLib.training import device as device_mod
+    from AutoSegLib import device as device_mod
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu, "bfloat16") is (torch.bfloat16 if native else None)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.models.folder import cascade_label_values, load_model
+from AutoSegLib.io.labels import cascade_label_values
+from AutoSegLib.models.folder import load_model
 
 _spec = importlib.util.spec_from_file_location("inference_conftest",
                                                Path(__file__).parents[1] / "inference" / "conftest.py")

@@ -9,7 +9,7 @@ import pytest
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.network.memory import conv_macs
 from AutoSegLib.planning import budget as B
-from AutoSegLib.planning.calibration import Calibration
+from AutoSegLib.training.calibration import Calibration
 from AutoSegLib.planning.plans import ConfigurationPlan, NetworkTopology, Plans, ResamplingSettings
 
 # The LA2018_1p25mm fullres numbers (reference plans): target 1.25 mm, median image 44 x 71 x 96.
@@ -99,6 +99,7 @@ def test_a_budget_too_small_names_the_smallest_that_plans():
     with pytest.raises(AutoSegError, match=r"smallest budget that plans is (\d+) minutes") as err:
         plan(1, device)
     minutes = int(err.value.args[0].split("smallest budget that plans is ")[1].split()[0])
+    assert isinstance(err.value, B.BudgetTooSmall) and err.value.smallest_minutes == minutes  # the demo's fallback
     _, record = plan(minutes, device)  # and that budget does plan
     assert record.iterations >= B.MIN_ITERATIONS - B.MIN_ITERATIONS_PER_EPOCH
     with pytest.raises(AutoSegError, match="positive"):
@@ -164,7 +165,7 @@ def test_throughput_is_interpolated_in_log_macs_and_clamped():
 
 
 def test_calibration_is_measured_once_and_cached_per_precision(tmp_path, monkeypatch):
-    from AutoSegLib.planning import calibration as C
+    from AutoSegLib.training import calibration as C
 
     calls = []
 
@@ -193,8 +194,8 @@ def test_calibration_is_measured_once_and_cached_per_precision(tmp_path, monkeyp
 def test_the_real_probe_measures_a_training_step(tmp_path):
     import torch
 
-    from AutoSegLib.planning import calibration as C
-    from AutoSegLib.training.device import choose_execution
+    from AutoSegLib.training import calibration as C
+    from AutoSegLib.device import choose_execution
 
     macs, seconds = C._time_probe((16, 16, 16), 4, choose_execution(torch.device("cpu"), "float32", False, 3))
     topo, patch = C.probe_topology((16, 16, 16), 4)
@@ -203,6 +204,6 @@ def test_the_real_probe_measures_a_training_step(tmp_path):
 
 
 def test_an_unknown_device_is_refused(tmp_path):
-    from AutoSegLib.planning.calibration import calibrate
+    from AutoSegLib.training.calibration import calibrate
     with pytest.raises(AutoSegError, match="device"):
         calibrate("tpu", cache_path=tmp_path / "c.json")

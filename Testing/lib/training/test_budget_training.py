@@ -94,9 +94,10 @@ def test_the_reserve_counts_the_final_validation_windows():
 # ---- a budget configuration end to end -------------------------------------------------------------------
 def budget_work(root: Path):
     """Synthetic dataset planned with a 5-minute budget on a stand-in device, budget data preprocessed."""
-    from AutoSegLib.io.datasets import load_dataset, write_work_dataset_json
+    from AutoSegLib.io.datasets import load_dataset
+    from AutoSegLib.io.work_folder import write_work_dataset_json
     from AutoSegLib.io.synthetic import make_synthetic_dataset
-    from AutoSegLib.planning.calibration import Calibration
+    from AutoSegLib.training.calibration import Calibration
     from AutoSegLib.planning.planner import plan_experiment
     from AutoSegLib.planning.workdir import fingerprint_for
     from AutoSegLib.preprocessing.dataset import preprocess_dataset

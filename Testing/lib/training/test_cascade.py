@@ -285,7 +285,7 @@ def test_predictions_of_a_previous_stage_planned_otherwise_are_stale(cascade_wor
     from AutoSegLib.io.images import read_case, read_image
     from AutoSegLib.planning.plans import Plans
     from AutoSegLib.training.cascade import check_previous_stage, save_next_stage_predictions
-    from AutoSegLib.training.checkpoint import plans_identifier
+    from AutoSegLib.planning.plans import plans_identifier
 
     work = tmp_path / "work"
     shutil.copytree(cascade_work, work)

@@ -215,7 +215,7 @@ def test_time_budget_stops_cleanly_and_still_validates(work):
 
 def test_cuda_out_of_memory_names_the_fix():
     from AutoSegLib.io.labels import LabelLayout
-    from AutoSegLib.training.device import Execution
+    from AutoSegLib.device import Execution
     from AutoSegLib.training.loop import train_step
     from AutoSegLib.training.loss import SegmentationLoss
 

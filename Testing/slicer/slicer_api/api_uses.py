@@ -11,7 +11,12 @@ slicer_api.json (built by extract_slicer_api.py from Slicer's and CTK's sources 
   methods are snake_case or lowerCamel): a method of some class;
 - ``torch_logic.m(..., kw=...)`` (a ``PyTorchUtils.PyTorchUtilsLogic``): the method and its keywords;
 - ``w.connect("signal(args)", ...)`` and ``w.prop = ...`` where ``w`` is a widget of the .ui files
-  (``self.ui.name`` / ``self.form.name``) or ``v = slicer.qX()``: a signal / property of that widget class.
+  (``self.ui.name`` / ``self.form.name``), ``v = slicer.qX()`` or ``self.v = slicer.qX()``: a signal / property
+  of that widget class;
+- calls and property writes on a receiver of known Qt class (as above, ``v = <module>PythonQt.qX(...)``, or a name
+  in `RECEIVER_CLASSES`, e.g. ``self.scriptedEffect``): every method name, lowerCamel too (Qt's own methods in
+  `QT_METHODS` excepted);
+- ``from SegmentEditorEffects import X``: a name of Slicer's Python effect package.
 
 `check(uses, fixture, tag)` returns the uses that release lacks, as readable lines.
 """
@@ -39,6 +44,17 @@ QT_PROPERTIES = {"enabled", "toolTip", "text", "visible", "checked", "value", "m
                  "alignment", "geometry", "wordWrap", "textFormat", "openExternalLinks", "maximumBlockCount"}
 
 
+#: Receivers named like this are of this class wherever they appear (``self.scriptedEffect`` in a scripted
+#: Segment Editor effect is the C++ adaptor; the effect code names slice widgets and the layout manager so).
+RECEIVER_CLASSES = {"scriptedEffect": "qSlicerSegmentEditorScriptedEffect", "sliceWidget": "qMRMLSliceWidget",
+                    "layoutManager": "qSlicerLayoutManager"}
+#: Methods of QObject/QWidget (not in Slicer's sources) called on Slicer widgets.
+QT_METHODS = {"blockSignals", "setToolTip", "setEnabled", "setVisible", "show", "hide", "className", "objectName",
+              "setObjectName", "deleteLater", "parent", "setParent", "connect", "disconnect", "self"}
+#: Slicer's Python packages whose names the module imports (checked against the fixture's ``python_modules``).
+PYTHON_MODULES = ("SegmentEditorEffects",)
+
+
 @dataclass
 class Uses:
     util_calls: list = field(default_factory=list)       # (where, function, [keywords])
@@ -48,6 +64,7 @@ class Uses:
     signals: list = field(default_factory=list)          # (where, class, signal)
     properties: list = field(default_factory=list)       # (where, class, property)
     pytorchutils: list = field(default_factory=list)     # (where, method, [keywords]) on a PyTorchUtilsLogic
+    python_imports: list = field(default_factory=list)   # (where, module, name) from Slicer's Python packages
 
 
 def ui_widget_classes(ui_dir) -> dict:
@@ -84,13 +101,29 @@ def _slicer_attr(node):
     return None
 
 
-def _widget_of(node, widgets: dict, local_types: dict):
-    """The class of a widget expression: ``self.ui.name`` / ``self.form.name`` / ``panel.ui.name`` / a local."""
+def _widget_of(node, widgets: dict, local_types: dict, self_types: dict = None):
+    """The class of a widget expression: ``self.ui.name`` / ``self.form.name`` / ``panel.ui.name`` / a local /
+    ``self.name`` assigned a Slicer widget in the file / a name in `RECEIVER_CLASSES`."""
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr in ("ui", "form"):
         return widgets.get(node.attr)
     if isinstance(node, ast.Name):
-        return local_types.get(node.id)
+        return local_types.get(node.id) or RECEIVER_CLASSES.get(node.id)
+    if isinstance(node, ast.Attribute):
+        if isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in (self_types or {}):
+            return self_types[node.attr]
+        return RECEIVER_CLASSES.get(node.attr)
     return None
+
+
+def _class_call(call, pythonqt: set):
+    """``slicer.qX(...)`` / ``<module>PythonQt.qX(...)`` -> "qX" (also vtk/ctk), else None."""
+    if not isinstance(call, ast.Call):
+        return None
+    cls = _slicer_attr(call.func)
+    if (cls is None and isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+            and call.func.value.id in pythonqt):
+        cls = call.func.attr
+    return cls if isinstance(cls, str) and re.match(r"(vtk|q|ctk)[A-Z]", cls) else None
 
 
 def uses(paths, ui_dir) -> Uses:
@@ -103,6 +136,18 @@ def uses(paths, ui_dir) -> Uses:
                          for a in n.names if a.name.split(".")[0] not in ("slicer", "vtk")}
         other_modules |= {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                           for a in n.names if (n.module or "").split(".")[0] not in ("slicer", "vtk")}
+        pythonqt = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                    for a in n.names if a.name.endswith("PythonQt")}
+        other_modules -= pythonqt
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module in PYTHON_MODULES:
+                found.python_imports += [(f"{Path(path).name}:{n.lineno}", n.module, a.name) for a in n.names]
+        self_types = {}
+        for n in ast.walk(tree):
+            if (isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Attribute)
+                    and isinstance(n.targets[0].value, ast.Name) and n.targets[0].value.id == "self"
+                    and _class_call(n.value, pythonqt)):
+                self_types[n.targets[0].attr] = _class_call(n.value, pythonqt)
         scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))] + [tree]
         seen = set()
         for scope in scopes:
@@ -110,13 +155,18 @@ def uses(paths, ui_dir) -> Uses:
             for node in ast.walk(scope):
                 if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                     v = node.value
+                    alias = _widget_of(v, widgets, {}, self_types) if isinstance(v, (ast.Attribute, ast.Name)) else None
+                    if alias:   # p = self.scriptedEffect
+                        local_types[node.targets[0].id] = alias
                     if isinstance(v, ast.Call):
-                        cls = _slicer_attr(v.func)
+                        cls = _class_call(v, pythonqt)
                         root = v.func
                         while isinstance(root, ast.Attribute):
                             root = root.value
-                        if isinstance(cls, str) and re.match(r"(vtk|q)[A-Z]", cls):
+                        if cls is not None and not cls.startswith("ctk"):
                             local_types[node.targets[0].id] = cls
+                            if not isinstance(_slicer_attr(v.func), str):   # <module>PythonQt.qX: the class too
+                                found.classes.append((f"{Path(path).name}:{node.lineno}", cls))
                         elif isinstance(root, ast.Name) and root.id in other_modules:
                             local_types[node.targets[0].id] = EXTERNAL  # e.g. sitk.ImageFileReader()
                         elif (isinstance(v.func, ast.Attribute) and v.func.attr == "AddNewNodeByClass" and v.args
@@ -134,8 +184,9 @@ def uses(paths, ui_dir) -> Uses:
                     elif isinstance(attr, tuple) and re.match(r"(vtk|q|ctk)[A-Z]", attr[0]):
                         seen.add(id(node))
                         found.class_methods.append((where, attr[0], attr[1]))
-                    cls = _widget_of(node.value, widgets, local_types)
+                    cls = _widget_of(node.value, widgets, local_types, self_types)
                     if (cls and cls.startswith(("qMRML", "qSlicer", "ctk")) and isinstance(node.ctx, ast.Store)):
+                        seen.add(id(node))
                         found.properties.append((where, cls, node.attr))
                 if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
                     continue
@@ -146,13 +197,18 @@ def uses(paths, ui_dir) -> Uses:
                     found.util_calls.append((where, attr[1], [k.arg for k in node.keywords if k.arg]))
                     continue
                 if func.attr == "connect" and node.args and isinstance(node.args[0], ast.Constant):
-                    cls = _widget_of(func.value, widgets, local_types)
+                    cls = _widget_of(func.value, widgets, local_types, self_types)
                     if cls:
                         found.signals.append((where, cls, node.args[0].value))
                     continue
                 receiver_name = func.value.id if isinstance(func.value, ast.Name) else getattr(func.value, "attr", "")
                 if receiver_name == "torch_logic" or (isinstance(func.value, ast.Name) and func.value.id == "PyTorchUtils"):
                     found.pytorchutils.append((where, func.attr, [k.arg for k in node.keywords if k.arg]))
+                    continue
+                typed = _widget_of(func.value, widgets, local_types, self_types)
+                if typed and typed.startswith(("qMRML", "qSlicer")) and func.attr not in QT_METHODS:
+                    seen.add(id(node))
+                    found.class_methods.append((where, typed, func.attr))   # Qt API: lowerCamel methods too
                     continue
                 if not re.match(r"[A-Z][a-z]", func.attr):
                     continue
@@ -245,6 +301,10 @@ def check(found: Uses, fixture: dict, tag: str) -> list:
         have = set().union(*(set(c["signals"]) for c in chain)) if chain else set()
         if signal not in have and signal not in QT_SIGNALS:
             bad.append(f"{where}: {cls} has no signal {signal} in Slicer {tag}")
+    modules = release.get("python_modules", {})
+    for where, module, name in found.python_imports:
+        if name != "*" and name not in modules.get(module, {}).get("names", ()):
+            bad.append(f"{where}: {module}.{name} does not exist in Slicer {tag}")
     torch = fixture["pytorchutils"]
     for where, method, kws in found.pytorchutils:
         if method == "PyTorchUtilsLogic":

@@ -12,7 +12,10 @@ For each Slicer tag it reads, without building anything:
 - from every C++ header of Slicer (Libs/, Base/, Modules/) and CTK (Libs/): each class's base class, its
   methods (declarations and VTK's Set/Get/Boolean macros) and enumerators, and for Qt classes its Q_PROPERTY names and
   signal signatures (normalized as PythonQt's connect() strings are written: ``currentPathChanged(QString)``);
-- from Base/Python/slicer/util.py: each function's parameter names and whether it takes ``**kwargs``.
+- from Base/Python/slicer/util.py: each function's parameter names and whether it takes ``**kwargs``;
+- the Python hooks the scripted Segment Editor effect adaptor calls (``effect_hooks``, from
+  qSlicerSegmentEditorScriptedEffect.cxx) and the classes/functions of Slicer's ``SegmentEditorEffects`` Python
+  package with their methods (``python_modules``).
 
 And from SlicerPyTorch (the PyTorch extension, one branch for all releases; its commit is recorded):
 PyTorchUtils/PyTorchUtils.py's ``PyTorchUtilsLogic`` methods and their parameters (``pytorchutils``).
@@ -41,6 +44,9 @@ REPO = HERE.parents[2]
 DEFAULT_TAGS = ("v5.8.0", "v5.10.0", "v5.12.0")
 SLICER_HEADER_ROOTS = ("Libs/", "Base/", "Modules/")
 CTK_HEADER_ROOTS = ("Libs/",)
+#: The scripted Segment Editor effect adaptor (its Python hooks) and Slicer's Python effect package.
+EFFECT_ADAPTOR = "Modules/Loadable/Segmentations/EditorEffects/qSlicerSegmentEditorScriptedEffect.cxx"
+EFFECTS_PACKAGE = "Modules/Loadable/Segmentations/EditorEffects/Python/SegmentEditorEffects/"
 
 CLASS_RE = re.compile(r"\bclass\s+(?:\w+_EXPORT\s+)?((?:vtk|q|ctk)\w+)\s*(?:final\s*)?:\s*public\s+([\w:]+)")
 METHOD_RE = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
@@ -137,6 +143,23 @@ def util_functions(source: str) -> dict:
     return out
 
 
+def effect_hooks(source: str) -> list:
+    """The Python methods qSlicerSegmentEditorScriptedEffect calls on a scripted effect (``declareMethod``)."""
+    return sorted(set(re.findall(r'declareMethod\(\s*Self::\w+,\s*"(\w+)"\s*\)', source)))
+
+
+def python_package(texts: dict) -> dict:
+    """{"names": top-level classes and functions, "classes": {class: [methods]}} over a package's .py files."""
+    names, classes = set(), {}
+    for text in texts.values():
+        for node in ast.parse(text).body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                names.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                classes[node.name] = sorted(n.name for n in node.body if isinstance(n, ast.FunctionDef))
+    return {"names": sorted(names), "classes": classes}
+
+
 def used_class_names() -> set:
     """Every vtk*/q*/ctk* class named in the module's Python sources and .ui files."""
     names = set()
@@ -172,8 +195,11 @@ def read_tag(slicer_git: str, ctk_git: str, tag: str, keep: set) -> dict:
         todo += classes[c]["bases"]
     all_methods = sorted({m for info in classes.values() for m in info["methods"] if m[:1].isupper()})
     util = util_functions(read_files(slicer_git, tag, ["Base/Python/slicer/util.py"])["Base/Python/slicer/util.py"])
+    hooks = effect_hooks(read_files(slicer_git, tag, [EFFECT_ADAPTOR])[EFFECT_ADAPTOR])
+    package = [p for p in git(slicer_git, "ls-tree", "--name-only", tag, EFFECTS_PACKAGE).splitlines() if p.endswith(".py")]
     return {"python": python, "ctk_revision": ctk_rev, "classes": full, "all_methods": all_methods,
-            "all_classes": sorted(classes), "util": util}
+            "all_classes": sorted(classes), "util": util, "effect_hooks": hooks,
+            "python_modules": {"SegmentEditorEffects": python_package(read_files(slicer_git, tag, package))}}
 
 
 def main(argv=None) -> int:

@@ -181,7 +181,7 @@ def calibrate(device: str = "cpu", precision: str = "auto", cache_path: "str | o
     import torch
 
     from AutoSegLib.progress import emit
-    from AutoSegLib.training.device import choose_execution, resolve_device
+    from AutoSegLib.device import choose_execution, resolve_device
     from AutoSegLib.training.workers import choose_workers
 
     dev = resolve_device(device)

@@ -1,0 +1,1 @@
+"""The Segment Editor effect "AutoSeg" (SegmentEditorEffect.py), registered by AutoSeg.py at start-up."""
