@@ -110,15 +110,15 @@ def test_fast_and_roi_run_in_the_real_child_and_the_label_map_is_empty_outside(r
         raise AssertionError(f"the real child refused the panel's command line: {exc}") from None
     assert any(e["event"] == "estimate" for e in events)
     label, _ = export.labelmap_array(seg, volume)
-    # voxels whose centre is outside the box (in the volume's index space, where the box is aligned) are 0
+    # voxels whose centre lies outside the box (axis-aligned in LPS) are 0; inside, the organ is found
     import slicer
     ijk_to_ras = slicer.util.arrayFromVTKMatrix(_ijk_to_ras(volume))
-    corners = [np.linalg.inv(ijk_to_ras) @ np.r_[-x, -y, z, 1.0] for x, y, z in box]
-    lo, hi = np.minimum(*corners)[:3], np.maximum(*corners)[:3]
     k, j, i = np.indices(label.shape)
-    outside = (i < lo[0] - 0.5) | (i > hi[0] + 0.5) | (j < lo[1] - 0.5) | (j > hi[1] + 0.5) | \
-              (k < lo[2] - 0.5) | (k > hi[2] + 0.5)
-    assert outside.any() and not label[outside].any() and label[~outside].any()
+    ras = np.tensordot(ijk_to_ras[:3, :3], np.stack([i, j, k]).astype(float), axes=1) + ijk_to_ras[:3, 3, None, None, None]
+    lps = ras * np.array([-1.0, -1.0, 1.0])[:, None, None, None]
+    lo, hi = np.minimum(*box), np.maximum(*box)
+    inside = np.all((lps >= lo[:, None, None, None] - 1e-6) & (lps <= hi[:, None, None, None] + 1e-6), axis=0)
+    assert (~inside).any() and not label[~inside].any() and label[inside].any()
 
 
 def _ijk_to_ras(volume):

@@ -145,64 +145,54 @@ def oblique(make_volume):
                        direction=direction, name="oblique"), direction
 
 
-def _sitk_image(volume):
-    from AutoSegSlicer import conversion
-
-    array, geometry = conversion.array_from_node(volume)
-    return conversion.sitk_image(array, geometry)
-
-
-def test_an_roi_aligned_with_an_oblique_volume_is_passed_as_its_own_corners_in_lps(oblique, slicer_harness):
+def _roi(scene, center, size, object_to_node=None):
     import slicer
 
-    from AutoSegSlicer.conversion import node_ijk_to_ras
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
+    if object_to_node is not None:
+        roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(object_to_node))
+    else:
+        roi.SetCenter(*center)
+    roi.SetSize(*size)
+    return roi
+
+
+def _corners_lps(center, axes, size):
+    """The 8 corners of a box (centre RAS, unit axes as columns, size mm) in LPS, by hand."""
+    half = np.asarray(size, float) / 2
+    signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
+    ras = np.asarray(center, float)[None] + (signs * half) @ np.asarray(axes, float).T
+    return ras * [-1, -1, 1]
+
+
+def test_an_unrotated_roi_on_an_oblique_volume_is_passed_as_its_own_corners_in_lps(oblique, slicer_harness):
     from AutoSegSlicer.roi import roi_box_lps
 
     volume, _ = oblique
-    ijk_to_ras = node_ijk_to_ras(volume)
-    lo, hi = np.array([1.5, 0.5, 2.5]), np.array([6.5, 4.5, 5.5])          # a box of whole voxels
-    columns = ijk_to_ras[:3, :3]
-    spacing = np.linalg.norm(columns, axis=0)
-    object_to_node = np.eye(4)
-    object_to_node[:3, :3] = columns / spacing                             # the ROI's axes: the volume's
-    object_to_node[:3, 3] = (ijk_to_ras @ np.r_[(lo + hi) / 2, 1])[:3]
-    roi = slicer_harness.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
-    roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(object_to_node))
-    roi.SetSize(*((hi - lo) * spacing))
+    center = (17.0, -12.0, 11.0)                     # inside the volume (RAS)
+    roi = _roi(slicer_harness.scene, center, (4.0, 3.0, 5.0))
     box = roi_box_lps(roi, volume)
-    # independent: the ROI's 8 corners from its own axes, RAS -> LPS by hand
-    half = (hi - lo) * spacing / 2
-    corners_ras = [object_to_node[:3, 3] + object_to_node[:3, :3] @ (np.array(s) * half)
-                   for s in np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).T.reshape(-1, 3)]
-    corners_lps = [np.array([-c[0], -c[1], c[2]]) for c in corners_ras]
-    for point in box:
-        assert min(np.abs(np.asarray(point) - c).max() for c in corners_lps) < 1e-6
-    assert np.allclose((np.asarray(box[0]) + box[1]) / 2, np.mean(corners_lps, axis=0))   # opposite corners
-    # and ITK (what the child uses) puts them at the box's voxel-index corners
-    image = _sitk_image(volume)
-    index = [image.TransformPhysicalPointToContinuousIndex(p) for p in box]
-    assert np.allclose(np.min(index, axis=0), lo, atol=1e-4) and np.allclose(np.max(index, axis=0), hi, atol=1e-4)
+    corners = _corners_lps(center, np.eye(3), (4.0, 3.0, 5.0))
+    for point in box:                                 # each passed point is one of the ROI's corners in LPS
+        assert min(np.abs(np.asarray(point) - c).max() for c in corners) < 1e-9
+    assert np.allclose(np.abs(np.subtract(box[1], box[0])), (4.0, 3.0, 5.0))   # opposite corners
+    assert np.allclose(box[0], (-19.0, 10.5, 8.5)) and np.allclose(box[1], (-15.0, 13.5, 13.5))
 
 
-def test_an_unrotated_roi_on_an_oblique_volume_is_enclosed_and_a_transform_is_followed(oblique, slicer_harness):
+def test_a_rotated_roi_and_transforms(oblique, slicer_harness):
     import slicer
 
-    from AutoSegSlicer.roi import roi_box_lps, roi_corners_world
+    from AutoSegSlicer.roi import roi_box_lps
 
     volume, _ = oblique
-    roi = slicer_harness.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
-    center = volume.GetImageData().GetCenter()
-    ras = slicer.util.arrayFromVTKMatrix(_matrix(volume.GetIJKToRASMatrix)) @ np.r_[center, 1]
-    roi.SetCenter(*ras[:3])
-    roi.SetSize(4.0, 3.0, 5.0)
+    axes = _rotation(0.0, 0.0, 0.5)
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = axes
+    object_to_node[:3, 3] = (17.0, -12.0, 11.0)
+    roi = _roi(slicer_harness.scene, None, (4.0, 3.0, 5.0), object_to_node)
     box = roi_box_lps(roi, volume)
-    image = _sitk_image(volume)
-    box_index = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in box])
-    lo, hi = box_index.min(axis=0), box_index.max(axis=0)
-    corner_index = np.array([image.TransformPhysicalPointToContinuousIndex((-c[0], -c[1], c[2]))
-                             for c in roi_corners_world(roi)])
-    assert np.all(corner_index >= lo - 1e-6) and np.all(corner_index <= hi + 1e-6)       # encloses the ROI
-    assert np.allclose(corner_index.min(axis=0), lo) and np.allclose(corner_index.max(axis=0), hi)  # tightly
+    corners = _corners_lps((17.0, -12.0, 11.0), axes, (4.0, 3.0, 5.0))
+    assert np.allclose(box[0], corners.min(axis=0)) and np.allclose(box[1], corners.max(axis=0))  # its LPS bounds
     # the ROI under a transform moving it 3 mm right: the box moves 3 mm in L (x) the other way
     transform = slicer_harness.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     shift = np.eye(4)
@@ -210,22 +200,16 @@ def test_an_unrotated_roi_on_an_oblique_volume_is_enclosed_and_a_transform_is_fo
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
     roi.SetAndObserveTransformNodeID(transform.GetID())
     moved = roi_box_lps(roi, volume)
-    assert np.allclose(np.asarray(moved) - np.asarray(box), [[-3, 0, 0], [-3, 0, 0]], atol=1e-6)
+    assert np.allclose(np.asarray(moved) - np.asarray(box), [[-3, 0, 0], [-3, 0, 0]], atol=1e-9)
     # the volume under the same transform: ROI and volume move together, the box is the first one again
     volume.SetAndObserveTransformNodeID(transform.GetID())
-    assert np.allclose(roi_box_lps(roi, volume), box, atol=1e-6)
+    assert np.allclose(roi_box_lps(roi, volume), box, atol=1e-9)
     roi.SetAndObserveTransformNodeID(None)
     roi.SetCenter(500.0, 500.0, 500.0)
     with pytest.raises(AutoSegError, match="does not overlap"):
         roi_box_lps(roi, volume)
-
-
-def _matrix(getter):
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    getter(m)
-    return m
+    with pytest.raises(AutoSegError, match="No ROI selected"):
+        roi_box_lps(None, volume)
 
 
 # -- pre-flight estimate -----------------------------------------------------------------------------------------
