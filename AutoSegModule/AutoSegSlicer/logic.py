@@ -261,8 +261,7 @@ class AutoSegLogic(CorrectionLogic):
 
     def restart_forced(self, job: SegmentationJob, on_event=None, polling: bool = False) -> SegmentationJob:
         """Start ``job`` again with ``--force`` (after the user agreed to run although the memory will not fit)."""
-        options = dataclasses.replace(job.options, force=True)
-        return self.start_segmentation(job.model, job.volumes, options, job.target, on_event, polling)
+        return self.start_segmentation(job.model, job.volumes, _forced(job.options), job.target, on_event, polling)
 
     def cancel(self, job: SegmentationJob, wait: bool = True) -> None:
         """Kill the child process tree and remove the temporary files; the scene is not touched.
@@ -292,13 +291,13 @@ class AutoSegLogic(CorrectionLogic):
                 raise AutoSegError("The segmentation process has not finished.")
             estimate = job.estimate
             if not result.ok and not result.cancelled and estimate and estimate.get("fits") is False \
-                    and not job.options.force:
+                    and not _option(job.options, "force"):
                 raise MemoryWillNotFit(estimate)
             if not result.ok:
                 raise AutoSegError(result.failure_message("Segmentation"))
             label = self._read_output(job)
             node = self.apply_labels(job.model, job.volumes[0], label, job.target, job.options.show_3d)
-            if job.options.save_uncertainty:
+            if _option(job.options, "save_uncertainty"):
                 from AutoSegSlicer import uncertainty
 
                 job.uncertainty = uncertainty.read_case(self.scene, job.prepared.output_dir, job.prepared.case,
@@ -383,6 +382,24 @@ class AutoSegLogic(CorrectionLogic):
                 continue
             self.last_job = job
             return node
+
+
+def _option(options, name: str):
+    """An option of `PredictOptions` or of a wrapper around one (``base``, e.g. the Segment Editor effect's)."""
+    if hasattr(options, name):
+        return getattr(options, name)
+    base = getattr(options, "base", None)
+    return _option(base, name) if base is not None else None
+
+
+def _forced(options):
+    """``options`` with ``force`` on (in its ``base`` for a wrapper)."""
+    names = {f.name for f in dataclasses.fields(options)}
+    if "force" in names:
+        return dataclasses.replace(options, force=True)
+    if "base" in names:
+        return dataclasses.replace(options, base=_forced(options.base))
+    raise AutoSegError(f"Cannot rerun with --force: unknown options {type(options).__name__}.")
 
 
 def _base_name(volume) -> str:

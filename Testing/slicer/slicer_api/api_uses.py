@@ -48,9 +48,10 @@ QT_PROPERTIES = {"enabled", "toolTip", "text", "visible", "checked", "value", "m
 #: Segment Editor effect is the C++ adaptor; the effect code names slice widgets and the layout manager so).
 RECEIVER_CLASSES = {"scriptedEffect": "qSlicerSegmentEditorScriptedEffect", "sliceWidget": "qMRMLSliceWidget",
                     "layoutManager": "qSlicerLayoutManager"}
-#: Methods of QObject/QWidget (not in Slicer's sources) called on Slicer widgets.
+#: Methods of QObject/QWidget (not in Slicer's sources) called on Slicer widgets; selectionModel: QAbstractItemView
+#: (qMRMLTableView is a QTableView).
 QT_METHODS = {"blockSignals", "setToolTip", "setEnabled", "setVisible", "show", "hide", "className", "objectName",
-              "setObjectName", "deleteLater", "parent", "setParent", "connect", "disconnect", "self"}
+              "setObjectName", "deleteLater", "parent", "setParent", "connect", "disconnect", "self", "selectionModel"}
 #: Slicer's Python packages whose names the module imports (checked against the fixture's ``python_modules``).
 PYTHON_MODULES = ("SegmentEditorEffects",)
 
