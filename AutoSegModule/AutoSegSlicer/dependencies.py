@@ -1,13 +1,17 @@
 """Python dependencies of the child process, installed on first use after asking; never at import time.
 
-- torch comes from the PyTorch extension (declared in the extension's dependencies): its PyTorchUtils
-  logic installs the right build (CUDA or CPU) after asking the user.
-- SimpleITK and numpy are Slicer's own: never installed or upgraded here.
-- The rest (`REQUIREMENTS`) is installed with ``slicer.packaging.pip_ensure`` (Slicer 5.12+: asks, shows
-  progress, offers a restart) or, before 5.12, ``slicer.util.pip_install`` after a confirmation.
+Segmenting needs no PyTorch (issue #12): the networks run in OpenVINO from each fold's exported
+``network.onnx``. What is asked for follows pyproject.toml:
 
-Everything Slicer-specific is passed in (``confirm``, ``pip_install``, ``torch_logic``) so the decisions
-are tested headless.
+- segmenting (Apply, batch, adding a model archive): the package's base dependencies,
+  `INFERENCE_REQUIREMENTS` (numpy and SimpleITK are Slicer's own and never asked for there);
+- training: additionally torch, from the PyTorch extension (its PyTorchUtils logic installs the right
+  build, CUDA or CPU, after asking the user), and the ``train`` extra's other packages
+  (`TRAINING_REQUIREMENTS`).
+
+Packages are installed with ``slicer.packaging.pip_ensure`` (Slicer 5.12+: asks, shows progress, offers a
+restart) or, before 5.12, ``slicer.util.pip_install`` after a confirmation. Everything Slicer-specific is
+passed in (``confirm``, ``pip_install``, ``torch_logic``) so the decisions are tested headless.
 """
 from __future__ import annotations
 
@@ -15,18 +19,27 @@ import importlib.util
 import json
 import logging
 import subprocess
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from AutoSegSlicer.runner import hidden_console_kwargs
 
 log = logging.getLogger(__name__)
 
-#: pip requirement -> import name; what AutoSegLib needs beyond torch, numpy and SimpleITK.
-REQUIREMENTS = {
+#: pip requirement -> import name: pyproject.toml's base dependencies (what segmenting needs; no torch).
+INFERENCE_REQUIREMENTS = {
+    "numpy>=1.24": "numpy",
     "scipy>=1.10": "scipy",
+    "SimpleITK>=2.2": "SimpleITK",
+    "openvino>=2024.0": "openvino",
+}
+#: The rest of pyproject.toml's ``train`` extra (torch itself comes from the PyTorch extension).
+TRAINING_REQUIREMENTS = {
     "batchgenerators>=0.25": "batchgenerators",
     "matplotlib>=3.6": "matplotlib",
+    "onnx>=1.15": "onnx",
 }
+#: What Apply checks (kept under its old name; tests may add to it).
+REQUIREMENTS = INFERENCE_REQUIREMENTS
 #: torch.amp.GradScaler("cuda") (AutoSegLib.training.trainer) exists from torch 2.3.
 TORCH_MINIMUM = (2, 3)
 TORCH_REQUIREMENT = ">=%d.%d" % TORCH_MINIMUM
@@ -53,20 +66,30 @@ def version_tuple(version: str) -> Tuple[int, ...]:
     return tuple(out)
 
 
-def missing_requirements(is_importable: Callable[[str], bool] = None) -> List[str]:
-    """The `REQUIREMENTS` whose module cannot be found (without importing anything)."""
+def missing_requirements(is_importable: Callable[[str], bool] = None,
+                         requirements: Optional[Dict[str, str]] = None) -> List[str]:
+    """The ``requirements`` (default `REQUIREMENTS`) whose module cannot be found (without importing anything)."""
     is_importable = is_importable or (lambda name: importlib.util.find_spec(name) is not None)
-    return [req for req, module in REQUIREMENTS.items() if not is_importable(module)]
+    requirements = REQUIREMENTS if requirements is None else requirements
+    return [req for req, module in requirements.items() if not is_importable(module)]
+
+
+def required(training: bool) -> Dict[str, str]:
+    """pip requirement -> import name for segmenting, or for training (segmenting's plus the train extra)."""
+    return {**REQUIREMENTS, **TRAINING_REQUIREMENTS} if training else dict(REQUIREMENTS)
 
 
 def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[List[str]], None],
                         torch_logic=None, is_importable: Callable[[str], bool] = None,
                         pip_ensure: Optional[Callable] = None,
-                        torch_version: Callable[[], Optional[str]] = installed_torch_version) -> bool:
-    """Make sure torch (>= `TORCH_MINIMUM`) and `REQUIREMENTS` are importable, asking before installing anything.
+                        torch_version: Callable[[], Optional[str]] = installed_torch_version,
+                        training: bool = False) -> bool:
+    """Make sure what segmenting (or, with ``training``, training) needs is importable, asking before installing.
 
-    An installed torch older than `TORCH_MINIMUM` is upgraded through PyTorchUtils (which asks); Slicer
-    should then be restarted (its own process may hold the old torch), which the user is told.
+    Segmenting needs `INFERENCE_REQUIREMENTS` only: PyTorch is neither needed nor asked for. Training also
+    needs torch (>= `TORCH_MINIMUM`) and `TRAINING_REQUIREMENTS`. An installed torch older than
+    `TORCH_MINIMUM` is upgraded through PyTorchUtils (which asks); Slicer should then be restarted (its own
+    process may hold the old torch), which the user is told.
 
     Parameters
     ----------
@@ -80,6 +103,8 @@ def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[L
         ``slicer.packaging.pip_ensure`` on Slicer 5.12+ (it asks by itself).
     torch_version : callable() -> str or None
         The installed torch version (default: from package metadata).
+    training : bool
+        Also torch and the training packages (default: only what segmenting needs).
 
     Returns
     -------
@@ -89,16 +114,34 @@ def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[L
     Raises
     ------
     AutoSegError
-        The PyTorch extension is not installed, or torch is too old and could not be upgraded.
+        Training only: the PyTorch extension is not installed, or torch is too old and could not be upgraded.
     RuntimeError, subprocess.CalledProcessError
         From the installers (declined in Slicer 5.12's dialog, pip failed); the widget's slot guard shows them.
     """
+    is_importable = is_importable or (lambda name: importlib.util.find_spec(name) is not None)
+    requirements = required(training)
+    if training and not _ensure_torch(confirm, torch_logic, is_importable, torch_version):
+        return False
+    missing = missing_requirements(is_importable, requirements)
+    if not missing:
+        return True
+    if pip_ensure is not None:
+        pip_ensure(missing, requester="AutoSeg")
+        return not missing_requirements(is_importable, requirements)
+    if not confirm("AutoSeg needs these Python packages, which are not installed yet:\n  "
+                   + "\n  ".join(missing) + "\n\nInstall them now (a few minutes, needs internet)?"):
+        return False
+    pip_install(missing)
+    return not missing_requirements(is_importable, requirements)
+
+
+def _ensure_torch(confirm, torch_logic, is_importable, torch_version) -> bool:
+    """torch >= `TORCH_MINIMUM` through PyTorchUtils (training only); False when the user declined."""
     from AutoSegLib.errors import AutoSegError
 
-    is_importable = is_importable or (lambda name: importlib.util.find_spec(name) is not None)
     if not is_importable("torch"):
         if torch_logic is None:
-            raise AutoSegError("AutoSeg needs PyTorch: install the 'PyTorch' extension from the Extensions Manager "
+            raise AutoSegError("Training needs PyTorch: install the 'PyTorch' extension from the Extensions Manager "
                                "(it is declared as a dependency of AutoSeg), restart Slicer and try again.")
         if not torch_logic.torchInstalled():
             torch = torch_logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
@@ -120,17 +163,7 @@ def ensure_dependencies(confirm: Callable[[str], bool], pip_install: Callable[[L
         if found is None or version_tuple(found) < TORCH_MINIMUM:
             raise AutoSegError(f"Upgrading PyTorch did not work: {found or 'no torch'} is installed, "
                                f"{TORCH_REQUIREMENT} is needed. Use the PyTorch Utils module to install it.")
-    missing = missing_requirements(is_importable)
-    if not missing:
-        return True
-    if pip_ensure is not None:
-        pip_ensure(missing, requester="AutoSeg")
-        return not missing_requirements(is_importable)
-    if not confirm("AutoSeg needs these Python packages, which are not installed yet:\n  "
-                   + "\n  ".join(missing) + "\n\nInstall them now (a few minutes, needs internet)?"):
-        return False
-    pip_install(missing)
-    return not missing_requirements(is_importable)
+    return True
 
 
 _DEVICE_PROBE = (

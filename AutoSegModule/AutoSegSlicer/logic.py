@@ -16,6 +16,7 @@ exporting and collecting training cases are in `corrections.CorrectionLogic` (a 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -28,34 +29,13 @@ import numpy as np
 from AutoSegLib.errors import AutoSegError
 from AutoSegSlicer import conversion, models, segmentation
 from AutoSegSlicer.corrections import CorrectionLogic
+from AutoSegSlicer.predict_options import (  # noqa: F401  (re-exported: widget, editor effect)
+    DEVICES, MemoryWillNotFit, PredictOptions, describe_estimate)
 from AutoSegSlicer.runner import ProcessRunner, RunResult, autoseglib_command
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
 _WRITE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """Advanced options of a prediction: device, test-time augmentation, folds (None: all), step size."""
-    device: str = "auto"
-    tta: bool = True
-    folds: Optional[Tuple[str, ...]] = None
-    step_size: float = 0.5
-    show_3d: bool = False
-
-    def args(self) -> List[str]:
-        if self.device not in DEVICES:
-            raise AutoSegError(f"Device {self.device!r} is not one of {', '.join(DEVICES)}.")
-        if not 0.1 <= float(self.step_size) <= 1.0:
-            raise AutoSegError(f"Step size {self.step_size} must be between 0.1 and 1 (fraction of the patch size).")
-        out = ["--device", self.device, "--step-size", f"{float(self.step_size):g}"]
-        if not self.tta:
-            out.append("--no-tta")
-        if self.folds:
-            out += ["--folds", *[str(f) for f in self.folds]]
-        return out
 
 
 @dataclass
@@ -76,6 +56,13 @@ class SegmentationJob:
         self.model, self.volumes, self.options = model, list(volumes), options
         self.prepared, self.runner, self.target = prepared, runner, target
         self.on_event = on_event
+        self.estimate: Optional[dict] = None   # the child's pre-flight ``estimate`` event
+        self.uncertainty = None                # uncertainty.CaseUncertainty after finishing with save_uncertainty
+
+    def note_event(self, event: dict) -> None:
+        """Remember what the logic needs from the child's events (the pre-flight estimate)."""
+        if event.get("event") == "estimate":
+            self.estimate = dict(event)
 
     @property
     def running(self) -> bool:
@@ -115,6 +102,7 @@ class AutoSegLogic(CorrectionLogic):
         self.runner_factory = runner_factory
         self.segmentations_logic = segmentations_logic
         self.volumes_logic = volumes_logic
+        self.last_job: Optional[SegmentationJob] = None  # the job `segment` finished last (its uncertainty)
 
     # -- models ------------------------------------------------------------------------------
     def models(self) -> Tuple[List[models.ModelInfo], List[str]]:
@@ -241,7 +229,15 @@ class AutoSegLogic(CorrectionLogic):
             log.info(note)
             if on_event is not None:
                 on_event({"event": "log", "level": "warning", "message": note})
-        runner = self.runner_factory(on_event=None if polling else on_event, pythonpath=self.pythonpath)
+        holder: list = []
+
+        def noting(event):
+            if holder:
+                holder[0].note_event(event)
+            if on_event is not None:
+                on_event(event)
+
+        runner = self.runner_factory(on_event=None if polling else noting, pythonpath=self.pythonpath)
         args = ["-m", str(model.path), "-i", str(prepared.input_dir), "-o", str(prepared.output_dir), *option_args]
         try:
             runner.start(autoseglib_command(self.python_executable, "predict", args))
@@ -252,7 +248,20 @@ class AutoSegLogic(CorrectionLogic):
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return SegmentationJob(model, volumes, options, prepared, runner, target_segmentation, on_event)
+        job = SegmentationJob(model, volumes, options, prepared, runner, target_segmentation, on_event)
+        holder.append(job)
+        return job
+
+    def poll_events(self, job: SegmentationJob) -> List[dict]:
+        """The child's queued events (polling mode, GUI thread), noted on the job (see `SegmentationJob.note_event`)."""
+        events = job.runner.poll_events()
+        for event in events:
+            job.note_event(event)
+        return events
+
+    def restart_forced(self, job: SegmentationJob, on_event=None, polling: bool = False) -> SegmentationJob:
+        """Start ``job`` again with ``--force`` (after the user agreed to run although the memory will not fit)."""
+        return self.start_segmentation(job.model, job.volumes, _forced(job.options), job.target, on_event, polling)
 
     def cancel(self, job: SegmentationJob, wait: bool = True) -> None:
         """Kill the child process tree and remove the temporary files; the scene is not touched.
@@ -280,10 +289,20 @@ class AutoSegLogic(CorrectionLogic):
         try:
             if result is None:
                 raise AutoSegError("The segmentation process has not finished.")
+            estimate = job.estimate
+            if not result.ok and not result.cancelled and estimate and estimate.get("fits") is False \
+                    and not _option(job.options, "force"):
+                raise MemoryWillNotFit(estimate)
             if not result.ok:
                 raise AutoSegError(result.failure_message("Segmentation"))
             label = self._read_output(job)
-            return self.apply_labels(job.model, job.volumes[0], label, job.target, job.options.show_3d)
+            node = self.apply_labels(job.model, job.volumes[0], label, job.target, job.options.show_3d)
+            if _option(job.options, "save_uncertainty"):
+                from AutoSegSlicer import uncertainty
+
+                job.uncertainty = uncertainty.read_case(self.scene, job.prepared.output_dir, job.prepared.case,
+                                                        job.volumes[0], node)
+            return node
         finally:
             shutil.rmtree(job.prepared.folder, ignore_errors=True)
 
@@ -291,7 +310,8 @@ class AutoSegLogic(CorrectionLogic):
         from AutoSegLib.io.images import read_image
 
         out = job.prepared.output_dir
-        candidates = [p for p in out.iterdir() if p.name.startswith(job.prepared.case + ".")] if out.is_dir() else []
+        candidates = [p for p in out.iterdir() if p.name.startswith(job.prepared.case + ".")
+                      and not p.name.endswith((".json", ".npz"))] if out.is_dir() else []
         if not candidates:
             listing = ", ".join(sorted(p.name for p in out.iterdir())) if out.is_dir() else "nothing"
             raise AutoSegError(f"The segmentation process finished but wrote no label map for the case in {out} "
@@ -341,14 +361,45 @@ class AutoSegLogic(CorrectionLogic):
         return node
 
     def segment(self, model, volumes: Sequence, options: PredictOptions = PredictOptions(), target_segmentation=None,
-                on_event=None, timeout: Optional[float] = None):
-        """Blocking prediction into a segmentation node (scripts, tests, the self-test)."""
+                on_event=None, timeout: Optional[float] = None, prompt: Optional[Callable[[str], bool]] = None):
+        """Blocking prediction into a segmentation node (scripts, tests, the self-test).
+
+        When the child's pre-flight estimate says the memory will not fit, ``prompt(question)`` is asked; True
+        runs it again with ``--force``, otherwise (or without ``prompt``) `MemoryWillNotFit` is raised.
+        """
         job = self.start_segmentation(model, volumes, options, target_segmentation, on_event)
-        result = job.wait(timeout)
-        if result is None:
-            self.cancel(job)
-            raise AutoSegError(f"Segmentation did not finish within {timeout} s and was cancelled.")
-        return self.finish_segmentation(job, result)
+        while True:
+            result = job.wait(timeout)
+            if result is None:
+                self.cancel(job)
+                raise AutoSegError(f"Segmentation did not finish within {timeout} s and was cancelled.")
+            try:
+                node = self.finish_segmentation(job, result)
+            except MemoryWillNotFit as exc:
+                if prompt is None or not prompt(exc.question()):
+                    raise
+                job = self.restart_forced(job, on_event)
+                continue
+            self.last_job = job
+            return node
+
+
+def _option(options, name: str):
+    """An option of `PredictOptions` or of a wrapper around one (``base``, e.g. the Segment Editor effect's)."""
+    if hasattr(options, name):
+        return getattr(options, name)
+    base = getattr(options, "base", None)
+    return _option(base, name) if base is not None else None
+
+
+def _forced(options):
+    """``options`` with ``force`` on (in its ``base`` for a wrapper)."""
+    names = {f.name for f in dataclasses.fields(options)}
+    if "force" in names:
+        return dataclasses.replace(options, force=True)
+    if "base" in names:
+        return dataclasses.replace(options, base=_forced(options.base))
+    raise AutoSegError(f"Cannot rerun with --force: unknown options {type(options).__name__}.")
 
 
 def _base_name(volume) -> str:

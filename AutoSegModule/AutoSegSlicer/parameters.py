@@ -19,6 +19,9 @@ FIELDS = {
     "folds": ("str", ""),            # "" = every fold of the model; else e.g. "0 1"
     "stepSize": ("float", 0.5),
     "show3D": ("bool", False),
+    "fast": ("bool", False),
+    "roi": ("vtkMRMLMarkupsROINode", None),   # None: the whole volume
+    "saveUncertainty": ("bool", False),
     "datasetFolder": ("Path", Path()),
     "caseName": ("str", ""),
 }

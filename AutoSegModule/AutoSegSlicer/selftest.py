@@ -268,5 +268,7 @@ def check_bad_input(scene, folder) -> None:
     scene.RemoveNode(flat)
 
 
+from AutoSegSlicer.selftest_guidance import check_roi_table_and_jump  # noqa: E402  (it uses make_model_folder)
+
 ALL_CHECKS = (check_geometry_round_trip, check_segment_correct_export_dataset, check_failure_and_cancel_leave_scene,
-              check_bad_input)
+              check_bad_input, check_roi_table_and_jump)

@@ -187,7 +187,7 @@ class TrainingSection:
             self.job.cancel()
             self.finish()
             return
-        if not self.panel.ensureDependencies():
+        if not self.panel.ensureDependencies(training=True):
             return
         try:
             self._start(self.options())

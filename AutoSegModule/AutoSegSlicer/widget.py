@@ -27,13 +27,15 @@ from slicer.util import VTKObservationMixin
 from AutoSegLib.errors import AutoSegError
 from AutoSegSlicer import dependencies, parameters, storage
 from AutoSegSlicer.slots import guarded, restore_cursor
-from AutoSegSlicer.logic import DEVICES, AutoSegLogic, PredictOptions
+from AutoSegSlicer.logic import DEVICES, AutoSegLogic, MemoryWillNotFit, PredictOptions, describe_estimate
 
 log = logging.getLogger(__name__)
 
 #: Collapsible sections beyond "Segment" ("module:Class"), set up in this order. The training panel adds
 #: itself here (one line).
 SECTIONS: list = ["AutoSegSlicer.widget_corrections:CorrectionsSection",
+                  "AutoSegSlicer.widget_uncertainty:UncertaintySection",
+                  "AutoSegSlicer.widget_batch:BatchSection",
                   "AutoSegSlicer.training_widget:TrainingSection"]
 
 SETTINGS_MODELS_FOLDER = "AutoSeg/ModelsFolder"
@@ -110,6 +112,9 @@ class AutoSegPanel(VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._selectors_key = None  # (model path, channels) the input selectors were built for
         self._add_model_runner = None
+        self.lastUncertainty = None   # uncertainty.CaseUncertainty of the last segmentation (Where to correct)
+        # Asks a yes/no question (the memory will not fit: run anyway?); replaceable for tests.
+        self.prompt = lambda text: slicer.util.confirmYesNoDisplay(text, windowTitle="AutoSeg")
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self._poll)
@@ -266,7 +271,8 @@ class AutoSegPanel(VTKObservationMixin):
             self._updateButtons()
             return
         volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-        volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
+        volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")
+                   and not v.GetAttribute("AutoSeg.Uncertainty")]   # label maps, uncertainty: never inputs
         defaults = parameters.initial_inputs(self._mrmlParameterNode(), len(model.channel_names),
                                              self.logic.default_inputs(model, volumes))
         for channel, default in zip(model.channel_names, defaults):
@@ -350,14 +356,20 @@ class AutoSegPanel(VTKObservationMixin):
     def inputVolumes(self):
         return [selector.currentNode() for _, selector in self.input_selectors]
 
-    def options(self) -> PredictOptions:
+    def options(self, with_roi: bool = True) -> PredictOptions:
         p = self._parameterNode
         try:
             folds = parameters.parse_folds(p.folds)
         except ValueError as exc:
             raise AutoSegError(str(exc)) from None
         device = self.ui.deviceComboBox.currentData or "auto"
-        return PredictOptions(device=device, tta=p.useTTA, folds=folds, step_size=p.stepSize, show_3d=p.show3D)
+        roi = None
+        if with_roi and p.roi is not None and self.inputVolumes() and self.inputVolumes()[0] is not None:
+            from AutoSegSlicer.roi import roi_box_lps
+
+            roi = roi_box_lps(p.roi, self.inputVolumes()[0])
+        return PredictOptions(device=device, tta=p.useTTA, folds=folds, step_size=p.stepSize, show_3d=p.show3D,
+                              fast=p.fast, roi=roi, save_uncertainty=p.saveUncertainty)
 
     @guarded("Segmentation")
     def onApply(self):
@@ -437,7 +449,7 @@ class AutoSegPanel(VTKObservationMixin):
         if self.job is None:
             self._timer.stop()
             return
-        for event in self.job.runner.poll_events():
+        for event in self.logic.poll_events(self.job):
             self.onEvent(event)
         if self.job.running or self.job.runner.result is None:
             return
@@ -446,6 +458,14 @@ class AutoSegPanel(VTKObservationMixin):
         self.setBusy(False)
         try:
             node = self.logic.finish_segmentation(job)
+        except MemoryWillNotFit as exc:
+            self.ui.statusLabel.text = "Not started: the memory will not fit."
+            if self.prompt(exc.question()):
+                self.log("Running anyway (--force).", "warning")
+                self.job = self.logic.restart_forced(job, polling=True)
+                self.setBusy(True)
+                self._timer.start()
+            return
         except AutoSegError as exc:
             self.ui.statusLabel.text = "Failed; the scene was not changed."
             slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
@@ -454,6 +474,7 @@ class AutoSegPanel(VTKObservationMixin):
             self._parameterNode.outputSegmentation = node
         slicer.util.setSliceViewerLayers(background=job.volumes[0], fit=True)
         self.ui.statusLabel.text = f"Done: '{node.GetName()}'."
+        self.lastUncertainty = job.uncertainty
         for section in self.sections:
             if hasattr(section, "onSegmentationCreated"):
                 section.onSegmentationCreated(node)
@@ -476,6 +497,9 @@ class AutoSegPanel(VTKObservationMixin):
             self.log(f"ERROR: {event.get('message')}", "error")
         elif kind == "result":
             self.log("Result: " + ", ".join(f"{k}={v}" for k, v in event.items() if k != "event"))
+        elif kind == "estimate":
+            self.ui.statusLabel.text = describe_estimate(event)
+            self.log(describe_estimate(event), "info" if event.get("fits", True) else "warning")
 
     def setBusy(self, busy: bool):
         """Apply becomes Cancel while a segmentation or a model installation runs."""
@@ -511,9 +535,10 @@ class AutoSegPanel(VTKObservationMixin):
         return self.ui.outputSegmentationSelector.currentNode()
 
     # -- dependencies ------------------------------------------------------------------------
-    def ensureDependencies(self) -> bool:
-        """True when torch and the other packages are there (installed after asking). Installer failures
-        (declined, offline, pip errors) propagate to the calling slot, whose guard shows them."""
+    def ensureDependencies(self, training: bool = False) -> bool:
+        """True when what segmenting needs (with ``training``: also torch and the training packages) is there,
+        installed after asking. Installer failures (declined, offline, pip errors) propagate to the calling
+        slot, whose guard shows them."""
         try:
             import PyTorchUtils
             torch_logic = PyTorchUtils.PyTorchUtilsLogic()
@@ -532,4 +557,4 @@ class AutoSegPanel(VTKObservationMixin):
         return dependencies.ensure_dependencies(
             confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="AutoSeg"),
             pip_install=pip_install, torch_logic=torch_logic,
-            pip_ensure=getattr(packaging, "pip_ensure", None))
+            pip_ensure=getattr(packaging, "pip_ensure", None), training=training)

@@ -23,7 +23,8 @@ CONNECTIONS: list = []
 #: Arguments a signal passes, by its signature (what the real widgets send).
 SIGNAL_ARGS = {"clicked(bool)": (False,), "toggled(bool)": (True,), "currentIndexChanged(int)": (0,),
                "currentPathChanged(QString)": ("/",), "currentNodeChanged(vtkMRMLNode*)": (None,),
-               "timeout()": (), "triggered()": ()}
+               "timeout()": (), "triggered()": (), "valueChanged(int)": (50,), "currentRowChanged(int)": (0,),
+               "selectionChanged()": ()}
 
 
 class FakeWidget:
@@ -94,8 +95,39 @@ class FakeWidget:
     def currentNode(self):
         return self._node
 
+    # list widgets, table views
+    def selectedItems(self):
+        return [self.items[i] for i in getattr(self, "selected_rows", [])]
+
+    def row(self, item):
+        return self.items.index(item)
+
+    def setMRMLTableNode(self, node):
+        self.tableNode = node
+
+    def selectionModel(self):
+        """Selected indexes of a table view: ``selected_rows`` (set by a test) of ``tableNode``."""
+        table, rows = getattr(self, "tableNode", None), getattr(self, "selected_rows", [])
+        return types.SimpleNamespace(selectedIndexes=lambda: [TableIndex(table, r, 1) for r in rows])
+
     def setCurrentNode(self, node):
         self._node = node
+
+
+class TableIndex:
+    """A QModelIndex of a table view over a vtkMRMLTableNode (row, column; ``data()`` is the cell's text)."""
+
+    def __init__(self, table, row, column):
+        self.table, self._row, self._column = table, row, column
+
+    def row(self):
+        return self._row
+
+    def sibling(self, row, column):
+        return TableIndex(self.table, row, column)
+
+    def data(self):
+        return self.table.GetCellText(self._row, self._column)
 
 
 class FakeTimer(FakeWidget):
@@ -253,7 +285,8 @@ def install(monkeypatch, harness, tmp_path, settings=None, patch_models_folder=T
              "save": "", "warnings": []}
     shown["settings"].update(settings or {})
     monkeypatch.setitem(sys.modules, "qt", fake_qt(shown, tmp_path / "appdata"))
-    for name in ("AutoSegSlicer.widget", "AutoSegSlicer.widget_corrections"):
+    for name in ("AutoSegSlicer.widget", "AutoSegSlicer.widget_corrections", "AutoSegSlicer.widget_uncertainty",
+                 "AutoSegSlicer.widget_batch"):
         monkeypatch.delitem(sys.modules, name, raising=False)   # re-import against the fake qt
 
     def error_display(text, **kw):

@@ -77,42 +77,46 @@ class _TorchLogic:
 
 
 def test_dependencies_ask_before_installing_and_respect_a_refusal():
-    present = {"torch", "scipy"}
+    present = {"torch", "scipy", "numpy", "SimpleITK", "openvino"}
     installed, asked = [], []
+    everything = dependencies.required(training=True)
 
     def pip(reqs):
         installed.extend(reqs)
-        present.update(dependencies.REQUIREMENTS[r] for r in reqs)
+        present.update(everything[r] for r in reqs)
 
     def confirm(text):
         asked.append(text)
         return False
 
-    ok = dependencies.ensure_dependencies(confirm, pip, torch_logic=None, is_importable=present.__contains__)
+    ok = dependencies.ensure_dependencies(confirm, pip, torch_logic=None, is_importable=present.__contains__,
+                                          training=True)
     assert ok is False and installed == [] and "batchgenerators>=0.25" in asked[0]
-    ok = dependencies.ensure_dependencies(lambda t: True, pip, torch_logic=None, is_importable=present.__contains__)
-    assert ok is True and sorted(installed) == ["batchgenerators>=0.25", "matplotlib>=3.6"]
+    ok = dependencies.ensure_dependencies(lambda t: True, pip, torch_logic=None, is_importable=present.__contains__,
+                                          training=True)
+    assert ok is True and sorted(installed) == ["batchgenerators>=0.25", "matplotlib>=3.6", "onnx>=1.15"]
     # Slicer 5.12+: pip_ensure does the asking
     present.discard("matplotlib")
+    present.discard("openvino")
     ensured = []
     ok = dependencies.ensure_dependencies(lambda t: pytest.fail("must not ask twice"), pip,
-                                          is_importable=present.__contains__,
+                                          is_importable=present.__contains__, training=True,
                                           pip_ensure=lambda reqs, requester: (ensured.append((reqs, requester)), pip(reqs)))
-    assert ok and ensured == [(["matplotlib>=3.6"], "AutoSeg")]
+    assert ok and ensured == [(["openvino>=2024.0", "matplotlib>=3.6"], "AutoSeg")]
 
 
 def test_torch_comes_from_the_pytorch_extension():
-    present = {"scipy", "batchgenerators", "matplotlib"}
+    present = {"scipy", "batchgenerators", "matplotlib", "numpy", "SimpleITK", "openvino", "onnx"}
     with pytest.raises(AutoSegError, match="install the 'PyTorch' extension"):
         dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=None,
-                                         is_importable=present.__contains__)
+                                         is_importable=present.__contains__, training=True)
     declined = _TorchLogic(installed=False, install_result=None)
     assert dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=declined,
-                                            is_importable=present.__contains__) is False
+                                            is_importable=present.__contains__, training=True) is False
     assert declined.calls == [(True, dependencies.TORCH_REQUIREMENT)]
     accepted = _TorchLogic(installed=False)
     assert dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=accepted,
-                                            is_importable=present.__contains__) is True
+                                            is_importable=present.__contains__, training=True) is True
 
 
 def test_list_devices_reports_what_torch_finds_in_the_child():
@@ -167,26 +171,26 @@ def test_list_devices_labels_a_gpu_the_child_finds(tmp_path):
 
 def test_an_installed_torch_older_than_23_is_upgraded_through_pytorchutils_after_asking():
     """torch.amp.GradScaler("cuda") needs torch 2.3: an older torch is not accepted silently (issue #13 item 5)."""
-    present = {"torch", "scipy", "batchgenerators", "matplotlib"}
+    present = {"torch", "scipy", "batchgenerators", "matplotlib", "numpy", "SimpleITK", "openvino", "onnx"}
     versions = iter(["2.1.2+cu118", "2.5.1+cu121"])      # before and after the upgrade
     logic = _TorchLogic(installed=True)
     asked = []
     assert dependencies.TORCH_REQUIREMENT == ">=2.3"
     assert dependencies.ensure_dependencies(lambda t: asked.append(t) or True, lambda r: None, torch_logic=logic,
                                             is_importable=present.__contains__,
-                                            torch_version=lambda: next(versions)) is True
+                                            torch_version=lambda: next(versions), training=True) is True
     assert logic.calls == [(False, ">=2.3")] and "2.1.2+cu118 is installed" in asked[0]
     declined = _TorchLogic(installed=True)
     assert dependencies.ensure_dependencies(lambda t: False, lambda r: None, torch_logic=declined,
-                                            is_importable=present.__contains__, torch_version=lambda: "2.2.0") is False
+                                            is_importable=present.__contains__, torch_version=lambda: "2.2.0", training=True) is False
     assert declined.calls == []
     with pytest.raises(AutoSegError, match="PyTorch >=2.3.*2.2.0 is installed.*'PyTorch' extension"):
         dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=None,
-                                         is_importable=present.__contains__, torch_version=lambda: "2.2.0")
+                                         is_importable=present.__contains__, torch_version=lambda: "2.2.0", training=True)
     stuck = _TorchLogic(installed=True)
     with pytest.raises(AutoSegError, match="Upgrading PyTorch did not work: 2.2.0"):
         dependencies.ensure_dependencies(lambda t: True, lambda r: None, torch_logic=stuck,
-                                         is_importable=present.__contains__, torch_version=lambda: "2.2.0")
+                                         is_importable=present.__contains__, torch_version=lambda: "2.2.0", training=True)
     assert dependencies.version_tuple("2.3.0a0+git1234") == (2, 3, 0) and dependencies.version_tuple("2.10") > (2, 3)
 
 

@@ -90,6 +90,7 @@ def test_every_slot_ends_handled_when_the_logic_raises(panel, make_volume, monke
     panel.training.form.datasetPathLineEdit.currentPath = str(tmp_path)
     panel.ui.modelsFolderPathLineEdit.currentPath = str(tmp_path / "elsewhere")
     panel.ui.outputSegmentationSelector.setCurrentNode(None)
+    panel.ui.batchOutputPathLineEdit.currentPath = str(tmp_path / "batch")
 
     def fail(*a, **k):
         raise exc
@@ -113,9 +114,13 @@ def test_every_slot_ends_handled_when_the_logic_raises(panel, make_volume, monke
             assert str(exc) in panel.shown["errors"][-1] or "exit code 1" in panel.shown["errors"][-1]
     panel.logic = logic
     # Slots that never reach the logic: buttons' state, a timer start, the poll with nothing running.
+    # Nothing to show or load yet (no uncertainty, no batch table): the "Where to correct" and "Batch" slots.
     assert set(silent) <= {"AutoSegPanel._updateButtons", "AutoSegPanel.onModelsFolderEdited",
                            "AutoSegPanel._poll", "TrainingSection._poll", "TrainingSection.onFineTuneToggled",
-                           "AutoSegPanel.onInputChanged", "AutoSegPanel.onModelChanged"}, silent
+                           "AutoSegPanel.onInputChanged", "AutoSegPanel.onModelChanged",
+                           "UncertaintySection.onShowToggled", "UncertaintySection.onOpacityChanged",
+                           "UncertaintySection.onSliceChosen", "BatchSection.onSourceChanged", "BatchSection._poll",
+                           "BatchSection.onRowSelected"}, silent
     assert len(panel.shown["errors"]) >= 12
 
 

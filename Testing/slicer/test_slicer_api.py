@@ -19,7 +19,8 @@ FIXTURE = api_uses.load_fixture()
 UI_DIR = MODULE_DIR / "Resources" / "UI"
 
 #: UpperCamel calls whose receiver is not a Slicer object though the AST cannot tell.
-NOT_SLICER = {"GetPixelID"}  # SimpleITK Image returned by conversion.sitk_image
+NOT_SLICER = {"GetPixelID",       # SimpleITK Image returned by conversion.sitk_image
+              "HasMetaDataKey"}   # SimpleITK ImageFileReader (dicom_batch)
 
 
 def _check_source(tmp_path, source: str, tag: str) -> list:

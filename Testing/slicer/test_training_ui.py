@@ -90,7 +90,7 @@ def section(slicer_harness, tmp_path, monkeypatch):
     from AutoSegSlicer.training_widget import TrainingSection
 
     refreshed = []
-    panel = types.SimpleNamespace(ensureDependencies=lambda: True, currentModel=lambda: None,
+    panel = types.SimpleNamespace(ensureDependencies=lambda training=False: True, currentModel=lambda: None,
                                   refreshModels=lambda select_path=None: refreshed.append(select_path),
                                   logic=types.SimpleNamespace(models_dir=tmp_path / "models"))
     s = TrainingSection(panel)

@@ -36,7 +36,8 @@ FIXTURE = HERE / "slicer_api.json"
 #: Signals and properties of the plain Qt classes the module uses (Qt 5.15 in every supported Slicer; Qt's
 #: own API is not in Slicer's sources). A Slicer/CTK widget inherits them from its Qt base.
 QT_SIGNALS = {"clicked(bool)", "clicked()", "toggled(bool)", "currentIndexChanged(int)", "timeout()", "triggered()",
-              "textChanged(QString)", "valueChanged(double)", "valueChanged(int)", "editingFinished()"}
+              "textChanged(QString)", "valueChanged(double)", "valueChanged(int)", "editingFinished()",
+              "currentRowChanged(int)"}
 QT_PROPERTIES = {"enabled", "toolTip", "text", "visible", "checked", "value", "maximum", "minimum", "currentIndex",
                  "currentData", "currentText", "count", "collapsed", "placeholderText", "readOnly", "objectName",
                  "title", "suffix", "decimals", "singleStep", "checkable", "plainText", "format", "toolTipDuration",
@@ -47,9 +48,10 @@ QT_PROPERTIES = {"enabled", "toolTip", "text", "visible", "checked", "value", "m
 #: Segment Editor effect is the C++ adaptor; the effect code names slice widgets and the layout manager so).
 RECEIVER_CLASSES = {"scriptedEffect": "qSlicerSegmentEditorScriptedEffect", "sliceWidget": "qMRMLSliceWidget",
                     "layoutManager": "qSlicerLayoutManager"}
-#: Methods of QObject/QWidget (not in Slicer's sources) called on Slicer widgets.
+#: Methods of QObject/QWidget (not in Slicer's sources) called on Slicer widgets; selectionModel: QAbstractItemView
+#: (qMRMLTableView is a QTableView).
 QT_METHODS = {"blockSignals", "setToolTip", "setEnabled", "setVisible", "show", "hide", "className", "objectName",
-              "setObjectName", "deleteLater", "parent", "setParent", "connect", "disconnect", "self"}
+              "setObjectName", "deleteLater", "parent", "setParent", "connect", "disconnect", "self", "selectionModel"}
 #: Slicer's Python packages whose names the module imports (checked against the fixture's ``python_modules``).
 PYTHON_MODULES = ("SegmentEditorEffects",)
 
