@@ -3,7 +3,7 @@
 The effect (SegmentEditorAutoSegLib/SegmentEditorEffect.py) is a thin Qt shell around `EffectLogic`:
 
 - **Preview** (`EffectLogic.start_preview` / `finish_preview`): the model runs in a child process through the
-  module panel's own `AutoSegLogic.start_segmentation` with ``--fast`` / ``--roi`` added (`EffectPredictOptions`);
+  module panel's own `AutoSegLogic.start_segmentation` with the panel's `PredictOptions` (``fast``, ``roi`` set);
   its label map fills a separate segmentation node (the preview overlay) through `AutoSegLogic.apply_labels`,
   so segment names, colours, terminology and label values follow the panel's rules (segmentation.py). Voxels
   outside the region (`effect_region`) are cleared.
@@ -21,7 +21,8 @@ The effect (SegmentEditorAutoSegLib/SegmentEditorEffect.py) is a thin Qt shell a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,23 +42,6 @@ PREVIEW_OWNER_PARAMETER = "SegmentationResultPreviewOwnerEffect"
 PREVIEW_OPACITY = 0.6
 #: Attribute of the preview node holding its region (`effect_region.box_to_text`), so that Apply uses it.
 REGION_ATTRIBUTE = "AutoSeg.Region"
-
-
-@dataclass(frozen=True)
-class EffectPredictOptions:
-    """The panel's `PredictOptions` plus the effect's ``--fast`` and ``--roi`` (interfaces.md)."""
-    base: PredictOptions = field(default_factory=PredictOptions)
-    fast: bool = False
-    roi: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
-    show_3d: bool = False
-
-    def args(self) -> List[str]:
-        out = self.base.args()
-        if self.fast:
-            out.append("--fast")
-        if self.roi is not None:
-            out += ["--roi", *[f"{float(x):.4f}" for corner in self.roi for x in corner]]
-        return out
 
 
 @dataclass
@@ -125,7 +109,7 @@ class EffectLogic:
             raise AutoSegError("No segmentation is selected in the Segment Editor.")
         volumes = list(volumes or [])
         roi = effect_region.roi_lps_corners(box, volumes[0]) if (box is not None and volumes and volumes[0]) else None
-        options = EffectPredictOptions(base_options, bool(fast), roi)
+        options = dataclasses.replace(base_options, fast=bool(fast), roi=roi, show_3d=False)
         job = self.logic.start_segmentation(model, volumes, options, None, on_event, polling)
         return PreviewJob(job, segmentation_node, box)
 

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -230,10 +231,15 @@ class AutoSegLogic(CorrectionLogic):
             if on_event is not None:
                 on_event({"event": "log", "level": "warning", "message": note})
         holder: list = []
+        early: list = []  # events the reader thread delivers before the job exists (a fast child's estimate)
+        lock = threading.Lock()
 
         def noting(event):
-            if holder:
-                holder[0].note_event(event)
+            with lock:
+                if holder:
+                    holder[0].note_event(event)
+                else:
+                    early.append(event)
             if on_event is not None:
                 on_event(event)
 
@@ -249,7 +255,10 @@ class AutoSegLogic(CorrectionLogic):
             shutil.rmtree(folder, ignore_errors=True)
             raise
         job = SegmentationJob(model, volumes, options, prepared, runner, target_segmentation, on_event)
-        holder.append(job)
+        with lock:
+            for event in early:
+                job.note_event(event)
+            holder.append(job)
         return job
 
     def poll_events(self, job: SegmentationJob) -> List[dict]:
@@ -261,7 +270,8 @@ class AutoSegLogic(CorrectionLogic):
 
     def restart_forced(self, job: SegmentationJob, on_event=None, polling: bool = False) -> SegmentationJob:
         """Start ``job`` again with ``--force`` (after the user agreed to run although the memory will not fit)."""
-        return self.start_segmentation(job.model, job.volumes, _forced(job.options), job.target, on_event, polling)
+        return self.start_segmentation(job.model, job.volumes, dataclasses.replace(job.options, force=True), job.target,
+                                       on_event, polling)
 
     def cancel(self, job: SegmentationJob, wait: bool = True) -> None:
         """Kill the child process tree and remove the temporary files; the scene is not touched.
@@ -272,7 +282,6 @@ class AutoSegLogic(CorrectionLogic):
             job.runner.cancel()
             shutil.rmtree(job.prepared.folder, ignore_errors=True)
             return
-        import threading
 
         def finish():
             job.runner.cancel()
@@ -291,13 +300,13 @@ class AutoSegLogic(CorrectionLogic):
                 raise AutoSegError("The segmentation process has not finished.")
             estimate = job.estimate
             if not result.ok and not result.cancelled and estimate and estimate.get("fits") is False \
-                    and not _option(job.options, "force"):
+                    and not job.options.force:
                 raise MemoryWillNotFit(estimate)
             if not result.ok:
                 raise AutoSegError(result.failure_message("Segmentation"))
             label = self._read_output(job)
             node = self.apply_labels(job.model, job.volumes[0], label, job.target, job.options.show_3d)
-            if _option(job.options, "save_uncertainty"):
+            if job.options.save_uncertainty:
                 from AutoSegSlicer import uncertainty
 
                 job.uncertainty = uncertainty.read_case(self.scene, job.prepared.output_dir, job.prepared.case,
@@ -382,24 +391,6 @@ class AutoSegLogic(CorrectionLogic):
                 continue
             self.last_job = job
             return node
-
-
-def _option(options, name: str):
-    """An option of `PredictOptions` or of a wrapper around one (``base``, e.g. the Segment Editor effect's)."""
-    if hasattr(options, name):
-        return getattr(options, name)
-    base = getattr(options, "base", None)
-    return _option(base, name) if base is not None else None
-
-
-def _forced(options):
-    """``options`` with ``force`` on (in its ``base`` for a wrapper)."""
-    names = {f.name for f in dataclasses.fields(options)}
-    if "force" in names:
-        return dataclasses.replace(options, force=True)
-    if "base" in names:
-        return dataclasses.replace(options, base=_forced(options.base))
-    raise AutoSegError(f"Cannot rerun with --force: unknown options {type(options).__name__}.")
 
 
 def _base_name(volume) -> str:

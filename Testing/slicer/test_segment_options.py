@@ -239,16 +239,3 @@ def test_memory_that_will_not_fit_asks_and_reruns_with_force(autoseg_logic, make
     assert node.GetSegmentation().GetNumberOfSegments() == 2 and conversion.geometry_from_node(volume)
     with pytest.raises(MemoryWillNotFit):     # no prompt (scripts): the error
         autoseg_logic.segment(model, [volume], PredictOptions(tta=False), timeout=60)
-
-
-def test_a_wrapped_options_object_can_be_forced_too():
-    """The Segment Editor effect passes its own options around a PredictOptions (``base``): the logic reads
-    force/save_uncertainty through it and reruns it with --force."""
-    from AutoSegSlicer.effect_logic import EffectPredictOptions
-    from AutoSegSlicer.logic import _forced, _option
-
-    wrapped = EffectPredictOptions(PredictOptions(tta=False), fast=True)
-    assert _option(wrapped, "force") is False and _option(wrapped, "save_uncertainty") is False
-    forced = _forced(wrapped)
-    assert forced.args()[-2:] == ["--force", "--fast"] and "--force" not in wrapped.args()
-    assert _forced(PredictOptions()).force is True
