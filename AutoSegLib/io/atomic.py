@@ -203,7 +203,8 @@ def temporary_tag() -> str:
     return f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an exited child not yet reaped counts as gone)."""
     if pid == os.getpid():
         return True
     try:
@@ -227,7 +228,7 @@ def is_stale_temporary(tmp: Path, older_than_s: float = STALE_TEMPORARY_S, now: 
     if ".tmp-" not in tmp.name:
         return False
     m = _TMP_RE.search(tmp.name)
-    if m is not None and m.group(1) is not None and not _pid_alive(int(m.group(1))):
+    if m is not None and m.group(1) is not None and not pid_alive(int(m.group(1))):
         return True
     try:
         return (now if now is not None else time.time()) - tmp.stat().st_mtime > older_than_s

@@ -1,7 +1,6 @@
 """Bad input and failures leave the scene unchanged and say what is wrong; cancel leaves no process."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -11,6 +10,7 @@ import pytest
 from AutoSegLib.errors import AutoSegError
 from AutoSegSlicer.logic import PredictOptions
 from autoseg_testing import fake_runner_factory, make_model_folder
+from AutoSegLib.io.atomic import pid_alive
 
 
 def _scene_snapshot(scene):
@@ -103,13 +103,6 @@ def test_child_exiting_without_output(autoseg_logic, model, volume, slicer_harne
     assert _scene_snapshot(slicer_harness.scene) == before
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 @pytest.mark.skipif(sys.platform != "linux", reason="checks /proc")
 def test_cancel_during_a_run_leaves_no_process_no_node_no_files(autoseg_logic, model, volume, slicer_harness):
@@ -121,9 +114,9 @@ def test_cancel_during_a_run_leaves_no_process_no_node_no_files(autoseg_logic, m
     while not any(e["event"] == "stage" for e in events) and time.monotonic() - t0 < 30:
         time.sleep(0.02)
     pid = job.runner.pid
-    assert _alive(pid) and job.running
+    assert pid_alive(pid) and job.running
     autoseg_logic.cancel(job)
-    assert not job.running and not _alive(pid)
+    assert not job.running and not pid_alive(pid)
     assert job.runner.result.cancelled
     assert _scene_snapshot(slicer_harness.scene) == before
     assert not job.prepared.folder.exists()

@@ -1,7 +1,6 @@
 """The child-process runner: events parsed from stdout, log tail, failure message, cancel kills the tree."""
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 import time
@@ -9,6 +8,7 @@ import time
 import pytest
 
 from AutoSegSlicer.runner import ProcessRunner, autoseglib_command
+from AutoSegLib.io.atomic import pid_alive
 
 EMITTER = textwrap.dedent("""
     import json, sys, time
@@ -61,18 +61,6 @@ def test_failure_carries_error_event_exit_code_and_log_tail():
     assert "exit code 2" in msg and "no plans.json" in msg and "loading model" in msg and "Traceback: boom" in msg
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 @pytest.mark.skipif(sys.platform == "win32", reason="uses /proc and POSIX process groups")
 def test_cancel_kills_the_whole_process_tree(tmp_path):
@@ -91,14 +79,14 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
     while not (pidfile.exists() and pidfile.read_text() and events) and time.monotonic() - t0 < 30:
         time.sleep(0.05)
     grandchild, child = int(pidfile.read_text()), r.pid
-    assert _alive(grandchild) and _alive(child)
+    assert pid_alive(grandchild) and pid_alive(child)
     r.cancel()
     res = r.result
     assert res is not None and res.cancelled and not res.ok
     t0 = time.monotonic()
-    while (_alive(grandchild) or _alive(child)) and time.monotonic() - t0 < 5:
+    while (pid_alive(grandchild) or pid_alive(child)) and time.monotonic() - t0 < 5:
         time.sleep(0.05)
-    assert not _alive(child) and not _alive(grandchild)
+    assert not pid_alive(child) and not pid_alive(grandchild)
     assert "cancelled" in res.failure_message()
 
 

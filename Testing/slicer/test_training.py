@@ -8,7 +8,6 @@ runs the real pipeline.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from AutoSegSlicer.training_pipeline import STATE_FILE, TrainingState
 from AutoSegSlicer.training_progress import TrainingCurves, TrainingStatus
 from autoseg_harness import REPO
 from autoseg_testing import make_model_folder
+from AutoSegLib.io.atomic import pid_alive
 
 FAKE = Path(__file__).resolve().parent / "training_fake_autoseglib.py"
 
@@ -199,17 +199,6 @@ def test_full_mode_trains_every_configuration_on_five_folds_then_find_best(logic
 
 
 # -- cancel and resume -----------------------------------------------------------------------------------
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (not yet reaped) counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
-
 
 def test_cancel_kills_the_child_and_resume_continues_from_the_last_checkpoint(logic, dataset, monkeypatch,
                                                                                slicer_harness):
@@ -223,7 +212,7 @@ def test_cancel_kills_the_child_and_resume_continues_from_the_last_checkpoint(lo
         time.sleep(0.02)
     pid = job.runner.pid
     job.cancel()
-    assert job.cancelled and not job.running and not _pid_alive(pid)
+    assert job.cancelled and not job.running and not pid_alive(pid)
     done = len(job.curves.rows("3d_fullres", "0"))
     assert 2 <= done < 6
     assert not (work / "trained/3d_fullres/fold_0/checkpoint_final.pt").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from AutoSegLib.cli import main
+from AutoSegLib.io.atomic import pid_alive
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -36,17 +37,6 @@ if os.environ.get("AUTOSEG_TEST_HOLD_WRITES"):
     storage._save_npy = _held_save
 """
 
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _temporaries(folder):
@@ -74,19 +64,19 @@ def test_killed_plan_and_preprocess_leaves_no_worker_and_next_run_cleans(synthet
             time.sleep(0.1)
             workers = [int(p.name) for p in held.iterdir()]
         assert len(workers) == 2, parent.stderr.read() if parent.poll() is not None else "workers never wrote"
-        assert all(_alive(w) for w in workers) and parent.pid not in workers
+        assert all(pid_alive(w) for w in workers) and parent.pid not in workers
         parent.send_signal(sig)
         rc = parent.wait(timeout=60)
         assert rc == (143 if sig == signal.SIGTERM else -signal.SIGKILL), parent.stderr.read()
         deadline = time.time() + 10
-        while any(_alive(w) for w in workers) and time.time() < deadline:
+        while any(pid_alive(w) for w in workers) and time.time() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(w) for w in workers)  # no worker goes on writing
+        assert not any(pid_alive(w) for w in workers)  # no worker goes on writing
         left = _temporaries(work)
         assert left and all(any(f".tmp-{w}-" in p.name for w in workers) for p in left)  # what the kill left
     finally:
         for w in workers:
-            if _alive(w):
+            if pid_alive(w):
                 os.kill(w, signal.SIGKILL)
         if parent.poll() is None:
             parent.kill()

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from AutoSegLib.io.atomic import pid_alive
+
 _PARENT = """
 import os, sys, time, multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -25,18 +27,6 @@ if __name__ == "__main__":
 """
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by init) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 @pytest.mark.parametrize("use", [True, False])
@@ -46,14 +36,14 @@ def test_worker_dies_with_a_killed_parent(tmp_path, use):
     parent = subprocess.Popen([sys.executable, str(script), "1" if use else "0"], stdout=subprocess.PIPE, text=True)
     worker = int(parent.stdout.readline())
     try:
-        assert _alive(worker)
+        assert pid_alive(worker)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.time() + (10 if use else 2)
-        while _alive(worker) and time.time() < deadline:
+        while pid_alive(worker) and time.time() < deadline:
             time.sleep(0.1)
         # with die_with_parent the worker is gone; without it (the control) it lives on
-        assert _alive(worker) is (not use)
+        assert pid_alive(worker) is (not use)
     finally:
-        if _alive(worker):
+        if pid_alive(worker):
             os.kill(worker, signal.SIGKILL)
