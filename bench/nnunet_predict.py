@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                   f"{got[who]['peak_rss_mib']:7.0f} MiB RSS, {got[who]['peak_pss_mib']:7.0f} MiB PSS", flush=True)
         return got
 
-    print(f"model {args.model}" + (f", AutoSeg model {args.autoseg_model}" if args.autoseg_model else "") + "\nTTA {'off' if args.no_tta else 'on'}, folds {args.folds}, threads {args.threads}, "
+    print(f"model {args.model}" + (f", AutoSeg model {args.autoseg_model}" if args.autoseg_model else "") + f"\nTTA {'off' if args.no_tta else 'on'}, folds {args.folds}, threads {args.threads}, "
           f"step {args.step_size}, AutoSeg precision {args.precision}", flush=True)
     def save():  # after every row: an interrupted run keeps what it measured
         (results_dir / f"nnunet_predict_{stamp}.md").write_text(_table(rows, args) + "\n")
