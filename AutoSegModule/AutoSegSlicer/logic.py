@@ -230,20 +230,13 @@ class AutoSegLogic(CorrectionLogic):
             log.info(note)
             if on_event is not None:
                 on_event({"event": "log", "level": "warning", "message": note})
-        holder: list = []
-        early: list = []  # events the reader thread delivers before the job exists (a fast child's estimate)
-        lock = threading.Lock()
-
         def noting(event):
-            with lock:
-                if holder:
-                    holder[0].note_event(event)
-                else:
-                    early.append(event)
+            job.note_event(event)  # the job exists before the child starts: no event arrives before it
             if on_event is not None:
                 on_event(event)
 
         runner = self.runner_factory(on_event=None if polling else noting, pythonpath=self.pythonpath)
+        job = SegmentationJob(model, volumes, options, prepared, runner, target_segmentation, on_event)
         args = ["-m", str(model.path), "-i", str(prepared.input_dir), "-o", str(prepared.output_dir), *option_args]
         try:
             runner.start(autoseglib_command(self.python_executable, "predict", args))
@@ -254,11 +247,6 @@ class AutoSegLogic(CorrectionLogic):
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        job = SegmentationJob(model, volumes, options, prepared, runner, target_segmentation, on_event)
-        with lock:
-            for event in early:
-                job.note_event(event)
-            holder.append(job)
         return job
 
     def poll_events(self, job: SegmentationJob) -> List[dict]:
