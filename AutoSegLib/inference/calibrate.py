@@ -130,15 +130,15 @@ def network_spec(model, configuration: str) -> str:
 # ------------------------------------------------------------------------------------------------ child side
 def _network(spec: str):
     """(topology, patch size, input channels, outputs, trained precision) from `network_spec`'s JSON."""
-    from AutoSegLib.network.topology import NetworkTopology
-
     from AutoSegLib.io.jsonfile import parse_json
+    from AutoSegLib.network.topology import NetworkTopology
+    from AutoSegLib.planning.plans import record_from_dict
+
     d = parse_json(spec, "the calibration child's arguments", expect=dict)
-    t = d["network"]
-    topology = NetworkTopology(**{k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                                      if isinstance(v, list) else v) for k, v in t.items()})
+    topology = record_from_dict(NetworkTopology, d["network"], "the calibration child's network")
     return topology, tuple(d["patch_size"]), int(d["num_input_channels"]), int(d["num_outputs"]), \
         d.get("trained_precision")
+
 
 def lazy_imports(runtime: str) -> tuple:
     """Modules prediction imports on first use (after the estimate is printed), slowest first."""

@@ -162,9 +162,9 @@ class Plans:
                                f"(expects {SCHEMA_VERSION}). Re-run `autoseg plan` to regenerate them.")
         try:
             d = dict(d)
-            d["configurations"] = {k: _build(ConfigurationPlan, v, f"{source}: configuration {k}")
+            d["configurations"] = {k: record_from_dict(ConfigurationPlan, v, f"{source}: configuration {k}")
                                    for k, v in d["configurations"].items()}
-            return _build(cls, d, source)
+            return record_from_dict(cls, d, source)
         except KeyError as exc:
             raise AutoSegError(f"{source}: missing key {exc} in plans.") from None
 
@@ -185,7 +185,7 @@ def _tupleize(value):
 _NESTED = {"network": NetworkTopology, "resampling": ResamplingSettings, "budget": BudgetPlan}
 
 
-def _build(cls, data: dict, source: str):
+def record_from_dict(cls, data: dict, source: str):
     """Construct dataclass ``cls`` from a JSON dict: lists become tuples, unknown keys are an error."""
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names
@@ -194,7 +194,7 @@ def _build(cls, data: dict, source: str):
     kwargs = {}
     for k, v in data.items():
         if k in _NESTED and isinstance(v, dict):
-            v = _build(_NESTED[k], v, f"{source}.{k}")
+            v = record_from_dict(_NESTED[k], v, f"{source}.{k}")
         elif k in ("labels", "channel_names", "intensity_properties", "configurations"):
             pass
         else:
