@@ -38,11 +38,16 @@ def nnunet_sandbox(root: Path, dataset_path: Path, dataset_id: int) -> Dict[str,
 
 
 def bench_env(extra: Optional[Dict[str, str]] = None, threads: int = 1) -> Dict[str, str]:
-    """The environment for a measured child: thread pools pinned so that only processes count."""
+    """The environment for a measured child: thread pools pinned so that only processes count.
+
+    The child imports AutoSegLib from this checkout (``PYTHONPATH`` = the repository), not from whatever
+    checkout the interpreter has installed editable, so a bench run from a frozen worktree measures that
+    worktree's code while main moves on.
+    """
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(REPO)
     env.update(extra or {})
     return env
 
