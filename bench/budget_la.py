@@ -43,7 +43,8 @@ def run_one(root: Path, budget: float, variant: str, precision: str, threads: in
            "--configuration", "auto" if variant == "budget" else "3d_fullres"]
     if variant == "stock":  # the recipe's epochs, shortened so that progress and checkpoints come regularly
         cmd += ["--iterations-per-epoch", "10", "--val-iterations", "2"]
-    measured = run_measured(cmd, env=bench_env(threads=threads), cwd=REPO, log_path=root / f"{out.name}.log")
+    measured = run_measured(cmd, env=bench_env(threads=threads), cwd=REPO, log_path=root / f"{out.name}.log",
+                            interval=2.0)
     summary = json.loads((out / "demo_summary.json").read_text())
     evaluation = json.loads((out / "evaluation" / "summary.json").read_text())
     work = out / "work"
