@@ -179,8 +179,8 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
             topo = plain_topology(pool)
             topo = replace(topo, features_per_stage=features_for(base, topo.n_stages, ndim))
             macs = conv_macs(topo, pool.patch_size, n_channels, n_outputs) * BATCH_SIZE
-            step = calibration.step_seconds(macs, pool.patch_size, BATCH_SIZE)
-            forward = calibration.network_seconds(macs / BATCH_SIZE) / 3.0
+            step = calibration.step_seconds(macs, pool.patch_size, BATCH_SIZE, base)
+            forward = calibration.network_seconds(macs / BATCH_SIZE, pool.patch_size, base) / 3.0
             # every epoch's validation batches are paid during training, the last ones and the final
             # validation after it, start-up before it
             windows = n_val * sliding_windows(shape, pool.patch_size)
@@ -208,7 +208,7 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
                    next_stages=(), data_identifier="")
     record = BudgetPlan(configuration=name, minutes=float(minutes), device=calibration.device,
                         precision=calibration.precision, machine=calibration.key,
-                        gflops=round(float(calibration.gflops(macs)), 2), step_seconds=round(float(step), 4),
+                        gflops=round(float(calibration.gflops(patch, base)), 2), step_seconds=round(float(step), 4),
                         iterations=int(iterations), iterations_per_epoch=int(per_epoch), epochs=int(epochs),
                         val_iterations=VAL_ITERATIONS, reserve_seconds=round(float(reserve), 1),
                         spacing_factor=float(factor), base_features=int(base), candidates=tuple(candidates))

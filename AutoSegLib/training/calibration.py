@@ -5,14 +5,25 @@ device the user trains on, at the precision training will use. FLOP counts alone
 2-core Zen 3 a plan with 24x fewer FLOPs per step than the stock LA plan was only ~4x faster
 (performance-notes.md), and on this session's Xeon the measured throughput of the U-Net family ranged
 from 158 GFLOP/s (stock LA plan, float32) to 274 GFLOP/s (a 48^3 patch, 32 base features). So
-`calibrate` times real training steps of two probe U-Nets (a small one and a mid-sized one) and one
-augmentation batch, and `Calibration.step_seconds` predicts an iteration of any plan from them:
+`calibrate` times real training steps of four probe U-Nets and one augmentation batch, and
+`Calibration.step_seconds` predicts an iteration of any plan from them:
 
-    network seconds = 6 x MACs(batch) / throughput(MACs), throughput interpolated in log(MACs)
-                      between the two probes and clamped outside them
+    network seconds = 6 x MACs(batch) / throughput
+    log throughput  = bilinear in (log patch voxels, log first-stage features), through the four probes
+                      (32^3 and 64^3 voxels x 16 and 32 features); features clamped to the probes' range,
+                      voxels clamped below the smallest probe and extrapolated above the largest
     data seconds    = augmentation seconds per patch voxel x batch x patch voxels
     iteration       = network + data on the CPU (the augmentation worker shares the cores),
                       max(network, data / workers) on a GPU (the CPU augments while the GPU computes)
+
+Why patch voxels and features, not MACs alone (version 1 interpolated in log MACs between two probes): on the
+2-core Sapphire Rapids Xeon, float32, a step of the LA budget candidate 48x80x96 with 16 features (42 GMAC)
+took 2.31 s where the 48^3 probe with 32 features (47 GMAC) took 1.08 s: throughput falls as the feature
+maps outgrow the caches (111 GFLOP/s at 369k voxels against 158 at 98k, 16 features) and rises with the
+features per voxel (154 against 111 GFLOP/s at 369k voxels, 32 against 16 features). Version 1 predicted
+0.98 s for that step, so a 30-minute budget planned 1480 iterations and trained 755. A log-linear model in
+voxels and features fitted to seven measured steps was within 15 % of each; `bench/calibration_check.py`
+compares this model's predictions with measured steps of the budget candidates.
 
 A measurement takes a few seconds; it is cached in a JSON file (one entry per machine, torch version,
 device, precision and thread count), so planning again costs nothing.
@@ -31,11 +42,14 @@ from typing import Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Probe U-Nets (plain, 1 input channel, 2 outputs, deep supervision, batch 2, SGD step): isotropic
-# patches, base features (doubling per stage, cap 320). They span the budget plans' range of sizes.
-PROBES = (((32, 32, 32), 16), ((48, 48, 48), 32))
+# patches x first-stage features (doubling per stage, cap 320), a 2 x 2 grid spanning the budget plans'
+# sizes (their patches hold 16k-524k voxels, their first stage 16 or 32 features).
+PROBES = (((32, 32, 32), 16), ((32, 32, 32), 32), ((64, 64, 64), 16), ((64, 64, 64), 32))
 PROBE_BATCH = 2
+# A probe step longer than this is timed once after the warm-up instead of TIMED_STEPS times.
+LONG_PROBE_S = 1.0
 AUGMENT_PROBE_PATCH = (32, 48, 48)
 TIMED_STEPS = 2
 AUGMENT_BATCHES = 8
@@ -56,9 +70,13 @@ class Calibration:
     threads : int
         torch intra-op threads during the measurement (CPU).
     probe_macs : tuple of float
-        Forward MACs of each probe step (whole batch), ascending.
+        Forward MACs of each probe step (whole batch), in `PROBES` order.
     probe_seconds : tuple of float
         Measured seconds of one training step (forward, backward, SGD) of each probe.
+    probe_voxels : tuple of int
+        Patch voxels of each probe (one sample).
+    probe_features : tuple of int
+        First-stage features of each probe.
     augment_seconds_per_voxel : float
         Seconds to augment one patch voxel of one sample (one batch of ``AUGMENT_PROBE_PATCH`` measured).
     workers : int
@@ -72,36 +90,40 @@ class Calibration:
     threads: int
     probe_macs: Tuple[float, ...]
     probe_seconds: Tuple[float, ...]
+    probe_voxels: Tuple[int, ...]
+    probe_features: Tuple[int, ...]
     augment_seconds_per_voxel: float
     workers: int
     measured_at: str
 
-    def gflops(self, macs: float) -> float:
-        """Training throughput (GFLOP/s, 6 FLOPs per forward MAC) expected for a step of ``macs`` forward
-        MACs: log-linear between the probes, the nearest probe's value outside them."""
-        rates = [6.0 * m / s / 1e9 for m, s in zip(self.probe_macs, self.probe_seconds)]
-        xs = [math.log(m) for m in self.probe_macs]
-        x = math.log(max(float(macs), 1.0))
-        if x <= xs[0]:
-            return rates[0]
-        if x >= xs[-1]:
-            return rates[-1]
-        for i in range(len(xs) - 1):
-            if xs[i] <= x <= xs[i + 1]:
-                w = (x - xs[i]) / (xs[i + 1] - xs[i])
-                return rates[i] * (1 - w) + rates[i + 1] * w
-        return rates[-1]  # unreachable
+    def gflops(self, patch_size: Sequence[int], features: int) -> float:
+        """Training throughput (GFLOP/s, 6 FLOPs per forward MAC) expected for a network whose patch is
+        ``patch_size`` and whose first stage has ``features`` features (see the module docstring)."""
+        lv = [math.log(v) for v in self.probe_voxels]
+        lf = [math.log(f) for f in self.probe_features]
+        rate = [math.log(6.0 * m / s / 1e9) for m, s in zip(self.probe_macs, self.probe_seconds)]
+        v_lo, v_hi, f_lo, f_hi = min(lv), max(lv), min(lf), max(lf)
+        x = max(math.log(max(float(math.prod(int(p) for p in patch_size)), 1.0)), v_lo)
+        y = min(max(math.log(max(float(features), 1.0)), f_lo), f_hi)
+        u = (x - v_lo) / (v_hi - v_lo) if v_hi > v_lo else 0.0
+        w = (y - f_lo) / (f_hi - f_lo) if f_hi > f_lo else 0.0
 
-    def network_seconds(self, macs: float) -> float:
+        def at(v, f):  # the probe at this corner of the grid
+            return next(r for a, b, r in zip(lv, lf, rate) if a == v and b == f)
+        value = (at(v_lo, f_lo) * (1 - u) * (1 - w) + at(v_hi, f_lo) * u * (1 - w)
+                 + at(v_lo, f_hi) * (1 - u) * w + at(v_hi, f_hi) * u * w)
+        return math.exp(value)
+
+    def network_seconds(self, macs: float, patch_size: Sequence[int], features: int) -> float:
         """Seconds of one training step of a network whose forward pass of the whole batch is ``macs``."""
-        return 6.0 * float(macs) / (self.gflops(macs) * 1e9)
+        return 6.0 * float(macs) / (self.gflops(patch_size, features) * 1e9)
 
     def data_seconds(self, patch_size: Sequence[int], batch_size: int) -> float:
         return self.augment_seconds_per_voxel * batch_size * float(math.prod(int(p) for p in patch_size))
 
-    def step_seconds(self, macs: float, patch_size: Sequence[int], batch_size: int) -> float:
+    def step_seconds(self, macs: float, patch_size: Sequence[int], batch_size: int, features: int) -> float:
         """Predicted seconds per training iteration (see the module docstring)."""
-        net, data = self.network_seconds(macs), self.data_seconds(patch_size, batch_size)
+        net, data = self.network_seconds(macs, patch_size, features), self.data_seconds(patch_size, batch_size)
         if self.device.startswith("cpu"):
             return net + data
         return max(net, data / max(1, self.workers))
@@ -114,6 +136,8 @@ class Calibration:
         d = dict(d)
         d["probe_macs"] = tuple(float(v) for v in d["probe_macs"])
         d["probe_seconds"] = tuple(float(v) for v in d["probe_seconds"])
+        d["probe_voxels"] = tuple(int(v) for v in d["probe_voxels"])
+        d["probe_features"] = tuple(int(v) for v in d["probe_features"])
         return cls(**d)
 
 
@@ -198,25 +222,28 @@ def calibrate(device: str = "cpu", precision: str = "auto", cache_path: "str | o
         except (TypeError, KeyError, ValueError):
             log.warning("%s: unreadable calibration entry for %s; measuring again", path, key)
     emit(progress, "stage", stage="calibrate",
-         message=f"measuring training speed on {dev} ({resolved}, {threads} threads): a few seconds, once")
+         message=f"measuring training speed on {dev} ({resolved}, {threads} threads): up to half a minute, once")
     old_threads = torch.get_num_threads()
     if dev.type == "cpu":
         torch.set_num_threads(threads)
     try:
-        macs, seconds = [], []
+        macs, seconds, voxels = [], [], []
         for patch, base in PROBES:
             m, s = _time_probe(patch, base, ex)
             macs.append(float(m))
             seconds.append(float(s))
+            voxels.append(int(math.prod(probe_topology(patch, base)[1])))
         per_voxel = _time_augmentation()
     finally:
         torch.set_num_threads(old_threads)
     cal = Calibration(key=key, device=str(dev), precision=resolved, threads=threads, probe_macs=tuple(macs),
-                      probe_seconds=tuple(seconds), augment_seconds_per_voxel=per_voxel, workers=workers,
+                      probe_seconds=tuple(seconds), probe_voxels=tuple(voxels),
+                      probe_features=tuple(base for _, base in PROBES), augment_seconds_per_voxel=per_voxel,
+                      workers=workers,
                       measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     emit(progress, "log", level="info", message=(
-        "calibration: " + ", ".join(f"{6 * m / s / 1e9:.0f} GFLOP/s at {m / 1e9:.0f} GMAC" for m, s in
-                                    zip(macs, seconds)) + f"; augmentation {per_voxel * 1e9:.1f} ns/voxel"))
+        "calibration: " + ", ".join(f"{6 * m / s / 1e9:.0f} GFLOP/s at {p[0]}^3 x {b}" for m, s, (p, b) in
+                                    zip(macs, seconds, PROBES)) + f"; augmentation {per_voxel * 1e9:.1f} ns/voxel"))
     cache[key] = cal.to_dict()
     write_entries(path, CACHE_VERSION, cache, "training calibration")
     return cal
@@ -248,6 +275,8 @@ def _time_probe(patch, base, ex) -> Tuple[float, float]:
     x = torch.randn(PROBE_BATCH, 1, *patch, device=ex.device)
     best = math.inf
     for i in range(TIMED_STEPS + 1):  # the first step warms up (allocations, kernel selection)
+        if i > 1 and best > LONG_PROBE_S:
+            break
         _sync(ex.device)
         t0 = time.perf_counter()
         with ex.autocast():

@@ -33,14 +33,14 @@ class FlatDevice:
     precision: str = "float32"
     key: str = "test device"
 
-    def gflops(self, macs):
+    def gflops(self, patch, features):
         return self.gflop_per_s
 
-    def network_seconds(self, macs):
+    def network_seconds(self, macs, patch, features):
         return 6.0 * macs / (self.gflop_per_s * 1e9)
 
-    def step_seconds(self, macs, patch, batch):
-        return self.network_seconds(macs)
+    def step_seconds(self, macs, patch, batch, features):
+        return self.network_seconds(macs, patch, features)
 
 
 def plan(minutes, device, spacing=LA_SPACING, median=LA_MEDIAN, n_cases=64):
@@ -145,23 +145,50 @@ def test_budget_plans_round_trip_through_plans_json(tmp_path):
 
 # ---- calibration -----------------------------------------------------------------------------------------
 def make_calibration(**kw):
-    d = dict(key="k", device="cpu", precision="float32", threads=2, probe_macs=(1e9, 1e11),
-             probe_seconds=(6e9 / 100e9, 6e11 / 200e9), augment_seconds_per_voxel=1e-7, workers=1,
-             measured_at="now")
+    """Probes 32^3 and 64^3 voxels x 16 and 32 features at 100, 200, 50 and 100 GFLOP/s (6 FLOPs per MAC)."""
+    rates = (100e9, 200e9, 50e9, 100e9)
+    macs = (1e9, 2e9, 8e9, 16e9)
+    d = dict(key="k", device="cpu", precision="float32", threads=2, probe_macs=macs,
+             probe_seconds=tuple(6 * m / r for m, r in zip(macs, rates)), probe_voxels=(32 ** 3, 32 ** 3, 64 ** 3, 64 ** 3),
+             probe_features=(16, 32, 16, 32), augment_seconds_per_voxel=1e-7, workers=1, measured_at="now")
     d.update(kw)
     return Calibration(**d)
 
 
-def test_throughput_is_interpolated_in_log_macs_and_clamped():
-    cal = make_calibration()  # 100 GFLOP/s at 1e9 MACs, 200 at 1e11
-    assert cal.gflops(1e9) == pytest.approx(100) and cal.gflops(1e11) == pytest.approx(200)
-    assert cal.gflops(1e10) == pytest.approx(150)          # halfway in log
-    assert cal.gflops(1e6) == pytest.approx(100) and cal.gflops(1e13) == pytest.approx(200)
-    assert cal.network_seconds(1e10) == pytest.approx(6e10 / 150e9)
+def test_throughput_is_bilinear_in_log_voxels_and_log_features():
+    cal = make_calibration()
+    # the probes themselves
+    assert cal.gflops((32, 32, 32), 16) == pytest.approx(100) and cal.gflops((32, 32, 32), 32) == pytest.approx(200)
+    assert cal.gflops((64, 64, 64), 16) == pytest.approx(50) and cal.gflops((64, 64, 64), 32) == pytest.approx(100)
+    # a third of the way in log voxels (64x32x32 = 2 x 32^3, 64^3 = 8 x 32^3), halfway in log features
+    # (22.6 = sqrt(16 x 32)): weighted geometric means of the probes' rates
+    third = (64, 32, 32)
+    assert cal.gflops(third, 16) == pytest.approx(100 ** (2 / 3) * 50 ** (1 / 3))
+    assert cal.gflops((32, 32, 32), (16 * 32) ** 0.5) == pytest.approx((100 * 200) ** 0.5)
+    assert cal.gflops(third, (16 * 32) ** 0.5) == pytest.approx(((100 * 200) ** 0.5) ** (2 / 3) * ((50 * 100) ** 0.5) ** (1 / 3))
+    # features clamped; voxels clamped below the smallest probe, extrapolated above the largest
+    assert cal.gflops((32, 32, 32), 8) == pytest.approx(100) and cal.gflops((32, 32, 32), 64) == pytest.approx(200)
+    assert cal.gflops((8, 8, 8), 16) == pytest.approx(100)
+    assert cal.gflops((128, 64, 64), 16) == pytest.approx(50 / 2 ** (1 / 3))  # 2x the voxels: a third of 8x's halving
+    assert cal.network_seconds(1e10, third, 16) == pytest.approx(6e10 / (100 ** (2 / 3) * 50 ** (1 / 3) * 1e9))
     # the CPU pays network + augmentation; a GPU overlaps them across its workers
-    assert cal.step_seconds(1e10, (10, 10, 10), 2) == pytest.approx(6e10 / 150e9 + 1e-7 * 2000)
-    gpu = make_calibration(device="cuda", workers=4, augment_seconds_per_voxel=1e-3)
-    assert gpu.step_seconds(1e10, (10, 10, 10), 2) == pytest.approx(1e-3 * 2000 / 4)
+    assert cal.step_seconds(1e10, (10, 10, 10), 2, 16) == pytest.approx(6e10 / 100e9 + 1e-7 * 2000)
+    gpu = make_calibration(device="cuda", workers=4, augment_seconds_per_voxel=2e-3)  # data 1 s > network 0.6 s
+    assert gpu.step_seconds(1e10, (10, 10, 10), 2, 16) == pytest.approx(2e-3 * 2000 / 4)
+
+
+def test_a_calibration_cached_by_version_1_is_measured_again(tmp_path, monkeypatch):
+    from AutoSegLib.training import calibration as C
+    calls = []
+    monkeypatch.setattr(C, "_time_probe", lambda patch, base, ex: (calls.append(1), (1e9 * base, 0.01 * base))[1])
+    monkeypatch.setattr(C, "_time_augmentation", lambda: 2e-7)
+    cache = tmp_path / "cal.json"
+    key = C.cache_key("cpu", "float32", 2)
+    old = dict(key=key, device="cpu", precision="float32", threads=2, probe_macs=[1e9, 1e11], probe_seconds=[0.1, 1.0],
+               augment_seconds_per_voxel=1e-7, workers=1, measured_at="then")
+    cache.write_text(json.dumps({"version": 1, "entries": {key: old}}))
+    cal = C.calibrate("cpu", "float32", cache_path=cache, threads=2)
+    assert len(calls) == len(C.PROBES) and len(cal.probe_voxels) == len(C.PROBES)
 
 
 def test_calibration_is_measured_once_and_cached_per_precision(tmp_path, monkeypatch):

@@ -107,9 +107,10 @@ def budget_work(root: Path):
     work = root / "work"
     work.mkdir()
     fp = fingerprint_for(ds, work, num_workers=1)
-    cal = Calibration(key="stand-in", device="cpu", precision="float32", threads=1, probe_macs=(1e8, 1e10),
-                      probe_seconds=(6e8 / 50e9, 6e10 / 50e9), augment_seconds_per_voxel=1e-8, workers=1,
-                      measured_at="test")
+    cal = Calibration(key="stand-in", device="cpu", precision="float32", threads=1, probe_macs=(1e8, 2e8, 1e10, 2e10),
+                      probe_seconds=(6e8 / 50e9, 1.2e9 / 50e9, 6e10 / 50e9, 1.2e11 / 50e9),
+                      probe_voxels=(32 ** 3, 32 ** 3, 64 ** 3, 64 ** 3), probe_features=(16, 32, 16, 32),
+                      augment_seconds_per_voxel=1e-8, workers=1, measured_at="test")
     plans = plan_experiment(fp, ds, budget_minutes=5, calibration=cal)
     plans.to_json(work / "plans.json")
     write_work_dataset_json(ds, work)
