@@ -4,7 +4,7 @@
 - an AutoSeg model folder or a training WORK_DIR (layout in DEVELOPERS.md: ``plans.json``,
   ``dataset.json``, ``trained/<configuration>/fold_<k>/checkpoint_final.pt``, optional ``inference.json``
   and ``model.json``);
-- a model archive (extracted by ``AutoSegLib.models.archive.extract_model_archive`` into a cache folder);
+- a model archive (extracted by ``AutoSegLib.models.extract.extract_model_archive`` into a cache folder);
 - an nnU-Net v2 results folder (converted by ``AutoSegLib.models.nnunet.load_nnunet_results_folder``).
 
 Weights are loaded lazily (``FoldWeights.state_dict()``) and only with ``torch.load(weights_only=True)``.
@@ -298,11 +298,11 @@ def _load_model(path: "str | Path", allow_non_final: bool = False, cache_dir: "s
         raise AutoSegError(f"{path}: model not found. Pass a model folder, a training work folder, a model "
                            f"archive or an nnU-Net v2 results folder.")
     if path.is_file():
-        from AutoSegLib.models.archive import extract_model_archive  # helper h5's module
+        from AutoSegLib.models.extract import extract_model_archive
         dest = Path(cache_dir) if cache_dir else default_archive_cache(path)
         folder = extract_model_archive(path, dest)
         if not cache_dir:  # the shared cache: drop extractions of archives that are gone
-            from AutoSegLib.models.archive import prune_archive_cache
+            from AutoSegLib.models.extract import prune_archive_cache
             prune_archive_cache(dest.parent, keep=dest)
         model = load_model_folder(folder or dest, allow_non_final)
         model.source = "archive"

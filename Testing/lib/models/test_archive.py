@@ -11,7 +11,8 @@ import torch
 
 from AutoSegLib.cli import main
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.models.archive import MANIFEST, export_model_archive, extract_model_archive
+from AutoSegLib.models.archive import MANIFEST, export_model_archive
+from AutoSegLib.models.extract import extract_model_archive
 
 
 def _model_folder(root):
@@ -255,7 +256,7 @@ def test_errors_about_content_name_the_archive_not_a_temporary_path(tmp_path):
 
 
 def test_cache_drops_extractions_of_deleted_archives(tmp_path):
-    from AutoSegLib.models.archive import STALE_TEMPORARY_S, prune_archive_cache
+    from AutoSegLib.models.extract import STALE_TEMPORARY_S, prune_archive_cache
     cache = tmp_path / "cache"
     a = export_model_archive(_model_folder(tmp_path / "work"), tmp_path / "a.zip")
     b = tmp_path / "b.zip"
