@@ -6,6 +6,8 @@
 Models (set up once under ``--root``, networks exported as `import-model` does):
 - ``nnunet_synth``: the shared nnU-Net v2 model ``reference/nnunet_models/Dataset900_Synth`` 3d_fullres
   (fold 0, patch 48x56x48 at 1 mm), installed with `import-model`;
+- ``la_trained`` (with ``--trained-model WORK``): an LA model trained by AutoSeg (e.g. a ``budget_la.py``
+  run's ``work`` folder), installed with `import-model`;
 - ``la_arch``: an AutoSeg model folder with the LA 3d_fullres plans of ``reference/LA2018_1p25mm`` (patch
   48x80x96, 5 stages) and He-initialised weights (seed 0): the network, windows and resampling of an
   AutoSeg LA model, without its training (no trained LA model is at hand; Dice between the runtimes is
@@ -39,7 +41,7 @@ if not SHARED.is_dir():
     SHARED = Path("/work/shared")
 
 
-def setup_models(root: Path) -> dict:
+def setup_models(root: Path, trained: "Path | None" = None) -> dict:
     from AutoSegLib.io.work_folder import fold_dir
     import torch
 
@@ -71,11 +73,17 @@ def setup_models(root: Path) -> dict:
                     "num_outputs": 2, "epoch": -1}, fold / "checkpoint_final.pt")
         export_model(load_model(la))
     models["la_arch"] = la
+    if trained is not None:  # an AutoSeg-trained LA model (a work or model folder), installed like import-model
+        dest = root / "models" / "la_trained"
+        if dest.exists():
+            shutil.rmtree(dest)
+        import_models([trained], root / "models", name="la_trained")
+        export_model(load_model(dest))
+        models["la_trained"] = dest
     return models
 
 
 def dice(a, b, value) -> float:
-    import numpy as np
     ma, mb = a == value, b == value
     denom = ma.sum() + mb.sum()
     return 1.0 if denom == 0 else float(2.0 * (ma & mb).sum() / denom)
@@ -104,6 +112,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runtimes", default="torch,openvino")
     ap.add_argument("--models", default="nnunet_synth,la_arch")
+    ap.add_argument("--trained-model", type=Path, default=None,
+                    help="an AutoSeg-trained LA work or model folder, benchmarked as model la_trained")
     ap.add_argument("--tta", default="off,on")
     ap.add_argument("--isa", default="native")
     ap.add_argument("--json", type=Path, default=None)
@@ -112,7 +122,7 @@ def main() -> int:
     import SimpleITK as sitk
 
     args.root.mkdir(parents=True, exist_ok=True)
-    models = setup_models(args.root)
+    models = setup_models(args.root, args.trained_model)
     inp = args.root / f"in_{args.cases}"
     if not inp.is_dir():
         inp.mkdir()
