@@ -65,7 +65,7 @@ def library_path() -> str:
 
 def fake_runner_factory(mode: str, folder):
     """A runner factory whose child runs the stand-in script in ``mode`` instead of ``-m AutoSegLib <cmd>``."""
-    from AutoSegSlicer.runner import ProcessRunner
+    from AutoSegSlicer.common.runner import ProcessRunner
 
     script = Path(folder) / "fake_predict.py"
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def python_for_children() -> str:
 
 
 def _logic(scene, folder, mode):
-    from AutoSegSlicer.logic import AutoSegLogic
+    from AutoSegSlicer.segment.logic import AutoSegLogic
 
     return AutoSegLogic(scene=scene, models_dir=Path(folder) / "models", python_executable=python_for_children(),
                         pythonpath=library_path(), work_root=Path(folder) / "work",
@@ -149,7 +149,7 @@ def _nodes(scene):
 def check_geometry_round_trip(scene, folder) -> None:
     """Oblique, anisotropic, left-handed: node -> array + geometry -> node is exact."""
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegSlicer import conversion
+    from AutoSegSlicer.common import conversion
 
     c, s = np.cos(0.4), np.sin(0.4)
     for direction in (np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]), np.diag([1.0, 1.0, -1.0])):
@@ -168,8 +168,9 @@ def check_segment_correct_export_dataset(scene, folder) -> None:
     import SimpleITK as sitk
 
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegSlicer import conversion, export, segmentation
-    from AutoSegSlicer.logic import PredictOptions
+    from AutoSegSlicer.common import conversion, segmentation
+    from AutoSegSlicer.correct import export
+    from AutoSegSlicer.segment.options import PredictOptions
 
     folder = Path(folder)
     logic = _logic(scene, folder, "ok")
@@ -213,7 +214,7 @@ def check_segment_correct_export_dataset(scene, folder) -> None:
 def check_failure_and_cancel_leave_scene(scene, folder) -> None:
     """A failing child: its error and log tail in the message; cancel: no process, no node, no files."""
     from AutoSegLib.errors import AutoSegError
-    from AutoSegSlicer import conversion
+    from AutoSegSlicer.common import conversion
     from AutoSegLib.io.geometry import Geometry
 
     folder = Path(folder)
@@ -245,7 +246,7 @@ def check_bad_input(scene, folder) -> None:
     """No model, no volume, too few volumes, 2-D volume: clear AutoSegError messages."""
     from AutoSegLib.errors import AutoSegError
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegSlicer import conversion
+    from AutoSegSlicer.common import conversion
 
     folder = Path(folder)
     logic = _logic(scene, folder / "bad", "ok")

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from AutoSegLib.errors import AutoSegError, DatasetError
-from AutoSegSlicer import models
-from AutoSegSlicer.runner import ProcessRunner
-from AutoSegSlicer.training import TrainingLogic
-from AutoSegSlicer.training_options import TooFewCasesError, TrainingOptions
-from AutoSegSlicer.training_pipeline import STATE_FILE, TrainingState
-from AutoSegSlicer.training_progress import TrainingCurves, TrainingStatus
+from AutoSegSlicer.common import models
+from AutoSegSlicer.common.runner import ProcessRunner
+from AutoSegSlicer.train.logic import TrainingLogic
+from AutoSegSlicer.train.options import TooFewCasesError, TrainingOptions
+from AutoSegSlicer.train.pipeline import STATE_FILE, TrainingState
+from AutoSegSlicer.train.progress import TrainingCurves, TrainingStatus
 from autoseg_harness import REPO
 from autoseg_testing import make_model_folder
 from AutoSegLib.io.atomic import pid_alive
@@ -472,7 +472,7 @@ def test_resume_passes_resume_when_only_the_best_checkpoint_exists(tmp_path):
     """A stop during the first checkpoint write leaves checkpoint_best.pt alone: Slicer's Resume must
     still pass --resume (the trainer falls back to it) instead of starting over and being refused."""
     from AutoSegLib.io.work_folder import fold_dir
-    from AutoSegSlicer.training_pipeline import Step, resume_args
+    from AutoSegSlicer.train.pipeline import Step, resume_args
 
     step = Step("train", ["WORK", "3d_fullres", "0"], configuration="3d_fullres", fold="0")
     folder = fold_dir(tmp_path, "3d_fullres", "0")

@@ -56,7 +56,7 @@ def check_dataset_compatible(dataset_dir, labels: Dict[str, int], n_channels: in
     except ValueError as exc:
         raise AutoSegError(f"{path}: not valid JSON ({exc}). Fix or remove it before adding cases.") from None
     theirs = existing.get("labels") or {}
-    # "ignore" (partially annotated cases, training_partial.py) is not a label a segment carries
+    # "ignore" (partially annotated cases, train/partial.py) is not a label a segment carries
     if {str(k): v for k, v in theirs.items() if k != "ignore"} != {k: v for k, v in labels.items() if k != "ignore"}:
         raise AutoSegError(
             f"{path}: the dataset's labels {theirs} differ from this segmentation's {dict(labels)}. Rename or "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer.roi import ras_to_lps
+from AutoSegSlicer.common.roi import ras_to_lps
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def find_row(summary: Optional[dict], case: str) -> dict:
 def load_volume(scene, path, name: str):
     """A scalar volume node from an uncertainty file (read with AutoSegLib, LPS -> RAS by `conversion`)."""
     from AutoSegLib.io.images import read_image
-    from AutoSegSlicer.conversion import add_volume_from_array
+    from AutoSegSlicer.common.conversion import add_volume_from_array
 
     array, geometry = read_image(path)
     node = add_volume_from_array(scene, array.astype("float32", copy=False), geometry,

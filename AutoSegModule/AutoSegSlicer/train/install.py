@@ -35,7 +35,7 @@ def folder_name(name: str) -> str:
 
 def next_version(models_dir, name: str) -> int:
     """1 + the highest integer version installed under ``name`` (1 when none)."""
-    from AutoSegSlicer.models import list_models
+    from AutoSegSlicer.common.models import list_models
 
     found, _ = list_models(models_dir)
     versions = []

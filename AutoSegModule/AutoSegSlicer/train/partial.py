@@ -24,7 +24,8 @@ import numpy as np
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
-from AutoSegSlicer import conversion, dataset_case, export
+from AutoSegSlicer.common import conversion
+from AutoSegSlicer.correct import dataset_case, export
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _is_background(name: str, value: Optional[int]) -> bool:
 def split_assignment(segmentation_node) -> Tuple[export.LabelAssignment, list]:
     """The export assignment of the foreground segments, and the IDs of every segment (background ones
     included), which together mark the annotated voxels."""
-    from AutoSegSlicer.segmentation import segment_label_value
+    from AutoSegSlicer.common.segmentation import segment_label_value
 
     seg = segmentation_node.GetSegmentation()
     all_ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]

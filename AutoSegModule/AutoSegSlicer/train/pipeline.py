@@ -27,7 +27,7 @@ from typing import List, Optional
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
 from AutoSegLib.io.work_folder import fold_dir
-from AutoSegSlicer.training_options import TrainingOptions, budget_per_training
+from AutoSegSlicer.train.options import TrainingOptions, budget_per_training
 
 STATE_FILE = "autoseg_training.json"
 LOG_FILE = "autoseg_training.log"
