@@ -7,7 +7,6 @@ child-process runner, file exchange, segmentation building and export are exerci
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -89,16 +88,17 @@ def make_model_folder(path, channel_names=("MRI",), labels=None, model_json=None
     loads weights itself (the child does). Returns its path."""
     path = Path(path)
     labels = labels or {"background": 0, "organ": 1, "lesion": 2}
+    from AutoSegLib.io.atomic import write_json
     from AutoSegLib.io.work_folder import fold_dir
     fold = fold_dir(path, configuration, 0)
     fold.mkdir(parents=True)
     (fold / "checkpoint_final.pt").write_bytes(b"placeholder")
-    (path / "dataset.json").write_text(json.dumps({
+    write_json(path / "dataset.json", {
         "name": path.name, "channel_names": {str(i): n for i, n in enumerate(channel_names)},
-        "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"}))
+        "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"})
     _tiny_plans(path.name, channel_names, labels, configuration, patch).to_json(path / "plans.json")
     if model_json is not None:
-        (path / "model.json").write_text(json.dumps(model_json))
+        write_json(path / "model.json", model_json)
     return path
 
 
@@ -204,7 +204,9 @@ def check_segment_correct_export_dataset(scene, folder) -> None:
     s.RemoveSegment(s.GetSegmentIdBySegmentName("extra"))
     s.GetSegment(ids[0]).SetName("organ")
     case, paths, _ = logic.add_to_training_set(seg, [volume], folder / "Dataset")
-    data = json.loads((folder / "Dataset" / "dataset.json").read_text())
+    from AutoSegLib.io.jsonfile import read_json
+
+    data = read_json(folder / "Dataset" / "dataset.json", "the dataset.json the self-test wrote", expect=dict)
     assert data["labels"] == {"background": 0, "organ": 1, "lesion": 2} and data["numTraining"] == 1
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(paths["label"]))), expected)
     scene.RemoveNode(seg)

@@ -132,6 +132,20 @@ def test_slicer_sub_packages_import_one_way():
             assert parts[1] in LAYERS[layer], f"{path}: {layer} may not import {name} (allowed: {sorted(LAYERS[layer])})"
 
 
+def test_the_module_reads_and_writes_json_files_only_through_autoseglib():
+    """JSON files go through AutoSegLib.io.jsonfile.read_json and io.atomic.write_json; ``json.loads`` stays only
+    where the text is no file: a child's stdout (runner, dependencies) and node attributes (region, batch_table)."""
+    allowed = {"AutoSegSlicer/common/runner.py", "AutoSegSlicer/common/dependencies.py",
+               "AutoSegSlicer/common/region.py", "AutoSegSlicer/segment/batch_table.py"}
+    stray = []
+    for path in sorted(MODULE_DIR.rglob("*.py")):
+        rel = path.relative_to(MODULE_DIR).as_posix()
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"json\.loads?\(|JSONDecodeError|json\.dump\(", line) and rel not in allowed:
+                stray.append(f"{rel}:{number}: {line.strip()}")
+    assert stray == [], "\n".join(stray)
+
+
 def test_the_packaging_check_would_catch_a_left_out_sub_package():
     """The CMake glob evaluated by `cmake_glob` misses the sub-packages when it is not recursive."""
     text = (MODULE_DIR / "CMakeLists.txt").read_text().replace("GLOB_RECURSE AUTOSEGSLICER", "GLOB AUTOSEGSLICER")

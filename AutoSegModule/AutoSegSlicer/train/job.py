@@ -23,7 +23,10 @@ from AutoSegSlicer.train.progress import TrainingCurves, TrainingStatus
 
 log = logging.getLogger(__name__)
 
-_DISK_FULL = ("no space left", "enospc", "errno 28", "disk full", "disk quota exceeded")
+#: How a full disk reads in a message: the OS's words, and AutoSegLib's `WriteError` ("the disk is full",
+#: "the disk quota is exceeded"), raised by its writers in the child and by the in-process model install.
+_DISK_FULL = ("no space left", "enospc", "errno 28", "disk full", "disk quota exceeded", "the disk is full",
+              "the disk quota is exceeded")
 
 
 def is_disk_full(message: str) -> bool:

@@ -19,7 +19,6 @@ file as the run's first step.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable, List, Optional
 
 from AutoSegLib.errors import AutoSegError, DatasetError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.jsonfile import read_json
 from AutoSegLib.io.work_folder import CHECKPOINT_LATEST, trained_folds
 from AutoSegSlicer.common import models
 from AutoSegSlicer.common.runner import ProcessRunner, autoseglib_command
@@ -249,7 +249,7 @@ class TrainingLogic:
             base_inf = Path(state.base_model) / "inference.json"
             trained = trained_folds(state.work)
             if base_inf.is_file():
-                inference = json.loads(base_inf.read_text())
+                inference = read_json(base_inf, "the fine-tuned model's inference.json", expect=dict)
                 confs = [c if isinstance(c, str) else c.get("name") for c in inference.get("configurations", [])]
                 if confs and all(c in trained for c in confs):
                     # Same choice and post-processing as the model, on the folds this run trained.
