@@ -183,16 +183,12 @@ def _staged(final: Path) -> Iterator[Path]:
     """Yield a hidden staging path beside ``final`` (not created); when the block succeeds, rename it to
     ``final``, replacing an existing ``final`` only once the new folder is complete. Whatever happens, no
     staging folder is left behind."""
+    from AutoSegLib.models.archive import _replace_dir  # the archive extraction's rename-into-place
+
     staging = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         yield staging
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(staging, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace_dir(staging, final)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
