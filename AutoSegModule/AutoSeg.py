@@ -55,11 +55,11 @@ def registerEditorEffect():
 
 
 class AutoSegWidget(ScriptedLoadableModuleWidget):
-    """Shim: the panel is AutoSegSlicer.widget.AutoSegPanel."""
+    """Shim: the panel is AutoSegSlicer.segment.widget.AutoSegPanel."""
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        from AutoSegSlicer.widget import AutoSegPanel
+        from AutoSegSlicer.segment.widget import AutoSegPanel
 
         self.logic = AutoSegLogic()
         self.panel = AutoSegPanel(self)
@@ -78,7 +78,7 @@ class AutoSegWidget(ScriptedLoadableModuleWidget):
 
 
 class AutoSegLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side logic: the module's parameter node. The work is done by AutoSegSlicer.logic.AutoSegLogic,
+    """Slicer-side logic: the module's parameter node. The work is done by AutoSegSlicer.segment.logic.AutoSegLogic,
     created by the panel with the models folder from the settings."""
 
     def __init__(self):

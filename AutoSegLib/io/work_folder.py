@@ -124,7 +124,7 @@ def resolve_work_dir(dataset_path: "str | os.PathLike", output: "str | os.PathLi
 
 # What a work folder holds (DEVELOPERS.md); a folder with only these (and no dataset.json yet: a run killed
 # before its first dataset.json) is taken as an unfinished work folder.
-# The Slicer module's training job keeps its state and log there too (AutoSegSlicer.training_pipeline).
+# The Slicer module's training job keeps its state and log there too (AutoSegSlicer.train.pipeline).
 WORK_ENTRIES = ("dataset.json", "fingerprint.json", "plans.json", "splits_final.json", "preprocessed", "trained",
                 "inference.json", "find_best_report.json", "find_best_report.md",
                 "autoseg_training.json", "autoseg_training.log")

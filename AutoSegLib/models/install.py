@@ -12,9 +12,14 @@ layout (DEVELOPERS.md):
 The folder is assembled under a hidden temporary name in ``models_dir`` (model listings skip dot-folders),
 checked by loading it back (every checkpoint through the safe loader, every state dict against the
 network), then renamed into place: an interrupted import leaves no half-written model.
+
+`install_from_work(work, models_dir, name, metadata)` installs a finished training (the Slicer module's
+Train section) the same way, staged and renamed into place, but as a plain copy of the work folder's
+model-folder files (its final checkpoints as trained, each fold's `FOLD_RECORDS`): no torch, no reload.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -24,16 +29,22 @@ import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import atomic_path, output_folder, write_json
-from AutoSegLib.io.work_folder import CHECKPOINT_FINAL, FOLD_RECORDS, fold_dir
+from AutoSegLib.io.work_folder import (CHECKPOINT_FINAL, DATASET_JSON, FINGERPRINT_JSON, FOLD_RECORDS, INFERENCE_JSON,
+                                       PLANS_JSON, SPLITS_JSON, fold_dir, trained_folds)
 from AutoSegLib.progress import ProgressCallback, ProgressTracker, emit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["import_models", "write_model_folder", "merge_models"]
+__all__ = ["import_models", "install_from_work", "write_model_folder", "merge_models"]
+
+#: What `install_from_work` copies from the top of a work folder when present (dataset.json and plans.json
+#: must be there).
+WORK_TOP_FILES = (DATASET_JSON, PLANS_JSON, FINGERPRINT_JSON, INFERENCE_JSON, "find_best_report.json",
+                  "find_best_report.md", SPLITS_JSON)
 
 
 def _load_source(source: Path, scratch: Path):
@@ -154,12 +165,95 @@ def write_model_folder(model, dest: "str | Path", progress: Optional[ProgressCal
     return dest
 
 
+def _copy_file(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` atomically (`io.atomic.atomic_path`: a failed copy raises `WriteError`)."""
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def _copy_fold_records(source: Path, dest: Path) -> None:
     """Copy the `FOLD_RECORDS` present in the fold folder ``source`` to ``dest`` (atomically each)."""
     for name in FOLD_RECORDS:
         if (source / name).is_file():
-            with atomic_path(dest / name) as tmp:
-                shutil.copyfile(source / name, tmp)
+            _copy_file(source / name, dest / name)
+
+
+@contextlib.contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """Yield a hidden staging path beside ``final`` (not created); when the block succeeds, rename it to
+    ``final``, replacing an existing ``final`` only once the new folder is complete. Whatever happens, no
+    staging folder is left behind."""
+    from AutoSegLib.models.archive import _replace_dir  # the archive extraction's rename-into-place
+
+    staging = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield staging
+        _replace_dir(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def install_from_work(work: "str | os.PathLike", models_dir: "str | os.PathLike", name: str,
+                      metadata: Optional[dict] = None) -> Path:
+    """Install the finished training in ``work`` as the model folder ``models_dir/<name>``.
+
+    The model folder gets the work folder's `WORK_TOP_FILES` (as they are) and, for every fold with a final
+    checkpoint, that checkpoint and the fold's `FOLD_RECORDS` (the records `import_models` keeps too), plus
+    ``model.json``: ``metadata`` with ``"configurations"`` (``{configuration: [fold, ...]}``) added. The
+    copy is assembled in a hidden folder in ``models_dir`` and renamed into place when complete.
+
+    Parameters
+    ----------
+    work : path
+        Work folder with dataset.json, plans.json and trained/<configuration>/fold_<k>/checkpoint_final.pt.
+    models_dir : path
+        Where models are installed (created if missing).
+    name : str
+        Folder name of the new model: a plain name (letters, digits, ``._+-``), not taken yet.
+    metadata : dict, optional
+        model.json's keys (name, version, description, ...).
+
+    Returns
+    -------
+    Path
+        The installed model folder.
+
+    Raises
+    ------
+    AutoSegError
+        No final checkpoint (the training did not finish), dataset.json or plans.json missing, ``name`` not a
+        plain folder name or already installed.
+    WriteError
+        A file could not be copied (the disk is full, ...); nothing is installed and no staging folder is left.
+    """
+    work, models_dir = Path(work), Path(models_dir)
+    folds = trained_folds(work)
+    if not folds:
+        raise AutoSegError(f"{work}: no trained/<configuration>/fold_<k>/{CHECKPOINT_FINAL}: the training did not "
+                           f"finish, so there is no model to install. Resume the training.")
+    for required in (DATASET_JSON, PLANS_JSON):
+        if not (work / required).is_file():
+            raise AutoSegError(f"{work / required}: missing; the work folder is incomplete, train again.")
+    if _sanitize(name) != name:
+        raise AutoSegError(f"model folder name {name!r}: use a plain name (letters, digits, '.', '_', '+', '-'), "
+                           f"e.g. {_sanitize(name)!r}.")
+    final = models_dir / name
+    if final.exists():
+        raise AutoSegError(f"{final}: a model of this name is already installed; choose another name.")
+    with output_folder(models_dir), _staged(final) as stage:
+        stage.mkdir()
+        for top in WORK_TOP_FILES:
+            if (work / top).is_file():
+                _copy_file(work / top, stage / top)
+        for configuration, fold_names in folds.items():
+            for fold in fold_names:
+                source, dest = fold_dir(work, configuration, fold), fold_dir(stage, configuration, fold)
+                _copy_file(source / CHECKPOINT_FINAL, dest / CHECKPOINT_FINAL)
+                _copy_fold_records(source, dest)
+        write_json(stage / "model.json", {**(metadata or {}), "configurations": folds})
+    log.info("Installed the training in %s as %s", work, final)
+    return final
 
 
 def _write_inference(inference: dict, dest: Path) -> None:
@@ -225,8 +319,7 @@ def import_models(sources: Sequence["str | os.PathLike"], models_dir: "str | os.
                                    f"pass --overwrite to replace it.")
             if name:
                 model.metadata = {**(model.metadata or {}), "name": name}
-            staging = models_dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
+            with _staged(final) as staging:
                 write_model_folder(model, staging, progress)
                 check = load_model_folder(staging)  # the written folder must load back completely
                 missing = sorted(set(model.configurations) - set(check.configurations))
@@ -234,16 +327,6 @@ def import_models(sources: Sequence["str | os.PathLike"], models_dir: "str | os.
                     raise AutoSegError(f"{staging}: written without {missing}; nothing was installed.")
                 from AutoSegLib.inference.compiled import export_model
                 export_model(check, progress=progress)  # every fold's ONNX network, checked against torch
-                old = None
-                if final.exists():
-                    old = models_dir / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-                    os.replace(final, old)
-                os.replace(staging, final)
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
-            finally:
-                if staging.exists():
-                    shutil.rmtree(staging, ignore_errors=True)
     emit(progress, "result", model=str(final), configurations=sorted(model.configurations),
          folds={c: sorted(m.folds) for c, m in model.configurations.items()})
     return final

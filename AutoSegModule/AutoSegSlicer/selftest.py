@@ -7,7 +7,6 @@ child-process runner, file exchange, segmentation building and export are exerci
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -65,7 +64,7 @@ def library_path() -> str:
 
 def fake_runner_factory(mode: str, folder):
     """A runner factory whose child runs the stand-in script in ``mode`` instead of ``-m AutoSegLib <cmd>``."""
-    from AutoSegSlicer.runner import ProcessRunner
+    from AutoSegSlicer.common.runner import ProcessRunner
 
     script = Path(folder) / "fake_predict.py"
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -89,16 +88,17 @@ def make_model_folder(path, channel_names=("MRI",), labels=None, model_json=None
     loads weights itself (the child does). Returns its path."""
     path = Path(path)
     labels = labels or {"background": 0, "organ": 1, "lesion": 2}
+    from AutoSegLib.io.atomic import write_json
     from AutoSegLib.io.work_folder import fold_dir
     fold = fold_dir(path, configuration, 0)
     fold.mkdir(parents=True)
     (fold / "checkpoint_final.pt").write_bytes(b"placeholder")
-    (path / "dataset.json").write_text(json.dumps({
+    write_json(path / "dataset.json", {
         "name": path.name, "channel_names": {str(i): n for i, n in enumerate(channel_names)},
-        "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"}))
+        "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"})
     _tiny_plans(path.name, channel_names, labels, configuration, patch).to_json(path / "plans.json")
     if model_json is not None:
-        (path / "model.json").write_text(json.dumps(model_json))
+        write_json(path / "model.json", model_json)
     return path
 
 
@@ -135,7 +135,7 @@ def python_for_children() -> str:
 
 
 def _logic(scene, folder, mode):
-    from AutoSegSlicer.logic import AutoSegLogic
+    from AutoSegSlicer.segment.logic import AutoSegLogic
 
     return AutoSegLogic(scene=scene, models_dir=Path(folder) / "models", python_executable=python_for_children(),
                         pythonpath=library_path(), work_root=Path(folder) / "work",
@@ -149,7 +149,7 @@ def _nodes(scene):
 def check_geometry_round_trip(scene, folder) -> None:
     """Oblique, anisotropic, left-handed: node -> array + geometry -> node is exact."""
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegSlicer import conversion
+    from AutoSegSlicer.common import conversion
 
     c, s = np.cos(0.4), np.sin(0.4)
     for direction in (np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]), np.diag([1.0, 1.0, -1.0])):
@@ -168,8 +168,9 @@ def check_segment_correct_export_dataset(scene, folder) -> None:
     import SimpleITK as sitk
 
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegSlicer import conversion, export, segmentation
-    from AutoSegSlicer.logic import PredictOptions
+    from AutoSegSlicer.common import conversion, segmentation
+    from AutoSegSlicer.correct import export
+    from AutoSegSlicer.segment.options import PredictOptions
 
     folder = Path(folder)
     logic = _logic(scene, folder, "ok")
@@ -203,7 +204,9 @@ def check_segment_correct_export_dataset(scene, folder) -> None:
     s.RemoveSegment(s.GetSegmentIdBySegmentName("extra"))
     s.GetSegment(ids[0]).SetName("organ")
     case, paths, _ = logic.add_to_training_set(seg, [volume], folder / "Dataset")
-    data = json.loads((folder / "Dataset" / "dataset.json").read_text())
+    from AutoSegLib.io.jsonfile import read_json
+
+    data = read_json(folder / "Dataset" / "dataset.json", "the dataset.json the self-test wrote", expect=dict)
     assert data["labels"] == {"background": 0, "organ": 1, "lesion": 2} and data["numTraining"] == 1
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(paths["label"]))), expected)
     scene.RemoveNode(seg)
@@ -213,7 +216,7 @@ def check_segment_correct_export_dataset(scene, folder) -> None:
 def check_failure_and_cancel_leave_scene(scene, folder) -> None:
     """A failing child: its error and log tail in the message; cancel: no process, no node, no files."""
     from AutoSegLib.errors import AutoSegError
-    from AutoSegSlicer import conversion
+    from AutoSegSlicer.common import conversion
     from AutoSegLib.io.geometry import Geometry
 
     folder = Path(folder)
@@ -245,7 +248,7 @@ def check_bad_input(scene, folder) -> None:
     """No model, no volume, too few volumes, 2-D volume: clear AutoSegError messages."""
     from AutoSegLib.errors import AutoSegError
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegSlicer import conversion
+    from AutoSegSlicer.common import conversion
 
     folder = Path(folder)
     logic = _logic(scene, folder / "bad", "ok")

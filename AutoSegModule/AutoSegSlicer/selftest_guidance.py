@@ -11,8 +11,10 @@ def check_roi_table_and_jump(scene, folder) -> None:
     import slicer
 
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegSlicer import batch_table, conversion, models, selftest, uncertainty
-    from AutoSegSlicer.roi import roi_box_lps
+    from AutoSegSlicer.segment import batch_table, uncertainty
+    from AutoSegSlicer.common import conversion, models
+    from AutoSegSlicer import selftest
+    from AutoSegSlicer.common.roi import roi_box_lps
 
     c, s = np.cos(0.5), np.sin(0.5)
     direction = np.array([[c, 0, s], [0, 1.0, 0], [-s, 0, c]]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])

@@ -1,4 +1,4 @@
-"""The Segment Editor effect "AutoSeg": Qt wiring only; what it does is AutoSegSlicer.effect_logic (tested headless).
+"""The Segment Editor effect "AutoSeg": Qt wiring only; what it does is AutoSegSlicer.effect.logic (tested headless).
 
 Loaded by Slicer from this file (``qSlicerSegmentEditorScriptedEffect.setPythonSource``: the class is named
 after the file), registered by AutoSeg.py when the application has started. Options: the installed model, its
@@ -14,11 +14,11 @@ import slicer
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import effect_region
-from AutoSegSlicer import widget as panel_widget
-from AutoSegSlicer.effect_logic import (MODE_LABELS, MODE_SELECTED, PREVIEW_OWNER_PARAMETER, PREVIEW_REFERENCE_ROLE,
+from AutoSegSlicer.common import region as effect_region
+from AutoSegSlicer.segment import widget as panel_widget
+from AutoSegSlicer.effect.logic import (MODE_LABELS, MODE_SELECTED, PREVIEW_OWNER_PARAMETER, PREVIEW_REFERENCE_ROLE,
                                         EffectLogic, ScriptedEffectEditor)
-from AutoSegSlicer.slots import guarded, restore_cursor
+from AutoSegSlicer.common.slots import guarded, restore_cursor
 
 log = logging.getLogger(__name__)
 

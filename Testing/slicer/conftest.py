@@ -2,7 +2,7 @@
 
 - ``slicer_harness``: a fresh scene with the module logics installed into ``slicer`` (see autoseg_harness.py);
   the test fails when VTK logged an error during it.
-- ``autoseg_logic``: an `AutoSegSlicer.logic.AutoSegLogic` on that scene, models folder in tmp_path,
+- ``autoseg_logic``: an `AutoSegSlicer.segment.logic.AutoSegLogic` on that scene, models folder in tmp_path,
   child processes run with this interpreter (``sys.executable``).
 - ``make_volume``: factory adding a scalar volume node from an array and an LPS geometry.
 """
@@ -37,7 +37,7 @@ def slicer_harness():
 @pytest.fixture
 def make_volume(slicer_harness):
     """make_volume(array (z, y, x), spacing (z, y, x), origin LPS, direction ITK row-major, name)."""
-    from AutoSegSlicer.conversion import add_volume_from_array
+    from AutoSegSlicer.common.conversion import add_volume_from_array
     from AutoSegLib.io.geometry import Geometry
 
     def make(array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None, name="volume",
@@ -51,7 +51,7 @@ def make_volume(slicer_harness):
 
 @pytest.fixture
 def autoseg_logic(slicer_harness, tmp_path):
-    from AutoSegSlicer.logic import AutoSegLogic
+    from AutoSegSlicer.segment.logic import AutoSegLogic
 
     return AutoSegLogic(scene=slicer_harness.scene, segmentations_logic=slicer_harness.segmentations,
                         volumes_logic=slicer_harness.volumes, models_dir=tmp_path / "models",

@@ -246,7 +246,7 @@ def ui_widgets(ui_file) -> dict:
 def fake_parameter_node_class():
     """A stand-in for ``parameterNodeWrapper`` over `parameters.FIELDS` (values kept in Python), exposing the
     wrapped vtkMRMLScriptedModuleNode as ``parameterNode`` as the real wrapper does."""
-    from AutoSegSlicer import parameters
+    from AutoSegSlicer.common import parameters
 
     class Wrapper:
         def __init__(self, node):
@@ -285,8 +285,9 @@ def install(monkeypatch, harness, tmp_path, settings=None, patch_models_folder=T
              "save": "", "warnings": []}
     shown["settings"].update(settings or {})
     monkeypatch.setitem(sys.modules, "qt", fake_qt(shown, tmp_path / "appdata"))
-    for name in ("AutoSegSlicer.widget", "AutoSegSlicer.widget_corrections", "AutoSegSlicer.widget_uncertainty",
-                 "AutoSegSlicer.widget_batch"):
+    for name in ("AutoSegSlicer.common.widget", "AutoSegSlicer.segment.widget", "AutoSegSlicer.segment.widget_models",
+                 "AutoSegSlicer.correct.widget", "AutoSegSlicer.segment.widget_uncertainty",
+                 "AutoSegSlicer.segment.widget_batch"):
         monkeypatch.delitem(sys.modules, name, raising=False)   # re-import against the fake qt
 
     def error_display(text, **kw):
@@ -318,7 +319,7 @@ def install(monkeypatch, harness, tmp_path, settings=None, patch_models_folder=T
         temporaryPath=str(tmp_path / "tmp"), setOverrideCursor=lambda cursor: WaitCursor().__enter__(),
         restoreOverrideCursor=Cursor.restoreOverrideCursor, slicerUserSettingsFilePath=str(tmp_path / "settings" / "Slicer.ini"),
         applicationLogic=lambda: harness.app_logic), raising=False)
-    from AutoSegSlicer import parameters
+    from AutoSegSlicer.common import parameters
 
     monkeypatch.setattr(parameters, "parameter_node_class", fake_parameter_node_class)
     node = harness.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "AutoSeg")
@@ -327,7 +328,7 @@ def install(monkeypatch, harness, tmp_path, settings=None, patch_models_folder=T
     module_widget = types.SimpleNamespace(resourcePath=lambda rel: rel, layout=layout,
                                           logic=types.SimpleNamespace(getParameterNode=lambda: node),
                                           parent=types.SimpleNamespace(isEntered=True))
-    import AutoSegSlicer.widget as widget_module
+    import AutoSegSlicer.segment.widget as widget_module
 
     if patch_models_folder:
         monkeypatch.setattr(widget_module, "default_models_folder", lambda: str(tmp_path / "models"))
@@ -343,4 +344,8 @@ def connected_slots():
 
 
 def slot_name(slot) -> str:
+    """``Class.method`` of a bound slot, named by the object's class (a panel's slots may come from a mixin)."""
+    owner = getattr(slot, "__self__", None)
+    if owner is not None and hasattr(slot, "__name__"):
+        return f"{type(owner).__name__}.{slot.__name__}"
     return getattr(slot, "__qualname__", repr(slot))

@@ -89,7 +89,7 @@ sys.exit(main(sys.argv[1:]))
 def runner_factory(folder):
     """A runner factory whose child is `SOURCE` (given the ``predict`` arguments) instead of ``-m AutoSegLib``."""
     from autoseg_harness import REPO
-    from AutoSegSlicer.runner import ProcessRunner
+    from AutoSegSlicer.common.runner import ProcessRunner
 
     script = Path(folder) / "fake_predict_child.py"
     script.parent.mkdir(parents=True, exist_ok=True)

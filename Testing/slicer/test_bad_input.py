@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer.logic import PredictOptions
+from AutoSegSlicer.segment.options import PredictOptions
 from autoseg_testing import fake_runner_factory, make_model_folder
 from AutoSegLib.io.atomic import pid_alive
 

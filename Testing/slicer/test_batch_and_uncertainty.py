@@ -13,8 +13,8 @@ import pytest
 import fake_predict_child
 from autoseg_testing import fake_runner_factory, make_model_folder
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import batch, batch_table, uncertainty
-from AutoSegSlicer.logic import PredictOptions
+from AutoSegSlicer.segment import batch, batch_table, uncertainty
+from AutoSegSlicer.segment.options import PredictOptions
 
 SPACING = (2.0, 1.0, 1.5)     # (z, y, x) mm: a voxel is 3 mm^3
 
@@ -123,7 +123,7 @@ def test_selecting_a_row_loads_the_case_with_its_segmentation(autoseg_logic, mod
     assert loaded.volume is three_volumes[2]                             # the scene's own volume
     segments = loaded.segmentation.GetSegmentation()
     assert [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())] == ["organ", "lesion"]
-    from AutoSegSlicer import export
+    from AutoSegSlicer.correct import export
     label, _ = export.labelmap_array(loaded.segmentation, loaded.volume)
     img = _image(3)
     assert np.array_equal(label, (img > 50).astype(np.int16) + (img > 150))   # the stand-in's threshold
@@ -182,14 +182,14 @@ def test_an_earlier_runs_summary_in_the_output_folder_is_not_taken_for_this_run(
     assert logic.finish(job, job.wait(60)).GetNumberOfRows() == 3
     monkeypatch.setenv("AUTOSEG_FAKE_NO_FIT", "1")              # the next run stops before any case
     job = logic.start(model, cases, tmp_path / "out")
-    from AutoSegSlicer.logic import MemoryWillNotFit
+    from AutoSegSlicer.segment.options import MemoryWillNotFit
     with pytest.raises(MemoryWillNotFit):
         logic.finish(job, job.wait(60))
 
 
 def test_bad_batch_sources_say_what_is_wrong(autoseg_logic, tmp_path, make_volume):
     two = make_model_folder(tmp_path / "models" / "Two", channel_names=("T1", "T2"))
-    from AutoSegSlicer import models
+    from AutoSegSlicer.common import models
 
     model = models.read_model_info(two)
     with pytest.raises(AutoSegError, match="needs a one-input model"):
@@ -256,7 +256,7 @@ def test_a_dicom_series_becomes_a_case_with_its_geometry(model, tmp_path, autose
     import locale
 
     from AutoSegLib.io.images import read_image
-    from AutoSegSlicer import dicom_batch
+    from AutoSegSlicer.segment import dicom_batch
 
     before = locale.setlocale(locale.LC_ALL)
     array = (np.arange(5 * 6 * 7).reshape(5, 6, 7) % 251).astype(np.int16)

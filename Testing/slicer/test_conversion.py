@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from AutoSegLib.io.geometry import Geometry
-from AutoSegSlicer import conversion
+from AutoSegSlicer.common import conversion
 
 
 def _rotation(ax, ay, az):

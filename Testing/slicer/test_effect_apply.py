@@ -1,4 +1,4 @@
-"""The Segment Editor effect's logic (AutoSegSlicer.effect_logic) on slicer-core: preview through the child
+"""The Segment Editor effect's logic (AutoSegSlicer.effect.logic) on slicer-core: preview through the child
 process, then Apply under the Segment Editor's masking settings.
 
 The edits go through Slicer's own vtkSlicerSegmentEditorLogic (the code the effect's
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import effect_region, segmentation
-from AutoSegSlicer.effect_logic import MODE_SELECTED, EffectLogic, ScriptedEffectEditor
+from AutoSegSlicer.common import region as effect_region, segmentation
+from AutoSegSlicer.effect.logic import MODE_SELECTED, EffectLogic, ScriptedEffectEditor
 from autoseg_testing import fake_runner_factory, make_model_folder
 
 SHAPE = (6, 12, 14)

@@ -1,4 +1,4 @@
-"""The effect's region (AutoSegSlicer.effect_region) on slicer-core: ``--roi`` corners in the image file's LPS
+"""The effect's region (AutoSegSlicer.common.region) on slicer-core: ``--roi`` corners in the image file's LPS
 coordinates and the voxels kept, for "around the current view" (slice view geometry) and a markups ROI on an
 oblique volume. Expected values are worked out by hand (or from AutoSegLib's own index-to-LPS matrix, which
 does not go through Slicer), not with the code under test."""
@@ -11,7 +11,7 @@ import pytest
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.geometry import Geometry
-from AutoSegSlicer import effect_region
+from AutoSegSlicer.common import region as effect_region
 
 
 def _slice_node(scene, center_ras, dims=(100, 50), fov=(10.0, 5.0), rotate_deg=0.0):
@@ -118,7 +118,7 @@ def test_a_rotated_roi_keeps_only_voxels_inside_it_and_sends_its_bounding_box(ma
 
 
 def test_a_region_outside_the_volume_and_missing_inputs_are_clear_errors(make_volume, slicer_harness, autoseg_logic):
-    from AutoSegSlicer.effect_logic import EffectLogic
+    from AutoSegSlicer.effect.logic import EffectLogic
 
     volume = make_volume(np.zeros((4, 8, 8), np.int16), name="ct")
     roi = slicer_harness.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "far")

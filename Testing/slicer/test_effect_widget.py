@@ -165,10 +165,11 @@ class ScriptedEffect:
 def effect(monkeypatch, slicer_harness, autoseg_logic, make_volume):
     import slicer
 
-    from AutoSegSlicer.effect_logic import EffectLogic
+    from AutoSegSlicer.effect.logic import EffectLogic
 
     monkeypatch.setitem(sys.modules, "qt", _fake_qt())
-    monkeypatch.delitem(sys.modules, "AutoSegSlicer.widget", raising=False)
+    for name in ("AutoSegSlicer.common.widget", "AutoSegSlicer.segment.widget_models", "AutoSegSlicer.segment.widget"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     base = types.ModuleType("SegmentEditorEffects")
 
     class AbstractScriptedSegmentEditorEffect:
@@ -295,7 +296,8 @@ def test_a_missing_source_volume_is_a_clear_message(effect):
 def test_around_the_view_uses_the_slice_view_last_interacted_with(effect, slicer_harness):
     import slicer
 
-    from AutoSegSlicer import effect_logic, effect_region
+    from AutoSegSlicer.effect import logic as effect_logic
+    from AutoSegSlicer.common import region as effect_region
 
     e = effect
     view = slicer_harness.scene.AddNewNodeByClass("vtkMRMLSliceNode")

@@ -9,7 +9,8 @@ import pytest
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.geometry import Geometry
-from AutoSegSlicer import dataset_case, dependencies, models, parameters
+from AutoSegSlicer.correct import dataset_case
+from AutoSegSlicer.common import dependencies, models, parameters
 from autoseg_testing import make_model_folder
 
 
@@ -204,7 +205,7 @@ def test_command_line_import_and_slicer_install_keep_the_same_fold_records(tmp_p
     from AutoSegLib.io.work_folder import FOLD_RECORDS, fold_dir
     from AutoSegLib.models.folder import load_model
     from AutoSegLib.models.install import import_models
-    from AutoSegSlicer.training_install import install_model
+    from AutoSegSlicer.train.install import install_model
 
     spec = importlib.util.spec_from_file_location(
         "inference_conftest", Path(__file__).parents[1] / "lib" / "inference" / "conftest.py")

@@ -1,4 +1,4 @@
-"""The Slicer-only files (AutoSeg.py, widget.py) import and declare what Slicer needs, with Qt and the
+"""The Slicer-only files (AutoSeg.py, segment/widget.py) import and declare what Slicer needs, with Qt and the
 scripted-module base classes stubbed (they exist only inside Slicer). This catches wrong imports and
 undefined module-level names; behaviour is tested through the logic."""
 from __future__ import annotations
@@ -42,8 +42,9 @@ def test_module_file_declares_metadata_widget_logic_and_self_test(monkeypatch):
 
 def test_widget_module_imports_and_builds_its_panel_object(monkeypatch):
     _stub_slicer_app_modules(monkeypatch)
-    monkeypatch.delitem(sys.modules, "AutoSegSlicer.widget", raising=False)
-    widget = importlib.import_module("AutoSegSlicer.widget")
+    for name in ("AutoSegSlicer.common.widget", "AutoSegSlicer.segment.widget_models", "AutoSegSlicer.segment.widget"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    widget = importlib.import_module("AutoSegSlicer.segment.widget")
     panel = widget.AutoSegPanel(module_widget=mock.MagicMock())
     assert panel.job is None and panel.sections == []
     # every registered section resolves to a class with the section interface
@@ -51,5 +52,5 @@ def test_widget_module_imports_and_builds_its_panel_object(monkeypatch):
         module_name, class_name = spec.split(":")
         cls = getattr(importlib.import_module(module_name), class_name)
         assert callable(getattr(cls, "setup")) and callable(getattr(cls, "cleanup")), spec
-    assert "AutoSegSlicer.widget_corrections:CorrectionsSection" in widget.SECTIONS
+    assert "AutoSegSlicer.correct.widget:CorrectionsSection" in widget.SECTIONS
     assert widget.module_library_path() == str(MODULE_DIR.parent)   # checkout layout: AutoSegLib one up

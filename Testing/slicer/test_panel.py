@@ -15,7 +15,7 @@ import pytest
 
 import fake_panel
 from autoseg_testing import fake_runner_factory, make_model_folder
-from AutoSegSlicer import dependencies as _dependencies
+from AutoSegSlicer.common import dependencies as _dependencies
 
 REAL_ENSURE = _dependencies.ensure_dependencies
 
@@ -27,7 +27,7 @@ def panel(slicer_harness, tmp_path, monkeypatch):
     p.shown = shown
     p.training = next(s for s in p.sections if type(s).__name__ == "TrainingSection")
     # torch and the other packages count as installed (nothing is installed by these tests).
-    from AutoSegSlicer import dependencies
+    from AutoSegSlicer.common import dependencies
     monkeypatch.setattr(dependencies, "ensure_dependencies", lambda **kw: True)
     yield p
     if p.job is not None and p.job.running:
@@ -82,7 +82,8 @@ def test_every_connected_slot_is_guarded(panel):
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), subprocess.CalledProcessError(1, ["pip", "install", "scipy"]),
                                  AttributeError("'vtkSegment' object has no attribute 'SetTerminology'")])
 def test_every_slot_ends_handled_when_the_logic_raises(panel, make_volume, monkeypatch, tmp_path, exc):
-    from AutoSegSlicer import dependencies, training_widget
+    from AutoSegSlicer.common import dependencies
+    from AutoSegSlicer.train import widget as training_widget
 
     _loaded(panel, make_volume)
     assert panel.currentModel() is not None
@@ -150,7 +151,7 @@ def test_terminology_uses_the_tag_api_that_slicer_58_has(slicer_harness, monkeyp
     import slicer
 
     from AutoSegLib.io.geometry import Geometry
-    from AutoSegSlicer import segmentation
+    from AutoSegSlicer.common import segmentation
 
     class Segment58(slicer.vtkSegment):
         """vtkSegment as in Slicer 5.8: no SetTerminology (Libs/vtkSegmentationCore/vtkSegment.h at v5.8.0)."""
@@ -174,7 +175,7 @@ def test_terminology_uses_the_tag_api_that_slicer_58_has(slicer_harness, monkeyp
 @pytest.fixture
 def needs_install(monkeypatch):
     """The real ensure_dependencies, with one requirement that is never installed."""
-    from AutoSegSlicer import dependencies
+    from AutoSegSlicer.common import dependencies
     monkeypatch.setattr(dependencies, "ensure_dependencies", REAL_ENSURE)
     monkeypatch.setitem(dependencies.REQUIREMENTS, "autoseg-not-a-package>=1", "autoseg_not_a_package")
 
@@ -225,7 +226,7 @@ def test_slicer_58_failed_pip_install_is_a_message_and_asks_without_a_wait_curso
 
 # -- item 4: Cancel in the Resume dialog ------------------------------------------------------------------------
 def test_cancelling_the_resume_dialog_resumes_nothing(panel, monkeypatch, tmp_path):
-    from AutoSegSlicer.training_widget import choose_resumable
+    from AutoSegSlicer.train.widget import choose_resumable
 
     step = types.SimpleNamespace(status="done")
     states = [types.SimpleNamespace(options=types.SimpleNamespace(model_name=n), kind="training", steps=[step],
@@ -276,7 +277,7 @@ def test_adding_a_model_can_be_cancelled_when_none_is_installed(panel, monkeypat
 
 # -- item 9: inputs survive a refresh and live on the parameter node --------------------------------------------
 def test_chosen_inputs_survive_a_refresh_and_are_stored_on_the_parameter_node(panel, make_volume):
-    from AutoSegSlicer import parameters
+    from AutoSegSlicer.common import parameters
 
     a, b = _volume(make_volume, "a"), _volume(make_volume, "b")
     labelmap = make_volume(np.zeros((4, 6, 6), np.int16), name="labels", labelmap=True)
@@ -318,7 +319,7 @@ def test_closing_the_scene_cancels_a_running_segmentation(panel, make_volume, sl
 
 # -- item 6: no console window for child processes on Windows --------------------------------------------------
 def test_child_processes_hide_their_console_window_on_windows(monkeypatch):
-    from AutoSegSlicer import runner
+    from AutoSegSlicer.common import runner
 
     assert runner.hidden_console_kwargs() == {}                     # POSIX: nothing to hide
 
@@ -352,7 +353,7 @@ def test_typing_a_models_folder_applies_it_once_after_the_last_keystroke(panel, 
 
 # -- item 12: smaller ones -------------------------------------------------------------------------------------
 def test_cancel_returns_at_once_and_the_child_is_still_stopped(panel, make_volume, monkeypatch):
-    from AutoSegSlicer.runner import ProcessRunner
+    from AutoSegSlicer.common.runner import ProcessRunner
 
     slow_kill = ProcessRunner._finish_cancel
 
@@ -434,7 +435,7 @@ def test_a_models_folder_the_user_chose_stays_where_it_is(slicer_harness, tmp_pa
 
 
 def test_migrate_never_leaves_a_half_copy(tmp_path, monkeypatch):
-    from AutoSegSlicer import storage
+    from AutoSegSlicer.common import storage
 
     old, new = tmp_path / "old", tmp_path / "new"
     (old / "A").mkdir(parents=True)

@@ -20,7 +20,7 @@ def panel(slicer_harness, tmp_path, monkeypatch):
     p.shown = shown
     p.batch = next(s for s in p.sections if type(s).__name__ == "BatchSection")
     p.guidance = next(s for s in p.sections if type(s).__name__ == "UncertaintySection")
-    from AutoSegSlicer import dependencies
+    from AutoSegSlicer.common import dependencies
     monkeypatch.setattr(dependencies, "ensure_dependencies", lambda **kw: True)
     p.factory = fake_predict_child.runner_factory(tmp_path / "bin")
     p.logic.runner_factory = p.factory
@@ -53,7 +53,7 @@ def _run_to_end(poll, job_of, timeout=60):
 
 
 def test_apply_passes_fast_roi_and_uncertainty_and_shows_the_result(panel, make_volume, slicer_harness):
-    from AutoSegSlicer.roi import roi_box_lps
+    from AutoSegSlicer.common.roi import roi_box_lps
 
     volume = make_volume(_image(2), spacing=(2.0, 1.0, 1.5), name="ct")
     _choose(panel, volume)

@@ -14,8 +14,8 @@ import pytest
 
 from autoseg_harness import REPO
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import batch, batch_table
-from AutoSegSlicer.logic import PredictOptions
+from AutoSegSlicer.segment import batch, batch_table
+from AutoSegSlicer.segment.options import PredictOptions
 
 REF = REPO.parent / "shared" / "reference" / "nnunet_models"
 MODEL_SRC = REF / "Dataset900_Synth" / "nnUNetTrainerCPUBench__nnUNetPlans__3d_fullres"
@@ -39,7 +39,7 @@ def need(*options):
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    from AutoSegSlicer.logic import AutoSegLogic
+    from AutoSegSlicer.segment.logic import AutoSegLogic
 
     folder = tmp_path_factory.mktemp("models")
     AutoSegLogic(scene=None, models_dir=folder, python_executable=sys.executable,
@@ -68,11 +68,11 @@ def test_a_real_batch_with_a_broken_case_fills_the_table(request, autoseg_logic,
     failed = [r for r in batch_table.table_rows(table) if r["status"] == "failed"][0]
     assert "test_002_0000.nii.gz" in failed["error"]
     loaded = batch_table.load_case(slicer_harness.scene, table, "test_001", loader=slicer_harness.load_volume)
-    from AutoSegSlicer import export
+    from AutoSegSlicer.correct import export
     ours, _ = export.labelmap_array(loaded.segmentation, loaded.volume)
     import SimpleITK as sitk
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "test_001.nii.gz")))
-    from AutoSegSlicer import conversion
+    from AutoSegSlicer.common import conversion
     ours, _ = conversion.array_in_file_grid(ours, loaded.volume)
     assert np.array_equal(ours, written)
     # the table's volumes are the label map's own voxel counts
@@ -98,8 +98,8 @@ def test_fast_and_roi_run_in_the_real_child_and_the_label_map_is_empty_outside(r
     (model,), _ = autoseg_logic.models()
     volume = slicer_harness.load_volume(INPUTS / "test_000_0000.nii.gz")
     roi = _roi_around_the_middle(slicer_harness.scene, volume)
-    from AutoSegSlicer import export
-    from AutoSegSlicer.roi import roi_box_lps
+    from AutoSegSlicer.correct import export
+    from AutoSegSlicer.common.roi import roi_box_lps
 
     box = roi_box_lps(roi, volume)
     events = []
@@ -143,6 +143,6 @@ def test_save_uncertainty_runs_in_the_real_child_and_becomes_a_volume(request, a
     values = slicer.util.arrayFromVolume(found.volume)
     assert values.shape == slicer.util.arrayFromVolume(volume).shape and 0 <= values.min() and values.max() <= 1
     assert values.max() > 0
-    from AutoSegSlicer import uncertainty
+    from AutoSegSlicer.segment import uncertainty
     entries = uncertainty.slice_entries(found.row)
     assert entries and all(len(ras) == 3 for _, ras in entries)

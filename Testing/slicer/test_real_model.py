@@ -8,8 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg_harness import REPO
-from AutoSegSlicer import conversion, export, segmentation
-from AutoSegSlicer.logic import PredictOptions
+from AutoSegSlicer.common import conversion, segmentation
+from AutoSegSlicer.correct import export
+from AutoSegSlicer.segment.options import PredictOptions
 
 # reference models trained by nnunetv2 and its predictions, in the repository (make_reference_models.py)
 REF = REPO / "Testing" / "lib" / "models" / "data" / "nnunet_ref"
@@ -31,7 +32,7 @@ def installed_models(tmp_path_factory):
     logic (autoseg import-model in a child process); returns its models folder."""
     import sys
 
-    from AutoSegSlicer.logic import AutoSegLogic
+    from AutoSegSlicer.segment.logic import AutoSegLogic
 
     done = {}
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from AutoSegSlicer.runner import ProcessRunner, autoseglib_command
+from AutoSegSlicer.common.runner import ProcessRunner, autoseglib_command
 from AutoSegLib.io.atomic import pid_alive
 
 EMITTER = textwrap.dedent("""

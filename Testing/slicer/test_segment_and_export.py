@@ -13,8 +13,9 @@ import SimpleITK as sitk
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.geometry import Geometry
-from AutoSegSlicer import export, segmentation
-from AutoSegSlicer.logic import PredictOptions
+from AutoSegSlicer.correct import export
+from AutoSegSlicer.common import segmentation
+from AutoSegSlicer.segment.options import PredictOptions
 from autoseg_testing import fake_runner_factory, make_model_folder
 
 GEO = Geometry((2.5, 0.8, 0.9), (10.0, -5.0, 3.0),
@@ -96,8 +97,8 @@ def _paint(seg, volume, segment_id, mask, mode="add"):
     """Paint/erase like the Segment Editor: a modifier labelmap through the C++ segment editor logic."""
     import slicer
 
-    from AutoSegSlicer.segmentation import _oriented_image
-    from AutoSegSlicer.conversion import geometry_from_node
+    from AutoSegSlicer.common.segmentation import _oriented_image
+    from AutoSegSlicer.common.conversion import geometry_from_node
 
     logic = slicer.vtkSlicerSegmentEditorLogic()
     logic.SetMRMLScene(slicer.mrmlScene)

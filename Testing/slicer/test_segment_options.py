@@ -12,8 +12,8 @@ import fake_predict_child
 from autoseg_harness import REPO
 from autoseg_testing import make_model_folder
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import dependencies
-from AutoSegSlicer.logic import MemoryWillNotFit, PredictOptions, describe_estimate
+from AutoSegSlicer.common import dependencies
+from AutoSegSlicer.segment.options import MemoryWillNotFit, PredictOptions, describe_estimate
 
 
 # -- no torch to segment -----------------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ def _corners_lps(center, axes, size):
 
 
 def test_an_unrotated_roi_on_an_oblique_volume_is_passed_as_its_own_corners_in_lps(oblique, slicer_harness):
-    from AutoSegSlicer.roi import roi_box_lps
+    from AutoSegSlicer.common.roi import roi_box_lps
 
     volume, _ = oblique
     center = (17.0, -12.0, 11.0)                     # inside the volume (RAS)
@@ -182,7 +182,7 @@ def test_an_unrotated_roi_on_an_oblique_volume_is_passed_as_its_own_corners_in_l
 def test_a_rotated_roi_and_transforms(oblique, slicer_harness):
     import slicer
 
-    from AutoSegSlicer.roi import roi_box_lps
+    from AutoSegSlicer.common.roi import roi_box_lps
 
     volume, _ = oblique
     axes = _rotation(0.0, 0.0, 0.5)
@@ -235,7 +235,7 @@ def test_memory_that_will_not_fit_asks_and_reruns_with_force(autoseg_logic, make
     assert autoseg_logic.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
     node = autoseg_logic.segment(model, [volume], PredictOptions(tta=False), timeout=60, prompt=lambda q: True)
     assert len(factory.started) == 3 and "--force" in factory.started[2] and "--force" not in factory.started[1]
-    from AutoSegSlicer import conversion  # the forced run's result is in the scene
+    from AutoSegSlicer.common import conversion  # the forced run's result is in the scene
     assert node.GetSegmentation().GetNumberOfSegments() == 2 and conversion.geometry_from_node(volume)
     with pytest.raises(MemoryWillNotFit):     # no prompt (scripts): the error
         autoseg_logic.segment(model, [volume], PredictOptions(tta=False), timeout=60)

@@ -14,7 +14,7 @@ def test_selftest_check(check, slicer_harness, tmp_path):
 
 def test_a_check_can_fail(slicer_harness, tmp_path, monkeypatch):
     """The checks are not vacuous: a segmentation built with wrong values makes the check fail."""
-    from AutoSegSlicer import segmentation
+    from AutoSegSlicer.common import segmentation
 
     original = segmentation.segment_specs
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from AutoSegLib.errors import AutoSegError, DatasetError
-from AutoSegSlicer import models
-from AutoSegSlicer.runner import ProcessRunner
-from AutoSegSlicer.training import TrainingLogic
-from AutoSegSlicer.training_options import TooFewCasesError, TrainingOptions
-from AutoSegSlicer.training_pipeline import STATE_FILE, TrainingState
-from AutoSegSlicer.training_progress import TrainingCurves, TrainingStatus
+from AutoSegSlicer.common import models
+from AutoSegSlicer.common.runner import ProcessRunner
+from AutoSegSlicer.train.logic import TrainingLogic
+from AutoSegSlicer.train.options import TooFewCasesError, TrainingOptions
+from AutoSegSlicer.train.pipeline import STATE_FILE, TrainingState
+from AutoSegSlicer.train.progress import TrainingCurves, TrainingStatus
 from autoseg_harness import REPO
 from autoseg_testing import make_model_folder
 from AutoSegLib.io.atomic import pid_alive
@@ -339,21 +339,28 @@ def test_too_few_cases_for_five_folds_is_explained_and_a_single_fold_offered(log
 def test_disk_full_while_installing_stops_cleanly_and_resume_installs(logic, dataset, monkeypatch):
     import shutil as shutil_module
 
-    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=1")
-    real_copy = shutil_module.copy2
+    from AutoSegSlicer.selftest import make_model_folder
 
-    def full_disk(src, dst, *a, **k):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=1")
+    previous = make_model_folder(logic.models_dir / "Previous")
+    before = {p: p.read_bytes() for p in previous.rglob("*") if p.is_file()}
+    real_copy = shutil_module.copyfile
+
+    def full_disk(src, dst, *a, **k):   # what AutoSegLib's install (models.install.install_from_work) copies with
         if str(src).endswith("checkpoint_final.pt"):
             raise OSError(28, "No space left on device", str(dst))
         return real_copy(src, dst, *a, **k)
 
-    monkeypatch.setattr(shutil_module, "copy2", full_disk)
+    monkeypatch.setattr(shutil_module, "copyfile", full_disk)
     job = logic.start_training(dataset(5), TrainingOptions("Install full", epochs=1))
     assert job.wait(120) and not job.running
-    assert "is full" in job.error and "No space left on device" in job.error
-    assert models.list_models(logic.models_dir) == ([], [])              # nothing half-installed is listed
-    assert [p.name for p in logic.models_dir.iterdir()] == []            # the staging folder was removed
-    monkeypatch.setattr(shutil_module, "copy2", real_copy)
+    # the library's WriteError: the file that could not be written, the cause; the module's disk-full advice
+    assert "checkpoint_final.pt: could not be written: the disk is full" in job.error, job.error
+    assert str(logic.models_dir) in job.error and "is full" in job.error and "Resume" in job.error
+    assert [m.path.name for m in models.list_models(logic.models_dir)[0]] == ["Previous"]  # nothing half-installed
+    assert [p.name for p in logic.models_dir.iterdir()] == ["Previous"]  # the staging folder was removed
+    assert {p: p.read_bytes() for p in previous.rglob("*") if p.is_file()} == before   # the previous model stays
+    monkeypatch.setattr(shutil_module, "copyfile", real_copy)
     job2 = logic.resume(job.state.work)
     assert job2.wait(120) and job2.error is None, job2.error
     assert [c[0] for c in calls(job.state.work)] == ["fingerprint", "plan", "preprocess", "train"]  # install re-ran
@@ -472,7 +479,7 @@ def test_resume_passes_resume_when_only_the_best_checkpoint_exists(tmp_path):
     """A stop during the first checkpoint write leaves checkpoint_best.pt alone: Slicer's Resume must
     still pass --resume (the trainer falls back to it) instead of starting over and being refused."""
     from AutoSegLib.io.work_folder import fold_dir
-    from AutoSegSlicer.training_pipeline import Step, resume_args
+    from AutoSegSlicer.train.pipeline import Step, resume_args
 
     step = Step("train", ["WORK", "3d_fullres", "0"], configuration="3d_fullres", fold="0")
     folder = fold_dir(tmp_path, "3d_fullres", "0")

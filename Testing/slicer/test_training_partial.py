@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.geometry import Geometry
 from AutoSegLib.io.verify import verify_dataset
-from AutoSegSlicer import segmentation
-from AutoSegSlicer.training_partial import add_partial_case, annotated_slices_axis, partial_label
+from AutoSegSlicer.common import segmentation
+from AutoSegSlicer.train.partial import add_partial_case, annotated_slices_axis, partial_label
 
 GEO = Geometry((2.0, 0.9, 0.8), (5.0, -3.0, 1.0), tuple(np.eye(3).ravel()))
 SHAPE = (6, 9, 11)
@@ -107,7 +107,7 @@ def test_bad_partial_cases_are_refused_and_nothing_written(drawn, tmp_path, slic
 
 def test_a_fully_annotated_case_can_join_a_partially_annotated_dataset(drawn, tmp_path, slicer_harness):
     """The module's ordinary 'Add to training set' path accepts a dataset that has an ignore label."""
-    from AutoSegSlicer import dataset_case
+    from AutoSegSlicer.correct import dataset_case
 
     volume, seg, _, image = drawn
     ds = tmp_path / "Mixed"

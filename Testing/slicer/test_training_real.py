@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from AutoSegLib.io.images import read_image
-from AutoSegSlicer.runner import ProcessRunner
-from AutoSegSlicer.training import TrainingLogic
-from AutoSegSlicer.training_options import TrainingOptions
+from AutoSegSlicer.common.runner import ProcessRunner
+from AutoSegSlicer.train.logic import TrainingLogic
+from AutoSegSlicer.train.options import TrainingOptions
 from autoseg_harness import REPO
 
 MISSING = [c for c in ("plan_and_preprocess", "train", "predict")
@@ -40,7 +40,8 @@ def small_runner_factory():
 
 
 def test_a_real_tiny_training_installs_a_model_that_segments(slicer_harness, synthetic_dataset, tmp_path, make_volume):
-    from AutoSegSlicer.logic import AutoSegLogic, PredictOptions
+    from AutoSegSlicer.segment.logic import AutoSegLogic
+    from AutoSegSlicer.segment.options import PredictOptions
 
     ds = synthetic_dataset(name="Tiny", n_cases=3, shape=(8, 16, 16), spacing=(2.0, 1.0, 1.0), seed=1)
     logic = TrainingLogic(slicer_harness.scene, tmp_path / "models", sys.executable, work_root=tmp_path / "runs",
@@ -71,7 +72,7 @@ def test_a_real_tiny_training_installs_a_model_that_segments(slicer_harness, syn
     seg = seg_logic.segment(found[0], [volume], PredictOptions(tta=False, device="cpu"), timeout=300)
     s = seg.GetSegmentation()
     assert [s.GetSegment(s.GetNthSegmentID(i)).GetName() for i in range(s.GetNumberOfSegments())] == ["organ", "lesion"]
-    from AutoSegSlicer import export
+    from AutoSegSlicer.correct import export
     label, _ = export.labelmap_array(seg, volume)
     assert label.shape == volume.GetImageData().GetDimensions()[::-1]
     assert set(np.unique(label).tolist()) <= {0, 1, 2}
@@ -97,7 +98,7 @@ def test_a_real_finetune_starts_from_the_model_and_installs_a_new_version(synthe
     resolved = json.loads((job.model_path / "trained/3d_fullres/fold_all/training_config.json").read_text())["resolved"]
     assert resolved["init_from"] == str(first / "trained/3d_fullres/fold_all/checkpoint_final.pt")
     assert resolved["train_cases"] == 2
-    from AutoSegSlicer import models
+    from AutoSegSlicer.common import models
     found, _ = models.list_models(logic.models_dir)
     assert [(m.name, m.version) for m in found] == [("Tiny organs", "1"), ("Tiny organs", "2")]
     assert (first / "trained/3d_fullres/fold_all/checkpoint_final.pt").read_bytes() == before

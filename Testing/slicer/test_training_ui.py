@@ -13,7 +13,7 @@ import pytest
 from autoseg_harness import MODULE_DIR, REPO
 
 UI = MODULE_DIR / "Resources" / "UI" / "AutoSegTraining.ui"
-CODE = MODULE_DIR / "AutoSegSlicer" / "training_widget.py"
+CODE = MODULE_DIR / "AutoSegSlicer" / "train" / "widget.py"
 QT_CLASSES = {"QWidget", "QLabel", "QComboBox", "QPushButton", "QCheckBox", "QLineEdit", "QDoubleSpinBox", "QSpinBox",
               "QProgressBar", "QPlainTextEdit"}
 
@@ -77,7 +77,7 @@ class FakeTimer:
 def section(slicer_harness, tmp_path, monkeypatch):
     import slicer
 
-    from AutoSegSlicer.training import TrainingLogic
+    from AutoSegSlicer.train.logic import TrainingLogic
     from test_training import fake_factory
 
     fake_qt = types.SimpleNamespace(QTimer=FakeTimer, QSettings=lambda: types.SimpleNamespace(setValue=lambda k, v: None))
@@ -87,7 +87,7 @@ def section(slicer_harness, tmp_path, monkeypatch):
     monkeypatch.setattr(slicer.util, "confirmYesNoDisplay",
                         lambda text, **kw: shown["confirm"].append(text) or True, raising=False)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(applicationLogic=lambda: slicer_harness.app_logic))
-    from AutoSegSlicer.training_widget import TrainingSection
+    from AutoSegSlicer.train.widget import TrainingSection
 
     refreshed = []
     panel = types.SimpleNamespace(ensureDependencies=lambda training=False: True, currentModel=lambda: None,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from autoseg_harness import MODULE_DIR, REPO
-from AutoSegSlicer import parameters
+from AutoSegSlicer.common import parameters
 
 UI = MODULE_DIR / "Resources" / "UI" / "AutoSeg.ui"
-MODULE_SOURCES = [MODULE_DIR / "AutoSeg.py", *sorted((MODULE_DIR / "AutoSegSlicer").glob("*.py"))]
+MODULE_SOURCES = [MODULE_DIR / "AutoSeg.py", *sorted((MODULE_DIR / "AutoSegSlicer").rglob("*.py"))]
 
 QT_CLASSES = {"QWidget", "QLabel", "QComboBox", "QPushButton", "QFrame", "QCheckBox", "QLineEdit", "QDoubleSpinBox",
               "QSpinBox", "QProgressBar", "QPlainTextEdit", "QTextEdit", "QGroupBox", "QRadioButton", "QToolButton",
@@ -98,10 +98,83 @@ def test_module_code_imports_no_qt_outside_the_widget_and_nothing_at_import_time
                 assert not any(n.split(".")[0] in ("qt", "ctk", "slicer", "torch") for n in names), (path.name, names)
 
 
+#: The Slicer package's sub-packages, bottom first, with the sub-packages each may import (DEVELOPERS.md).
+LAYERS = {"common": {"common"},
+          "correct": {"common", "correct"},
+          "segment": {"common", "correct", "segment"},
+          "train": {"common", "correct", "train"},
+          "effect": {"common", "segment", "effect"}}
+
+
+def _slicer_package_imports(path):
+    """The AutoSegSlicer modules ``path`` imports (at module level or inside functions), as dotted names."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("AutoSegSlicer"):
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("AutoSegSlicer")}
+    return out
+
+
+def test_slicer_sub_packages_import_one_way():
+    package = MODULE_DIR / "AutoSegSlicer"
+    found = {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    assert found == set(LAYERS), sorted(found)
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package).parts
+        if len(rel) == 1:        # the package root (self-test): on top, may import any sub-package
+            continue
+        layer = rel[0]
+        for name in _slicer_package_imports(path):
+            parts = name.split(".")
+            assert len(parts) > 2 and parts[1] in LAYERS, f"{path}: imports {name}, not a sub-package module"
+            assert parts[1] in LAYERS[layer], f"{path}: {layer} may not import {name} (allowed: {sorted(LAYERS[layer])})"
+
+
+def test_the_module_reads_and_writes_json_files_only_through_autoseglib():
+    """JSON files go through AutoSegLib.io.jsonfile.read_json and io.atomic.write_json; ``json.loads`` stays only
+    where the text is no file: a child's stdout (runner, dependencies) and node attributes (region, batch_table)."""
+    allowed = {"AutoSegSlicer/common/runner.py", "AutoSegSlicer/common/dependencies.py",
+               "AutoSegSlicer/common/region.py", "AutoSegSlicer/segment/batch_table.py"}
+    stray = []
+    for path in sorted(MODULE_DIR.rglob("*.py")):
+        rel = path.relative_to(MODULE_DIR).as_posix()
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"json\.loads?\(|JSONDecodeError|json\.dump\(", line) and rel not in allowed:
+                stray.append(f"{rel}:{number}: {line.strip()}")
+    assert stray == [], "\n".join(stray)
+
+
+def test_the_packaging_check_would_catch_a_left_out_sub_package():
+    """The CMake glob evaluated by `cmake_glob` misses the sub-packages when it is not recursive."""
+    text = (MODULE_DIR / "CMakeLists.txt").read_text().replace("GLOB_RECURSE AUTOSEGSLICER", "GLOB AUTOSEGSLICER")
+    flat = cmake_glob(text, "AUTOSEGSLICER_PYTHON_SCRIPTS", MODULE_DIR)
+    assert MODULE_DIR / "AutoSegSlicer" / "selftest.py" in flat
+    assert MODULE_DIR / "AutoSegSlicer" / "train" / "logic.py" not in flat
+
+
 def _cmake_list(text, variable):
     m = re.search(r"set\(\s*" + variable + r"\s+(.*?)\)", text, re.S)
     assert m, f"{variable} not found"
     return [t for t in m.group(1).split() if not t.startswith("#")]
+
+
+def cmake_glob(text, variable, source_dir):
+    """The files CMake's ``file(GLOB|GLOB_RECURSE <variable> RELATIVE ... <patterns>)`` in ``text`` lists, evaluated
+    here as CMake does: GLOB matches the last path component in its folder only, GLOB_RECURSE at any depth below."""
+    m = re.search(r"file\(\s*(GLOB|GLOB_RECURSE)\s+" + variable + r"\s(.*?)\)", text, re.S)
+    assert m, f"file(GLOB ... {variable} ...) not found"
+    words = m.group(2).split()
+    assert "RELATIVE" in words, "the list must hold paths relative to the module folder (installed keeping them)"
+    patterns = [w for w in words if "*" in w]
+    assert patterns, words
+    found = set()
+    for pattern in patterns:
+        folder, name = pattern.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(source_dir)).rsplit("/", 1)
+        assert "*" not in folder, pattern
+        found |= set(Path(folder).rglob(name) if m.group(1) == "GLOB_RECURSE" else Path(folder).glob(name))
+    return {p for p in found if "__pycache__" not in p.parts}
 
 
 def test_every_module_file_on_disk_is_in_the_module_cmake_lists():
@@ -109,13 +182,15 @@ def test_every_module_file_on_disk_is_in_the_module_cmake_lists():
     scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS")
     assert scripts == ["${MODULE_NAME}.py", "${AUTOSEGSLICER_PYTHON_SCRIPTS}", "${EFFECT_PYTHON_SCRIPTS}"], scripts
     effect_scripts = _cmake_list(text, "EFFECT_PYTHON_SCRIPTS")
-    m = re.search(r"file\(GLOB AUTOSEGSLICER_PYTHON_SCRIPTS(.*?)\)", text, re.S)
-    assert m and "${CMAKE_CURRENT_SOURCE_DIR}/AutoSegSlicer/*.py" in m.group(1) and "RELATIVE" in m.group(1)
-    # what that non-recursive glob cannot reach: .py files elsewhere in the module folder
-    covered = {MODULE_DIR / "AutoSeg.py", *(MODULE_DIR / "AutoSegSlicer").glob("*.py"),
+    # every .py of the module folder (the AutoSegSlicer sub-packages included) is installed
+    covered = {MODULE_DIR / "AutoSeg.py", *cmake_glob(text, "AUTOSEGSLICER_PYTHON_SCRIPTS", MODULE_DIR),
                *(MODULE_DIR / p for p in effect_scripts)}
     on_disk = {p for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    assert (MODULE_DIR / "AutoSegSlicer" / "train" / "logic.py") in on_disk
     assert on_disk - covered == set(), f"not installed by the module CMakeLists: {sorted(on_disk - covered)}"
+    # a package folder without __init__.py would not import once installed
+    for folder in {p.parent for p in on_disk if "AutoSegSlicer" in p.parts}:
+        assert (folder / "__init__.py").is_file(), f"{folder} has .py files but no __init__.py"
     resources = {s.replace("${MODULE_NAME}", "AutoSeg") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")}
     res_disk = {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()}
     assert res_disk == resources, (sorted(res_disk), sorted(resources))

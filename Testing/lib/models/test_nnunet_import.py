@@ -94,7 +94,7 @@ def test_cli_errors_are_clean(tmp_path, capsys):
 
 
 def test_slicer_module_lists_an_imported_reference_model(tmp_path):
-    path = REPO / "AutoSegModule" / "AutoSegSlicer" / "models.py"
+    path = REPO / "AutoSegModule" / "AutoSegSlicer" / "common" / "models.py"
     if not path.is_file():
         pytest.skip("Slicer module not present")
     spec = importlib.util.spec_from_file_location("_autoseg_slicer_models", path)

@@ -1,31 +1,24 @@
 """Installing a finished training as a model (a new model, or a new version of a fine-tuned one), and its
 cross-validation report as a table node.
 
-The model folder (DEVELOPERS.md) is the work folder minus preprocessed data and non-final checkpoints. It is
-assembled in a hidden folder beside its destination and renamed into place when complete, so the model list
-never shows a half-copied model. An existing model is never touched: fine-tuning installs version k+1 in
-its own folder (``<name>_v<k+1>``).
+The copy itself is AutoSegLib's (`AutoSegLib.models.install.install_from_work`: the work folder's model
+files, staged in a hidden folder and renamed into place when complete, so the model list never shows a
+half-copied model). This module decides the model's folder name, version and model.json. An existing
+model is never touched: fine-tuning installs version k+1 in its own folder (``<name>_v<k+1>``).
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import write_json
-from AutoSegLib.io.work_folder import CHECKPOINT_FINAL, FOLD_RECORDS, fold_dir, trained_folds
+from AutoSegLib.io.jsonfile import read_json_or_none
+from AutoSegLib.io.work_folder import fold_dir, trained_folds
+from AutoSegLib.models.install import install_from_work
 
 log = logging.getLogger(__name__)
-
-#: Files copied from the work folder's top level when present.
-TOP_FILES = ("dataset.json", "plans.json", "fingerprint.json", "inference.json", "find_best_report.json",
-             "find_best_report.md", "splits_final.json")
 
 
 def folder_name(name: str) -> str:
@@ -35,7 +28,7 @@ def folder_name(name: str) -> str:
 
 def next_version(models_dir, name: str) -> int:
     """1 + the highest integer version installed under ``name`` (1 when none)."""
-    from AutoSegSlicer.models import list_models
+    from AutoSegSlicer.common.models import list_models
 
     found, _ = list_models(models_dir)
     versions = []
@@ -50,7 +43,7 @@ def next_version(models_dir, name: str) -> int:
 
 def install_model(work, models_dir, name: str, description: str = "", base_model=None,
                   extra: Optional[dict] = None) -> Path:
-    """Copy a finished training from ``work`` into ``models_dir`` as a model; returns the model folder.
+    """Install a finished training from ``work`` into ``models_dir`` as a model; returns the model folder.
 
     Parameters
     ----------
@@ -70,57 +63,28 @@ def install_model(work, models_dir, name: str, description: str = "", base_model
     ------
     AutoSegError
         No final checkpoint (training did not finish), or dataset.json / plans.json missing.
+    WriteError
+        A file could not be copied (the disk is full, ...): nothing is installed, other models are unchanged.
     """
-    work, models_dir = Path(work), Path(models_dir)
-    folds = trained_folds(work)
-    if not folds:
-        raise AutoSegError(f"{work}: no trained/<configuration>/fold_<k>/checkpoint_final.pt: the training did not "
-                           f"finish, so there is no model to install. Resume the training.")
-    for required in ("dataset.json", "plans.json"):
-        if not (work / required).is_file():
-            raise AutoSegError(f"{work / required}: missing; the work folder is incomplete, train again.")
+    models_dir = Path(models_dir)
     version = next_version(models_dir, name)
     dest = models_dir / (folder_name(name) + ("" if version == 1 else f"_v{version}"))
     while dest.exists():
         version += 1
         dest = models_dir / f"{folder_name(name)}_v{version}"
-    stage = models_dir / f".installing-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
-    try:
-        for f in TOP_FILES:
-            if (work / f).is_file():
-                shutil.copy2(work / f, stage / f)
-        for conf, fold_list in folds.items():
-            for fold in fold_list:
-                src, dst = fold_dir(work, conf, fold), fold_dir(stage, conf, fold)
-                for f in (CHECKPOINT_FINAL, *FOLD_RECORDS):
-                    if (src / f).is_file():
-                        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(src / f, dst / f)
-        meta = {"name": name, "version": str(version), "description": description,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "configurations": folds}
-        if base_model is not None:
-            base_meta = _read_json(Path(base_model) / "model.json") or {}
-            for k in ("terminology", "colors"):
-                if k in base_meta:
-                    meta[k] = base_meta[k]
-            meta["parent"] = {"path": str(base_model), "name": base_meta.get("name"),
-                              "version": base_meta.get("version")}
-        meta.update(extra or {})
-        write_json(stage / "model.json", meta)
-        stage.rename(dest)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    log.info("Installed model %s version %s in %s", name, version, dest)
-    return dest
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    meta = {"name": name, "version": str(version), "description": description,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if base_model is not None:
+        base_meta = read_json_or_none(Path(base_model) / "model.json", expect=dict) or {}
+        for k in ("terminology", "colors"):
+            if k in base_meta:
+                meta[k] = base_meta[k]
+        meta["parent"] = {"path": str(base_model), "name": base_meta.get("name"),
+                          "version": base_meta.get("version")}
+    meta.update(extra or {})
+    installed = install_from_work(work, models_dir, dest.name, meta)
+    log.info("Installed model %s version %s in %s", name, version, installed)
+    return installed
 
 
 # -- cross-validation report ---------------------------------------------------------------------------
@@ -155,16 +119,16 @@ def cv_report(folder) -> dict:
         []; ``postprocessing``: its post-processing steps (list, possibly empty).
     """
     folder = Path(folder)
-    dataset = _read_json(folder / "dataset.json") or {}
+    dataset = read_json_or_none(folder / "dataset.json", expect=dict) or {}
     labels = [(str(n), int(v)) for n, v in (dataset.get("labels") or {}).items()
               if n != "ignore" and isinstance(v, int)]
     rows = []
     for conf, folds in trained_folds(folder, checkpoints=None).items():
         for fold in folds:
-            summary = _read_json(fold_dir(folder, conf, fold) / "validation" / "summary.json")
+            summary = read_json_or_none(fold_dir(folder, conf, fold) / "validation" / "summary.json")
             if summary is not None:
                 rows.append((conf, fold, _dice_by_label(summary, labels)))
-    inference = _read_json(folder / "inference.json") or {}
+    inference = read_json_or_none(folder / "inference.json", expect=dict) or {}
     chosen = inference.get("configurations") or []
     chosen = [c if isinstance(c, str) else str(c.get("name", c)) if isinstance(c, dict) else str(c) for c in chosen]
     post = inference.get("postprocessing") or inference.get("post_processing") or []

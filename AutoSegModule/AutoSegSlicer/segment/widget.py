@@ -8,7 +8,9 @@ it runs.
 More sections: a class listed in `SECTIONS` (``"module:Class"``) is constructed with the panel and gets
 ``setup()``, ``cleanup()`` and, when present, ``onModelsChanged()``, ``onSegmentationCreated(node)`` and
 ``onStateChanged(busy, segmentation)``. Its widgets live in the same .ui file (``self.panel.ui.<name>``).
-"Correct and export" (widget_corrections.py) is such a section.
+"Correct and export" (correct/widget.py) is such a section. The model list and input selectors are
+`widget_models.ModelsMixin`; the helpers shared with the other sections and the editor effect (settings,
+folders, PythonSlicer, installing dependencies) are in `common.widget`.
 
 Every slot is wrapped by `slots.guarded`: whatever it raises ends in a message and `recover()` (no timer
 left running for nothing, Apply back to Apply, no wait cursor).
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import shutil
 from pathlib import Path
 
 import qt
@@ -25,69 +26,26 @@ import slicer
 from slicer.util import VTKObservationMixin
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import dependencies, parameters, storage
-from AutoSegSlicer.slots import guarded, restore_cursor
-from AutoSegSlicer.logic import DEVICES, AutoSegLogic, MemoryWillNotFit, PredictOptions, describe_estimate
+from AutoSegSlicer.common import parameters
+from AutoSegSlicer.common.slots import guarded, restore_cursor
+from AutoSegSlicer.common.widget import (SETTINGS_MODELS_FOLDER, default_models_folder, ensure_dependencies,
+                                         migrate_old_folders, module_library_path, python_executable)
+from AutoSegSlicer.segment.logic import AutoSegLogic
+from AutoSegSlicer.segment.options import DEVICES, MemoryWillNotFit, PredictOptions, describe_estimate
+from AutoSegSlicer.segment.widget_models import ModelsMixin
 
 log = logging.getLogger(__name__)
 
 #: Collapsible sections beyond "Segment" ("module:Class"), set up in this order. The training panel adds
 #: itself here (one line).
-SECTIONS: list = ["AutoSegSlicer.widget_corrections:CorrectionsSection",
-                  "AutoSegSlicer.widget_uncertainty:UncertaintySection",
-                  "AutoSegSlicer.widget_batch:BatchSection",
-                  "AutoSegSlicer.training_widget:TrainingSection"]
-
-SETTINGS_MODELS_FOLDER = "AutoSeg/ModelsFolder"
+SECTIONS: list = ["AutoSegSlicer.correct.widget:CorrectionsSection",
+                  "AutoSegSlicer.segment.widget_uncertainty:UncertaintySection",
+                  "AutoSegSlicer.segment.widget_batch:BatchSection",
+                  "AutoSegSlicer.train.widget:TrainingSection"]
 
 #: A typed models folder is applied this long after the last keystroke (ctkPathLineEdit emits
 #: currentPathChanged on every keystroke that leaves a valid path: CTK ctkPathLineEdit::updateHasValidInput).
 PATH_EDIT_DELAY_MS = 800
-
-
-def module_library_path() -> str:
-    """The folder holding AutoSegLib: next to the module in an installed extension, one up in a checkout."""
-    here = Path(__file__).resolve().parents[1]
-    for candidate in (here, here.parent):
-        if (candidate / "AutoSegLib" / "__init__.py").is_file():
-            return str(candidate)
-    return str(here)
-
-
-def app_local_data() -> str:
-    """Qt's per-user, non-roaming application data folder (see `storage`)."""
-    return qt.QStandardPaths.writableLocation(qt.QStandardPaths.AppLocalDataLocation)
-
-
-def default_models_folder() -> str:
-    return str(storage.default_models_folder(app_local_data()))
-
-
-def migrate_old_folders() -> list:
-    """Once: move models and training runs from where earlier versions kept them (next to the settings file,
-    in the temporary folder) into the data folder, unless the user chose other folders. Returns messages."""
-    settings = qt.QSettings()
-    if settings.contains(storage.SETTINGS_MIGRATED):
-        return []
-    local = app_local_data()
-    messages = []
-    old_models = storage.legacy_models_folder(slicer.app.slicerUserSettingsFilePath)
-    chosen = settings.value(SETTINGS_MODELS_FOLDER) if settings.contains(SETTINGS_MODELS_FOLDER) else None
-    if chosen is None or Path(str(chosen)) == old_models:
-        messages += storage.migrate(old_models, storage.default_models_folder(local))
-        if chosen is not None:
-            settings.setValue(SETTINGS_MODELS_FOLDER, str(storage.default_models_folder(local)))
-    if not settings.contains(storage.SETTINGS_TRAINING_FOLDER):
-        messages += storage.migrate(storage.legacy_training_folder(slicer.app.temporaryPath),
-                                    storage.default_training_folder(local))
-    settings.setValue(storage.SETTINGS_MIGRATED, str(storage.data_folder(local)))
-    return messages
-
-
-def python_executable() -> str:
-    """Slicer's own Python launcher (runs the child processes)."""
-    # Not found: keep the name; starting a run then fails with a clear AutoSegError (logic.start_segmentation).
-    return shutil.which("PythonSlicer") or "PythonSlicer"
 
 
 def make_logic(models_folder: str) -> AutoSegLogic:
@@ -96,7 +54,7 @@ def make_logic(models_folder: str) -> AutoSegLogic:
                         work_root=Path(slicer.app.temporaryPath) / "AutoSeg")
 
 
-class AutoSegPanel(VTKObservationMixin):
+class AutoSegPanel(ModelsMixin, VTKObservationMixin):
     """Everything the AutoSeg module panel does; ``module_widget`` is the ScriptedLoadableModuleWidget."""
 
     def __init__(self, module_widget):
@@ -218,140 +176,6 @@ class AutoSegPanel(VTKObservationMixin):
         else:
             self.onModelChanged()
 
-    # -- models ------------------------------------------------------------------------------
-    def refreshModels(self, select_path=None):
-        self.models, problems = self.logic.models()
-        combo = self.ui.modelComboBox
-        previous = select_path or combo.currentData
-        combo.blockSignals(True)
-        combo.clear()
-        for m in self.models:
-            combo.addItem(f"{m.name} {m.version}".strip(), str(m.path))
-            combo.setItemData(combo.count - 1, m.summary(), qt.Qt.ToolTipRole)
-        combo.blockSignals(False)
-        if previous:
-            index = combo.findData(str(previous))
-            if index >= 0:
-                combo.setCurrentIndex(index)
-        for p in problems:
-            self.log(p, "warning")
-        if not self.models:
-            self.ui.modelInfoLabel.text = (f"No model installed in {self.logic.models_dir}. "
-                                           f"Use 'Add model...' to install one.")
-        self.onModelChanged()
-        for section in self.sections:
-            if hasattr(section, "onModelsChanged"):
-                section.onModelsChanged()
-
-    def currentModel(self):
-        index = self.ui.modelComboBox.currentIndex
-        return self.models[index] if 0 <= index < len(self.models) else None
-
-    @guarded("Choosing the model")
-    def onModelChanged(self, *_):
-        """Show the model's inputs. The selectors are rebuilt only when the model (or its channels) changed,
-        so a refresh of the model list keeps what the user chose; new selectors start from the inputs stored
-        on the parameter node, then from `AutoSegLogic.default_inputs`."""
-        model = self.currentModel()
-        key = (str(model.path), tuple(model.channel_names)) if model is not None else None
-        if model is not None:
-            self.ui.modelInfoLabel.text = model.summary()
-        if key is not None and key == self._selectors_key and self.input_selectors:
-            self._updateButtons()
-            return
-        self._selectors_key = key
-        layout = self.ui.inputsFormLayout
-        for label, selector in self.input_selectors:
-            layout.removeWidget(label)
-            layout.removeWidget(selector)
-            label.deleteLater()
-            selector.deleteLater()
-        self.input_selectors = []
-        if model is None:
-            self._updateButtons()
-            return
-        volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-        volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")
-                   and not v.GetAttribute("AutoSeg.Uncertainty")]   # label maps, uncertainty: never inputs
-        defaults = parameters.initial_inputs(self._mrmlParameterNode(), len(model.channel_names),
-                                             self.logic.default_inputs(model, volumes))
-        for channel, default in zip(model.channel_names, defaults):
-            label = qt.QLabel(f"{channel}:")
-            selector = slicer.qMRMLNodeComboBox()
-            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
-            selector.hideChildNodeTypes = ["vtkMRMLLabelMapVolumeNode"]  # label maps are not model inputs
-            selector.selectNodeUponCreation = False
-            selector.addEnabled = False
-            selector.removeEnabled = False
-            selector.noneEnabled = True
-            selector.setMRMLScene(slicer.mrmlScene)
-            selector.setToolTip(f"Volume for the model input '{channel}'")
-            selector.setCurrentNode(default)
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
-            layout.addRow(label, selector)
-            self.input_selectors.append((label, selector))
-        self.onInputChanged()
-
-    @guarded("Choosing an input volume")
-    def onInputChanged(self, *_):
-        """Remember the chosen inputs on the parameter node (saved with the scene), then update the buttons."""
-        parameters.store_inputs(self._mrmlParameterNode(), self.inputVolumes())
-        self._updateButtons()
-
-    @guarded("Changing the models folder")
-    def onModelsFolderEdited(self, path):
-        """Typing or browsing: the folder is applied once the path has stayed the same for a moment."""
-        self._folder_timer.start()
-
-    @guarded("Changing the models folder")
-    def applyModelsFolder(self):
-        path = str(self.ui.modelsFolderPathLineEdit.currentPath or "")
-        if not path or path == self._applied_models_folder:
-            return
-        self._applied_models_folder = path
-        qt.QSettings().setValue(SETTINGS_MODELS_FOLDER, path)
-        self.logic.models_dir = Path(path)
-        self.refreshModels()
-
-    @guarded("Adding the model")
-    def onAddModelFolder(self):
-        source = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
-                                                     "Model folder or nnU-Net results folder")
-        if source:
-            self.addModel(source)
-
-    @guarded("Adding the model")
-    def onAddModelArchive(self):
-        source = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Model archive", "",
-                                                "Model archives (*.zip *.tar.gz *.tgz *.autoseg)")
-        if source:
-            self.addModel(source)
-
-    def addModel(self, source):
-        if not self.ensureDependencies():
-            return
-        self.log(f"Installing model from {source} ...")
-        try:
-            self._add_model_runner = self.logic.start_add_model(source, on_event=None, on_finished=None)
-        except AutoSegError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="AutoSeg")
-            return
-        self.setBusy(True)
-        self._timer.start()
-
-    @guarded("Listing the devices")
-    def onDetectDevices(self):
-        with slicer.util.WaitCursor():
-            devices, problem = dependencies.list_devices(self.logic.python_executable)
-        current = self.ui.deviceComboBox.currentData
-        self.ui.deviceComboBox.clear()
-        for dev, label in devices:
-            self.ui.deviceComboBox.addItem(label, dev)
-        index = self.ui.deviceComboBox.findData(current)
-        self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
-        if problem:
-            self.log(problem, "warning")
-
     # -- running -----------------------------------------------------------------------------
     def inputVolumes(self):
         return [selector.currentNode() for _, selector in self.input_selectors]
@@ -365,7 +189,7 @@ class AutoSegPanel(VTKObservationMixin):
         device = self.ui.deviceComboBox.currentData or "auto"
         roi = None
         if with_roi and p.roi is not None and self.inputVolumes() and self.inputVolumes()[0] is not None:
-            from AutoSegSlicer.roi import roi_box_lps
+            from AutoSegSlicer.common.roi import roi_box_lps
 
             roi = roi_box_lps(p.roi, self.inputVolumes()[0])
         return PredictOptions(device=device, tta=p.useTTA, folds=folds, step_size=p.stepSize, show_3d=p.show3D,
@@ -537,24 +361,5 @@ class AutoSegPanel(VTKObservationMixin):
     # -- dependencies ------------------------------------------------------------------------
     def ensureDependencies(self, training: bool = False) -> bool:
         """True when what segmenting needs (with ``training``: also torch and the training packages) is there,
-        installed after asking. Installer failures (declined, offline, pip errors) propagate to the calling
-        slot, whose guard shows them."""
-        try:
-            import PyTorchUtils
-            torch_logic = PyTorchUtils.PyTorchUtilsLogic()
-        except ImportError:
-            torch_logic = None
-        try:
-            # A submodule that `import slicer` does not import (Slicer 5.12+; absent before).
-            from slicer import packaging
-        except ImportError:
-            packaging = None
-
-        def pip_install(requirements):
-            with slicer.util.WaitCursor():  # only around the install: the questions are asked with a normal cursor
-                slicer.util.pip_install(requirements)
-
-        return dependencies.ensure_dependencies(
-            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="AutoSeg"),
-            pip_install=pip_install, torch_logic=torch_logic,
-            pip_ensure=getattr(packaging, "pip_ensure", None), training=training)
+        installed after asking (`common.widget.ensure_dependencies`)."""
+        return ensure_dependencies(training)

@@ -6,7 +6,7 @@ The effect (SegmentEditorAutoSegLib/SegmentEditorEffect.py) is a thin Qt shell a
   module panel's own `AutoSegLogic.start_segmentation` with the panel's `PredictOptions` (``fast``, ``roi`` set);
   its label map fills a separate segmentation node (the preview overlay) through `AutoSegLogic.apply_labels`,
   so segment names, colours, terminology and label values follow the panel's rules (segmentation.py). Voxels
-  outside the region (`effect_region`) are cleared.
+  outside the region (`common.region`) are cleared.
 - **Apply** (`EffectLogic.apply_preview`): one *set* edit per target segment through an *editor*, the object
   that applies an edit under the Segment Editor's masking settings (editable area, editable intensity range,
   overwrite other segments). The edit is the model's label inside the region and the segment's own voxels
@@ -28,8 +28,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import effect_region, segmentation
-from AutoSegSlicer.logic import PredictOptions
+from AutoSegSlicer.common import region as effect_region  # its name here: `region` is a parameter below
+from AutoSegSlicer.common import segmentation
+from AutoSegSlicer.segment.options import PredictOptions
 
 MODE_LABELS = "labels"        # one segment per model label
 MODE_SELECTED = "selected"    # the selected segment, filled with one chosen label

@@ -132,7 +132,8 @@ def load_case(scene, table_node, case: str, loader: Optional[Callable] = None) -
         The case is not in the table, did not succeed (its error is given), or its files are gone.
     """
     from AutoSegLib.io.images import read_image
-    from AutoSegSlicer import models, segmentation, uncertainty
+    from AutoSegSlicer.common import models, segmentation
+    from AutoSegSlicer.segment import uncertainty
 
     row = next((r for r in table_rows(table_node) if r.get("case") == case), None)
     if row is None:

@@ -19,7 +19,6 @@ file as the run's first step.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -27,16 +26,17 @@ from typing import Callable, List, Optional
 
 from AutoSegLib.errors import AutoSegError, DatasetError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.jsonfile import read_json
 from AutoSegLib.io.work_folder import CHECKPOINT_LATEST, trained_folds
-from AutoSegSlicer import models
-from AutoSegSlicer.runner import ProcessRunner, autoseglib_command
-from AutoSegSlicer.training_install import cv_report_table, install_model
-from AutoSegSlicer.training_job import TrainingJob
-from AutoSegSlicer.training_options import (DatasetSummary, TrainingOptions, check_finetune_compatible,
+from AutoSegSlicer.common import models
+from AutoSegSlicer.common.runner import ProcessRunner, autoseglib_command
+from AutoSegSlicer.train.install import cv_report_table, install_model
+from AutoSegSlicer.train.job import TrainingJob
+from AutoSegSlicer.train.options import (DatasetSummary, TrainingOptions, check_finetune_compatible,
                                             resolve_folds, summarize_dataset)
-from AutoSegSlicer.training_pipeline import (STATE_FILE, TrainingState, expand_train_steps, finetune_state,
+from AutoSegSlicer.train.pipeline import (STATE_FILE, TrainingState, expand_train_steps, finetune_state,
                                              find_resumable, new_model_state, process_running)
-from AutoSegSlicer.training_progress import TrainingCurves
+from AutoSegSlicer.train.progress import TrainingCurves
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class TrainingLogic:
         return self.verify_messages(runner.poll_events(), result)
 
     def work_dir(self, options: TrainingOptions) -> Path:
-        from AutoSegSlicer.training_install import folder_name
+        from AutoSegSlicer.train.install import folder_name
 
         return self.work_root / folder_name(options.model_name)
 
@@ -249,7 +249,7 @@ class TrainingLogic:
             base_inf = Path(state.base_model) / "inference.json"
             trained = trained_folds(state.work)
             if base_inf.is_file():
-                inference = json.loads(base_inf.read_text())
+                inference = read_json(base_inf, "the fine-tuned model's inference.json", expect=dict)
                 confs = [c if isinstance(c, str) else c.get("name") for c in inference.get("configurations", [])]
                 if confs and all(c in trained for c in confs):
                     # Same choice and post-processing as the model, on the folds this run trained.

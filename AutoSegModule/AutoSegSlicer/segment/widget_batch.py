@@ -13,9 +13,9 @@ import qt
 import slicer
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import batch, batch_table
-from AutoSegSlicer.logic import MemoryWillNotFit, describe_estimate
-from AutoSegSlicer.slots import guarded, restore_cursor
+from AutoSegSlicer.segment import batch, batch_table
+from AutoSegSlicer.segment.options import MemoryWillNotFit, describe_estimate
+from AutoSegSlicer.common.slots import guarded, restore_cursor
 
 SOURCES = (("All loaded volumes", "volumes"), ("A folder of images", "folder"),
            ("DICOM series (DICOM database)", "dicom"))
@@ -84,7 +84,7 @@ class BatchSection:
 
     @guarded("Listing the DICOM series")
     def listDicomSeries(self):
-        from AutoSegSlicer import dicom_batch
+        from AutoSegSlicer.segment import dicom_batch
 
         database = getattr(slicer, "dicomDatabase", None)
         if database is None or not database.isOpen:
@@ -103,7 +103,7 @@ class BatchSection:
             if not folder:
                 raise AutoSegError("Choose the folder of images to segment.")
             return batch.cases_from_folder(folder, model), folder
-        from AutoSegSlicer import dicom_batch
+        from AutoSegSlicer.segment import dicom_batch
 
         if not self.series:
             self.listDicomSeries()

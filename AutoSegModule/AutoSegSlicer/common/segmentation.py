@@ -58,7 +58,7 @@ def _oriented_image(label_array: np.ndarray, geometry: Geometry):
     import vtk
     from vtk.util import numpy_support
 
-    from AutoSegSlicer.conversion import ijk_to_ras_from_geometry
+    from AutoSegSlicer.common.conversion import ijk_to_ras_from_geometry
 
     if label_array.size and (label_array.min() < 0 or label_array.max() > 32767):
         raise ValueError(f"label values must be within 0..32767, found {label_array.min()}..{label_array.max()}")

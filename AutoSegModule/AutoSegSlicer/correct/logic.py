@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import conversion, export, models
+from AutoSegSlicer.common import conversion, models
+from AutoSegSlicer.correct import export
 
 
 class CorrectionLogic:
@@ -49,7 +50,7 @@ class CorrectionLogic:
         ``channel_names`` or the model the segmentation came from. Returns (case name, written paths,
         `export.LabelAssignment`).
         """
-        from AutoSegSlicer import dataset_case
+        from AutoSegSlicer.correct import dataset_case
 
         if segmentation_node is None:
             raise AutoSegError("No segmentation selected to add to the training set.")

@@ -1,12 +1,12 @@
 """The "Train / fine-tune" section of the AutoSeg panel: Qt wiring only; the decisions are in
-`training.TrainingLogic` (tested headless against slicer-core).
+`logic.TrainingLogic` (tested headless against slicer-core).
 
-Registered in `widget.SECTIONS` as ``"AutoSegSlicer.training_widget:TrainingSection"``. Its widgets are in
+Registered in `segment.widget.SECTIONS` as ``"AutoSegSlicer.train.widget:TrainingSection"``. Its widgets are in
 Resources/UI/AutoSegTraining.ui (kept as ``self.form``, apart from the panel's ``ui``), added below the
 panel's sections. A QTimer drives `TrainingJob.poll` so that curves and tables change on the GUI thread.
 Every slot is wrapped by `slots.guarded` (a message and `recover()` whatever it raises).
-``qt`` and ``slicer`` are imported inside the methods: only widget.py / AutoSeg.py import them at module level
-(Testing/slicer/test_ui_and_packaging.py), so this file imports headless.
+``qt`` and ``slicer`` are imported inside the methods, so this file imports headless (Testing/slicer/
+test_training_ui.py drives the section with stand-in widgets).
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import logging
 from pathlib import Path
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import storage
-from AutoSegSlicer.slots import guarded, restore_cursor
-from AutoSegSlicer.training import TrainingLogic, UnfinishedTrainingError
-from AutoSegSlicer.training_options import MODES, TooFewCasesError, TrainingOptions
-from AutoSegSlicer.training_partial import MODES as UNANNOTATED_MODES
-from AutoSegSlicer.training_partial import add_partial_case
+from AutoSegSlicer.common import storage
+from AutoSegSlicer.common.slots import guarded, restore_cursor
+from AutoSegSlicer.train.logic import TrainingLogic, UnfinishedTrainingError
+from AutoSegSlicer.train.options import MODES, TooFewCasesError, TrainingOptions
+from AutoSegSlicer.train.partial import MODES as UNANNOTATED_MODES
+from AutoSegSlicer.train.partial import add_partial_case
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class TrainingSection:
         self.form = slicer.util.childWidgetVariables(self.widget)
         self.widget.setMRMLScene(slicer.mrmlScene)
         base = self.panel.logic
-        from AutoSegSlicer.widget import app_local_data
+        from AutoSegSlicer.common.widget import app_local_data
 
         runs = slicer.util.settingsValue(storage.SETTINGS_TRAINING_FOLDER,
                                          str(storage.default_training_folder(app_local_data())))

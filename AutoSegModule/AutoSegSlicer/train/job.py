@@ -4,7 +4,7 @@
 events, updates the status line and the curves (scene changes on the caller's thread only), appends to
 the run's log file, and when a child has exited starts the next step. In-process steps ("prepare",
 "expand", "install") run inside `poll`. The state file is saved whenever a step's status changes, so a run
-stopped at any point (Cancel, a crash, Slicer closed) can be resumed (training_pipeline.py).
+stopped at any point (Cancel, a crash, Slicer closed) can be resumed (pipeline.py).
 """
 from __future__ import annotations
 
@@ -15,15 +15,18 @@ from typing import Callable, List, Optional
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.work_folder import fold_dir
-from AutoSegSlicer.runner import RunResult, autoseglib_command
-from AutoSegSlicer.training_pipeline import (DONE, FAILED, LOG_FILE, PENDING, RUNNING, Step, TrainingState,
+from AutoSegSlicer.common.runner import RunResult, autoseglib_command
+from AutoSegSlicer.train.pipeline import (DONE, FAILED, LOG_FILE, PENDING, RUNNING, Step, TrainingState,
                                              resume_args)
-from AutoSegSlicer.training_options import budget_per_training
-from AutoSegSlicer.training_progress import TrainingCurves, TrainingStatus
+from AutoSegSlicer.train.options import budget_per_training
+from AutoSegSlicer.train.progress import TrainingCurves, TrainingStatus
 
 log = logging.getLogger(__name__)
 
-_DISK_FULL = ("no space left", "enospc", "errno 28", "disk full", "disk quota exceeded")
+#: How a full disk reads in a message: the OS's words, and AutoSegLib's `WriteError` ("the disk is full",
+#: "the disk quota is exceeded"), raised by its writers in the child and by the in-process model install.
+_DISK_FULL = ("no space left", "enospc", "errno 28", "disk full", "disk quota exceeded", "the disk is full",
+              "the disk quota is exceeded")
 
 
 def is_disk_full(message: str) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import qt
 import slicer
 
-from AutoSegSlicer.slots import guarded, restore_cursor
+from AutoSegSlicer.common.slots import guarded, restore_cursor
 
 
 class CorrectionsSection:

@@ -2,7 +2,7 @@
 
 Everything here reads JSON and folder listings only (no image is opened, no torch), so the panel can show
 a summary and refuse a bad start instantly. The full content check (`autoseg verify`) runs in the child
-process as the first step of every run (see training_pipeline.py).
+process as the first step of every run (see pipeline.py).
 """
 from __future__ import annotations
 

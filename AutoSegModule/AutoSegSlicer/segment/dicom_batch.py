@@ -17,7 +17,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer.batch import BatchCase, case_name, unique_names
+from AutoSegSlicer.segment.batch import BatchCase, case_name, unique_names
 
 POSITION, ORIENTATION = "0020|0032", "0020|0037"
 

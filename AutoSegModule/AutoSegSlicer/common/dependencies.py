@@ -21,7 +21,7 @@ import logging
 import subprocess
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from AutoSegSlicer.runner import hidden_console_kwargs
+from AutoSegSlicer.common.runner import hidden_console_kwargs
 
 log = logging.getLogger(__name__)
 

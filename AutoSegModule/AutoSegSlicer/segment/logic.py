@@ -28,11 +28,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import conversion, models, segmentation
-from AutoSegSlicer.corrections import CorrectionLogic
-from AutoSegSlicer.predict_options import (  # noqa: F401  (re-exported: widget, editor effect)
-    DEVICES, MemoryWillNotFit, PredictOptions, describe_estimate)
-from AutoSegSlicer.runner import ProcessRunner, RunResult, autoseglib_command
+from AutoSegSlicer.common import conversion, models, segmentation
+from AutoSegSlicer.common.runner import ProcessRunner, RunResult, autoseglib_command
+from AutoSegSlicer.correct.logic import CorrectionLogic
+from AutoSegSlicer.segment.options import MemoryWillNotFit, PredictOptions
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +294,7 @@ class AutoSegLogic(CorrectionLogic):
             label = self._read_output(job)
             node = self.apply_labels(job.model, job.volumes[0], label, job.target, job.options.show_3d)
             if job.options.save_uncertainty:
-                from AutoSegSlicer import uncertainty
+                from AutoSegSlicer.segment import uncertainty
 
                 job.uncertainty = uncertainty.read_case(self.scene, job.prepared.output_dir, job.prepared.case,
                                                         job.volumes[0], node)

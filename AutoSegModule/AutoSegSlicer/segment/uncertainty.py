@@ -9,14 +9,14 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer.roi import ras_to_lps
+from AutoSegLib.io.jsonfile import JSONFileError, read_json
+from AutoSegSlicer.common.roi import ras_to_lps
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,10 @@ def read_summary(folder) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AutoSegError(f"{path}: not a readable prediction summary ({exc}).") from None
+        data = read_json(path, "a prediction summary")
+    except JSONFileError as exc:
+        cause = str(exc)[len(f"{path}: "):] if str(exc).startswith(f"{path}: ") else str(exc)
+        raise AutoSegError(f"{path}: not a readable prediction summary ({cause})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise AutoSegError(f"{path}: expected {{'version': 1, 'cases': [...]}}; found {type(data).__name__} "
                            f"without a 'cases' list.")
@@ -65,7 +66,7 @@ def find_row(summary: Optional[dict], case: str) -> dict:
 def load_volume(scene, path, name: str):
     """A scalar volume node from an uncertainty file (read with AutoSegLib, LPS -> RAS by `conversion`)."""
     from AutoSegLib.io.images import read_image
-    from AutoSegSlicer.conversion import add_volume_from_array
+    from AutoSegSlicer.common.conversion import add_volume_from_array
 
     array, geometry = read_image(path)
     node = add_volume_from_array(scene, array.astype("float32", copy=False), geometry,

@@ -7,7 +7,6 @@ a case name already present is refused. Every file is written atomically (AutoSe
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
 from AutoSegLib.io.geometry import Geometry
+from AutoSegLib.io.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,9 @@ def check_dataset_compatible(dataset_dir, labels: Dict[str, int], n_channels: in
     path = Path(dataset_dir) / "dataset.json"
     if not path.is_file():
         return None
-    try:
-        with open(path) as f:
-            existing = json.load(f)
-    except ValueError as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}). Fix or remove it before adding cases.") from None
+    existing = read_json(path, "a dataset.json", hint="Fix or remove it before adding cases.", expect=dict)
     theirs = existing.get("labels") or {}
-    # "ignore" (partially annotated cases, training_partial.py) is not a label a segment carries
+    # "ignore" (partially annotated cases, train/partial.py) is not a label a segment carries
     if {str(k): v for k, v in theirs.items() if k != "ignore"} != {k: v for k, v in labels.items() if k != "ignore"}:
         raise AutoSegError(
             f"{path}: the dataset's labels {theirs} differ from this segmentation's {dict(labels)}. Rename or "

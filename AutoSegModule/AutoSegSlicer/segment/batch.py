@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer import conversion
-from AutoSegSlicer.predict_options import PredictOptions
-from AutoSegSlicer.runner import RunResult, autoseglib_command
-from AutoSegSlicer.uncertainty import SUMMARY_NAME
+from AutoSegSlicer.common import conversion
+from AutoSegSlicer.segment.options import PredictOptions
+from AutoSegSlicer.common.runner import RunResult, autoseglib_command
+from AutoSegSlicer.segment.uncertainty import SUMMARY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class BatchLogic:
                 dest = input_dir / f"{case.name}_{c:04d}{file_ending(path)}"
                 _link_or_copy(Path(path), dest)
             if case.dicom:
-                from AutoSegSlicer.dicom_batch import write_series
+                from AutoSegSlicer.segment.dicom_batch import write_series
 
                 for c, files in enumerate(case.dicom):
                     write_series(files, input_dir / f"{case.name}_{c:04d}.nii.gz")
@@ -242,9 +242,9 @@ class BatchLogic:
         A run where some cases failed is a result (their rows say why). Raises AutoSegError when the child
         failed before any case (bad model, memory will not fit, ...) or was cancelled with nothing done.
         """
-        from AutoSegSlicer import batch_table
-        from AutoSegSlicer.predict_options import MemoryWillNotFit
-        from AutoSegSlicer.uncertainty import read_summary
+        from AutoSegSlicer.segment import batch_table
+        from AutoSegSlicer.segment.options import MemoryWillNotFit
+        from AutoSegSlicer.segment.uncertainty import read_summary
 
         result = result or job.runner.result
         try:

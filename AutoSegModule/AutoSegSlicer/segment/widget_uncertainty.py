@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import slicer
 
-from AutoSegSlicer import uncertainty
-from AutoSegSlicer.slots import guarded, restore_cursor
+from AutoSegSlicer.segment import uncertainty
+from AutoSegSlicer.common.slots import guarded, restore_cursor
 
 
 class UncertaintySection:

@@ -15,7 +15,6 @@ dataset.json gains ``"ignore": value`` (a dataset's earlier, fully annotated cas
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -24,7 +23,9 @@ import numpy as np
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
-from AutoSegSlicer import conversion, dataset_case, export
+from AutoSegLib.io.jsonfile import read_json
+from AutoSegSlicer.common import conversion
+from AutoSegSlicer.correct import dataset_case, export
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _is_background(name: str, value: Optional[int]) -> bool:
 def split_assignment(segmentation_node) -> Tuple[export.LabelAssignment, list]:
     """The export assignment of the foreground segments, and the IDs of every segment (background ones
     included), which together mark the annotated voxels."""
-    from AutoSegSlicer.segmentation import segment_label_value
+    from AutoSegSlicer.common.segmentation import segment_label_value
 
     seg = segmentation_node.GetSegmentation()
     all_ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
@@ -102,13 +103,7 @@ def _existing_dataset(dataset_dir: Path) -> Optional[dict]:
     path = dataset_dir / "dataset.json"
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}). Fix or remove it before adding cases.") from None
-    if not isinstance(data, dict):
-        raise AutoSegError(f"{path}: expected a JSON object; found {type(data).__name__}.")
-    return data
+    return read_json(path, "a dataset.json", hint="Fix or remove it before adding cases.", expect=dict)
 
 
 def labels_with_ignore(labels: Dict[str, int], existing: Optional[dict], source: str) -> Dict[str, int]:

@@ -18,7 +18,6 @@ every change of a step's status); a train step that was running when the run sto
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,9 @@ from typing import List, Optional
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import write_json
+from AutoSegLib.io.jsonfile import read_json
 from AutoSegLib.io.work_folder import fold_dir
-from AutoSegSlicer.training_options import TrainingOptions, budget_per_training
+from AutoSegSlicer.train.options import TrainingOptions, budget_per_training
 
 STATE_FILE = "autoseg_training.json"
 LOG_FILE = "autoseg_training.log"
@@ -124,12 +124,8 @@ class TrainingState:
             No state there, unreadable JSON, or a format this version does not know.
         """
         path = Path(work) / STATE_FILE
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise AutoSegError(f"{path}: not found; {work} holds no training started from Slicer.") from None
-        except ValueError as exc:
-            raise AutoSegError(f"{path}: not valid JSON ({exc}); the run cannot be resumed. Start a new training.") from None
+        d = read_json(path, "a training state", hint="The run cannot be resumed. Start a new training.",
+                      missing=f"not found; {work} holds no training started from Slicer.")
         if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
             raise AutoSegError(f"{path}: unknown format {d.get('format') if isinstance(d, dict) else d!r} "
                                f"(expected {STATE_FORMAT}); start a new training.")
@@ -225,10 +221,7 @@ def expand_train_steps(state: TrainingState) -> Optional[str]:
     find-best (full mode with 5 folds) and install. Returns `budget_summary` when a budget configuration
     will be trained."""
     plans_path = state.work / "plans.json"
-    try:
-        plans = json.loads(plans_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AutoSegError(f"{plans_path}: planning finished but its plans cannot be read ({exc}).") from None
+    plans = read_json(plans_path, "the plans", hint="Planning finished but its plans cannot be read.", expect=dict)
     confs = choose_configurations(plans, state.options, str(plans_path))
     idx = next(i for i, s in enumerate(state.steps) if s.command == "expand")
     new = [Step("preprocess", [str(state.work), "--configurations", *confs])]

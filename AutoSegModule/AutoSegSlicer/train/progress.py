@@ -9,11 +9,12 @@ Scene changes must happen on the main thread: the widget feeds events polled fro
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from AutoSegLib.io.jsonfile import JSONFileError, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,10 @@ class TrainingCurves:
         if not path.is_file():
             return 0
         n = 0
-        for line in path.read_text(errors="replace").splitlines():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             try:
-                entry = json.loads(line)
-            except ValueError:
+                entry = parse_json(line, f"{path}: line {number}")
+            except JSONFileError:
                 continue
             if isinstance(entry, dict) and "epoch" in entry:
                 self.add_epoch({**entry, "configuration": configuration, "fold": fold})

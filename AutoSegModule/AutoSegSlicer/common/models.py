@@ -8,13 +8,13 @@ so the panel fills instantly and works before PyTorch is installed.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
+from AutoSegLib.io.jsonfile import JSONFileMissing, read_json
 from AutoSegLib.io.labels import LabelLayout
 from AutoSegLib.io.work_folder import trained_dir, trained_folds
 
@@ -70,17 +70,11 @@ class ModelInfo:
 
 def _read_json(path: Path, folder: Path) -> dict:
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
+        return read_json(path, hint="Reinstall the model.", expect=dict)
+    except JSONFileMissing:
         raise AutoSegError(f"{folder} is not an AutoSeg model folder: {path.name} is missing. Expected "
                            f"dataset.json, plans.json and trained/<configuration>/fold_<k>/checkpoint_final.pt; "
                            f"use 'Add model...' to install a model archive or an nnU-Net results folder.") from None
-    except ValueError as exc:
-        raise AutoSegError(f"{path}: not valid JSON ({exc}). Reinstall the model.") from None
-    if not isinstance(data, dict):
-        raise AutoSegError(f"{path}: expected a JSON object, found {type(data).__name__}. Reinstall the model.")
-    return data
 
 
 def read_model_info(path) -> ModelInfo:

@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegSlicer.segmentation import LABEL_VALUE_TAG, segment_label_value
+from AutoSegSlicer.common.segmentation import LABEL_VALUE_TAG, segment_label_value
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def export_labels(segmentation_node, reference_volume, path, overwrite: bool = F
         Unsupported ending, existing file without ``overwrite``, reference volume without voxels.
     """
     from AutoSegLib.io.images import write_image
-    from AutoSegSlicer.conversion import array_in_file_grid
+    from AutoSegSlicer.common.conversion import array_in_file_grid
 
     path = check_export_path(path, overwrite)
     array, assignment = labelmap_array(segmentation_node, reference_volume)
