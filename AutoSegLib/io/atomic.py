@@ -198,6 +198,19 @@ STALE_TEMPORARY_S = 300  # an atomic write's temporary file not modified for thi
 _TMP_RE = re.compile(r"\.tmp-(?:(\d+)-)?[0-9a-f]{8}")
 
 
+def replace_dir(new: "str | os.PathLike", dest: "str | os.PathLike") -> None:
+    """Move the finished folder ``new`` to ``dest`` (same file system), replacing an old ``dest``: the old
+    one is renamed aside first and removed after, so ``dest`` is never a half-written mix of both."""
+    new, dest = Path(new), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def temporary_tag() -> str:
     """The tag of a temporary name written by this process: '.tmp-<pid>-<8 random hex digits>'."""
     return f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -15,13 +15,12 @@ import shutil
 import stat
 import tarfile
 import time
-import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import file_sha256, is_stale_temporary, temporary_tag, write_json
+from AutoSegLib.io.atomic import file_sha256, is_stale_temporary, replace_dir, temporary_tag, write_json
 from AutoSegLib.io.jsonfile import JSONFileError, parse_json, read_json, read_json_or_none
 from AutoSegLib.models.archive import ALLOWED_SUFFIXES, MANIFEST, _archive_kind
 
@@ -162,7 +161,7 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
                     raise type(exc)(f"{archive}: entry {entry}: " + str(exc).replace(f"{ckpt}: ", "")
                                     .replace(str(ckpt), entry)) from None
             write_json(root / MARKER, {"archive": str(archive.resolve()), "sha256": digest})
-            _replace_dir(root, dest)
+            replace_dir(root, dest)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -223,17 +222,6 @@ def _verify_manifest(archive: Path, root: Path) -> None:
         if f.stat().st_size != entry.get("size") or file_sha256(f) != entry.get("sha256"):
             raise AutoSegError(f"{archive}: {name} does not match its checksum in {MANIFEST}; the archive is damaged "
                                f"or was modified.")
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``, replacing an old ``dest`` (renamed aside first, then removed)."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dest, old)
-    os.replace(new, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 STALE_TEMPORARY_S = 24 * 3600

@@ -29,10 +29,10 @@ import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.io.atomic import atomic_path, output_folder, write_json
+from AutoSegLib.io.atomic import atomic_path, output_folder, replace_dir, write_json
 from AutoSegLib.io.work_folder import (CHECKPOINT_FINAL, DATASET_JSON, FINGERPRINT_JSON, FOLD_RECORDS, INFERENCE_JSON,
                                        PLANS_JSON, SPLITS_JSON, fold_dir, trained_folds)
 from AutoSegLib.progress import ProgressCallback, ProgressTracker, emit
@@ -183,12 +183,11 @@ def _staged(final: Path) -> Iterator[Path]:
     """Yield a hidden staging path beside ``final`` (not created); when the block succeeds, rename it to
     ``final``, replacing an existing ``final`` only once the new folder is complete. Whatever happens, no
     staging folder is left behind."""
-    from AutoSegLib.models.archive import _replace_dir  # the archive extraction's rename-into-place
 
     staging = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         yield staging
-        _replace_dir(staging, final)
+        replace_dir(staging, final)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
