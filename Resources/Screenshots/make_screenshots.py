@@ -1,138 +1,69 @@
 """Renders the README/extension screenshots headless from real MRML slice views (slicer-core, offscreen VTK).
 
-Run from the repository root with the project environment::
+Run from the repository root with the project environment; one command regenerates every picture::
 
-    .venv/bin/python Resources/Screenshots/make_screenshots.py [--data ../shared/data]
+    .venv/bin/python Resources/Screenshots/make_screenshots.py [--data ../shared/data] [--model /tmp/la_b15]
+        [--case la_008] [--batch-cases la_008 la_013 la_015] [--only segmentation uncertainty effect batch]
 
-A BraTS 2015 case (FLAIR) is loaded through Slicer's volume storage node; its reference label map is turned
-into an AutoSeg segmentation by the module's own logic (`AutoSegLogic.apply_labels`: one segment per
-label, label values as tags, colours) and drawn by Slicer's own 2-D segmentation displayable manager
-(fill + outline) over the slice logic's blended background: the pipeline of a Slicer slice view (the
-views must be "mapped in layout" and the background image actor drawn behind the managers' actors).
-``--label-layer`` draws the module's export (`export.labelmap_array`) as the label layer instead. Writes
-``segmentation-axial.png`` and ``segmentation-three-views.png`` next to this script.
+``segmentation``: a BraTS 2015 case (FLAIR) is loaded through Slicer's volume storage node; its reference label
+map becomes an AutoSeg segmentation by the module's own logic (`AutoSegLogic.apply_labels`) drawn by Slicer's
+2-D segmentation displayable manager over the slice logic's blended background (``segmentation-axial.png``,
+``segmentation-three-views.png``; ``--label-layer`` draws the module's export as the label layer instead).
+
+``uncertainty``, ``effect``, ``batch`` (issue #14's tutorial, tutorial_pictures.py): a real prediction by a
+real model, the AutoSeg LA model (an AutoSeg work folder, configuration 3d_budget, fold 0), installed by the
+module's *Add model* path (``autoseg import-model`` into a temporary models folder: the model folder given is
+never written) and run by the module's logic in its child process (``autoseg predict``), on held-out cases of
+LA2018_1p25mm (fold 0's validation cases in the model's splits_final.json: never trained on). The batch is
+three cases of which the last is deliberately broken (its image file truncated), as the module's test does.
+Writes ``uncertainty-overlay.png``, ``effect-preview.png``, ``batch-results.png``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "Testing" / "slicer"), str(ROOT / "AutoSegModule"), str(ROOT)]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(ROOT / "Testing" / "slicer"), str(ROOT / "AutoSegModule"), str(ROOT)]
+
+from slice_views import THREE_VIEWS, OffscreenSliceView, use_egl  # noqa: E402
+
+PICTURES = ("segmentation", "uncertainty", "effect", "batch")
+LA_DATASET = "LA2018_1p25mm"
+DEFAULT_MODEL = Path("/tmp/la_b15")
+DEFAULT_CASE = "la_008"
+DEFAULT_BATCH = ("la_008", "la_013", "la_015")   # fold 0 validation cases of the LA model; the last is broken
 
 
-class OffscreenSliceView:
-    """One slice view: slice logic (background/foreground/label layers) + 2-D displayable managers."""
-
-    def __init__(self, harness, name, orientation, size=(512, 512)):
-        import slicer
-        import vtk
-
-        self.size = size
-        # Mesa EGL renders without an X server (VTK_DEFAULT_OPENGL_WINDOW is set in main()).
-        self.window = vtk.vtkRenderWindow()
-        self.window.SetOffScreenRendering(1)
-        self.window.SetSize(*size)
-        self.renderer = vtk.vtkRenderer()
-        self.renderer.GetActiveCamera().ParallelProjectionOn()
-        self.window.AddRenderer(self.renderer)
-        self.interactor = vtk.vtkRenderWindowInteractor()  # displayable managers expect one
-        self.interactor.SetRenderWindow(self.window)
-        self.interactor.Initialize()
-        factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
-        factory.SetMRMLApplicationLogic(harness.app_logic)
-        for dm in ("vtkMRMLSegmentationsDisplayableManager2D",):
-            if not factory.IsDisplayableManagerRegistered(dm):
-                factory.RegisterDisplayableManager(dm)
-        self.managers = slicer.vtkMRMLDisplayableManagerGroup()
-        self.managers.Initialize(factory, self.renderer)
-        self.logic = slicer.vtkMRMLSliceLogic()
-        self.logic.SetMRMLApplicationLogic(harness.app_logic)
-        if harness.app_logic.GetSliceLogics() is None:
-            harness.app_logic.SetSliceLogics(vtk.vtkCollection())
-        harness.app_logic.GetSliceLogics().AddItem(self.logic)
-        self.logic.SetMRMLScene(harness.scene)
-        self.node = self.logic.AddSliceNode(name)
-        self.node.SetOrientation(orientation)
-        self.node.SetMappedInLayout(1)  # displayable managers draw only in views shown in the layout
-        self.managers.SetMRMLDisplayableNode(self.node)
-        mapper = vtk.vtkImageMapper()
-        mapper.SetColorWindow(255)
-        mapper.SetColorLevel(127.5)
-        self.actor = vtk.vtkActor2D()
-        self.actor.SetMapper(mapper)
-        self.actor.GetProperty().SetDisplayLocationToBackground()  # under the displayable managers' actors
-        self.renderer.AddViewProp(self.actor)
-
-    def show(self, background, offset_ras=None, label=None):
-        composite = self.logic.GetSliceCompositeNode()
-        composite.SetBackgroundVolumeID(background.GetID())
-        if label is not None:
-            composite.SetLabelVolumeID(label.GetID())
-            composite.SetLabelOpacity(0.55)
-        self.logic.ResizeSliceNode(*self.size)
-        self.logic.FitSliceToBackground(*self.size) if _takes_size(self.logic.FitSliceToBackground) \
-            else self.logic.FitSliceToBackground()
-        if offset_ras is not None:
-            self.node.JumpSliceByOffsetting(*offset_ras)
-        self.actor.GetMapper().SetInputConnection(self.logic.GetImageDataConnection())
-
-    def render_rgb(self):
-        import vtk
-        from vtk.util import numpy_support
-
-        self.managers.RequestRender()
-        self.window.Render()
-        self.window.Render()
-        grab = vtk.vtkWindowToImageFilter()
-        grab.SetInput(self.window)
-        grab.ReadFrontBufferOff()
-        grab.Update()
-        img = grab.GetOutput()
-        w, h, _ = img.GetDimensions()
-        arr = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3]
-        return arr.copy()
+class Missing(Exception):
+    """An input the pictures need is not there (the message says which and how to give it)."""
 
 
-def _takes_size(method) -> bool:
-    return "int" in (method.__doc__ or "").split("\n")[0]
-
-
-def main(argv=None):
-    import os
-
-    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+def brats_pictures(h, data: Path, case: str, label_layer: bool, out_dir: Path) -> list:
     import numpy as np
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--case", default="brats_2013_pat0003")
-    parser.add_argument("--label-layer", action="store_true",
-                        help="draw the exported label map as the label layer instead of the segmentation itself")
-    args = parser.parse_args(argv)
-
-    from autoseg_harness import SlicerHarness
     from AutoSegLib.io.images import read_image
     from AutoSegSlicer.logic import AutoSegLogic
     from AutoSegSlicer.models import ModelInfo
 
-    data = Path(args.data) / "BraTS2015_4cases"
-    dataset = json.loads((data / "dataset.json").read_text())
-    image = sorted((data / "imagesTr").glob(f"{args.case}_0000*"))[0]
-    label_file = sorted((data / "labelsTr").glob(f"{args.case}*"))[0]
-    h = SlicerHarness()
-    volume = h.load_volume(image, name="FLAIR")
-    label, _ = read_image(label_file)
+    folder = data / "BraTS2015_4cases"
+    images = sorted((folder / "imagesTr").glob(f"{case}_0000*"))
+    labels = sorted((folder / "labelsTr").glob(f"{case}*"))
+    if not (folder / "dataset.json").is_file() or not images or not labels:
+        raise Missing(f"{folder}: no dataset.json or no image/label of case '{case}' (give --data and --brats-case).")
+    dataset = json.loads((folder / "dataset.json").read_text())
+    volume = h.load_volume(images[0], name="FLAIR")
+    label, _ = read_image(labels[0])
     # The node's grid is the file's grid (right-handed file): the label array applies as is.
-    labels = tuple((n, int(v)) for n, v in dataset["labels"].items())
-    model = ModelInfo(path=data, name="BraTS labels", version="", description="", channel_names=("FLAIR",),
-                      labels=labels, file_ending=".nii.gz", configurations=(), folds=())
+    model = ModelInfo(path=folder, name="BraTS labels", version="", description="", channel_names=("FLAIR",),
+                      labels=tuple((n, int(v)) for n, v in dataset["labels"].items()), file_ending=".nii.gz",
+                      configurations=(), folds=())
     logic = AutoSegLogic(scene=h.scene, models_dir=ROOT / "autoseg_work" / "models", python_executable=sys.executable)
     seg = logic.apply_labels(model, volume, label)
     seg.GetDisplayNode().SetOpacity2DFill(0.7)
@@ -142,8 +73,7 @@ def main(argv=None):
     from AutoSegSlicer.conversion import node_ijk_to_ras
     k, j, i = np.argwhere(label > 0).mean(axis=0)
     centre = node_ijk_to_ras(volume) @ np.array([i, j, k, 1.0])
-    views = {o: OffscreenSliceView(h, n, o) for n, o in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))}
-    offsets = {o: centre[:3] for o in ("Axial", "Sagittal", "Coronal")}
+    views = {o: OffscreenSliceView(h, n, o) for n, o in THREE_VIEWS}
     # The segmentation's merged label map (the module's export: stored label values, the volume's grid)
     # as the slice views' label layer, coloured with the segments' colours.
     import slicer
@@ -163,27 +93,145 @@ def main(argv=None):
     label_node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
     shots = {}
     for orientation, view in views.items():
-        view.show(volume, offsets[orientation], label_node if args.label_layer else None)
+        view.show(volume, centre[:3], label_node if label_layer else None)
         shots[orientation] = view.render_rgb()
-    out_dir = Path(__file__).resolve().parent
     plt.imsave(out_dir / "segmentation-axial.png", shots["Axial"])
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), dpi=100)
     for ax, (orientation, rgb) in zip(axes, shots.items()):
         ax.imshow(rgb)
         ax.set_title(orientation)
         ax.axis("off")
-    names = [seg.GetSegmentation().GetNthSegment(n).GetName() for n in range(seg.GetSegmentation().GetNumberOfSegments())]
-    colors = [seg.GetSegmentation().GetNthSegment(n).GetColor() for n in range(len(names))]
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
+    names = [segs.GetNthSegment(n).GetName() for n in range(segs.GetNumberOfSegments())]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=segs.GetNthSegment(n).GetColor()) for n in range(len(names))]
     fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out_dir / "segmentation-three-views.png")
-    if h.vtk_errors:
-        print("VTK errors:", *h.vtk_errors, sep="\n", file=sys.stderr)
-    for name in ("segmentation-axial.png", "segmentation-three-views.png"):
-        print(out_dir / name)
-    h.close()
+    plt.close(fig)
+    return [out_dir / "segmentation-axial.png", out_dir / "segmentation-three-views.png"]
+
+
+def la_image(data: Path, case: str) -> Path:
+    path = data / LA_DATASET / "imagesTr" / f"{case}_0000.nii.gz"
+    if not path.is_file():
+        raise Missing(f"{path}: LA case '{case}' not found (give --data, the folder holding {LA_DATASET}, and "
+                      f"--case / --batch-cases).")
+    return path
+
+
+def check_model(model: Path, cases) -> list:
+    """Notes on ``model`` (an AutoSeg work or model folder) and whether ``cases`` were held out of its fold 0."""
+    if not (model / "dataset.json").is_file() or not (model / "plans.json").is_file():
+        raise Missing(f"{model}: not an AutoSeg model or work folder (no dataset.json / plans.json). Give --model, "
+                      f"e.g. a work folder trained on {LA_DATASET} (configuration 3d_budget, fold 0).")
+    splits = model / "splits_final.json"
+    if not splits.is_file():
+        return [f"{model} has no splits_final.json: cannot check that the cases were held out of training."]
+    trained_on = set(json.loads(splits.read_text())[0]["train"])
+    return [f"case {c} is in fold 0's training cases of {model}: the pictures show a case the model has seen."
+            for c in cases if c in trained_on]
+
+
+def la_pictures(h, args, which, out_dir: Path, work: Path) -> list:
+    """The uncertainty, effect and batch pictures on the LA model and cases (see the module docstring)."""
+    import numpy as np
+
+    from AutoSegSlicer import export
+    from AutoSegSlicer.logic import AutoSegLogic
+    import tutorial_pictures as tp
+
+    model_dir = Path(args.model)
+    for note in check_model(model_dir, [args.case, *args.batch_cases]):
+        print("note:", note, file=sys.stderr)
+    images = {c: la_image(Path(args.data), c) for c in dict.fromkeys([args.case, *args.batch_cases])}
+    logic = AutoSegLogic(scene=h.scene, models_dir=work / "models", python_executable=sys.executable,
+                         pythonpath=str(ROOT), work_root=work / "runs")
+    print(f"installing {model_dir} (autoseg import-model) ...", file=sys.stderr)
+    logic.add_model(model_dir, timeout=1800)
+    (model,), _ = logic.models()
+    written = []
+    volume = h.load_volume(images[args.case], name=args.case)
+    if "uncertainty" in which or "effect" in which:
+        made = tp.uncertainty_picture(h, logic, model, volume, out_dir / "uncertainty-overlay.png",
+                                      case_label=args.case)
+        written.append(made.path)
+        print("most uncertain slices:", *[t for t, _ in made.entries], sep="\n  ", file=sys.stderr)
+    if "effect" in which:
+        # ROI: a 40 mm cube centred on the whole-volume prediction's centroid: the atrium reaches beyond it, so
+        # the preview shows the region's cut.
+        label, _ = export.labelmap_array(made.nodes["segmentation"], volume)
+        if not label.any():
+            raise RuntimeError(f"the model found nothing in {args.case}: no place for the effect's ROI")
+        from AutoSegSlicer.conversion import node_ijk_to_ras
+        k, j, i = np.argwhere(label > 0).mean(axis=0)
+        centre = (node_ijk_to_ras(volume) @ np.array([i, j, k, 1.0]))[:3]
+        h.scene.RemoveNode(made.nodes["segmentation"])   # a fresh scene state for the effect: scan only
+        from AutoSegSlicer import uncertainty
+        uncertainty.hide_overlay()
+        written.append(tp.effect_preview_picture(h, logic, model, volume, out_dir / "effect-preview.png", centre,
+                                                 (40.0, 40.0, 40.0)).path)
+    if "batch" in which:
+        folder = work / "batch_input"
+        folder.mkdir()
+        for n, case in enumerate(args.batch_cases):
+            data = images[case].read_bytes()
+            broken = n == len(args.batch_cases) - 1
+            (folder / images[case].name).write_bytes(data[: len(data) // 3] if broken else data)   # truncated
+        written.append(tp.batch_table_picture(h, logic, model, folder, work / "batch_output",
+                                              out_dir / "batch-results.png").path)
+    return written
+
+
+def main(argv=None) -> int:
+    use_egl()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
+                        help="folder holding BraTS2015_4cases and LA2018_1p25mm")
+    parser.add_argument("--brats-case", default="brats_2013_pat0003")
+    parser.add_argument("--label-layer", action="store_true",
+                        help="draw the exported label map as the label layer instead of the segmentation itself")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="AutoSeg work/model folder of the LA model")
+    parser.add_argument("--case", default=DEFAULT_CASE, help="LA case of the uncertainty and effect pictures")
+    parser.add_argument("--batch-cases", nargs="+", default=list(DEFAULT_BATCH),
+                        help="LA cases of the batch picture; the last one's file is truncated (the broken case)")
+    parser.add_argument("--only", nargs="+", choices=PICTURES, default=list(PICTURES))
+    parser.add_argument("--out", default=str(HERE), help="folder the PNG files go to")
+    args = parser.parse_args(argv)
+    if len(args.batch_cases) < 2:
+        parser.error("--batch-cases needs at least two cases (the last one is broken on purpose)")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    from autoseg_harness import SlicerHarness
+    from AutoSegLib.errors import AutoSegError
+
+    work = Path(tempfile.mkdtemp(prefix="autoseg-screenshots-"))
+    groups = [(brats_pictures, (Path(args.data), args.brats_case, args.label_layer, out_dir))] \
+        if "segmentation" in args.only else []
+    if set(args.only) - {"segmentation"}:
+        groups.append((la_pictures, (args, set(args.only), out_dir, work)))
+    written, errors = [], []
+    try:
+        for make, make_args in groups:
+            h = SlicerHarness()   # a scene of its own (and its own Red/Yellow/Green views) per group
+            try:
+                written += make(h, *make_args)
+            finally:
+                errors += h.vtk_errors
+                h.close()
+    except (Missing, AutoSegError) as exc:
+        print(f"make_screenshots: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if errors:
+        print("VTK errors:", *errors, sep="\n", file=sys.stderr)
+    for path in written:
+        print(f"{path} ({path.stat().st_size // 1024} KiB)")
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
