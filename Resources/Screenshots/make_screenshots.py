@@ -49,8 +49,8 @@ def brats_pictures(h, data: Path, case: str, label_layer: bool, out_dir: Path) -
     import matplotlib.pyplot as plt
 
     from AutoSegLib.io.images import read_image
-    from AutoSegSlicer.logic import AutoSegLogic
-    from AutoSegSlicer.models import ModelInfo
+    from AutoSegSlicer.segment.logic import AutoSegLogic
+    from AutoSegSlicer.common.models import ModelInfo
 
     folder = data / "BraTS2015_4cases"
     images = sorted((folder / "imagesTr").glob(f"{case}_0000*"))
@@ -70,7 +70,7 @@ def brats_pictures(h, data: Path, case: str, label_layer: bool, out_dir: Path) -
     seg.GetDisplayNode().SetOpacity2DOutline(1.0)
 
     # centre of the tumour, in RAS, to put every view through it
-    from AutoSegSlicer.conversion import node_ijk_to_ras
+    from AutoSegSlicer.common.conversion import node_ijk_to_ras
     k, j, i = np.argwhere(label > 0).mean(axis=0)
     centre = node_ijk_to_ras(volume) @ np.array([i, j, k, 1.0])
     views = {o: OffscreenSliceView(h, n, o) for n, o in THREE_VIEWS}
@@ -78,7 +78,8 @@ def brats_pictures(h, data: Path, case: str, label_layer: bool, out_dir: Path) -
     # as the slice views' label layer, coloured with the segments' colours.
     import slicer
 
-    from AutoSegSlicer import conversion, export
+    from AutoSegSlicer.common import conversion
+    from AutoSegSlicer.correct import export
     merged, assignment = export.labelmap_array(seg, volume)
     colors = slicer.vtkMRMLColorTableNode()
     colors.SetTypeToUser()
@@ -135,8 +136,8 @@ def la_pictures(h, args, which, out_dir: Path, work: Path) -> list:
     """The uncertainty, effect and batch pictures on the LA model and cases (see the module docstring)."""
     import numpy as np
 
-    from AutoSegSlicer import export
-    from AutoSegSlicer.logic import AutoSegLogic
+    from AutoSegSlicer.correct import export
+    from AutoSegSlicer.segment.logic import AutoSegLogic
     import tutorial_pictures as tp
 
     model_dir = Path(args.model)
@@ -161,11 +162,11 @@ def la_pictures(h, args, which, out_dir: Path, work: Path) -> list:
         label, _ = export.labelmap_array(made.nodes["segmentation"], volume)
         if not label.any():
             raise RuntimeError(f"the model found nothing in {args.case}: no place for the effect's ROI")
-        from AutoSegSlicer.conversion import node_ijk_to_ras
+        from AutoSegSlicer.common.conversion import node_ijk_to_ras
         k, j, i = np.argwhere(label > 0).mean(axis=0)
         centre = (node_ijk_to_ras(volume) @ np.array([i, j, k, 1.0]))[:3]
         h.scene.RemoveNode(made.nodes["segmentation"])   # a fresh scene state for the effect: scan only
-        from AutoSegSlicer import uncertainty
+        from AutoSegSlicer.segment import uncertainty
         uncertainty.hide_overlay()
         written.append(tp.effect_preview_picture(h, logic, model, volume, out_dir / "effect-preview.png", centre,
                                                  (40.0, 40.0, 40.0)).path)

@@ -78,8 +78,8 @@ def uncertainty_picture(harness, logic, model, volume, out, size=(512, 512), tim
                         case_label: str = "") -> Pictured:
     """Segment ``volume`` with *Save uncertainty*, go to the most uncertain slice of the panel's list, show the
     overlay; render the three views before and after the overlay and write ``out``."""
-    from AutoSegSlicer import uncertainty
-    from AutoSegSlicer.logic import PredictOptions
+    from AutoSegSlicer.segment import uncertainty
+    from AutoSegSlicer.segment.options import PredictOptions
 
     seg = logic.segment(model, [volume], PredictOptions(save_uncertainty=True), timeout=timeout)
     found = logic.last_job.uncertainty
@@ -117,8 +117,8 @@ def effect_preview_picture(harness, logic, model, volume, out, roi_center_ras, r
                            timeout: float = 1800) -> Pictured:
     """The effect's preview of ``model`` inside a markups ROI (centre RAS, size in mm) over an empty segmentation,
     rendered with the ROI before Apply; writes ``out``."""
-    from AutoSegSlicer import effect_region
-    from AutoSegSlicer.effect_logic import EffectLogic
+    from AutoSegSlicer.common import region as effect_region
+    from AutoSegSlicer.effect.logic import EffectLogic
 
     scene = harness.scene
     target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} segmentation")
@@ -159,8 +159,8 @@ def effect_preview_picture(harness, logic, model, volume, out, roi_center_ras, r
 def batch_table_picture(harness, logic, model, folder, output_dir, out, timeout: float = 3600) -> Pictured:
     """Segment every case of ``folder`` in one child (*A folder of images*, *Save uncertainty* on, as the panel
     passes it), build the results table node and write its cells as ``out``."""
-    from AutoSegSlicer import batch
-    from AutoSegSlicer.logic import PredictOptions
+    from AutoSegSlicer.segment import batch
+    from AutoSegSlicer.segment.options import PredictOptions
 
     logic_b = batch.BatchLogic(logic)
     cases = batch.cases_from_folder(folder, model)

@@ -71,7 +71,7 @@ def test_the_uncertainty_overlay_is_drawn_where_the_uncertainty_is_high(case, sl
     changed = np.any(made.after["Axial"] != made.before["Axial"], axis=-1)
     # The segment outline is drawn over the overlay (the stand-in's uncertain voxels are the label's edge): where
     # it is, both pictures are alike. Its pixels: those that change when the segmentation is hidden.
-    from AutoSegSlicer import uncertainty
+    from AutoSegSlicer.segment import uncertainty
     display = made.nodes["segmentation"].GetDisplayNode()
     display.SetVisibility(False)
     overlay_only = red.render_rgb()
@@ -88,7 +88,8 @@ def test_the_uncertainty_overlay_is_drawn_where_the_uncertainty_is_high(case, sl
 def test_the_effect_preview_is_drawn_inside_the_roi_only(case, slicer_harness, tmp_path):
     import slicer
 
-    from AutoSegSlicer import effect_region, export
+    from AutoSegSlicer.common import region as effect_region
+    from AutoSegSlicer.correct import export
 
     logic, model, volume = case
     bounds = [0.0] * 6
