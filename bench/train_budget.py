@@ -35,13 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import AUTOSEG_PYTHON, BENCH_PYTHON, REPO, bench_env  # noqa: E402
 from train_throughput import DATASET_ID, autoseg_python, prepare, run_group, use_reference_split  # noqa: E402
 
-REFERENCE_SCRIPT = r"""
-import json, multiprocessing, os, sys, time, torch
-budget_s, iters, val_iters, epochs, out, mirror = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
-torch.set_num_threads(multiprocessing.cpu_count())
-from nnunetv2.run.run_training import get_trainer_from_args
-tr = get_trainer_from_args("%d", "3d_fullres", 0, "nnUNetTrainer", "nnUNetPlans", device=torch.device("cpu"))
-tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch, tr.num_epochs = iters, val_iters, epochs
+# nnUNetTrainer.run_training's epoch loop, stopped after the epoch that crosses ``budget_s`` (the script
+# defines ``tr``, ``budget_s``, ``time`` and ``torch``); reference_budget_la.py runs it too.
+REFERENCE_LOOP = r"""
 tr.on_train_start()
 t_start = time.perf_counter()
 for epoch in range(tr.current_epoch, tr.num_epochs):
@@ -58,7 +54,16 @@ for epoch in range(tr.current_epoch, tr.num_epochs):
         break
 train_s = time.perf_counter() - t_start
 tr.on_train_end()
-if not mirror:
+"""
+
+REFERENCE_SCRIPT = r"""
+import json, multiprocessing, os, sys, time, torch
+budget_s, iters, val_iters, epochs, out, mirror = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
+torch.set_num_threads(multiprocessing.cpu_count())
+from nnunetv2.run.run_training import get_trainer_from_args
+tr = get_trainer_from_args("%d", "3d_fullres", 0, "nnUNetTrainer", "nnUNetPlans", device=torch.device("cpu"))
+tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch, tr.num_epochs = iters, val_iters, epochs
+%sif not mirror:
     tr.inference_allowed_mirroring_axes = None   # its predictor then predicts without test-time mirroring
 t0 = time.perf_counter()
 tr.perform_actual_validation(False)
@@ -72,7 +77,7 @@ summary = json.load(open(os.path.join(tr.output_folder, "validation", "summary.j
 json.dump({"train_s": train_s, "validation_s": val_s, "epochs": tr.current_epoch, "curves": curves,
            "mean_foreground_dice": summary["foreground_mean"]["Dice"], "fold_dir": tr.output_folder}, open(out, "w"))
 os._exit(0)
-""" % DATASET_ID
+""" % (DATASET_ID, REFERENCE_LOOP)
 
 AUTOSEG_SCRIPT = r"""
 import json, shutil, sys, time
