@@ -56,7 +56,7 @@ def run_one(root: Path, budget: float, variant: str, precision: str, threads: in
     resolved = json.loads((fold / "training_config.json").read_text())["resolved"]
     m = evaluation["mean"]["left_atrium"]
     return {"budget_minutes": budget, "variant": variant, "precision": precision, "configuration": conf,
-            "autocast": resolved["autocast"] or "float32", "spacing": plan["spacing"], "patch": plan["patch_size"],
+            "autocast": resolved["autocast"] if resolved["autocast"] not in (None, "None") else "float32", "spacing": plan["spacing"], "patch": plan["patch_size"],
             "features": plan["network"]["features_per_stage"], "batch": plan["batch_size"],
             "iterations": sum(e["iterations"] for e in log), "epochs": len(log),
             "train_s": summary["timings_s"]["train"], "wall_s": round(measured["wall_s"], 1),

@@ -45,7 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="for a training work folder: use checkpoint_best/latest of folds without a final checkpoint")
     parser.add_argument("--fast", action="store_true",
-                        help="fast mode (less accurate): one fold, no mirroring, sliding-window step 0.9 "
+                        help="fast mode (less accurate): one fold, no mirroring, sliding-window step 0.7 "
                              "(see the README's table for its speed and Dice cost)")
     parser.add_argument("--roi", type=float, nargs=6, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"), default=None,
                         help="predict only inside this box: two opposite corners in mm, in the image file's "

@@ -2,8 +2,8 @@
 
 Run from the repository root with the project environment; one command regenerates every picture::
 
-    .venv/bin/python Resources/Screenshots/make_screenshots.py [--data ../shared/data] [--model /tmp/la_b15]
-        [--case la_008] [--batch-cases la_008 la_013 la_015] [--only segmentation uncertainty effect batch]
+    .venv/bin/python Resources/Screenshots/make_screenshots.py [--data ../shared/data] [--model /tmp/bench15v2/budget_float32_15min/work]
+        [--case la_009] [--batch-cases la_009 la_012 la_017] [--only segmentation uncertainty effect batch]
 
 ``segmentation``: a BraTS 2015 case (FLAIR) is loaded through Slicer's volume storage node; its reference label
 map becomes an AutoSeg segmentation by the module's own logic (`AutoSegLogic.apply_labels`) drawn by Slicer's
@@ -35,9 +35,9 @@ from slice_views import THREE_VIEWS, OffscreenSliceView, use_egl  # noqa: E402
 
 PICTURES = ("segmentation", "uncertainty", "effect", "batch")
 LA_DATASET = "LA2018_1p25mm"
-DEFAULT_MODEL = Path("/tmp/la_b15")
-DEFAULT_CASE = "la_008"
-DEFAULT_BATCH = ("la_008", "la_013", "la_015")   # fold 0 validation cases of the LA model; the last is broken
+DEFAULT_MODEL = Path("/tmp/bench15v2/budget_float32_15min/work")  # bench/budget_la.py --budgets 15
+DEFAULT_CASE = "la_009"
+DEFAULT_BATCH = ("la_009", "la_012", "la_017")   # held out from that model's training; the last is broken
 
 
 class Missing(Exception):

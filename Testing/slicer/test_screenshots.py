@@ -142,10 +142,13 @@ def test_the_batch_table_picture_shows_the_table_nodes_rows(case, slicer_harness
 
 @pytest.mark.slow
 def test_real_pictures(tmp_path):
-    """The README's pictures from the LA model in /tmp/la_b15 and the shared LA data (about 30 s)."""
+    """The README's pictures from the script's default LA model (a bench/budget_la.py run) and the shared LA
+    data (about 30 s)."""
     import subprocess
 
-    data, model = REPO.parent / "shared" / "data", Path("/tmp/la_b15")
+    import make_screenshots  # beside tutorial_pictures (sys.path above)
+
+    data, model = REPO.parent / "shared" / "data", Path(make_screenshots.DEFAULT_MODEL)
     if not (data / "LA2018_1p25mm").is_dir() or not model.is_dir():
         pytest.skip(f"needs {model} and {data / 'LA2018_1p25mm'}")
     run = subprocess.run([sys.executable, str(REPO / "Resources" / "Screenshots" / "make_screenshots.py"),
