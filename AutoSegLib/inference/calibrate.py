@@ -146,14 +146,22 @@ def lazy_imports(runtime: str) -> tuple:
             "SimpleITK")
 
 
-def rss_mib() -> float:
-    """Resident memory of this process (MiB)."""
+def _status_mib(field: str) -> Optional[float]:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in MiB; None where there is no /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def rss_mib() -> float:
+    """Resident memory of this process (MiB)."""
+    rss = _status_mib("VmRSS")
+    if rss is not None:
+        return rss
     import resource
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
@@ -168,13 +176,7 @@ def _peak_reset() -> bool:
 
 
 def _peak_mib() -> Optional[float]:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    return _status_mib("VmHWM")
 
 
 def _time(fn, repeats: int = 3) -> float:
