@@ -9,18 +9,12 @@ training runs on the CPU); against `Calibration.step_seconds` and its network / 
 measures the calibration again instead of reading the cache.
 """
 import argparse, json, multiprocessing as mp, time
-from dataclasses import replace
 import numpy as np, torch
 
 def worker(conn, patch):
-    from AutoSegLib.training.augmentation import augment_batch, training_transforms
-    from AutoSegLib.training.sampling import augmentation_patch_size, rotation_settings
-    max_angle, dummy_2d, mirror_axes = rotation_settings(patch)
-    sample = augmentation_patch_size(patch, max_angle, dummy_2d)
-    tr = training_transforms(patch, max_angle, dummy_2d, mirror_axes)
-    rng = np.random.default_rng(0)
-    data = rng.standard_normal((2, 1, *sample)).astype(np.float32)
-    seg = (rng.random((2, 1, *sample)) > 0.7).astype(np.int16)
+    """Augments ``n`` batches whenever the parent sends ``n`` (None ends it); answers the seconds taken."""
+    from AutoSegLib.training.calibration import augmentation_batch
+    augment = augmentation_batch(patch)
     np.random.seed(0)
     while True:
         msg = conn.recv()
@@ -28,7 +22,7 @@ def worker(conn, patch):
             return
         t0 = time.perf_counter()
         for _ in range(msg):
-            augment_batch(tr, data.copy(), seg.copy())
+            augment()
         conn.send(time.perf_counter() - t0)
 
 def main():
@@ -38,10 +32,8 @@ def main():
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     from AutoSegLib.network.memory import conv_macs
-    from AutoSegLib.network.unet import build_network
-    from AutoSegLib.planning.budget import budget_patch, features_for
-    from AutoSegLib.planning.topology import plain_topology
-    from AutoSegLib.training.calibration import calibrate
+    from AutoSegLib.planning.budget import budget_patch, candidate_topology
+    from AutoSegLib.training.calibration import PROBE_BATCH, calibrate, training_step
     from AutoSegLib.device import choose_execution
     cal = calibrate("cpu", args.precision, threads=args.threads, force=args.force)
     torch.set_num_threads(args.threads)
@@ -53,18 +45,10 @@ def main():
     for factor, base in [(1.0, 32), (1.0, 16), (1.25, 32), (1.25, 16), (1.5, 32), (1.5, 16), (2.0, 16)]:
         spacing = (1.25 * factor,) * 3
         pool = budget_patch(spacing, tuple(median / spacing))
-        topo = plain_topology(pool)
-        topo = replace(topo, features_per_stage=features_for(base, topo.n_stages, 3))
+        topo = candidate_topology(pool, base)
         patch = tuple(pool.patch_size)
-        macs = conv_macs(topo, patch, 1, 2) * 2
-        net = build_network(topo, 1, 2, deep_supervision=True)
-        opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-        x = torch.randn(2, 1, *patch)
-        def step():
-            with ex.autocast():
-                out = net(x)
-            loss = sum(o.float().square().mean() for o in out)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        macs = conv_macs(topo, patch, 1, 2) * PROBE_BATCH
+        step = training_step(topo, patch, ex)
         step()
         t0 = time.perf_counter(); n = 4
         for _ in range(n): step()

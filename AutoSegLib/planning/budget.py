@@ -62,6 +62,14 @@ RESERVE_MARGIN = 1.25
 CHECKPOINT_S = 5.0
 
 
+def candidate_topology(pool, base: int):
+    """The plain U-Net of a candidate: the pooling plan's stages, ``base`` first-stage features doubling per
+    stage (`features_for`)."""
+    from AutoSegLib.planning.topology import plain_topology
+    topo = plain_topology(pool)
+    return replace(topo, features_per_stage=features_for(base, topo.n_stages, len(pool.patch_size)))
+
+
 def budget_configuration_name(ndim: int) -> str:
     return "3d_budget" if ndim == 3 else "2d_budget"
 
@@ -159,7 +167,6 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
         names the smallest budget that plans).
     """
     from AutoSegLib.network.memory import conv_macs
-    from AutoSegLib.planning.topology import plain_topology
 
     if not minutes > 0:
         raise AutoSegError(f"the time budget must be a positive number of minutes; got {minutes}.")
@@ -176,8 +183,7 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
             break
         pool = budget_patch(tuple(spacing), tuple(shape))
         for base in BASE_FEATURES:
-            topo = plain_topology(pool)
-            topo = replace(topo, features_per_stage=features_for(base, topo.n_stages, ndim))
+            topo = candidate_topology(pool, base)
             macs = conv_macs(topo, pool.patch_size, n_channels, n_outputs) * BATCH_SIZE
             step = calibration.step_seconds(macs, pool.patch_size, BATCH_SIZE, base)
             forward = calibration.network_seconds(macs / BATCH_SIZE, pool.patch_size, base) / 3.0

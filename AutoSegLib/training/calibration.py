@@ -251,34 +251,27 @@ def calibrate(device: str = "cpu", precision: str = "auto", cache_path: "str | o
 
 def probe_topology(patch: Sequence[int], base: int):
     """The plain U-Net of a probe: the planner's pooling rule at 1 mm, ``base`` features doubling per stage."""
-    from dataclasses import replace
-
-    from AutoSegLib.planning.topology import plain_topology, pooling_plan
-
-    from AutoSegLib.planning.budget import features_for
+    from AutoSegLib.planning.budget import candidate_topology
+    from AutoSegLib.planning.topology import pooling_plan
 
     pool = pooling_plan((1.0,) * len(patch), patch)
-    topo = plain_topology(pool)
-    return replace(topo, features_per_stage=features_for(base, topo.n_stages, len(patch))), pool.patch_size
+    return candidate_topology(pool, base), pool.patch_size
 
 
-def _time_probe(patch, base, ex) -> Tuple[float, float]:
+def training_step(topology, patch_size: Sequence[int], ex):
+    """A callable running one training step (forward under ``ex``'s autocast, backward, SGD) of a plain U-Net
+    of ``topology`` (1 input channel, 2 outputs, deep supervision) on a random batch of ``PROBE_BATCH``
+    patches: the step a probe times (`bench/calibration_check.py` times budget candidates with it too)."""
     import torch
 
-    from AutoSegLib.network.memory import conv_macs
     from AutoSegLib.network.unet import build_network
 
-    topo, patch = probe_topology(patch, base)
     torch.manual_seed(0)
-    net = build_network(topo, 1, 2, deep_supervision=True).to(ex.device)
+    net = build_network(topology, 1, 2, deep_supervision=True).to(ex.device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-    x = torch.randn(PROBE_BATCH, 1, *patch, device=ex.device)
-    best = math.inf
-    for i in range(TIMED_STEPS + 1):  # the first step warms up (allocations, kernel selection)
-        if i > 1 and best > LONG_PROBE_S:
-            break
-        _sync(ex.device)
-        t0 = time.perf_counter()
+    x = torch.randn(PROBE_BATCH, 1, *patch_size, device=ex.device)
+
+    def step() -> None:
         with ex.autocast():
             out = net(x)
         loss = sum(o.float().square().mean() for o in out)
@@ -286,24 +279,49 @@ def _time_probe(patch, base, ex) -> Tuple[float, float]:
         loss.backward()
         opt.step()
         _sync(ex.device)
+    return step
+
+
+def _time_probe(patch, base, ex) -> Tuple[float, float]:
+    from AutoSegLib.network.memory import conv_macs
+
+    topo, patch = probe_topology(patch, base)
+    step = training_step(topo, patch, ex)
+    best = math.inf
+    for i in range(TIMED_STEPS + 1):  # the first step warms up (allocations, kernel selection)
+        if i > 1 and best > LONG_PROBE_S:
+            break
+        _sync(ex.device)
+        t0 = time.perf_counter()
+        step()
         if i > 0:
             best = min(best, time.perf_counter() - t0)
     return conv_macs(topo, patch, 1, 2) * PROBE_BATCH, best
 
 
-def _time_augmentation() -> float:
+def augmentation_batch(patch_size: Sequence[int]):
+    """A callable augmenting one random batch of ``PROBE_BATCH`` samples (1 channel, a 30 % foreground
+    label) into ``patch_size`` patches with the training transforms, as a training worker does; what the
+    probe times (`bench/calibration_check.py` runs it in a worker process)."""
     import numpy as np
 
     from AutoSegLib.training.augmentation import augment_batch, training_transforms
     from AutoSegLib.training.sampling import augmentation_patch_size, rotation_settings
 
-    patch = AUGMENT_PROBE_PATCH
-    max_angle, dummy_2d, mirror_axes = rotation_settings(patch)
-    sample = augmentation_patch_size(patch, max_angle, dummy_2d)
-    transforms = training_transforms(patch, max_angle, dummy_2d, mirror_axes)
+    max_angle, dummy_2d, mirror_axes = rotation_settings(patch_size)
+    sample = augmentation_patch_size(patch_size, max_angle, dummy_2d)
+    transforms = training_transforms(patch_size, max_angle, dummy_2d, mirror_axes)
     rng = np.random.default_rng(0)
     data = rng.standard_normal((PROBE_BATCH, 1, *sample)).astype(np.float32)
     seg = (rng.random((PROBE_BATCH, 1, *sample)) > 0.7).astype(np.int16)
+    return lambda: augment_batch(transforms, data.copy(), seg.copy())
+
+
+def _time_augmentation() -> float:
+    import numpy as np
+
+    patch = AUGMENT_PROBE_PATCH
+    augment = augmentation_batch(patch)
     # The transforms are random (rotation and scaling with probability 0.2 each...): the mean over
     # AUGMENT_BATCHES batches, not the minimum, is what a training run pays.
     np_state = np.random.get_state()  # batchgenerators draws from numpy's global generator
@@ -311,7 +329,7 @@ def _time_augmentation() -> float:
         np.random.seed(0)
         t0 = time.perf_counter()
         for _ in range(AUGMENT_BATCHES):
-            augment_batch(transforms, data.copy(), seg.copy())
+            augment()
         mean = (time.perf_counter() - t0) / AUGMENT_BATCHES
     finally:
         np.random.set_state(np_state)
