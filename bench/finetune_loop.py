@@ -116,6 +116,9 @@ def main() -> int:
     ap.add_argument("--precision", default="float32", choices=("float32", "auto", "bfloat16"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--root", type=Path, default=Path("/tmp/autoseg_bench_loop"))
+    ap.add_argument("--finetune-lrs", default="default",
+                    help="comma-separated initial learning rates for (a), one fine-tuned model each; "
+                         "'default' is train's own fine-tuning default (e.g. default,0.01)")
     args = ap.parse_args()
     data = SHARED / "data" / "LA2018_1p25mm"
     if not data.is_dir():
@@ -134,22 +137,30 @@ def main() -> int:
     t0 = time.time()
 
     wa, wf, wn = root / "work_A", root / "work_finetune", root / "work_new"
+    lrs = [x.strip() for x in args.finetune_lrs.split(",") if x.strip()]
+    finetuned = [(lr, wf if i == 0 else root / f"work_finetune_lr{lr}") for i, lr in enumerate(lrs)]
     run("plan_A", "plan-and-preprocess", str(raw_a), "-o", str(wa), "--time-budget-minutes",
         f"{args.first_minutes:g}", "--workers", str(args.threads), *dev)
     run("train_A", "train", str(wa), "auto", "0", *train_opts)
     run("plan_finetune", "plan-and-preprocess", str(raw_ab), "-o", str(wf), "--plans-from", str(wa),
         "--workers", str(args.threads))
-    run("train_finetune", "train", str(wf), "auto", "0", "--init-from", str(wa), "--time-budget-minutes",
-        f"{args.next_minutes:g}", *train_opts)
+    for lr, work in finetuned:  # the same plans and preprocessed cases, each its own training output
+        if work != wf:
+            shutil.copytree(wf, work, ignore=shutil.ignore_patterns("trained"))
+    for lr, work in finetuned:
+        lr_opts = [] if lr == "default" else ["--learning-rate", lr]
+        run(f"train_finetune_{lr}", "train", str(work), "auto", "0", "--init-from", str(wa),
+            "--time-budget-minutes", f"{args.next_minutes:g}", *lr_opts, *train_opts)
     run("plan_new", "plan-and-preprocess", str(raw_ab), "-o", str(wn), "--time-budget-minutes",
         f"{args.next_minutes:g}", "--workers", str(args.threads), *dev)
     run("train_new", "train", str(wn), "auto", "0", *train_opts)
 
     rows = []
-    for name, work, cases, what in (
-            ("A", wa, 16, f"16 cases, new, {args.first_minutes:g} min"),
-            ("finetune", wf, 32, f"A fine-tuned on 32 cases, {args.next_minutes:g} min"),
-            ("new", wn, 32, f"32 cases, new, {args.next_minutes:g} min")):
+    models = [("A", wa, 16, f"16 cases, new, {args.first_minutes:g} min")]
+    models += [(f"finetune_{lr}", work, 32, f"A fine-tuned on 32 cases, {args.next_minutes:g} min")
+               for lr, work in finetuned]
+    models += [("new", wn, 32, f"32 cases, new, {args.next_minutes:g} min")]
+    for name, work, cases, what in models:
         rows.append({"model": name, "what": what, "cases": cases, **trained(work),
                      **score(run, name, work, images, labels)})
         print(json.dumps(rows[-1]), flush=True)
