@@ -70,6 +70,12 @@ class TrainingConfig:
         Test-time mirroring in that final validation (8 flips in 3D: slow on CPU).
     batch_size : int or None
         Override the plans' batch size (None: the plans').
+    fill_budget : bool
+        With a time budget: train until the budget is used (its validation time kept), not only for
+        ``epochs``, which is then the planned estimate; the learning rate anneals on the budget's time
+        alone, so it reaches 0 when training stops however fast the iterations run. `budget_defaults` turns
+        it on unless the user set the schedule: a budget plan's iteration count is a prediction, and the
+        30-minute LA plan that the calibration overestimated 1.32x finished 7.5 minutes early without it.
     """
     epochs: int = 1000
     iterations_per_epoch: int = 250
@@ -94,6 +100,7 @@ class TrainingConfig:
     validate_at_end: bool = True
     mirror_at_validation: bool = True
     batch_size: Optional[int] = None
+    fill_budget: bool = False
 
     def __post_init__(self):
         problems = []
@@ -131,15 +138,22 @@ class TrainingConfig:
             raise AutoSegError(f"{source}: unknown training settings {sorted(unknown)}.")
         return cls(**d)
 
-    def lr_at(self, epoch: int, elapsed_s: Optional[float] = None) -> float:
-        """Poly learning rate for ``epoch`` (0-based).
+    @property
+    def fills_budget(self) -> bool:
+        """True when training runs until its time budget is used (``fill_budget`` with a budget)."""
+        return self.fill_budget and self.time_budget_minutes is not None
+
+    def lr_at(self, epoch: float, elapsed_s: Optional[float] = None) -> float:
+        """Poly learning rate for ``epoch`` (0-based, fractional within an epoch).
 
         With a time budget, the schedule's progress is the larger of the epoch fraction and the fraction of
         the budget used (``elapsed_s``), so a run stopped by its budget has still annealed its learning
-        rate instead of stopping at the start of a 1000-epoch schedule."""
+        rate instead of stopping at the start of a 1000-epoch schedule. When the run fills its budget
+        (`fills_budget`), the progress is the budget fraction alone: ``epochs`` is only an estimate then."""
         fraction = min(epoch, self.epochs) / self.epochs
         if self.time_budget_minutes is not None and elapsed_s is not None:
-            fraction = max(fraction, min(elapsed_s / (60.0 * self.time_budget_minutes), 1.0))
+            used = min(elapsed_s / (60.0 * self.time_budget_minutes), 1.0)
+            fraction = used if self.fills_budget else max(fraction, used)
         return self.initial_lr * (1 - fraction) ** self.poly_exponent
 
 
@@ -147,14 +161,16 @@ def budget_defaults(config: TrainingConfig, budget, explicitly_set: "set[str]") 
     """The schedule a budget configuration was planned for (``planning.plans.BudgetPlan``), for the fields
     the user did not set: the time budget (the planned one), epochs and iterations that it buys (rescaled
     when the user gave another time budget), validation batches, the planned device and precision, and no
-    mirroring in the final validation (8x its cost in 3D, which the budget does not pay for)."""
+    mirroring in the final validation (8x its cost in 3D, which the budget does not pay for). The run fills
+    its budget (``fill_budget``) unless the user set the epochs or iterations per epoch."""
     from AutoSegLib.planning.budget import schedule_for
 
     minutes = config.time_budget_minutes if "time_budget_minutes" in explicitly_set else budget.minutes
     epochs, per_epoch, val_iterations = schedule_for(budget, minutes)
     planned = {"time_budget_minutes": minutes, "epochs": epochs, "iterations_per_epoch": per_epoch,
                "val_iterations": val_iterations, "precision": budget.precision, "device": budget.device,
-               "mirror_at_validation": False}
+               "mirror_at_validation": False,
+               "fill_budget": not explicitly_set & {"epochs", "iterations_per_epoch"}}
     return config.replace(**{k: v for k, v in planned.items() if k not in explicitly_set})
 
 

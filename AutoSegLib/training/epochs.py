@@ -28,7 +28,8 @@ CHECKPOINT_EVERY_S = 600.0
 
 
 class EpochRunner:
-    """Runs epochs ``state["epoch"] .. config.epochs - 1`` (or until the time budget), updating ``state``
+    """Runs epochs ``state["epoch"] .. config.epochs - 1`` (or until the time budget; past ``config.epochs``
+    while time is left when the configuration fills its budget), updating ``state``
     (epoch, iteration within it, log, ema, best_ema, elapsed_s) in place. A cascade stage passes
     ``previous_folder`` and ``cascade_values`` (see `workers.BatchSpec`); ``final_cases`` are the cases the
     fold's final validation will predict (their windows are reserved from a time budget).
@@ -96,13 +97,26 @@ class EpochRunner:
 
     def _training_eta(self, elapsed: float, iterations_left: int) -> Optional[float]:
         """Seconds until this training ends (validation included), from the mean iteration time so far,
-        never beyond the time budget."""
+        never beyond the time budget (exactly the budget's rest when the run fills it)."""
+        budget = self.config.time_budget_minutes
+        if self.config.fills_budget:
+            return max(0.0, budget * 60 - elapsed)
         if self.mean_step_s is None:
             return None
         eta = iterations_left * self.mean_step_s + self.reserve_seconds()
-        if self.config.time_budget_minutes is not None:
-            eta = min(eta, max(0.0, self.config.time_budget_minutes * 60 - elapsed))
+        if budget is not None:
+            eta = min(eta, max(0.0, budget * 60 - elapsed))
         return eta
+
+    def _expected_epochs(self, epoch: int, iterations_done: int, elapsed: float) -> int:
+        """The epoch count to show: the configured one, or, when the run fills its budget, the epochs that
+        the time left buys at the measured iteration time (never fewer than the current one)."""
+        cfg = self.config
+        if not cfg.fills_budget or self.mean_step_s is None:
+            return max(cfg.epochs, epoch + 1) if cfg.fills_budget else cfg.epochs
+        time_left = max(0.0, cfg.time_budget_minutes * 60 - elapsed - self.reserve_seconds())
+        total = epoch * cfg.iterations_per_epoch + iterations_done + time_left / self.mean_step_s
+        return max(epoch + 1, math.ceil(total / cfg.iterations_per_epoch))
 
     def run(self, fold_dir: Path, base: dict) -> None:
         cfg, state, info = self.config, self.state, self.info
@@ -112,8 +126,11 @@ class EpochRunner:
         stop = False
         steps_timed, step_time_sum = 0, 0.0
         last_checkpoint = time.monotonic()
-        while state["epoch"] < cfg.epochs and not stop:
+        while not stop:
             epoch = int(state["epoch"])
+            if epoch >= cfg.epochs and not (cfg.fills_budget and
+                                            not self._over_budget(elapsed0 + (time.monotonic() - t_run))):
+                break
             first = int(state.get("iteration") or 0)  # > 0 after resuming from a mid-epoch checkpoint
             losses: List[float] = [float(v) for v in state.get("partial_losses") or []]
             t0 = time.monotonic()
@@ -143,7 +160,8 @@ class EpochRunner:
                 if now - last_emit >= PROGRESS_EVERY_S or it + 1 == ipe or over:
                     last_emit = now
                     left = (cfg.epochs - epoch) * ipe - (it + 1)
-                    emit(self.progress, "progress", stage=f"epoch {epoch + 1}/{cfg.epochs}", current=it + 1,
+                    epochs = self._expected_epochs(epoch, it + 1, elapsed)
+                    emit(self.progress, "progress", stage=f"epoch {epoch + 1}/{epochs}", current=it + 1,
                          total=ipe, eta_s=self._training_eta(elapsed, left), message=f"loss {losses[-1]:.4f}")
                 if over:
                     stop = True
@@ -180,7 +198,8 @@ class EpochRunner:
                 last_checkpoint = time.monotonic()
             left = (cfg.epochs - state["epoch"]) * ipe
             emit(self.progress, "epoch", configuration=self.configuration, fold=str(self.fold), epoch=epoch,
-                 epochs=cfg.epochs, train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice,
+                 epochs=epoch + 1 if stop else self._expected_epochs(state["epoch"], 0, state["elapsed_s"]),
+                 train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice,
                  ema_pseudo_dice=ema, lr=lr, epoch_time_s=epoch_time,
                  eta_s=0.0 if stop else self._training_eta(state["elapsed_s"], left))
 

@@ -69,6 +69,50 @@ def test_a_kill_inside_a_long_epoch_resumes_at_its_iteration(work, monkeypatch):
     assert len(log) == 1 and log[0]["iterations"] == 10       # the epoch is complete, its losses kept
 
 
+class StepClock:
+    """Stands for `time` in the epoch loop: the clock moves only by ``step_s`` per training step, so the
+    number of steps a budget buys is known in advance whatever the machine's load."""
+
+    def __init__(self, step_s):
+        self.t, self.step_s = 0.0, step_s
+
+    def monotonic(self):
+        return self.t
+
+    @staticmethod
+    def time():
+        import time
+        return time.time()
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_a_run_ahead_of_its_plan_fills_its_budget(work, monkeypatch, fill):
+    clock = StepClock(step_s=10.0)
+    monkeypatch.setattr(epochs_mod, "time", clock)
+    real_step = epochs_mod.train_step
+
+    def timed_step(*a, **kw):
+        clock.t += clock.step_s
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(epochs_mod, "train_step", timed_step)
+    events = []
+    # planned: 1 epoch of 3 steps (30 s) in a 2-minute budget, with nothing to validate at the end
+    cfg = FAST.replace(epochs=1, iterations_per_epoch=3, time_budget_minutes=2.0, validate_at_end=False,
+                       fill_budget=fill)
+    out = train_fold(work, "3d_fullres", 0, cfg, progress=events.append)
+    log = read_log(out)
+    steps = sum(e["iterations"] for e in log)
+    if not fill:
+        assert steps == 3 and len(log) == 1  # done after the planned epoch, 90 s of the budget unused
+        return
+    # the setup's real seconds count too, so at most 12 and at least 10 steps of 10 s fit in 120 s
+    assert 10 <= steps <= 12 and len(log) >= 4
+    assert log[-1]["lr"] < 0.01 * (1 - 90 / 120) ** 0.9  # annealed by the minutes, not by the 1 epoch planned
+    epochs = [e for e in events if e.get("event") == "epoch"]
+    assert epochs[-1]["epochs"] == len(log) and epochs[-1]["eta_s"] == 0.0
+
+
 def test_the_reserve_counts_the_final_validation_windows():
     runner = object.__new__(epochs_mod.EpochRunner)
     runner.config = TrainingConfig(val_iterations=3, mirror_at_validation=True)
@@ -162,6 +206,10 @@ def test_a_budget_run_without_a_schedule_takes_the_planned_one(tmp_path):
     assert (cfg.epochs, cfg.iterations_per_epoch, cfg.val_iterations) == (b.epochs, b.iterations_per_epoch,
                                                                            b.val_iterations)
     assert cfg.time_budget_minutes == b.minutes and not cfg.mirror_at_validation
+    assert cfg.fills_budget  # the planned iterations are a prediction: the run uses the time it was given
+    # a schedule the user set is a schedule: it ends where the user said
+    assert not budget_defaults(TrainingConfig(epochs=3), b, {"epochs"}).fill_budget
+    assert not budget_defaults(TrainingConfig(iterations_per_epoch=7), b, {"iterations_per_epoch"}).fill_budget
     # another time: the schedule is rescaled to what that time buys
     cfg = budget_defaults(TrainingConfig(time_budget_minutes=2 * b.minutes), b, {"time_budget_minutes"})
     ratio = cfg.epochs * cfg.iterations_per_epoch / b.iterations
