@@ -54,7 +54,7 @@ def describe(plans, progress) -> None:
         progress({"event": "log", "level": "info", "message": (
             f"{b.configuration}: planned for {b.minutes:g} min on {b.device} ({b.precision}): {b.iterations} "
             f"iterations of {b.step_seconds:.2f} s ({b.epochs} epochs x {b.iterations_per_epoch}), "
-            f"{b.reserve_seconds:.0f} s kept for validation; spacing x{b.spacing_factor:g}, measured "
+            f"{b.reserve_seconds:.0f} s kept for validation (training goes on while time is left); spacing x{b.spacing_factor:g}, measured "
             f"{b.gflops:.0f} GFLOP/s")})
 
 

@@ -47,8 +47,9 @@ class TrainingConfig:
     torch_threads : int or None
         Intra-op threads of torch on CPU; None chooses.
     time_budget_minutes : float or None
-        Stop after the epoch during which this much wall-clock time has passed (the fold's final
-        validation still runs).
+        Wall-clock minutes for the whole training, its validation included: training stops (inside an
+        epoch if need be) early enough for the epoch's validation batches and the fold's final validation
+        to end within it.
     seed : int
         Seeds weights, sampling and augmentation.
     device : str

@@ -189,8 +189,9 @@ def budget_summary(plans: dict, now: Optional[float] = None) -> Optional[str]:
     finish = time.strftime("%H:%M", time.localtime((now or time.time()) + 60 * float(budget["minutes"])))
     return (f"{budget['configuration']}: {' x '.join(f'{v:.3g}' for v in spacing)} mm voxels "
             f"({budget['spacing_factor']:g}x the data's), patch {' x '.join(str(p) for p in conf.get('patch_size', []))}, "
-            f"{budget['iterations']} iterations of about {budget['step_seconds']:.2f} s on {budget['device']} "
-            f"({budget['precision']}), validation included: training expected to finish at {finish} "
+            f"about {budget['iterations']} iterations of {budget['step_seconds']:.2f} s on {budget['device']} "
+            f"({budget['precision']}; more if they run faster: training uses its whole budget), validation "
+            f"included: training expected to finish at {finish} "
             f"({budget['minutes']:g} min).")
 
 
