@@ -19,7 +19,6 @@ Pipeline, in order::
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 

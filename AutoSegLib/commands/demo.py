@@ -20,7 +20,6 @@ Everything goes under ``--output`` (default ``./autoseg_demo``): ``raw/`` (gener
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os

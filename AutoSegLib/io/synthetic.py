@@ -6,7 +6,6 @@ structures with its own contrast. Deterministic for a given seed.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence, Tuple
 

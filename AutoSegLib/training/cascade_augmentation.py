@@ -26,7 +26,7 @@ erosion (a patch border is not an object border).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 

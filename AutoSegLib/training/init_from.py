@@ -120,7 +120,7 @@ def load_initial_weights(source: "str | Path", net: torch.nn.Module, configurati
         if extra:
             parts.append(f"{len(extra)} unexpected parameter(s) (e.g. {extra[:3]})")
         raise AutoSegError(f"--init-from {path}: another architecture than configuration {configuration!r} of these "
-                           f"plans: " + "; ".join(parts) + ". Plan with the same settings as the source model "
-                           f"(patch, stages, features) or train from scratch.")
+                           "plans: " + "; ".join(parts) + ". Plan with the same settings as the source model "
+                           "(patch, stages, features) or train from scratch.")
     net.load_state_dict(weights, strict=True)
     return path, {"init_from": str(path), "source_epoch": ckpt.get("epoch")}

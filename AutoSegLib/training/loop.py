@@ -6,7 +6,7 @@ output's size here, on the device, instead of in the workers.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
