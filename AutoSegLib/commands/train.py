@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations-per-epoch", type=int, default=None, help="training batches per epoch (default 250)")
     parser.add_argument("--val-iterations", type=int, default=None, help="validation batches per epoch (default 50)")
     parser.add_argument("--learning-rate", type=float, default=None,
-                        help="initial learning rate (default 0.01; 0.001 with --init-from)")
+                        help="initial learning rate (default 0.01, with --init-from too)")
     parser.add_argument("--time-budget-minutes", type=float, default=None,
                         help="the whole training, its validation included, ends within this time (default for a "
                              "budget configuration: the planned budget; its schedule is rescaled to this time)")

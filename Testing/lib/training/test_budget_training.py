@@ -192,7 +192,7 @@ def test_train_auto_predict_find_best_and_fine_tune_a_budget_configuration(tmp_p
     assert main(["train", str(work), "auto", "1", "--init-from", str(work), *common, "--output",
                  str(tmp_path / "ft")]) == 0
     ft = json.loads((tmp_path / "ft" / "trained" / "3d_budget" / "fold_1" / "training_config.json").read_text())
-    assert ft["init_from"] == str(work) and ft["initial_lr"] == pytest.approx(1e-3)
+    assert ft["init_from"] == str(work) and ft["initial_lr"] == pytest.approx(0.01)
     assert (work / "plans.json").read_bytes() == plans_before
     assert Plans.from_json(work / "plans.json").budget == plans.budget
 

@@ -34,3 +34,13 @@ def test_a_run_that_fills_its_budget_anneals_on_time_alone():
     # without a budget there is nothing to fill: the epochs rule
     free = TrainingConfig(epochs=4, initial_lr=0.01, fill_budget=True)
     assert not free.fills_budget and free.lr_at(2, elapsed_s=60) == pytest.approx(0.01 * 0.5 ** 0.9)
+
+
+def test_fine_tuning_shortens_the_schedule_and_keeps_the_rate():
+    from AutoSegLib.training.config import finetune_defaults
+
+    cfg = finetune_defaults(TrainingConfig(init_from="model"), set())
+    assert cfg.epochs == 100 and cfg.initial_lr == pytest.approx(0.01)
+    # what the user set stays
+    cfg = finetune_defaults(TrainingConfig(init_from="model", epochs=7, initial_lr=0.002), {"epochs", "initial_lr"})
+    assert (cfg.epochs, cfg.initial_lr) == (7, 0.002)
