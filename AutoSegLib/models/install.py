@@ -33,6 +33,7 @@ from typing import Iterator, Optional, Sequence
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.atomic import atomic_path, output_folder, replace_dir, write_json
+from AutoSegLib.io.jsonfile import read_json
 from AutoSegLib.io.work_folder import (CHECKPOINT_FINAL, DATASET_JSON, FINGERPRINT_JSON, FOLD_RECORDS, INFERENCE_JSON,
                                        PLANS_JSON, SPLITS_JSON, fold_dir, trained_folds)
 from AutoSegLib.progress import ProgressCallback, ProgressTracker, emit
@@ -45,6 +46,18 @@ __all__ = ["import_models", "install_from_work", "write_model_folder", "merge_mo
 #: must be there).
 WORK_TOP_FILES = (DATASET_JSON, PLANS_JSON, FINGERPRINT_JSON, INFERENCE_JSON, "find_best_report.json",
                   "find_best_report.md", SPLITS_JSON)
+#: Top files of which a model keeps everything but ``dataset_path``: the folder the raw training data was in
+#: on the machine that trained is no use to a model, and travels with it when it is exported and shared.
+WITHOUT_DATASET_PATH = (DATASET_JSON, FINGERPRINT_JSON)
+
+
+def without_dataset_path(record: dict, name: str = DATASET_JSON) -> dict:
+    """``record``, the model's ``name`` (dataset.json or fingerprint.json), without the raw data's folder:
+    dataset.json loses the key (as `import_models` writes it), fingerprint.json keeps it empty (a field of
+    `fingerprint.Fingerprint`)."""
+    if name == FINGERPRINT_JSON:
+        return {**record, "dataset_path": ""} if "dataset_path" in record else dict(record)
+    return {k: v for k, v in record.items() if k != "dataset_path"}
 
 
 def _load_source(source: Path, scratch: Path):
@@ -135,8 +148,7 @@ def write_model_folder(model, dest: "str | Path", progress: Optional[ProgressCal
     dest = Path(dest)
     dest.mkdir(parents=True)
     model.plans.to_json(dest / "plans.json")
-    dataset = {k: v for k, v in model.dataset.items() if k != "dataset_path"}
-    write_json(dest / "dataset.json", dataset)
+    write_json(dest / "dataset.json", without_dataset_path(model.dataset))
     layout = model.label_layout
     total = sum(len(c.folds) for c in model.configurations.values())
     tracker = ProgressTracker(progress, "import-model", total)
@@ -197,7 +209,8 @@ def install_from_work(work: "str | os.PathLike", models_dir: "str | os.PathLike"
                       metadata: Optional[dict] = None) -> Path:
     """Install the finished training in ``work`` as the model folder ``models_dir/<name>``.
 
-    The model folder gets the work folder's `WORK_TOP_FILES` (as they are) and, for every fold with a final
+    The model folder gets the work folder's `WORK_TOP_FILES` (as they are, but for the raw data's
+    ``dataset_path``: `WITHOUT_DATASET_PATH`) and, for every fold with a final
     checkpoint, that checkpoint and the fold's `FOLD_RECORDS` (the records `import_models` keeps too), plus
     ``model.json``: ``metadata`` with ``"configurations"`` (``{configuration: [fold, ...]}``) added. The
     copy is assembled in a hidden folder in ``models_dir`` and renamed into place when complete.
@@ -243,7 +256,9 @@ def install_from_work(work: "str | os.PathLike", models_dir: "str | os.PathLike"
     with output_folder(models_dir), _staged(final) as stage:
         stage.mkdir()
         for top in WORK_TOP_FILES:
-            if (work / top).is_file():
+            if top in WITHOUT_DATASET_PATH and (work / top).is_file():
+                write_json(stage / top, without_dataset_path(read_json(work / top, expect=dict), top))
+            elif (work / top).is_file():
                 _copy_file(work / top, stage / top)
         for configuration, fold_names in folds.items():
             for fold in fold_names:

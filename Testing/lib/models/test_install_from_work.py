@@ -19,6 +19,7 @@ def _work(root):
     (root / "preprocessed" / "plans_3d" / "c1.npy").write_bytes(b"data")
     (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "a": 1}, "dataset_path": "/raw"}))
     (root / "plans.json").write_text('{"plans": 1}')
+    (root / "fingerprint.json").write_text(json.dumps({"dataset_path": "/home/me/patients", "cases": []}))
     (root / "splits_final.json").write_text("[]")
     for conf, fold, final in (("3d_fullres", "0", True), ("3d_fullres", "1", True), ("2d", "0", False)):
         fdir = fold_dir(root, conf, fold)
@@ -44,11 +45,14 @@ def test_installs_the_final_folds_with_their_records_and_nothing_else(tmp_path):
     assert dest == tmp_path / "models" / "Liver_v2"
     got = _files(dest)
     fold_files = ["checkpoint_final.pt", "training_config.json", "training_log.jsonl", "validation/summary.json"]
-    expected = {"dataset.json", "plans.json", "splits_final.json", "model.json",
+    expected = {"dataset.json", "plans.json", "fingerprint.json", "splits_final.json", "model.json",
                 *(f"trained/3d_fullres/fold_{k}/{f}" for k in "01" for f in fold_files)}
     assert set(got) == expected                  # no 2d (no final checkpoint), no preprocessed data, no npz
-    for name in expected - {"model.json"}:
+    for name in expected - {"model.json", "dataset.json", "fingerprint.json"}:
         assert got[name] == (work / name).read_bytes(), name
+    # where the raw training data was is not the model's business, and would travel with an exported model
+    assert json.loads(got["dataset.json"]) == {"labels": {"background": 0, "a": 1}}
+    assert json.loads(got["fingerprint.json"]) == {"dataset_path": "", "cases": []}
     assert json.loads(got["model.json"]) == {"name": "Liver", "version": "2",
                                              "configurations": {"3d_fullres": ["0", "1"]}}
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["Liver_v2"]   # no staging left
