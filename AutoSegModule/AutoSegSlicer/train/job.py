@@ -213,10 +213,16 @@ class TrainingJob:
         self._log("=== failed: " + text)
 
     def _disk_full_message(self, step: Step, message: str) -> str:
+        """The full disk named by the folder the step was writing: the models folder for the install, else
+        the work folder."""
         import shutil
 
+        if step.command == "install":
+            where, folder, clean = "the models folder", Path(self.logic.models_dir), "old models"
+        else:
+            where, folder, clean = "the work folder", Path(self.state.work), "old work folders"
         try:
-            free = shutil.disk_usage(self.state.work).free / 2 ** 30
+            free = shutil.disk_usage(folder).free / 2 ** 30
             free_s = f" ({free:.1f} GiB free now)"
         except OSError:
             free_s = ""
@@ -227,8 +233,8 @@ class TrainingJob:
                 epoch = self._last_epoch.get("epoch") if self._last_epoch else None
                 at = f" (after epoch {int(epoch) + 1})" if epoch is not None else ""
                 kept = f" The last good checkpoint{at} is kept: {ckpt}."
-        return (f"The disk holding the work folder {self.state.work} is full{free_s}: {message}\nTraining stopped."
-                f"{kept} Free some disk space (or delete old work folders), then press Resume to continue.")
+        return (f"The disk holding {where} {folder} is full{free_s}: {message}\nTraining stopped."
+                f"{kept} Free some disk space (or delete {clean}), then press Resume to continue.")
 
     # -- events ------------------------------------------------------------------------------
     def _handle(self, event: dict) -> None:
