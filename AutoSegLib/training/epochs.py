@@ -128,9 +128,9 @@ class EpochRunner:
         last_checkpoint = time.monotonic()
         while not stop:
             epoch = int(state["epoch"])
-            if epoch >= cfg.epochs and not (cfg.fills_budget and
-                                            not self._over_budget(elapsed0 + (time.monotonic() - t_run))):
-                break
+            if epoch >= cfg.epochs and (not cfg.fills_budget or
+                                        self._over_budget(elapsed0 + (time.monotonic() - t_run))):
+                break  # the planned epochs are done, and there is no budget left to fill
             first = int(state.get("iteration") or 0)  # > 0 after resuming from a mid-epoch checkpoint
             losses: List[float] = [float(v) for v in state.get("partial_losses") or []]
             t0 = time.monotonic()
