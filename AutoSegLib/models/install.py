@@ -256,9 +256,11 @@ def install_from_work(work: "str | os.PathLike", models_dir: "str | os.PathLike"
     with output_folder(models_dir), _staged(final) as stage:
         stage.mkdir()
         for top in WORK_TOP_FILES:
-            if top in WITHOUT_DATASET_PATH and (work / top).is_file():
+            if not (work / top).is_file():
+                continue
+            if top in WITHOUT_DATASET_PATH:
                 write_json(stage / top, without_dataset_path(read_json(work / top, expect=dict), top))
-            elif (work / top).is_file():
+            else:
                 _copy_file(work / top, stage / top)
         for configuration, fold_names in folds.items():
             for fold in fold_names:

@@ -112,8 +112,10 @@ class EpochRunner:
         """The epoch count to show: the configured one, or, when the run fills its budget, the epochs that
         the time left buys at the measured iteration time (never fewer than the current one)."""
         cfg = self.config
-        if not cfg.fills_budget or self.mean_step_s is None:
-            return max(cfg.epochs, epoch + 1) if cfg.fills_budget else cfg.epochs
+        if not cfg.fills_budget:
+            return cfg.epochs
+        if self.mean_step_s is None:
+            return max(cfg.epochs, epoch + 1)
         time_left = max(0.0, cfg.time_budget_minutes * 60 - elapsed - self.reserve_seconds())
         total = epoch * cfg.iterations_per_epoch + iterations_done + time_left / self.mean_step_s
         return max(epoch + 1, math.ceil(total / cfg.iterations_per_epoch))
