@@ -51,7 +51,8 @@ def fingerprint(dataset: PathLike, output: Optional[PathLike] = None, num_worker
 def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: float = 8.0,
          num_workers: Optional[int] = None, force_fingerprint: bool = False, progress=None,
          time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
-         calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None) -> Tuple[Path, "Plans"]:
+         calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None,
+         budget_target_iterations: Optional[int] = None) -> Tuple[Path, "Plans"]:
     """Fingerprint (reused while current) and plan ``dataset`` into the work folder ``output`` (default
     ``./autoseg_work/<dataset name>``; never inside the dataset). Writes fingerprint.json, plans.json and
     dataset.json (with "dataset_path"). Returns (work folder, plans).
@@ -63,7 +64,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
     With ``time_budget_minutes`` the plans also get a configuration sized for that much training on
     ``device`` at ``precision`` ("auto": as training resolves it), from a measurement of the device
     cached in ``calibration_cache`` (default `training.calibration.default_cache_path`); see
-    `planning.budget`."""
+    `planning.budget`. ``budget_target_iterations`` changes that plan's iteration target (more iterations at
+    a coarser spacing)."""
     from AutoSegLib.errors import AutoSegError
     from AutoSegLib.io.datasets import load_dataset
     from AutoSegLib.io.work_folder import resolve_work_dir, write_work_dataset_json
@@ -77,6 +79,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
             raise AutoSegError("--plans-from keeps the model's plans, --time-budget-minutes makes new ones: give one "
                                "of them (to fine-tune for a time, pass --time-budget-minutes to `autoseg train`).")
         return _adopt_plans(dataset, output, plans_from)
+    if budget_target_iterations is not None and time_budget_minutes is None:
+        raise AutoSegError("--budget-iterations sets how a time budget is planned: give --time-budget-minutes too.")
     if num_workers is not None and num_workers < 1:
         raise AutoSegError(f"--workers must be at least 1; got {num_workers}.")
     calibration = None
@@ -91,7 +95,7 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
     if progress:
         progress({"event": "stage", "stage": "plan", "message": f"{ds.name}, {gpu_memory_gb:g} GB budget"})
     plans = plan_experiment(fp, ds, gpu_memory_gb=gpu_memory_gb, budget_minutes=time_budget_minutes,
-                            calibration=calibration)
+                            calibration=calibration, budget_target_iterations=budget_target_iterations)
     plans.to_json(work / "plans.json")
     write_work_dataset_json(ds, work)
     return work, plans
@@ -138,8 +142,8 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
                         configurations: Optional[Sequence[str]] = None, num_workers: Optional[int] = None,
                         force: bool = False, force_fingerprint: bool = False, progress=None,
                         time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
-                        calibration_cache: Optional[PathLike] = None,
-                        plans_from: Optional[PathLike] = None) -> Tuple[Path, "Plans", dict]:
+                        calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None,
+                        budget_target_iterations: Optional[int] = None) -> Tuple[Path, "Plans", dict]:
     """verify (inside the fingerprint) + fingerprint + plan + preprocess. Returns (work folder, plans,
     preprocessing summary). With a time budget (see `plan`) and no ``configurations``, only the budget
     configuration is preprocessed (the one that budget will train); with ``plans_from``, the configurations
@@ -149,7 +153,8 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
 
     work, plans = plan(dataset, output, gpu_memory_gb, num_workers, force_fingerprint, progress,
                        time_budget_minutes=time_budget_minutes, device=device, precision=precision,
-                       calibration_cache=calibration_cache, plans_from=plans_from)
+                       calibration_cache=calibration_cache, plans_from=plans_from,
+                       budget_target_iterations=budget_target_iterations)
     if configurations is None and plans_from is not None:
         configurations = [c for c in trained_folds(plans_from) if c in plans.configurations] or None
     if configurations is None and plans.budget is not None:

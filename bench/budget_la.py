@@ -2,7 +2,8 @@
 the budget configuration against the stock 3d_fullres plans, at float32 (every AVX2 laptop) and auto.
 
     .venv/bin/python bench/budget_la.py [--budgets 15 30 60] [--variants budget stock]
-                                        [--precisions float32 auto] [--root /tmp/autoseg_bench_budget]
+                                        [--precisions float32 auto] [--budget-iterations N]
+                                        [--root /tmp/autoseg_bench_budget]
 
 For each budget x variant x precision, one ``autoseg demo --dataset LA2018_1p25mm --holdout 16 --folds 0``
 run in a child process (wall time and peak memory of its process tree measured): the same 16 cases
@@ -31,16 +32,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import AUTOSEG_PYTHON, REPO, SHARED, bench_env, run_measured  # noqa: E402
 
 
-def run_one(root: Path, budget: float, variant: str, precision: str, threads: int) -> dict:
+def run_one(root: Path, budget: float, variant: str, precision: str, threads: int,
+            budget_iterations: "int | None" = None) -> dict:
     from AutoSegLib.io.work_folder import fold_dir
     data = SHARED / "data" / "LA2018_1p25mm"
-    out = root / f"{variant}_{precision}_{budget:g}min"
+    target = f"_it{budget_iterations}" if budget_iterations and variant == "budget" else ""
+    out = root / f"{variant}_{precision}_{budget:g}min{target}"
     if out.exists():
         shutil.rmtree(out)
     cmd = [str(AUTOSEG_PYTHON), "-m", "AutoSegLib", "demo", "--dataset", str(data), "-o", str(out),
            "--holdout", "16", "--folds", "0", "--time-budget-minutes", str(budget), "--device", "cpu",
            "--precision", precision, "--workers", str(threads), "--tta",
            "--configuration", "auto" if variant == "budget" else "3d_fullres"]
+    if target:  # the plan rule's iteration target (planning.budget.TARGET_ITERATIONS unless given)
+        cmd += ["--budget-iterations", str(budget_iterations)]
     if variant == "stock":  # the recipe's epochs, shortened so that progress and checkpoints come regularly
         cmd += ["--iterations-per-epoch", "10", "--val-iterations", "2"]
     measured = run_measured(cmd, env=bench_env(threads=threads), cwd=REPO, log_path=root / f"{out.name}.log",
@@ -70,6 +75,8 @@ def main() -> int:
     ap.add_argument("--budgets", type=float, nargs="+", default=[15.0, 30.0, 60.0])
     ap.add_argument("--variants", nargs="+", default=["budget", "stock"], choices=("budget", "stock"))
     ap.add_argument("--precisions", nargs="+", default=["float32", "auto"], choices=("float32", "auto", "bfloat16"))
+    ap.add_argument("--budget-iterations", type=int, default=None, metavar="N",
+                    help="the budget plans' iteration target (autoseg --budget-iterations; default the planner's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--root", default="/tmp/autoseg_bench_budget")
     args = ap.parse_args()
@@ -82,7 +89,7 @@ def main() -> int:
     for budget in args.budgets:
         for precision in args.precisions:
             for variant in args.variants:
-                row = run_one(root, budget, variant, precision, args.threads)
+                row = run_one(root, budget, variant, precision, args.threads, args.budget_iterations)
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in ("budget_minutes", "variant", "precision", "dice", "hd95_mm",
                                                       "iterations", "train_s", "wall_s")}), flush=True)
@@ -91,10 +98,11 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     md = [f"# LA2018_1p25mm, 64 training / 16 held-out cases, fold 0, CPU ({stamp})", "",
-          "| budget | plans | precision | spacing | patch | features | iterations | train s | wall s | "
-          "peak MiB | held-out Dice | HD95 mm |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| budget | plans | target iterations | precision | spacing | patch | features | iterations | train s | "
+          "wall s | peak MiB | held-out Dice | HD95 mm |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['budget_minutes']:g} min | {r['configuration']} | {r['autocast']} | "
+        target = (r["planned"] or {}).get("target_iterations", "") if r["variant"] == "budget" else ""
+        md.append(f"| {r['budget_minutes']:g} min | {r['configuration']} | {target} | {r['autocast']} | "
                   f"{r['spacing'][0]:.3g} | {'x'.join(map(str, r['patch']))} | {r['features'][0]}..{r['features'][-1]} | "
                   f"{r['iterations']} | {r['train_s']:.0f} | {r['wall_s']:.0f} | {r['peak_rss_mib']:.0f} | "
                   f"{r['dice']:.4f} | {r['hd95_mm']:.2f} |")

@@ -109,7 +109,8 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
              spacing: Sequence[float] = SYNTH_DEFAULTS["spacing"], holdout: Optional[int] = None,
              device: str = "auto", tta: Optional[bool] = None, num_workers: Optional[int] = None, seed: int = 0,
              val_iterations: Optional[int] = None, precision: str = "auto",
-             calibration_cache: "str | os.PathLike | None" = None, progress=None) -> dict:
+             calibration_cache: "str | os.PathLike | None" = None, budget_target_iterations: Optional[int] = None,
+             progress=None) -> dict:
     """Run the whole pipeline; returns the summary also written to ``output/demo_summary.json``.
 
     Parameters
@@ -124,7 +125,8 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     folds : folds to train (default 0-4).
     configuration : the configuration trained ("auto": the budget configuration).
     precision : training precision the budget is planned for; calibration_cache : where the device's measured
-        speed is cached (training.calibration).
+        speed is cached (training.calibration); budget_target_iterations : the budget rule's iteration target
+        (planning.budget, default TARGET_ITERATIONS).
     holdout : real dataset without labelsTs: number of training cases held out for the test.
     device, tta, num_workers : prediction/training device, test-time mirroring (None: off for generated
         data, on for a real dataset), data workers.
@@ -224,14 +226,16 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     per_fold = time_budget_minutes / len(folds)
     calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
     try:
-        plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
+        plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration,
+                                budget_target_iterations=budget_target_iterations)
     except BudgetTooSmall as exc:  # a slow or busy machine: the demo still runs, for longer, and says so
         note = (f"{exc} The demo trains each fold for {exc.smallest_minutes} minutes instead of "
                 f"{per_fold:g}.")
         emit(progress, "log", level="warning", message=note)
         notes.append(note)
         per_fold = float(exc.smallest_minutes)
-        plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration)
+        plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration,
+                                budget_target_iterations=budget_target_iterations)
     configuration = plans.configuration(configuration).name  # "auto" -> the budget configuration
     if (work / "plans.json").is_file():
         from AutoSegLib.planning.plans import Plans
@@ -330,7 +334,8 @@ def run(args, progress) -> int:
                        args.folds, args.configuration, args.cases, args.test_cases, shape=args.shape,
                        holdout=args.holdout, val_iterations=args.val_iterations,
                        device=args.device, tta=args.tta, num_workers=args.workers, seed=args.seed,
-                       precision=args.precision, calibration_cache=args.calibration_cache, progress=progress)
+                       precision=args.precision, calibration_cache=args.calibration_cache,
+                       budget_target_iterations=args.budget_iterations, progress=progress)
 
     def f(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"

@@ -29,17 +29,22 @@ def add_budget_arguments(parser) -> None:
 
 
 def add_precision_arguments(parser) -> None:
-    """--precision / --calibration-cache: what a budget is planned for (plan, plan-and-preprocess, demo)."""
+    """--precision / --calibration-cache / --budget-iterations: what a budget is planned for, and how (plan,
+    plan-and-preprocess, demo)."""
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="training precision the budget is planned for (auto: float16 on CUDA, bfloat16 on "
                              "CPUs with native support, else float32)")
     parser.add_argument("--calibration-cache", default=None, metavar="FILE",
                         help="where the device's measured speed is cached (default ~/.cache/autoseg/calibration.json)")
+    parser.add_argument("--budget-iterations", type=int, default=None, metavar="N",
+                        help="the time budget's plan is the finest resolution that buys N training iterations "
+                             "(default 1000); more iterations plan a coarser resolution")
 
 
 def budget_options(args) -> dict:
     return {"time_budget_minutes": args.time_budget_minutes, "device": args.device, "precision": args.precision,
-            "calibration_cache": args.calibration_cache, "plans_from": args.plans_from}
+            "calibration_cache": args.calibration_cache, "plans_from": args.plans_from,
+            "budget_target_iterations": args.budget_iterations}
 
 
 def describe(plans, progress) -> None:
@@ -54,8 +59,9 @@ def describe(plans, progress) -> None:
         progress({"event": "log", "level": "info", "message": (
             f"{b.configuration}: planned for {b.minutes:g} min on {b.device} ({b.precision}): {b.iterations} "
             f"iterations of {b.step_seconds:.2f} s ({b.epochs} epochs x {b.iterations_per_epoch}), "
-            f"{b.reserve_seconds:.0f} s kept for validation (training goes on while time is left); spacing x{b.spacing_factor:g}, measured "
-            f"{b.gflops:.0f} GFLOP/s")})
+            f"{b.reserve_seconds:.0f} s kept for validation (training goes on while time is left); spacing "
+            f"x{b.spacing_factor:g}, the finest that buys {b.target_iterations} iterations; measured {b.gflops:.0f} "
+            f"GFLOP/s")})
 
 
 def run(args, progress) -> int:

@@ -16,8 +16,9 @@ explicit rules from the device's measured cost (`training.calibration.Calibratio
 3. **Patch**: the whole median image when it has at most ``MAX_PATCH_VOXELS`` voxels; otherwise the axis
    largest relative to the median image shrinks by one divisibility step at a time (the stock rule).
    Batch size ``BATCH_SIZE`` (the stock planner's minimum: more, cheaper steps).
-4. **Choice**: the first candidate whose predicted iterations reach ``TARGET_ITERATIONS``; when none
-   does, the candidate with the most iterations. Fewer than ``MIN_ITERATIONS`` is an error that names the
+4. **Choice**: the first candidate whose predicted iterations reach ``TARGET_ITERATIONS`` (or the
+   ``target_iterations`` the user asks for: more iterations at a coarser spacing); when none does, the
+   candidate with the most iterations. Fewer than ``MIN_ITERATIONS`` is an error that names the
    smallest budget that would plan.
 5. **Schedule**: poly learning rate over exactly those iterations (annealed per iteration), epochs of
    ``iterations / EPOCHS_PER_RUN`` iterations (at least ``MIN_ITERATIONS_PER_EPOCH``) so that progress,
@@ -133,8 +134,8 @@ class BudgetTooSmall(AutoSegError):
 
 
 def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], median_shape: Sequence[float],
-                n_channels: int, n_outputs: int, n_cases: int, base_plan, validation_cases: Optional[int] = None
-                ) -> Tuple[object, BudgetPlan]:
+                n_channels: int, n_outputs: int, n_cases: int, base_plan, validation_cases: Optional[int] = None,
+                target_iterations: Optional[int] = None) -> Tuple[object, BudgetPlan]:
     """Choose the budget configuration by the module's rules.
 
     Parameters
@@ -155,6 +156,8 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
         copied from it.
     validation_cases : int, optional
         Cases of the final validation (default ``ceil(n_cases / 5)``).
+    target_iterations : int, optional
+        The choice rule's iteration target (default ``TARGET_ITERATIONS``; at least ``MIN_ITERATIONS``).
 
     Returns
     -------
@@ -164,12 +167,16 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
     ------
     AutoSegError
         The budget buys fewer than ``MIN_ITERATIONS`` iterations of the cheapest candidate (the message
-        names the smallest budget that plans).
+        names the smallest budget that plans); a ``target_iterations`` below ``MIN_ITERATIONS``.
     """
     from AutoSegLib.network.memory import conv_macs
 
     if not minutes > 0:
         raise AutoSegError(f"the time budget must be a positive number of minutes; got {minutes}.")
+    target_iterations = TARGET_ITERATIONS if target_iterations is None else target_iterations
+    if not (isinstance(target_iterations, int) and target_iterations >= MIN_ITERATIONS):
+        raise AutoSegError(f"the budget's target iterations must be a whole number of at least {MIN_ITERATIONS} "
+                           f"(fewer train nothing useful); got {target_iterations!r}.")
     ndim = len(target_spacing)
     name = budget_configuration_name(ndim)
     target = np.asarray(target_spacing, np.float64)
@@ -196,7 +203,7 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
             entry = (float(factor), int(base), tuple(int(p) for p in pool.patch_size), iterations)
             candidates.append(entry)
             scored.append((entry, tuple(float(s) for s in spacing), shape, topo, step, reserve, macs))
-    chosen = next((s for s in scored if s[0][3] >= TARGET_ITERATIONS), None)
+    chosen = next((s for s in scored if s[0][3] >= target_iterations), None)
     if chosen is None:
         chosen = max(scored, key=lambda s: s[0][3])
     (factor, base, patch, iterations), spacing, shape, topo, step, reserve, macs = chosen
@@ -217,7 +224,8 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
                         gflops=round(float(calibration.gflops(patch, base)), 2), step_seconds=round(float(step), 4),
                         iterations=int(iterations), iterations_per_epoch=int(per_epoch), epochs=int(epochs),
                         val_iterations=VAL_ITERATIONS, reserve_seconds=round(float(reserve), 1),
-                        spacing_factor=float(factor), base_features=int(base), candidates=tuple(candidates))
+                        spacing_factor=float(factor), base_features=int(base), candidates=tuple(candidates),
+                        target_iterations=int(target_iterations))
     return plan, record
 
 

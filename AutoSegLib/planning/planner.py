@@ -111,7 +111,8 @@ def plan_configuration(name: str, spacing: Sequence[float], median_shape: Sequen
 
 
 def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float = REFERENCE_MEMORY_GB,
-                    budget_minutes: Optional[float] = None, calibration=None) -> Plans:
+                    budget_minutes: Optional[float] = None, calibration=None,
+                    budget_target_iterations: Optional[int] = None) -> Plans:
     """Derive every configuration's plan from a dataset fingerprint.
 
     Parameters
@@ -127,6 +128,8 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
         ``Plans.budget``. Without it the plans are the stock ones.
     calibration : training.calibration.Calibration, optional
         The device's measured cost.
+    budget_target_iterations : int, optional
+        The budget rule's iteration target (default `planning.budget.TARGET_ITERATIONS`).
 
     Returns
     -------
@@ -180,7 +183,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
         base = configs["3d_fullres"] if three_d else configs["2d"]
         spacing, median = (target_t, median_t) if three_d else (target_t[-2:], median_t[-2:])
         budget_plan, budget = plan_budget(budget_minutes, calibration, spacing, median, n_channels, n_outputs,
-                                          n_cases, base)
+                                          n_cases, base, target_iterations=budget_target_iterations)
         configs[budget.configuration] = budget_plan
     intensity = {str(k): dict(v) for k, v in fingerprint.intensity_properties.items()}
     configs = {k: replace(c, data_identifier=_data_identifier(k, c, fwd, intensity)) for k, c in configs.items()}

@@ -86,6 +86,8 @@ class BudgetPlan:
     candidates : tuple of tuple
         Every candidate the rules looked at: (spacing factor, base features, patch size, predicted
         iterations), in the order tried.
+    target_iterations : int
+        The choice rule's target: the finest candidate predicted to reach it was chosen.
     """
     configuration: str
     minutes: float
@@ -102,6 +104,7 @@ class BudgetPlan:
     spacing_factor: float
     base_features: int
     candidates: Tuple[Tuple, ...] = ()
+    target_iterations: int = 1000
 
 
 @dataclass(frozen=True)

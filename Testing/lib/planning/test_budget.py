@@ -76,6 +76,24 @@ def test_the_first_candidate_that_buys_the_target_iterations_is_chosen():
     assert record.epochs >= B.EPOCHS_PER_RUN - 1 or record.iterations_per_epoch == B.MIN_ITERATIONS_PER_EPOCH
 
 
+def test_a_higher_iteration_target_chooses_the_first_candidate_that_reaches_it():
+    _, default = plan(30, FlatDevice(100))
+    iters = [c[3] for c in default.candidates]
+    keys = [(c[0], c[1]) for c in default.candidates]
+    assert default.target_iterations == B.TARGET_ITERATIONS
+    # ask for more than the default choice buys: the first candidate (finest first) at or above that count
+    target = iters[keys.index((default.spacing_factor, default.base_features))] + 1
+    expected = next(k for k, i in zip(keys, iters) if i >= target)
+    _, record = B.plan_budget(30, FlatDevice(100), LA_SPACING, LA_MEDIAN, 1, 2, 64, base_plan(),
+                              target_iterations=target)
+    assert (record.spacing_factor, record.base_features) == expected
+    assert record.spacing_factor > default.spacing_factor and record.target_iterations == target
+    assert record.candidates == default.candidates  # the same candidates, another choice among them
+    for bad in (B.MIN_ITERATIONS - 1, 0, 1000.5):
+        with pytest.raises(AutoSegError, match=f"at least {B.MIN_ITERATIONS}"):
+            B.plan_budget(30, FlatDevice(100), LA_SPACING, LA_MEDIAN, 1, 2, 64, base_plan(), target_iterations=bad)
+
+
 def test_slower_devices_and_smaller_budgets_plan_coarser():
     factors = [plan(m, FlatDevice(g))[1].spacing_factor for m, g in ((60, 100), (15, 100), (15, 20))]
     assert factors[0] <= factors[1] <= factors[2] and factors[0] < factors[2]
@@ -234,3 +252,31 @@ def test_an_unknown_device_is_refused(tmp_path):
     from AutoSegLib.training.calibration import calibrate
     with pytest.raises(AutoSegError, match="device"):
         calibrate("tpu", cache_path=tmp_path / "c.json")
+
+
+def test_plan_passes_the_iteration_target_to_the_budget_plan(synthetic_dataset, tmp_path, monkeypatch, capsys):
+    from AutoSegLib import cli
+    from AutoSegLib.training import calibration as calibration_mod
+
+    raw = synthetic_dataset(n_cases=4, shape=(16, 32, 32))
+    work = tmp_path / "work"
+    assert cli.main(["plan", str(raw), "-o", str(work), "--budget-iterations", "2000"]) == 2
+    assert "--time-budget-minutes" in capsys.readouterr().err and not (work / "plans.json").exists()
+    stand_in = Calibration(key="stand-in", device="cpu", precision="float32", threads=1,
+                           probe_macs=(1e8, 2e8, 1e10, 2e10), probe_seconds=(6e8 / 50e9, 1.2e9 / 50e9, 6e10 / 50e9, 1.2e11 / 50e9),
+                           probe_voxels=(32 ** 3, 32 ** 3, 64 ** 3, 64 ** 3), probe_features=(16, 32, 16, 32),
+                           augment_seconds_per_voxel=1e-8, workers=1, measured_at="test")
+    monkeypatch.setattr(calibration_mod, "calibrate", lambda *a, **kw: stand_in)
+    budgets = {}
+    for target in (None, 5000):
+        out = tmp_path / f"w{target}"
+        args = ["plan", str(raw), "-o", str(out), "--time-budget-minutes", "10", "--device", "cpu"]
+        assert cli.main(args + ([] if target is None else ["--budget-iterations", str(target)])) == 0
+        budgets[target] = Plans.from_json(out / "plans.json").budget
+    assert budgets[None].target_iterations == B.TARGET_ITERATIONS and budgets[5000].target_iterations == 5000
+    for target, record in budgets.items():
+        want = B.TARGET_ITERATIONS if target is None else target
+        reached = [(c[0], c[1]) for c in record.candidates if c[3] >= want]
+        assert reached, "the stand-in device is meant to reach both targets"
+        assert (record.spacing_factor, record.base_features) == reached[0]
+    assert budgets[5000].spacing_factor > budgets[None].spacing_factor
