@@ -102,6 +102,10 @@ def test_a_summary_row_with_warnings_and_no_uncertainty(slicer_harness, model, t
     table = batch_table.results_table(slicer_harness.scene, model, rows, tmp_path)
     t = table.GetTable()
     assert [t.GetColumnName(i) for i in range(2, 6)] == ["Time (s)", "organ (ml)", "lesion (ml)", "vessel (ml)"]
+    # the table view's headers are the column titles (the name-as-header switch is deprecated)
+    assert table.GetUseColumnTitleAsColumnHeader()
+    assert [table.GetColumnTitle(t.GetColumnName(i)) for i in range(t.GetNumberOfColumns())] == \
+        [t.GetColumnName(i) for i in range(t.GetNumberOfColumns())]
     assert table.GetCellText(0, 6 + 1) == "spacing far outside; intensity far outside"
     assert table.GetCellText(0, 9) == "a.nii" and table.GetCellText(1, 1) == "skipped"
     assert math.isnan(t.GetValueByName(0, "Mean uncertainty").ToDouble())

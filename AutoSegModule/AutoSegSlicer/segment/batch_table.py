@@ -68,7 +68,10 @@ def results_table(scene, model, rows: Sequence[dict], output_dir, cases: Sequenc
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{model.name} batch results"))
     node.SetAndObserveTable(table)
-    node.SetUseColumnNameAsColumnHeader(True)
+    for i in range(table.GetNumberOfColumns()):  # the views show these titles (Slicer 5.8+; the name-as-header
+        name = table.GetColumnName(i)              # switch is deprecated)
+        node.SetColumnTitle(name, name)
+    node.SetUseColumnTitleAsColumnHeader(True)
     node.SetLocked(True)   # a results table: not edited in the view
     for name in labels:
         node.SetColumnUnitLabel(f"{name} (ml)", "ml")
