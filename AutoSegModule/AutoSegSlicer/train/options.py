@@ -39,7 +39,9 @@ class TrainingOptions:
     model_name : str
         Name of the model that is installed at the end (letters, digits, space, ``_-.``).
     mode : str
-        "quick": one configuration (3d_fullres, else 2d), one fold, a time budget; no model selection.
+        "quick": one configuration (the one planned for its time budget, 3d_budget or 2d_budget, unless
+        epochs are given; else 3d_fullres, else 2d: `pipeline.QUICK_CONFIGURATIONS`), one fold, a time
+        budget; no model selection.
         "full": every configuration the plans propose (the cascade excepted), 5 folds each, then find-best.
     epochs : int or None
         Epochs per fold (None: the recipe's, or the time budget decides).
