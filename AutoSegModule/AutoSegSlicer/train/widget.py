@@ -228,7 +228,6 @@ class TrainingSection:
         if not states:
             self.refreshResumable()
             return
-        names = resumable_names(states)
 
         def ask(names):
             # A dialog object, not QInputDialog.getItem: getItem returns the current item on Cancel too (its
