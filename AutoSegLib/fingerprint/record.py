@@ -24,7 +24,9 @@ class CaseFingerprint:
     """One training case.
 
     ``bbox`` is the non-zero bounding box (union over channels) as half-open ``(start, stop)`` per axis;
-    ``shape_after_crop`` is its extent."""
+    ``shape_after_crop`` is its extent. ``foreground_bbox`` is the bounding box of the label's foreground
+    (every value > 0) in the same array coordinates, None when the case has none or the fingerprint was
+    made before it was recorded."""
     case_id: str
     spacing: Tuple[float, ...]
     shape_before_crop: Tuple[int, ...]
@@ -32,6 +34,7 @@ class CaseFingerprint:
     bbox: Tuple[Tuple[int, int], ...]
     relative_size_after_cropping: float
     foreground_voxels: int
+    foreground_bbox: Optional[Tuple[Tuple[int, int], ...]] = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,17 @@ class Fingerprint:
     def shapes_after_crop(self) -> np.ndarray:
         """(num_cases, ndim) int64."""
         return np.array([c.shape_after_crop for c in self.cases], dtype=np.int64).reshape(-1, self.ndim)
+
+    @property
+    def has_foreground_boxes(self) -> bool:
+        """Every case with foreground has its ``foreground_bbox`` (fingerprints before it was recorded have none)."""
+        return all(c.foreground_bbox is not None for c in self.cases if c.foreground_voxels != 0)
+
+    def foreground_extents_mm(self) -> np.ndarray:
+        """(cases with foreground, ndim) float64: each case's foreground bounding box in millimetres, array order."""
+        rows = [[(b - a) * s for (a, b), s in zip(c.foreground_bbox, c.spacing)]
+                for c in self.cases if c.foreground_bbox is not None]
+        return np.array(rows, dtype=np.float64).reshape(-1, self.ndim)
 
     @property
     def median_spacing(self) -> Tuple[float, ...]:

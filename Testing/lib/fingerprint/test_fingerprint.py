@@ -99,6 +99,10 @@ def test_hand_made_dataset(tmp_path):
     ca, cb = fp.cases
     assert (ca.case_id, ca.shape_before_crop, ca.shape_after_crop) == ("a", (10, 12, 14), (4, 6, 8))
     assert ca.bbox == ((2, 6), (3, 9), (4, 12)) and ca.foreground_voxels == 8
+    # the label's foreground box, in the whole array's coordinates, and its size in millimetres
+    assert ca.foreground_bbox == ((3, 5), (4, 6), (5, 7)) and cb.foreground_bbox == ((0, 5), (0, 10), (0, 20))
+    assert fp.has_foreground_boxes
+    assert fp.foreground_extents_mm().tolist() == [[4.0, 2.0, 1.0], [15.0, 10.0, 20.0]]
     assert ca.relative_size_after_cropping == pytest.approx(4 * 6 * 8 / (10 * 12 * 14))
     assert cb.shape_after_crop == (5, 20, 20) and cb.relative_size_after_cropping == 1.0
     assert ca.spacing == (2.0, 1.0, 0.5) and cb.spacing == (3.0, 1.0, 1.0)
@@ -151,4 +155,4 @@ def test_verification_runs_during_extraction(tmp_path):
     with pytest.raises(DatasetError, match=r"a\.nii\.gz.*\[5\]"):
         extract_fingerprint(ds, num_workers=1, foreground_samples=100)
     fp = extract_fingerprint(ds, num_workers=1, foreground_samples=100, verify=False)
-    assert fp.cases[0].foreground_voxels == 1
+    assert fp.cases[0].foreground_voxels == 1 and fp.cases[0].foreground_bbox == ((0, 1), (0, 1), (0, 1))

@@ -89,3 +89,11 @@ def test_edited_label_makes_the_fingerprint_stale(small_dataset, tmp_path, capsy
     assert rc == 0 and "files of the dataset changed" in text
     rc, text = _run(capsys, "plan", str(small_dataset), "-o", str(work), "--workers", "1")
     assert rc == 0 and "using the existing fingerprint" in text
+    # a fingerprint written before the foreground boxes were recorded is made again, once
+    d = json.loads((work / "fingerprint.json").read_text())
+    for case in d["cases"]:
+        del case["foreground_bbox"]
+    (work / "fingerprint.json").write_text(json.dumps(d))
+    rc, text = _run(capsys, "plan", str(small_dataset), "-o", str(work), "--workers", "1")
+    assert rc == 0 and "without the foreground boxes" in text
+    assert Fingerprint.from_json(work / "fingerprint.json").has_foreground_boxes
