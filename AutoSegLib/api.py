@@ -52,7 +52,7 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
          num_workers: Optional[int] = None, force_fingerprint: bool = False, progress=None,
          time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
          calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None,
-         budget_target_iterations: Optional[int] = None) -> Tuple[Path, "Plans"]:
+         budget_target_iterations: Optional[int] = None, coarse_to_fine: bool = True) -> Tuple[Path, "Plans"]:
     """Fingerprint (reused while current) and plan ``dataset`` into the work folder ``output`` (default
     ``./autoseg_work/<dataset name>``; never inside the dataset). Writes fingerprint.json, plans.json and
     dataset.json (with "dataset_path"). Returns (work folder, plans).
@@ -65,7 +65,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
     ``device`` at ``precision`` ("auto": as training resolves it), from a measurement of the device
     cached in ``calibration_cache`` (default `training.calibration.default_cache_path`); see
     `planning.budget`. ``budget_target_iterations`` changes that plan's iteration target (more iterations at
-    a coarser spacing)."""
+    a coarser spacing); ``coarse_to_fine=False`` keeps it a single plan where a coarse-to-fine pair would
+    pay (`planning.coarse_to_fine`)."""
     from AutoSegLib.errors import AutoSegError
     from AutoSegLib.io.datasets import load_dataset
     from AutoSegLib.io.work_folder import resolve_work_dir, write_work_dataset_json
@@ -95,7 +96,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
     if progress:
         progress({"event": "stage", "stage": "plan", "message": f"{ds.name}, {gpu_memory_gb:g} GB budget"})
     plans = plan_experiment(fp, ds, gpu_memory_gb=gpu_memory_gb, budget_minutes=time_budget_minutes,
-                            calibration=calibration, budget_target_iterations=budget_target_iterations)
+                            calibration=calibration, budget_target_iterations=budget_target_iterations,
+                            coarse_to_fine=coarse_to_fine)
     plans.to_json(work / "plans.json")
     write_work_dataset_json(ds, work)
     return work, plans
@@ -143,7 +145,8 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
                         force: bool = False, force_fingerprint: bool = False, progress=None,
                         time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
                         calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None,
-                        budget_target_iterations: Optional[int] = None) -> Tuple[Path, "Plans", dict]:
+                        budget_target_iterations: Optional[int] = None,
+                        coarse_to_fine: bool = True) -> Tuple[Path, "Plans", dict]:
     """verify (inside the fingerprint) + fingerprint + plan + preprocess. Returns (work folder, plans,
     preprocessing summary). With a time budget (see `plan`) and no ``configurations``, only the budget
     configuration is preprocessed (the one that budget will train); with ``plans_from``, the configurations
@@ -154,11 +157,11 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
     work, plans = plan(dataset, output, gpu_memory_gb, num_workers, force_fingerprint, progress,
                        time_budget_minutes=time_budget_minutes, device=device, precision=precision,
                        calibration_cache=calibration_cache, plans_from=plans_from,
-                       budget_target_iterations=budget_target_iterations)
+                       budget_target_iterations=budget_target_iterations, coarse_to_fine=coarse_to_fine)
     if configurations is None and plans_from is not None:
         configurations = [c for c in trained_folds(plans_from) if c in plans.configurations] or None
     if configurations is None and plans.budget is not None:
-        configurations = [plans.budget.configuration]
+        configurations = list(plans.stages("auto"))
     for name in configurations or ():
         plans.configuration(name)  # planned for this dataset? (3d_lowres is not always)
     result = preprocess_dataset(Path(dataset), plans, configurations, work, num_workers=num_workers, force=force,
@@ -168,12 +171,23 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
 
 def train(work_dir: PathLike, configuration: str, fold, config=None, output_dir: Optional[PathLike] = None,
           resume: bool = False, progress=None) -> Path:
-    """Train one configuration ("auto": the plans' recommendation) on one fold (0-4, or "all"); ``config``
-    is a `AutoSegLib.training.config.TrainingConfig` (default: the recipe's, or the schedule a budget
-    configuration was planned for). Returns the fold folder."""
+    """Train one configuration ("auto": the plans' recommendation; both stages, coarse first, when it was
+    planned coarse to fine) on one fold (0-4, or "all"); ``config`` is a
+    `AutoSegLib.training.config.TrainingConfig` (default: the recipe's, or the schedule a budget configuration
+    was planned for; with a pair, each stage's). Returns the (last) fold folder."""
+    from AutoSegLib.planning.plans import Plans
     from AutoSegLib.training.trainer import train_fold
-    return train_fold(work_dir, configuration, fold, config, output_dir=output_dir,
-                      progress=progress, resume=resume)
+
+    from AutoSegLib.errors import AutoSegError
+
+    stages = Plans.from_json(Path(work_dir) / "plans.json").stages(configuration) if configuration == "auto" \
+        and (Path(work_dir) / "plans.json").is_file() else (configuration,)
+    if len(stages) > 1 and (config is not None or output_dir is not None):
+        raise AutoSegError(f"auto trains {' then '.join(stages)}, each on its own planned schedule and fold folder; "
+                           f"to give a config or output folder, train them one at a time.")
+    for stage in stages:
+        out = train_fold(work_dir, stage, fold, config, output_dir=output_dir, progress=progress, resume=resume)
+    return out
 
 
 def find_best(work_dir: PathLike, configurations: Optional[Sequence[str]] = None, folds=None,

@@ -110,7 +110,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
              device: str = "auto", tta: Optional[bool] = None, num_workers: Optional[int] = None, seed: int = 0,
              val_iterations: Optional[int] = None, precision: str = "auto",
              calibration_cache: "str | os.PathLike | None" = None, budget_target_iterations: Optional[int] = None,
-             progress=None) -> dict:
+             coarse_to_fine: bool = True, progress=None) -> dict:
     """Run the whole pipeline; returns the summary also written to ``output/demo_summary.json``.
 
     Parameters
@@ -126,7 +126,8 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     configuration : the configuration trained ("auto": the budget configuration).
     precision : training precision the budget is planned for; calibration_cache : where the device's measured
         speed is cached (training.calibration); budget_target_iterations : the budget rule's iteration target
-        (planning.budget, default TARGET_ITERATIONS).
+        (planning.budget, default TARGET_ITERATIONS); coarse_to_fine : allow the pair where it pays
+        (planning.coarse_to_fine).
     holdout : real dataset without labelsTs: number of training cases held out for the test.
     device, tta, num_workers : prediction/training device, test-time mirroring (None: off for generated
         data, on for a real dataset), data workers.
@@ -227,7 +228,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
     try:
         plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration,
-                                budget_target_iterations=budget_target_iterations)
+                                budget_target_iterations=budget_target_iterations, coarse_to_fine=coarse_to_fine)
     except BudgetTooSmall as exc:  # a slow or busy machine: the demo still runs, for longer, and says so
         note = (f"{exc} The demo trains each fold for {exc.smallest_minutes} minutes instead of "
                 f"{per_fold:g}.")
@@ -235,7 +236,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
         notes.append(note)
         per_fold = float(exc.smallest_minutes)
         plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration,
-                                budget_target_iterations=budget_target_iterations)
+                                budget_target_iterations=budget_target_iterations, coarse_to_fine=coarse_to_fine)
     configuration = plans.configuration(configuration).name  # "auto" -> the budget configuration
     if (work / "plans.json").is_file():
         from AutoSegLib.planning.plans import Plans
@@ -245,7 +246,8 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     write_work_dataset_json(ds, work)
     lap("plan")
     # 4. preprocess (training cases only)
-    preprocess_dataset(raw, plans, [configuration], work, num_workers=num_workers, progress=progress,
+    stages = plans.stages(configuration)  # a coarse-to-fine pair trains its coarse stage first
+    preprocess_dataset(raw, plans, list(stages), work, num_workers=num_workers, progress=progress,
                        cases=train_cases)
     lap("preprocess")
     # 5. train
@@ -257,23 +259,30 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
         notes.append(f"trained {len(folds)} of the 5 cross-validation folds ({folds}): the cross-validation Dice "
                      f"covers only their validation cases, and the model ensembles {len(folds)} fold(s)")
     given = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_iterations": val_iterations}
-    config = TrainingConfig(time_budget_minutes=per_fold, mirror_at_validation=False, device=device,
-                            precision=precision, num_workers=num_workers, seed=12345 + seed,
-                            **{k: v for k, v in given.items() if v is not None})
-    if configuration == plans.budget.configuration:
-        config = budget_defaults(config, plans.budget, explicit | {"device", "time_budget_minutes"})
-    epochs, iterations_per_epoch = config.epochs, config.iterations_per_epoch
+    planned_minutes = {c: plans.budget_for(c).minutes for c in stages if plans.budget_for(c) is not None}
+    configs = {}
+    for stage in stages:  # each stage its share of the fold's minutes, as planned
+        minutes = per_fold * planned_minutes[stage] / sum(planned_minutes.values()) if stage in planned_minutes \
+            else per_fold
+        config = TrainingConfig(time_budget_minutes=minutes, mirror_at_validation=False, device=device,
+                                precision=precision, num_workers=num_workers, seed=12345 + seed,
+                                **{k: v for k, v in given.items() if v is not None})
+        if plans.budget_for(stage) is not None:
+            config = budget_defaults(config, plans.budget_for(stage), explicit | {"device", "time_budget_minutes"})
+        configs[stage] = config
     from AutoSegLib.io.work_folder import fold_dir as work_fold_dir
     for fold in folds:
-        fold_dir = work_fold_dir(work, configuration, fold)
-        if _fold_done(fold_dir):
-            emit(progress, "log", level="info", message=f"fold {fold}: already trained, reused")
-            continue
-        resume = (fold_dir / "checkpoint_latest.pt").is_file()
-        emit(progress, "stage", stage="train",
-             message=f"{configuration} fold {fold}: {epochs} epochs x {iterations_per_epoch} iterations"
-                     + (f", at most {per_fold:.1f} min" if per_fold else ""))
-        train_fold(work, configuration, fold, config, progress=progress, resume=resume)
+        for stage, config in configs.items():
+            fold_dir = work_fold_dir(work, stage, fold)
+            if _fold_done(fold_dir):
+                emit(progress, "log", level="info", message=f"{stage} fold {fold}: already trained, reused")
+                continue
+            resume = (fold_dir / "checkpoint_latest.pt").is_file()
+            emit(progress, "stage", stage="train",
+                 message=f"{stage} fold {fold}: {config.epochs} epochs x {config.iterations_per_epoch} iterations"
+                         + (f", at most {config.time_budget_minutes:.1f} min" if config.time_budget_minutes else ""))
+            train_fold(work, stage, fold, config, progress=progress, resume=resume)
+    epochs, iterations_per_epoch = configs[configuration].epochs, configs[configuration].iterations_per_epoch
     lap("train")
     # 6. find-best
     selection = find_best(work, [configuration], folds, progress=progress)
@@ -335,7 +344,8 @@ def run(args, progress) -> int:
                        holdout=args.holdout, val_iterations=args.val_iterations,
                        device=args.device, tta=args.tta, num_workers=args.workers, seed=args.seed,
                        precision=args.precision, calibration_cache=args.calibration_cache,
-                       budget_target_iterations=args.budget_iterations, progress=progress)
+                       budget_target_iterations=args.budget_iterations, coarse_to_fine=args.coarse_to_fine,
+                       progress=progress)
 
     def f(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"

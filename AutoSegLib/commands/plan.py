@@ -29,8 +29,8 @@ def add_budget_arguments(parser) -> None:
 
 
 def add_precision_arguments(parser) -> None:
-    """--precision / --calibration-cache / --budget-iterations: what a budget is planned for, and how (plan,
-    plan-and-preprocess, demo)."""
+    """--precision / --calibration-cache / --budget-iterations / --no-coarse-to-fine: what a budget is planned
+    for, and how (plan, plan-and-preprocess, demo)."""
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="training precision the budget is planned for (auto: float16 on CUDA, bfloat16 on "
                              "CPUs with native support, else float32)")
@@ -39,12 +39,15 @@ def add_precision_arguments(parser) -> None:
     parser.add_argument("--budget-iterations", type=int, default=None, metavar="N",
                         help="the time budget's plan is the finest resolution that buys N training iterations "
                              "(default 1000); more iterations plan a coarser resolution")
+    parser.add_argument("--no-coarse-to-fine", dest="coarse_to_fine", action="store_false",
+                        help="always one budget configuration, also where a coarse stage that finds the structure "
+                             "and a fine one that refines it inside the box it found would pay")
 
 
 def budget_options(args) -> dict:
     return {"time_budget_minutes": args.time_budget_minutes, "device": args.device, "precision": args.precision,
             "calibration_cache": args.calibration_cache, "plans_from": args.plans_from,
-            "budget_target_iterations": args.budget_iterations}
+            "budget_target_iterations": args.budget_iterations, "coarse_to_fine": args.coarse_to_fine}
 
 
 def describe(plans, progress) -> None:
@@ -54,14 +57,15 @@ def describe(plans, progress) -> None:
                   "message": f"{name}: spacing {_fmt(c.spacing)}, patch {c.patch_size}, batch {c.batch_size}, "
                              f"{c.network.n_stages} stages, features {c.network.features_per_stage[0]}.."
                              f"{c.network.features_per_stage[-1]}, normalisation {list(c.normalization)}"})
-    b = plans.budget
-    if b is not None:
+    records = [] if plans.budget is None else [plans.budget] + ([plans.budget.fine] if plans.budget.fine else [])
+    for b in records:
+        rule = (f"inside the box {b.located_by} finds, grown by {_fmt(b.roi_margin_mm)} mm" if b.located_by else
+                f"the finest that buys {b.target_iterations} iterations")
         progress({"event": "log", "level": "info", "message": (
-            f"{b.configuration}: planned for {b.minutes:g} min on {b.device} ({b.precision}): {b.iterations} "
+            f"{b.configuration}: planned for {b.minutes:.3g} min on {b.device} ({b.precision}): {b.iterations} "
             f"iterations of {b.step_seconds:.2f} s ({b.epochs} epochs x {b.iterations_per_epoch}), "
             f"{b.reserve_seconds:.0f} s kept for validation (training goes on while time is left); spacing "
-            f"x{b.spacing_factor:g}, the finest that buys {b.target_iterations} iterations; measured {b.gflops:.0f} "
-            f"GFLOP/s")})
+            f"x{b.spacing_factor:g}, {rule}; measured {b.gflops:.0f} GFLOP/s")})
 
 
 def run(args, progress) -> int:

@@ -20,7 +20,8 @@ def add_arguments(parser) -> None:
     add_budget_arguments(parser)
 
 
-KNOWN_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres", "3d_budget", "2d_budget")
+KNOWN_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres", "3d_budget", "2d_budget",
+                        "3d_budget_fine")
 
 
 def run(args, progress) -> int:

@@ -194,12 +194,13 @@ def _duration(seconds: float) -> str:
 
 
 def run_configurations(model, configurations: Sequence[str]) -> List[str]:
-    """``configurations`` with each cascade stage's previous stages (they run too)."""
+    """``configurations`` with the stages each needs first (a cascade's previous stages, a fine stage's coarse
+    stage: they run too)."""
     out: List[str] = []
     for c in configurations:
         chain = [c]
-        while model.plans.configuration(chain[-1]).previous_stage:
-            chain.append(model.plans.configuration(chain[-1]).previous_stage)
+        while model.plans.required_stage(chain[-1]):
+            chain.append(model.plans.required_stage(chain[-1]))
         for x in reversed(chain):
             if x not in out and x in model.configurations:
                 out.append(x)

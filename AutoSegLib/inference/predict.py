@@ -67,11 +67,13 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
                           precision: str = "auto", batch_size: int = 1, return_probabilities: bool = True,
                           progress: Optional[ProgressCallback] = None, _cache: Optional[dict] = None,
                           channels_last: Optional[bool] = None, runtime: str = "torch",
-                          uncertainty_out: Optional[dict] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                          uncertainty_out: Optional[dict] = None, locate: bool = True
+                          ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """One configuration (its folds averaged) -> (labels, probabilities) in the input grid; a cascade stage
-    first predicts its previous stage (result cached in ``_cache`` for ensembles). With ``uncertainty_out``
-    (a dict), ``{"uncertainty", "measure", "members"[, "disagreement"]}`` (maps in the input grid, see
-    `predict_arrays`) is stored there under the configuration's name."""
+    first predicts its previous stage, a fine stage its coarse stage (results cached in ``_cache`` for
+    ensembles) and then only the box around what that found (``locate=False``: the whole image). With
+    ``uncertainty_out`` (a dict), ``{"uncertainty", "measure", "members"[, "disagreement"]}`` (maps in the
+    input grid, see `predict_arrays`) is stored there under the configuration's name."""
     from AutoSegLib.io.labels import cascade_label_values, cascade_one_hot
     from AutoSegLib.preprocessing.case import preprocess_case
 
@@ -80,6 +82,16 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
     if key in _cache and uncertainty_out is None:
         return _cache[key]
     conf = model.plans.configuration(configuration)
+    if locate:
+        from AutoSegLib.inference.located import located_stage
+        located = located_stage(model.plans, conf.name)
+        if located is not None:
+            result = _predict_located(model, images, geometry, conf.name, located, folds, tta, step_size, device,
+                                      precision, batch_size, return_probabilities, progress, _cache, channels_last,
+                                      runtime, uncertainty_out)
+            if not return_probabilities:
+                _cache[key] = result
+            return result
     prev_labels = None
     if conf.previous_stage:
         if conf.previous_stage not in model.configurations:
@@ -128,6 +140,58 @@ def predict_configuration(model, images: np.ndarray, geometry: Geometry, configu
             k: export_uncertainty(maps.pop(k), props, model.plans, configuration) for k in list(maps)}}
     if not return_probabilities:
         _cache[key] = result  # label maps only (a cascade's previous stage): small
+    return result
+
+
+def _predict_located(model, images, geometry, configuration, located, folds, tta, step_size, device, precision,
+                     batch_size, return_probabilities, progress, cache, channels_last, runtime, uncertainty_out):
+    """A fine stage (`inference.located`): its coarse stage first, then the fine network inside the box around
+    the coarse foreground (half a patch of context; background outside)."""
+    from AutoSegLib.inference.located import margin_in_array_order, region_of_interest
+    from AutoSegLib.inference.roi import predict_in_box
+
+    coarse, margin_t = located
+    if coarse not in model.configurations:
+        raise AutoSegError(f"{model.path}: {configuration!r} refines what {coarse!r} finds and needs its trained "
+                           f"weights, which this model lacks.")
+    emit(progress, "log", level="info", message=f"coarse to fine: predicting {coarse} first")
+    coarse_labels, _ = predict_configuration(model, images, geometry, coarse, folds, tta, step_size, device,
+                                             precision, batch_size, False, progress, cache, channels_last, runtime)
+    margin = margin_in_array_order(margin_t, model.plans.transpose_forward)
+    box = region_of_interest(coarse_labels, geometry.spacing, margin)
+    layout = model.label_layout
+    if box is None:
+        emit(progress, "log", level="warning",
+             message=f"coarse to fine: {coarse} found no foreground; {configuration} has nothing to refine")
+        shape = images.shape[1:]
+        probs = None
+        if return_probabilities:
+            probs = np.zeros((layout.num_outputs, *shape), np.float32)
+            if not layout.has_regions:
+                probs[0] = 1.0
+        if uncertainty_out is not None:
+            from AutoSegLib.inference.uncertainty import ensemble_members
+            uncertainty_out[configuration] = {"measure": "entropy", "uncertainty": np.zeros(shape, np.float32),
+                                              "members": ensemble_members(model, configuration, folds, tta)}
+        return np.zeros(shape, label_dtype(layout)), probs
+    emit(progress, "log", level="info",
+         message=f"coarse to fine: {configuration} inside {'x'.join(str(h - l) for l, h in box[::-1])} of "
+                 f"{'x'.join(str(n) for n in images.shape[1:][::-1])} voxels")
+    crop_maps: dict = {}
+
+    def inside(m, imgs, geo):
+        out = None if uncertainty_out is None else {}
+        result = predict_configuration(m, imgs, geo, configuration, folds, tta, step_size, device, precision,
+                                       batch_size, return_probabilities, progress, {}, channels_last, runtime, out,
+                                       locate=False)
+        if out:
+            crop_maps.update(out[configuration])
+        return result
+
+    result = predict_in_box(inside, model, images, geometry, box, None, [configuration], return_probabilities,
+                            progress, maps=crop_maps)
+    if uncertainty_out is not None:
+        uncertainty_out[configuration] = crop_maps
     return result
 
 

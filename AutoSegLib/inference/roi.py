@@ -234,6 +234,19 @@ def predict_in_roi(predict, model, images: np.ndarray, geometry: Geometry, roi, 
     box = roi_to_box(roi, shape, geometry, source)
     inside = np.zeros(shape, bool)
     inside[tuple(slice(lo, hi) for lo, hi in box)] = roi_mask(roi, shape, geometry, box)
+    return predict_in_box(predict, model, images, geometry, box, inside, configurations, return_probabilities,
+                          progress, source, maps)
+
+
+def predict_in_box(predict, model, images: np.ndarray, geometry: Geometry, box, inside: Optional[np.ndarray],
+                   configurations: Sequence[str], return_probabilities: bool, progress=None, source: str = "input",
+                   maps: Optional[dict] = None):
+    """`predict_in_roi` for an array ``box`` (``((lo, hi), ...)``, array order) and the voxels ``inside`` it that
+    are kept (a boolean map over the whole image; None: the whole box)."""
+    shape = images.shape[1:]
+    if inside is None:
+        inside = np.zeros(shape, bool)
+        inside[tuple(slice(lo, hi) for lo, hi in box)] = True
     patch_mm = patch_extent_mm(model, configurations, geometry.ndim)
     box, crop = context_box(box, shape, geometry, patch_mm, progress, source)
     crop_sl = tuple(slice(lo, hi) for lo, hi in crop)

@@ -131,6 +131,14 @@ def export_model_archive(source: "str | os.PathLike", archive_path: "str | os.Pa
         if not (source / name).is_file():
             raise AutoSegError(f"{source}: not a model or work folder: {name} is missing.")
     selected = _select_folds(source, configurations, folds)
+    plans = read_json(source / "plans.json", "a model's plans.json", expect=dict)
+    fine = ((plans.get("budget") or {}).get("fine") or {})
+    for name in selected:
+        conf = (plans.get("configurations") or {}).get(name) or {}
+        needed = conf.get("previous_stage") or (fine.get("located_by") if fine.get("configuration") == name else None)
+        if needed and needed not in selected:
+            raise AutoSegError(f"{source}: {name!r} is predicted after {needed!r} and needs its weights, which would "
+                               f"not be exported. Export both (--configurations {needed} {name}).")
     inference = source / "inference.json"
     if inference.is_file():
         from AutoSegLib.postprocessing.instructions import load_inference_instructions

@@ -111,10 +111,11 @@ def merge_models(models: Sequence, sources: Sequence[Path]):
 
 def _check_cascades(model, source: Path) -> None:
     for name in model.configurations:
-        prev = model.plans.configurations[name].previous_stage
+        prev = model.plans.required_stage(name)
         if prev and prev not in model.configurations:
-            raise AutoSegError(f"{source}: cascade stage {name!r} needs the trained {prev!r} configuration, which "
-                               f"none of the sources holds. Add its results folder as another SOURCE.")
+            raise AutoSegError(f"{source}: configuration {name!r} needs the trained {prev!r} configuration (it is "
+                               f"predicted first), which none of the sources holds. Add its results folder as "
+                               f"another SOURCE.")
 
 
 def _sanitize(name: str) -> str:

@@ -125,6 +125,28 @@ def validation_reserve(forward_s_per_patch: float, batch_size: int, val_iteratio
     return RESERVE_MARGIN * (epoch_val + final) + CHECKPOINT_S
 
 
+def score_candidate(minutes: float, calibration, pool, base: int, shape, n_channels: int, n_outputs: int,
+                    n_val: int, windows: Optional[int] = None) -> Tuple[int, float, float, object]:
+    """(iterations, seconds per iteration, reserve seconds, topology) that ``minutes`` buy for the plain U-Net
+    of pooling plan ``pool`` with ``base`` first-stage features: the budget less the validation reserve
+    (`validation_reserve`, every epoch's validation batches, ``OVERHEAD_S``) over the predicted step.
+    ``windows`` is the final validation's sliding windows in all (default: ``n_val`` images of ``shape``)."""
+    from AutoSegLib.network.memory import conv_macs
+
+    topo = candidate_topology(pool, base)
+    macs = conv_macs(topo, pool.patch_size, n_channels, n_outputs) * BATCH_SIZE
+    step = calibration.step_seconds(macs, pool.patch_size, BATCH_SIZE, base)
+    forward = calibration.network_seconds(macs / BATCH_SIZE, pool.patch_size, base) / 3.0
+    # every epoch's validation batches are paid during training, the last ones and the final validation
+    # after it, start-up before it
+    if windows is None:
+        windows = n_val * sliding_windows(shape, pool.patch_size)
+    reserve = (validation_reserve(forward, BATCH_SIZE, VAL_ITERATIONS, windows, n_val)
+               + (EPOCHS_PER_RUN - 1) * VAL_ITERATIONS * BATCH_SIZE * forward + OVERHEAD_S)
+    iterations = int((60.0 * minutes - reserve) // step) if 60.0 * minutes > reserve else 0
+    return iterations, float(step), float(reserve), topo
+
+
 class BudgetTooSmall(AutoSegError):
     """The budget buys fewer than `MIN_ITERATIONS`; ``smallest_minutes`` is the smallest that plans."""
 
@@ -169,8 +191,6 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
         The budget buys fewer than ``MIN_ITERATIONS`` iterations of the cheapest candidate (the message
         names the smallest budget that plans); a ``target_iterations`` below ``MIN_ITERATIONS``.
     """
-    from AutoSegLib.network.memory import conv_macs
-
     if not minutes > 0:
         raise AutoSegError(f"the time budget must be a positive number of minutes; got {minutes}.")
     target_iterations = TARGET_ITERATIONS if target_iterations is None else target_iterations
@@ -190,32 +210,22 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
             break
         pool = budget_patch(tuple(spacing), tuple(shape))
         for base in BASE_FEATURES:
-            topo = candidate_topology(pool, base)
-            macs = conv_macs(topo, pool.patch_size, n_channels, n_outputs) * BATCH_SIZE
-            step = calibration.step_seconds(macs, pool.patch_size, BATCH_SIZE, base)
-            forward = calibration.network_seconds(macs / BATCH_SIZE, pool.patch_size, base) / 3.0
-            # every epoch's validation batches are paid during training, the last ones and the final
-            # validation after it, start-up before it
-            windows = n_val * sliding_windows(shape, pool.patch_size)
-            reserve = (validation_reserve(forward, BATCH_SIZE, VAL_ITERATIONS, windows, n_val)
-                       + (EPOCHS_PER_RUN - 1) * VAL_ITERATIONS * BATCH_SIZE * forward + OVERHEAD_S)
-            iterations = int((60.0 * minutes - reserve) // step) if 60.0 * minutes > reserve else 0
+            iterations, step, reserve, topo = score_candidate(minutes, calibration, pool, base, shape, n_channels,
+                                                              n_outputs, n_val)
             entry = (float(factor), int(base), tuple(int(p) for p in pool.patch_size), iterations)
             candidates.append(entry)
-            scored.append((entry, tuple(float(s) for s in spacing), shape, topo, step, reserve, macs))
+            scored.append((entry, tuple(float(s) for s in spacing), shape, topo, step, reserve))
     chosen = next((s for s in scored if s[0][3] >= target_iterations), None)
     if chosen is None:
         chosen = max(scored, key=lambda s: s[0][3])
-    (factor, base, patch, iterations), spacing, shape, topo, step, reserve, macs = chosen
+    (factor, base, patch, iterations), spacing, shape, topo, step, reserve = chosen
     if iterations < MIN_ITERATIONS:
         need = math.ceil((MIN_ITERATIONS * step + reserve) / 60.0)
         raise BudgetTooSmall(
             f"a {minutes:g}-minute budget buys {max(iterations, 0)} training iterations on {calibration.device} "
             f"({calibration.precision}), fewer than the {MIN_ITERATIONS} that train anything useful. The smallest "
             f"budget that plans is {need} minutes; or train on a faster device.", need)
-    per_epoch = max(MIN_ITERATIONS_PER_EPOCH, iterations // EPOCHS_PER_RUN)
-    epochs = max(1, iterations // per_epoch)
-    iterations = epochs * per_epoch
+    per_epoch, epochs, iterations = schedule_rule(iterations)
     plan = replace(base_plan, name=name, spacing=spacing, patch_size=patch, batch_size=BATCH_SIZE,
                    median_image_size=tuple(float(v) for v in shape), network=topo, previous_stage=None,
                    next_stages=(), data_identifier="")
@@ -227,6 +237,14 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
                         spacing_factor=float(factor), base_features=int(base), candidates=tuple(candidates),
                         target_iterations=int(target_iterations))
     return plan, record
+
+
+def schedule_rule(iterations: int) -> Tuple[int, int, int]:
+    """(iterations per epoch, epochs, iterations) for ``iterations``: about ``EPOCHS_PER_RUN`` equal epochs of
+    at least ``MIN_ITERATIONS_PER_EPOCH``, the iterations rounded down to whole epochs."""
+    per_epoch = max(MIN_ITERATIONS_PER_EPOCH, int(iterations) // EPOCHS_PER_RUN)
+    epochs = max(1, int(iterations) // per_epoch)
+    return per_epoch, epochs, epochs * per_epoch
 
 
 def schedule_for(budget: BudgetPlan, minutes: Optional[float] = None) -> Tuple[int, int, int]:

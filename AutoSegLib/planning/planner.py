@@ -112,7 +112,7 @@ def plan_configuration(name: str, spacing: Sequence[float], median_shape: Sequen
 
 def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float = REFERENCE_MEMORY_GB,
                     budget_minutes: Optional[float] = None, calibration=None,
-                    budget_target_iterations: Optional[int] = None) -> Plans:
+                    budget_target_iterations: Optional[int] = None, coarse_to_fine: bool = True) -> Plans:
     """Derive every configuration's plan from a dataset fingerprint.
 
     Parameters
@@ -125,11 +125,14 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
     budget_minutes : float, optional
         Training time budget: adds the budget configuration ('3d_budget', '2d_budget' for 2D data) sized
         by `planning.budget.plan_budget` for ``calibration`` (required with it), recorded in
-        ``Plans.budget``. Without it the plans are the stock ones.
+        ``Plans.budget``; where it pays, a coarse-to-fine pair instead ('3d_budget' for a third of the
+        time, '3d_budget_fine': `planning.coarse_to_fine`). Without it the plans are the stock ones.
     calibration : training.calibration.Calibration, optional
         The device's measured cost.
     budget_target_iterations : int, optional
         The budget rule's iteration target (default `planning.budget.TARGET_ITERATIONS`).
+    coarse_to_fine : bool
+        Allow the coarse-to-fine pair where it pays (False: always the single budget plan).
 
     Returns
     -------
@@ -185,6 +188,16 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
         budget_plan, budget = plan_budget(budget_minutes, calibration, spacing, median, n_channels, n_outputs,
                                           n_cases, base, target_iterations=budget_target_iterations)
         configs[budget.configuration] = budget_plan
+        if coarse_to_fine and three_d and fingerprint.has_foreground_boxes:
+            from AutoSegLib.planning.coarse_to_fine import plan_coarse_to_fine
+            extents = fingerprint.foreground_extents_mm()[:, list(fwd)]
+            pair = plan_coarse_to_fine(budget_minutes, calibration, spacing, median, extents, n_channels,
+                                       n_outputs, n_cases, base, budget, budget_target_iterations)
+            if pair is not None:
+                coarse_plan, coarse, fine_plan, fine = pair
+                configs[coarse.configuration] = coarse_plan
+                configs[fine.configuration] = fine_plan
+                budget = replace(coarse, fine=fine)
     intensity = {str(k): dict(v) for k, v in fingerprint.intensity_properties.items()}
     configs = {k: replace(c, data_identifier=_data_identifier(k, c, fwd, intensity)) for k, c in configs.items()}
     return Plans(

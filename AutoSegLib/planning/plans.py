@@ -88,6 +88,12 @@ class BudgetPlan:
         iterations), in the order tried.
     target_iterations : int
         The choice rule's target: the finest candidate predicted to reach it was chosen.
+    located_by : str or None
+        A fine stage (`planning.coarse_to_fine`): the coarse configuration whose foreground, grown by
+        ``roi_margin_mm`` (transposed order) on each side, bounds where it predicts.
+    roi_margin_mm : tuple of float
+    fine : BudgetPlan or None
+        The coarse stage's record holds its fine stage's here (coarse to fine); None for a single plan.
     """
     configuration: str
     minutes: float
@@ -105,6 +111,9 @@ class BudgetPlan:
     base_features: int
     candidates: Tuple[Tuple, ...] = ()
     target_iterations: int = 1000
+    located_by: Optional[str] = None
+    roi_margin_mm: Tuple[float, ...] = ()
+    fine: Optional["BudgetPlan"] = None
 
 
 @dataclass(frozen=True)
@@ -134,11 +143,38 @@ class Plans:
 
     @property
     def recommended_configuration(self) -> str:
-        """What ``autoseg train WORK auto`` trains: the budget configuration when the plans have one, else
-        3d_fullres (2d for 2D data)."""
+        """What ``autoseg train WORK auto`` trains and predicts with: the budget configuration when the plans
+        have one (its fine stage when planned coarse to fine), else 3d_fullres (2d for 2D data)."""
         if self.budget is not None and self.budget.configuration in self.configurations:
+            if self.budget.fine is not None and self.budget.fine.configuration in self.configurations:
+                return self.budget.fine.configuration
             return self.budget.configuration
         return "3d_fullres" if "3d_fullres" in self.configurations else "2d"
+
+    def budget_for(self, configuration: str) -> Optional[BudgetPlan]:
+        """The budget record that planned ``configuration`` (the single or coarse plan, or the fine stage)."""
+        b = self.budget
+        if b is not None and configuration == b.configuration:
+            return b
+        if b is not None and b.fine is not None and configuration == b.fine.configuration:
+            return b.fine
+        return None
+
+    def required_stage(self, configuration: str) -> Optional[str]:
+        """The configuration predicted before ``configuration``, whose result it needs: a cascade stage's
+        previous stage, or a fine stage's coarse stage (`planning.coarse_to_fine`); None for most."""
+        conf = self.configuration(configuration)
+        if conf.previous_stage:
+            return conf.previous_stage
+        record = self.budget_for(conf.name)
+        return record.located_by if record is not None else None
+
+    def stages(self, configuration: str) -> Tuple[str, ...]:
+        """The configurations that train, in order, for ``configuration``: a fine stage's coarse stage first."""
+        conf = self.configuration(configuration).name
+        record = self.budget_for(conf)
+        located = record.located_by if record is not None else None
+        return ((located,) if located else ()) + (conf,)
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name == "auto":
@@ -185,7 +221,7 @@ def _tupleize(value):
     return value
 
 
-_NESTED = {"network": NetworkTopology, "resampling": ResamplingSettings, "budget": BudgetPlan}
+_NESTED = {"network": NetworkTopology, "resampling": ResamplingSettings, "budget": BudgetPlan, "fine": BudgetPlan}
 
 
 def record_from_dict(cls, data: dict, source: str):

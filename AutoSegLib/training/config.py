@@ -165,7 +165,8 @@ def budget_defaults(config: TrainingConfig, budget, explicitly_set: "set[str]") 
     the user did not set: the time budget (the planned one), epochs and iterations that it buys (rescaled
     when the user gave another time budget), validation batches, the planned device and precision, and no
     mirroring in the final validation (8x its cost in 3D, which the budget does not pay for). The run fills
-    its budget (``fill_budget``) unless the user set the epochs or iterations per epoch."""
+    its budget (``fill_budget``) unless the user set the epochs or iterations per epoch. A fine stage
+    (``budget.located_by``) samples only foreground-centred patches (`planning.coarse_to_fine`)."""
     from AutoSegLib.planning.budget import schedule_for
 
     minutes = config.time_budget_minutes if "time_budget_minutes" in explicitly_set else budget.minutes
@@ -174,6 +175,9 @@ def budget_defaults(config: TrainingConfig, budget, explicitly_set: "set[str]") 
                "val_iterations": val_iterations, "precision": budget.precision, "device": budget.device,
                "mirror_at_validation": False,
                "fill_budget": not explicitly_set & {"epochs", "iterations_per_epoch"}}
+    if budget.located_by:
+        from AutoSegLib.planning.coarse_to_fine import FINE_OVERSAMPLE
+        planned["oversample_foreground"] = FINE_OVERSAMPLE
     return config.replace(**{k: v for k, v in planned.items() if k not in explicitly_set})
 
 

@@ -94,9 +94,9 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     configuration = plan.name  # "auto" -> the recommended configuration
     if config is None:
         config = TrainingConfig()
-        if plans.budget is not None and configuration == plans.budget.configuration:
+        if plans.budget_for(configuration) is not None:
             from AutoSegLib.training.config import budget_defaults
-            config = budget_defaults(config, plans.budget, set())
+            config = budget_defaults(config, plans.budget_for(configuration), set())
     layout = plans.label_layout()
     fold = parse_fold(fold, 10 ** 6 if (work_dir / "splits_final.json").is_file() else 5)
     data_folder, cases = check_preprocessed(work_dir, plans, configuration)
@@ -106,6 +106,11 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         from AutoSegLib.training.cascade import check_previous_stage
         previous_folder = check_previous_stage(work_dir, plans, configuration, list(train_cases) + list(val_cases))
         cascade_values = cascade_label_values(layout)
+    from AutoSegLib.inference.located import coarse_validation_maps, located_stage
+    located = located_stage(plans, configuration)
+    if located is not None and config.validate_at_end and val_cases:  # before hours of training, not after
+        from AutoSegLib.training.validation import work_file_ending
+        coarse_validation_maps(work_dir, located[0], fold, val_cases, work_file_ending(work_dir, plans))
     num_inputs = network_input_channels(plans, configuration)
     fold_dir = fold_output_dir(work_dir, configuration, fold, output_dir)
 

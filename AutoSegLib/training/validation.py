@@ -89,6 +89,28 @@ def _raw_images(work_dir: Path) -> Optional[Dict[str, tuple]]:
         return None
 
 
+def work_file_ending(work_dir: Path, plans) -> str:
+    """The raw dataset's file ending (the work folder's dataset.json; the plans' when it has none)."""
+    return (read_json_or_none(Path(work_dir) / "dataset.json", expect=dict) or {}).get("file_ending",
+                                                                                         plans.file_ending)
+
+
+def _located_logits(data, props: dict, coarse_map: Path, margin_mm, plans, patch_size, layout, predict_crop):
+    """A fine stage's logits of one validation case: its network only inside the box around the coarse
+    stage's validation prediction (`inference.located`); background where that found nothing."""
+    from AutoSegLib.inference.located import (background_logits, box_on_preprocessed_grid, logits_in_box,
+                                              margin_in_array_order, region_of_interest)
+    from AutoSegLib.io.images import read_image
+
+    coarse_labels, coarse_geometry = read_image(coarse_map)
+    margin = margin_in_array_order(margin_mm, plans.transpose_forward)
+    box = region_of_interest(np.asarray(coarse_labels), coarse_geometry.spacing, margin)
+    box = box_on_preprocessed_grid(box, props) if box is not None else None
+    if box is None:
+        return background_logits(data.shape[1:], layout.num_outputs, layout.has_regions)
+    return logits_in_box(data, box, patch_size, predict_crop, layout.num_outputs, layout.has_regions)
+
+
 def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: Path, cases: Sequence[str],
                   work_dir: Path, out_dir: Path, ex: Execution, mirror: bool = True,
                   progress: Optional[ProgressCallback] = None, fold=None) -> dict:
@@ -99,6 +121,7 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
 
     Returns the summary dict (also written to ``out_dir/summary.json``)."""
     from AutoSegLib.inference.export import export_logits
+    from AutoSegLib.inference.located import coarse_validation_maps, located_stage
     from AutoSegLib.inference.sliding_window import predict_sliding_window
     from AutoSegLib.io.geometry import Geometry
     from AutoSegLib.io.images import read_case, read_image, write_image
@@ -111,8 +134,9 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
     layout = plans.label_layout()
     previous_folder = cascade.previous_stage_folder(work_dir, plans, configuration) if plan.previous_stage else None
     raw_images = _raw_images(work_dir) if cascade.next_stages(plans, configuration) else None
-    ending = plans.file_ending
-    ending = (read_json_or_none(work_dir / "dataset.json", expect=dict) or {}).get("file_ending", ending)
+    ending = work_file_ending(work_dir, plans)
+    located = located_stage(plans, configuration)
+    coarse_maps = coarse_validation_maps(work_dir, located[0], fold, cases, ending) if located else None
     net.deep_supervision = False
     net.eval()
     mirror_axes = tuple(range(len(plan.patch_size))) if mirror else ()
@@ -129,8 +153,14 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
         if previous_folder is not None:
             previous = cascade.load_previous_stage(previous_folder, case, shape=data.shape[1:], mmap=False)
             data = np.concatenate([data, cascade_one_hot(previous[0], cascade_label_values(layout))])
-        logits = predict_sliding_window(data, predictor, plan.patch_size, num_outputs=layout.num_outputs,
-                                        mirror_axes=mirror_axes, device=ex.device)
+        if coarse_maps is None:
+            logits = predict_sliding_window(data, predictor, plan.patch_size, num_outputs=layout.num_outputs,
+                                            mirror_axes=mirror_axes, device=ex.device)
+        else:  # a fine stage: only inside the box around what its coarse stage found in this case
+            logits = _located_logits(data, props, coarse_maps[case], located[1], plans, plan.patch_size, layout,
+                                     lambda crop: predict_sliding_window(crop, predictor, plan.patch_size,
+                                                                         num_outputs=layout.num_outputs,
+                                                                         mirror_axes=mirror_axes, device=ex.device))
         labels, probs = export_logits(logits, props, plans, configuration)
         if raw_images is not None and case in raw_images:
             image, raw_geometry = read_case(raw_images[case])

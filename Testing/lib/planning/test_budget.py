@@ -1,4 +1,5 @@
-"""Budget planning rules (planning.budget) with stand-in device calibrations, and the calibration's cache."""
+"""Budget planning rules (planning.budget, planning.coarse_to_fine) with stand-in device calibrations, and the
+calibration's cache."""
 import json
 import math
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import pytest
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.network.memory import conv_macs
 from AutoSegLib.planning import budget as B
+from AutoSegLib.planning import coarse_to_fine as C2F
 from AutoSegLib.training.calibration import Calibration
 from AutoSegLib.planning.plans import ConfigurationPlan, NetworkTopology, Plans, ResamplingSettings
 
@@ -280,3 +282,74 @@ def test_plan_passes_the_iteration_target_to_the_budget_plan(synthetic_dataset, 
         assert reached, "the stand-in device is meant to reach both targets"
         assert (record.spacing_factor, record.base_features) == reached[0]
     assert budgets[5000].spacing_factor > budgets[None].spacing_factor
+
+
+# ---- coarse to fine ----------------------------------------------------------------------------------------
+# A CT-like field of view (1 mm, 160 x 256 x 256 after cropping) around a 30 x 40 x 40 mm structure.
+CT_SPACING = (1.0, 1.0, 1.0)
+CT_MEDIAN = (160.0, 256.0, 256.0)
+CT_EXTENTS = np.array([[30.0, 40.0, 40.0], [26.0, 36.0, 44.0], [34.0, 44.0, 36.0]])
+
+
+def pair(minutes, device, spacing=CT_SPACING, median=CT_MEDIAN, extents=CT_EXTENTS, n_cases=40):
+    _, single = B.plan_budget(minutes, device, spacing, median, 1, 2, n_cases, base_plan())
+    return single, C2F.plan_coarse_to_fine(minutes, device, spacing, median, extents, 1, 2, n_cases, base_plan(),
+                                           single)
+
+
+def test_a_small_structure_in_a_large_image_gets_a_coarse_and_a_fine_stage():
+    single, planned = pair(30, FlatDevice(120))
+    assert single.spacing_factor > 1.0  # the whole image at 1 mm does not buy 1000 iterations
+    coarse_plan, coarse, fine_plan, fine = planned
+    # the time: a third for the coarse stage, planned by the budget rule for those minutes
+    assert coarse.minutes == pytest.approx(10.0) and fine.minutes == pytest.approx(20.0)
+    _, alone = B.plan_budget(10.0, FlatDevice(120), CT_SPACING, CT_MEDIAN, 1, 2, 40, base_plan())
+    assert coarse == alone and coarse_plan.name == "3d_budget"
+    # the fine stage: the data's spacing, a patch around the median box plus two coarse voxels a side
+    margin = [2 * s for s in coarse_plan.spacing]
+    assert fine.roi_margin_mm == pytest.approx(margin) and fine.located_by == "3d_budget"
+    roi = np.median(CT_EXTENTS, 0) + 2 * np.asarray(margin)
+    assert fine_plan.spacing == CT_SPACING and fine_plan.median_image_size == pytest.approx(tuple(roi))
+    assert all(p >= r for p, r in zip(fine_plan.patch_size, roi))      # padded up to the pooling divisibility
+    assert all(p < r + 16 for p, r in zip(fine_plan.patch_size, roi))
+    assert fine_plan.name == fine.configuration == "3d_budget_fine" and fine.spacing_factor == 1.0
+    # it buys the rule's target in its share, on a schedule of whole epochs
+    assert fine.iterations >= B.TARGET_ITERATIONS - fine.iterations_per_epoch
+    assert fine.epochs * fine.iterations_per_epoch == fine.iterations
+
+
+def test_the_single_plan_stays_where_the_structure_fills_the_image():
+    # LA2018: the median atrium box is 30 x 47 x 82 voxels of a 44 x 71 x 96 image at 1.25 mm
+    la_extents = np.array([[30 * 1.25, 47 * 1.25, 82 * 1.25]])
+    single, planned = pair(15, FlatDevice(100), (1.25,) * 3, (44.0, 71.0, 96.0), la_extents, n_cases=64)
+    assert single.spacing_factor > 1.0 and planned is None
+
+
+def test_no_pair_when_the_single_plan_keeps_the_data_resolution():
+    single, planned = pair(60, FlatDevice(1e9))
+    assert single.spacing_factor == 1.0 and planned is None
+
+
+def test_no_pair_when_the_region_is_the_image_or_a_third_of_the_budget_plans_nothing():
+    single, planned = pair(30, FlatDevice(120), extents=np.array([[150.0, 240.0, 240.0]]))
+    assert single.spacing_factor > 1.0 and planned is None
+    with pytest.raises(B.BudgetTooSmall):  # 10 minutes are too few on this device, 30 are not
+        B.plan_budget(10, FlatDevice(30), CT_SPACING, CT_MEDIAN, 1, 2, 40, base_plan())
+    single, planned = pair(30, FlatDevice(30))
+    assert single.spacing_factor > 1.0 and planned is None
+
+
+def test_plans_recommend_the_fine_stage_and_train_the_coarse_one_first(tmp_path):
+    from dataclasses import replace
+
+    _, (coarse_plan, coarse, fine_plan, fine) = pair(30, FlatDevice(120))
+    plans = Plans(dataset_name="d", channel_names={"0": "CT"}, labels={"background": 0, "organ": 1},
+                  transpose_forward=(0, 1, 2), transpose_backward=(0, 1, 2), original_median_spacing=CT_SPACING,
+                  original_median_shape=CT_MEDIAN, intensity_properties={},
+                  configurations={"3d_budget": coarse_plan, "3d_budget_fine": fine_plan},
+                  budget=replace(coarse, fine=fine))
+    assert plans.recommended_configuration == "3d_budget_fine"
+    assert plans.stages("auto") == ("3d_budget", "3d_budget_fine") and plans.stages("3d_budget") == ("3d_budget",)
+    assert plans.budget_for("3d_budget_fine") == fine and plans.budget_for("3d_budget") == plans.budget
+    plans.to_json(tmp_path / "plans.json")
+    assert Plans.from_json(tmp_path / "plans.json") == plans  # the nested fine record round-trips

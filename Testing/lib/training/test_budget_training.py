@@ -235,3 +235,98 @@ def test_init_from_a_model_planned_at_another_resolution_names_the_difference(tm
     message = str(err.value)
     assert "voxel spacing" in message and str(tuple(theirs)) in message and "plans.json" in message
     assert not (fold1 / "checkpoint_latest.pt").exists()
+
+
+# ---- a coarse-to-fine pair end to end (its planning rules: planning/test_budget.py) --------------------------
+def pair_work(root: Path):
+    """budget_work's plans made coarse to fine by hand: 3d_budget finds the structure, 3d_budget_fine (the
+    data's spacing, a smaller patch) refines it inside the box it found, grown by 2 mm."""
+    from dataclasses import replace
+
+    from AutoSegLib.planning.planner import _data_identifier
+    from AutoSegLib.preprocessing.dataset import preprocess_dataset
+
+    raw, work, plans = budget_work(root)
+    full = plans.configurations["3d_fullres"]
+    pool = B.budget_patch(full.spacing, (12.0, 16.0, 16.0))
+    fine_plan = replace(full, name="3d_budget_fine", patch_size=tuple(pool.patch_size), batch_size=2,
+                        network=B.candidate_topology(pool, 16), data_identifier="")
+    fine_plan = replace(fine_plan, data_identifier=_data_identifier("3d_budget_fine", fine_plan,
+                                                                    plans.transpose_forward,
+                                                                    plans.intensity_properties))
+    fine = replace(plans.budget, configuration="3d_budget_fine", spacing_factor=1.0, located_by="3d_budget",
+                   roi_margin_mm=(2.0, 2.0, 2.0))
+    plans = replace(plans, configurations={**plans.configurations, "3d_budget_fine": fine_plan},
+                    budget=replace(plans.budget, fine=fine))
+    plans.to_json(work / "plans.json")
+    preprocess_dataset(raw, plans, ["3d_budget_fine"], work, num_workers=1)
+    return raw, work, plans
+
+
+def test_a_coarse_to_fine_pair_trains_both_stages_and_predicts_inside_the_coarse_box(tmp_path):
+    from AutoSegLib.cli import main
+    from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.inference.located import region_of_interest
+    from AutoSegLib.inference.predict import predict_arrays
+    from AutoSegLib.io.images import read_case
+    from AutoSegLib.models.folder import load_model
+
+    raw, work, plans = pair_work(tmp_path)
+    assert plans.recommended_configuration == "3d_budget_fine"
+    common = ["--epochs", "2", "--iterations-per-epoch", "3", "--workers", "0", "--threads", "1"]
+    # the fine stage alone, before its coarse stage: refused before any training, saying what to do
+    with pytest.raises(AutoSegError, match=r"train WORK auto 0"):
+        train_fold(work, "3d_budget_fine", 0, FAST)
+    assert main(["train", str(work), "auto", "0", *common]) == 0
+    coarse, fine = (work / "trained" / c / "fold_0" for c in ("3d_budget", "3d_budget_fine"))
+    assert (coarse / "checkpoint_final.pt").stat().st_mtime < (fine / "checkpoint_final.pt").stat().st_mtime
+    config = json.loads((fine / "training_config.json").read_text())
+    assert config["oversample_foreground"] == 1.0 and config["time_budget_minutes"] == plans.budget.fine.minutes
+    assert json.loads((coarse / "training_config.json").read_text())["oversample_foreground"] == pytest.approx(0.33)
+    assert json.loads((fine / "validation" / "summary.json").read_text())["mean_foreground_dice"] is not None
+    # predict: the coarse stage first, then the fine one only in the box around its foreground. Six
+    # iterations find nothing reliably, so the coarse stage's answer is a blob put where we choose.
+    from AutoSegLib.inference import predict as predict_mod
+    model = load_model(work)
+    assert model.default_configurations() == ("3d_budget_fine",)
+    image, geometry = read_case(sorted((raw / "imagesTr").glob("case_000_*")))
+    blob = np.zeros(image.shape[1:], np.uint8)
+    blob[4:7, 10:14, 12:15] = 1
+    real = predict_mod.predict_configuration
+
+    def coarse_finds_the_blob(model, images, geometry, configuration, *args, **kwargs):
+        if configuration == "3d_budget":
+            return blob.copy(), None
+        return real(model, images, geometry, configuration, *args, **kwargs)
+
+    events = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(predict_mod, "predict_configuration", coarse_finds_the_blob)
+    try:
+        labels, probs = predict_arrays(model, image, geometry, tta=False, device="cpu", return_probabilities=True,
+                                       progress=events.append)
+        box = region_of_interest(blob, geometry.spacing, (2.0, 2.0, 2.0))
+        blob[:] = 0   # the coarse stage finds nothing: nothing to refine, background everywhere
+        nothing, nothing_probs = predict_arrays(model, image, geometry, tta=False, device="cpu",
+                                                return_probabilities=True)
+    finally:
+        mp.undo()
+    assert not nothing.any() and np.all(nothing_probs[0] == 1.0)
+    # 2 mm: one voxel on axis 0 (2 mm spacing), two on the others (1 mm)
+    assert box == ((3, 8), (8, 16), (10, 17))
+    outside = np.ones(labels.shape, bool)
+    outside[tuple(slice(lo, hi) for lo, hi in box)] = False
+    assert not labels[outside].any() and np.all(probs[0][outside] == 1.0) and not np.all(probs[0][~outside] == 1.0)
+    said = [e.get("message", "") for e in events if e.get("event") == "log"]
+    assert any("3d_budget_fine inside 7x8x5 of" in m for m in said)   # x*y*z of the box
+    # find-best treats it like any configuration; the model needs both stages
+    assert main(["find-best", str(work), "--configurations", "3d_budget_fine", "--folds", "0"]) == 0
+    assert json.loads((work / "inference.json").read_text())["configurations"] == ["3d_budget_fine"]
+    from AutoSegLib.inference.estimate import run_configurations
+    assert run_configurations(model, ["3d_budget_fine"]) == ["3d_budget", "3d_budget_fine"]
+    # an archive of the fine stage alone could not predict: refused, naming both
+    archive = tmp_path / "pair.zip"
+    with pytest.raises(AutoSegError, match=r"--configurations 3d_budget 3d_budget_fine"):
+        from AutoSegLib.models.archive import export_model_archive
+        export_model_archive(work, archive, configurations=["3d_budget_fine"])
+    assert not archive.exists()
