@@ -19,7 +19,7 @@ from AutoSegSlicer.common import models
 from AutoSegSlicer.common.runner import ProcessRunner
 from AutoSegSlicer.train.logic import TrainingLogic
 from AutoSegSlicer.train.options import TooFewCasesError, TrainingOptions
-from AutoSegSlicer.train.pipeline import STATE_FILE, TrainingState
+from AutoSegSlicer.train.pipeline import STATE_FILE, TrainingState, train_budget_s
 from AutoSegSlicer.train.progress import TrainingCurves, TrainingStatus
 from autoseg_harness import REPO
 from autoseg_testing import make_model_folder
@@ -122,12 +122,38 @@ def test_status_line_follows_events():
     s.update({"event": "epoch", "configuration": "3d_fullres", "fold": "0", "epoch": 9, "epochs": 50,
               "epoch_time_s": 60.0, "eta_s": 2400.0})
     assert s.run_eta_s == 2400 + 2 * 1800 and s.text().endswith("ETA 40:00 (whole run 1:40:00)")
+    # the later trainings' own budgets where the steps give them (a coarse-to-fine pair: 10 then 20 minutes)
+    s = TrainingStatus(budget_s=900)
+    s.remaining_trainings, s.later_budgets_s = 2, [1200.0]
+    s.start_step("train 3d_budget fold 0", 4, 6)
+    s.update({"event": "epoch", "configuration": "3d_budget", "fold": "0", "epoch": 9, "epochs": 50,
+              "epoch_time_s": 12.0, "eta_s": 480.0})
+    assert s.run_eta_s == 480 + 1200
     s.start_step("preprocess", 2, 5)
     s.update({"event": "progress", "stage": "preprocess", "current": 3, "total": 5, "eta_s": 61, "message": "case_002"})
     assert s.text() == "Step 2/5: preprocess - 3/5 case_002 - ETA 01:01"
 
 
 # -- a whole run --------------------------------------------------------------------------------------
+def test_quick_training_of_a_coarse_to_fine_plan_trains_both_stages_in_order(logic, dataset, monkeypatch):
+    monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=2")
+    monkeypatch.setenv("AUTOSEG_FAKE_COARSE_TO_FINE", "1")
+    events = []
+    job = logic.start_training(dataset(5), TrainingOptions("Pair quick", device="cpu"), on_event=events.append)
+    assert job.wait(120), job.status.text()
+    assert job.error is None and job.finished, job.error
+    cmds = calls(logic.work_dir(job.state.options))
+    assert [c[0] for c in cmds] == ["fingerprint", "plan", "preprocess", "train", "train"]
+    assert cmds[2][2:] == ["--configurations", "3d_budget", "3d_budget_fine"]
+    # the coarse stage first, each with the minutes it was planned for (10 and 20 of the 30)
+    assert [c[2] for c in cmds[3:]] == ["3d_budget", "3d_budget_fine"]
+    assert [float(c[c.index("--time-budget-minutes") + 1]) for c in cmds[3:]] == [10.0, 20.0]
+    assert [train_budget_s(s) for s in job.state.train_steps()] == [600.0, 1200.0]
+    said = [e["message"] for e in events if e["event"] == "log" and "expected to finish at" in e.get("message", "")]
+    assert len(said) == 1 and "3d_budget: 2 x 2 x 2 mm" in said[0] and "then 3d_budget_fine: 1 x 1 x 1 mm" in said[0]
+    assert "inside the box the first finds" in said[0] and "(30 min)" in said[0]
+
+
 def test_quick_training_runs_every_step_installs_the_model_and_shows_curves(logic, dataset, monkeypatch):
     monkeypatch.setenv("AUTOSEG_FAKE_TRAIN", "epochs=3")
     ds = dataset(5)

@@ -12,6 +12,7 @@ Fake epoch numbers: train_loss = 1 / (epoch + 1), val_loss = train_loss + 0.1, p
 (epoch + 1) / (epochs + k + 1), ema = mean of pseudo_dice; validation Dice of label value v = 0.5 + v / 10.
 """
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,12 @@ def plan(args):
         plans["configurations"]["3d_budget"] = {"patch_size": [16, 16, 16], "spacing": [2.0, 2.0, 2.0]}
         plans["budget"] = {"configuration": "3d_budget", "minutes": float(minutes), "device": "cpu",
                            "precision": "float32", "iterations": 1200, "step_seconds": 1.25, "spacing_factor": 2.0}
+        if os.environ.get("AUTOSEG_FAKE_COARSE_TO_FINE"):  # planned as a pair: a third, then two thirds
+            plans["budget"]["minutes"] = float(minutes) / 3
+            plans["configurations"]["3d_budget_fine"] = {"patch_size": [32, 32, 32], "spacing": [1.0, 1.0, 1.0]}
+            plans["budget"]["fine"] = {"configuration": "3d_budget_fine", "minutes": 2 * float(minutes) / 3,
+                                       "device": "cpu", "precision": "float32", "iterations": 1500,
+                                       "step_seconds": 0.8, "spacing_factor": 1.0, "located_by": "3d_budget"}
     (work / "plans.json").write_text(json.dumps(plans))
     ev(event="result", work=str(work))
     return 0

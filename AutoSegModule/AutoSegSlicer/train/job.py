@@ -17,7 +17,7 @@ from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.work_folder import fold_dir
 from AutoSegSlicer.common.runner import RunResult, autoseglib_command
 from AutoSegSlicer.train.pipeline import (DONE, FAILED, LOG_FILE, PENDING, RUNNING, Step, TrainingState,
-                                             resume_args)
+                                             resume_args, train_budget_s)
 from AutoSegSlicer.train.options import budget_per_training
 from AutoSegSlicer.train.progress import TrainingCurves, TrainingStatus
 
@@ -139,7 +139,9 @@ class TrainingJob:
             self._log(f"--- step {index}/{len(self.state.steps)}: {step.label}")
             if not step.in_process:
                 rest = self.state.steps[index:]
-                self.status.remaining_trainings = sum(1 for s in rest if s.command == "train")
+                trains = [s for s in rest if s.command == "train"]
+                self.status.remaining_trainings = len(trains)
+                self.status.later_budgets_s = [train_budget_s(s) for s in trains[1:]]
                 try:
                     self._start_child(step)
                 except OSError as exc:  # the interpreter is missing or cannot be executed

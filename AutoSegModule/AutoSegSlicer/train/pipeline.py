@@ -140,13 +140,15 @@ class TrainingState:
                                f"new training.") from None
 
 
-def _train_args(work: Path, configuration: str, fold: str, options: TrainingOptions, n_trainings: int,
-                init_from: Optional[Path] = None) -> List[str]:
+def _train_args(work: Path, configuration: str, fold: str, options: TrainingOptions, n_folds: int,
+                init_from: Optional[Path] = None, share: float = 1.0) -> List[str]:
+    """A train step's arguments; ``share`` is this configuration's part of a fold's minutes."""
     args = [str(work), configuration, str(fold)]
     if options.epochs is not None:
         args += ["--epochs", str(int(options.epochs))]
-    budget = budget_per_training(options, n_trainings)
+    budget = budget_per_training(options, n_folds)
     if budget is not None:
+        budget *= share
         args += ["--time-budget-minutes", f"{budget:g}"]
     if options.iterations_per_epoch is not None:
         args += ["--iterations-per-epoch", str(int(options.iterations_per_epoch))]
@@ -159,6 +161,16 @@ def _train_args(work: Path, configuration: str, fold: str, options: TrainingOpti
     if init_from is not None:
         args += ["--init-from", str(init_from)]
     return args
+
+
+def train_budget_s(step: Step) -> Optional[float]:
+    """The seconds a train step's ``--time-budget-minutes`` gives it (None without one)."""
+    if "--time-budget-minutes" not in step.args:
+        return None
+    try:
+        return 60.0 * float(step.args[step.args.index("--time-budget-minutes") + 1])
+    except (IndexError, ValueError):
+        return None
 
 
 def new_model_state(dataset: Path, work: Path, options: TrainingOptions, folds: List[str]) -> TrainingState:
@@ -184,15 +196,21 @@ def budget_summary(plans: dict, now: Optional[float] = None) -> Optional[str]:
     budget = plans.get("budget")
     if not isinstance(budget, dict):
         return None
-    conf = (plans.get("configurations") or {}).get(budget.get("configuration"), {})
-    spacing = conf.get("spacing") or []
-    finish = time.strftime("%H:%M", time.localtime((now or time.time()) + 60 * float(budget["minutes"])))
-    return (f"{budget['configuration']}: {' x '.join(f'{v:.3g}' for v in spacing)} mm voxels "
-            f"({budget['spacing_factor']:g}x the data's), patch {' x '.join(str(p) for p in conf.get('patch_size', []))}, "
-            f"about {budget['iterations']} iterations of {budget['step_seconds']:.2f} s on {budget['device']} "
-            f"({budget['precision']}; more if they run faster: training uses its whole budget), validation "
-            f"included: training expected to finish at {finish} "
-            f"({budget['minutes']:g} min).")
+    records = [budget] + ([budget["fine"]] if isinstance(budget.get("fine"), dict) else [])
+    minutes = sum(float(r["minutes"]) for r in records)
+    finish = time.strftime("%H:%M", time.localtime((now or time.time()) + 60 * minutes))
+    parts = []
+    for r in records:
+        conf = (plans.get("configurations") or {}).get(r.get("configuration"), {})
+        spacing = conf.get("spacing") or []
+        where = " inside the box the first finds" if r.get("located_by") else ""
+        parts.append(f"{r['configuration']}: {' x '.join(f'{v:.3g}' for v in spacing)} mm voxels "
+                     f"({r['spacing_factor']:g}x the data's){where}, patch "
+                     f"{' x '.join(str(p) for p in conf.get('patch_size', []))}, about {r['iterations']} iterations "
+                     f"of {r['step_seconds']:.2f} s in {float(r['minutes']):.3g} min")
+    return (f"{'; then '.join(parts)} on {budget['device']} ({budget['precision']}; more iterations if they run "
+            f"faster: training uses its whole budget), validation included: training expected to finish at "
+            f"{finish} ({minutes:g} min).")
 
 
 def trainable_configurations(plans: dict) -> List[str]:
@@ -214,6 +232,10 @@ def choose_configurations(plans: dict, options: TrainingOptions, source: str = "
         return [options.configuration]
     if options.mode == "full":
         return available
+    budget = plans.get("budget") or {}
+    fine = (budget.get("fine") or {}).get("configuration")
+    if fine in available and budget.get("configuration") in available:
+        return [budget["configuration"], fine]  # coarse to fine: the coarse stage first
     return [next((c for c in QUICK_CONFIGURATIONS if c in available), available[0])]
 
 
@@ -226,15 +248,29 @@ def expand_train_steps(state: TrainingState) -> Optional[str]:
     confs = choose_configurations(plans, state.options, str(plans_path))
     idx = next(i for i, s in enumerate(state.steps) if s.command == "expand")
     new = [Step("preprocess", [str(state.work), "--configurations", *confs])]
-    new += _train_and_finish_steps(state, confs, init_from=None)
+    new += _train_and_finish_steps(state, confs, init_from=None, shares=stage_shares(plans, confs))
     state.steps[idx:idx + 1] = [Step("expand", status=DONE)] + new
     return budget_summary(plans) if plans.get("budget", {}) and \
         plans["budget"].get("configuration") in confs else None
 
 
-def _train_and_finish_steps(state: TrainingState, confs: List[str], init_from: Optional[Path]) -> List[Step]:
-    n = len(confs) * len(state.folds)
-    steps = [Step("train", _train_args(state.work, c, f, state.options, n, init_from), configuration=c, fold=f)
+def stage_shares(plans: dict, confs: List[str]) -> dict:
+    """Each configuration's part of a fold's minutes: as planned for a coarse-to-fine pair (a third, two
+    thirds), else equal."""
+    budget = plans.get("budget") or {}
+    fine = budget.get("fine") or {}
+    if fine and set(confs) == {budget.get("configuration"), fine.get("configuration")}:
+        total = float(budget["minutes"]) + float(fine["minutes"])
+        return {budget["configuration"]: float(budget["minutes"]) / total,
+                fine["configuration"]: float(fine["minutes"]) / total}
+    return {c: 1.0 / len(confs) for c in confs}
+
+
+def _train_and_finish_steps(state: TrainingState, confs: List[str], init_from: Optional[Path],
+                            shares: Optional[dict] = None) -> List[Step]:
+    shares = shares or {c: 1.0 / len(confs) for c in confs}
+    steps = [Step("train", _train_args(state.work, c, f, state.options, len(state.folds), init_from, shares[c]),
+                  configuration=c, fold=f)
              for c in confs for f in state.folds]
     if sorted(state.folds) == [str(i) for i in range(5)]:
         steps.append(Step("find-best", [str(state.work)]))

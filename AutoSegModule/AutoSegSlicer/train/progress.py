@@ -180,13 +180,15 @@ class TrainingCurves:
 class TrainingStatus:
     """The panel's status line: step k of n, stage, configuration/fold, epoch, ETA; updated from events.
 
-    The run's ETA adds to the current training's ETA ``remaining_trainings`` more trainings, each estimated
-    as epochs x the last epoch's time, capped by the per-training time budget ``budget_s``.
+    The run's ETA adds to the current training's ETA ``remaining_trainings`` more trainings: each one's own
+    time budget where ``later_budgets_s`` gives it (a coarse-to-fine pair's stages differ), else epochs x
+    the last epoch's time, capped by the per-training time budget ``budget_s``.
     """
 
     def __init__(self, budget_s: Optional[float] = None):
         self.budget_s = budget_s
         self.remaining_trainings = 0
+        self.later_budgets_s: List[Optional[float]] = []
         self.run_eta_s: Optional[float] = None
         self.step_label = ""
         self.step_index = 0
@@ -229,7 +231,9 @@ class TrainingStatus:
                 if self.budget_s is not None:
                     per_training = min(per_training, self.budget_s)
                 if self.eta_s is not None and self.remaining_trainings > 1:
-                    self.run_eta_s = float(self.eta_s) + (self.remaining_trainings - 1) * per_training
+                    later = list(self.later_budgets_s)[:self.remaining_trainings - 1]
+                    later += [None] * (self.remaining_trainings - 1 - len(later))
+                    self.run_eta_s = float(self.eta_s) + sum(per_training if b is None else float(b) for b in later)
             except (TypeError, ValueError):
                 pass
 
