@@ -17,14 +17,19 @@ from AutoSegLib.io.images import write_image
 
 
 def make_case(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator,
-              n_channels: int = 1) -> Tuple[np.ndarray, np.ndarray]:
-    """One synthetic case. Returns image (C, *shape) float32 and label (*shape) uint8 (0, 1, 2)."""
+              n_channels: int = 1, structure_size: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """One synthetic case. Returns image (C, *shape) float32 and label (*shape) uint8 (0, 1, 2).
+    ``structure_size`` scales the organ (radii 18-30 % of the image's extent at 1); a smaller organ is
+    placed anywhere in the middle half of the image."""
     shape = tuple(int(s) for s in shape)
     spacing = np.asarray(spacing, float)
     extent = np.asarray(shape) * spacing
     grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
-    centre = extent / 2 + rng.normal(0, 0.06, len(shape)) * extent
-    radii = extent * rng.uniform(0.18, 0.3, len(shape))
+    offset = rng.normal(0, 0.06 if structure_size >= 1 else 0.12, len(shape))
+    if structure_size < 1:
+        offset = np.clip(offset, -0.25, 0.25)
+    centre = extent / 2 + offset * extent
+    radii = extent * rng.uniform(0.18, 0.3, len(shape)) * float(structure_size)
     r_organ = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii))
     lesion_centre = centre + rng.uniform(-0.35, 0.35, len(shape)) * radii
     lesion_radii = radii * rng.uniform(0.3, 0.45, len(shape))
@@ -45,15 +50,16 @@ def make_case(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Gen
 def make_synthetic_dataset(out_dir: "str | Path", n_cases: int = 12, shape: Sequence[int] = (32, 48, 48),
                            spacing: Sequence[float] = (2.0, 1.0, 1.0), n_channels: int = 1,
                            n_test: int = 0, seed: int = 0, file_ending: str = ".nii.gz",
-                           shape_jitter: float = 0.15) -> Path:
+                           shape_jitter: float = 0.15, structure_size: float = 1.0) -> Path:
     """Write a synthetic dataset in the raw layout (imagesTr, labelsTr, dataset.json; imagesTs and
-    labelsTs when ``n_test`` > 0). Shapes vary by up to ``shape_jitter`` per axis. Returns ``out_dir``."""
+    labelsTs when ``n_test`` > 0). Shapes vary by up to ``shape_jitter`` per axis; ``structure_size`` scales
+    the organ (`make_case`). Returns ``out_dir``."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     for split, n, prefix in (("Tr", n_cases, "case"), ("Ts", n_test, "test")):
         for i in range(n):
             case_shape = [max(8, int(round(s * rng.uniform(1 - shape_jitter, 1 + shape_jitter)))) for s in shape]
-            image, label = make_case(case_shape, spacing, rng, n_channels)
+            image, label = make_case(case_shape, spacing, rng, n_channels, structure_size)
             geometry = Geometry(tuple(spacing), tuple(rng.normal(0, 10, len(shape))), tuple(np.eye(len(shape)).ravel()))
             name = f"{prefix}_{i:03d}"
             for c in range(n_channels):
