@@ -15,7 +15,11 @@ share: the same bar the single plan failed at the data's resolution. Otherwise t
 On LA2018 (an image already cropped around the atrium: its box is 39 % of the image, 60 % with a 5 mm
 margin, median over 80 cases) the fine step costs 0.55x the whole image's (1.54 vs 2.79 s predicted at
 1.25 mm, 16 features), so the fine stage never buys 1000 iterations in two thirds of 15 or 30 minutes
-and the single plan stays; the pair is for images where the structure is small.
+and the single plan stays; the pair is for images where the structure is small. There (bench/coarse_to_fine.py:
+synthetic 80x160x160 images at 1.5x1x1 mm, an organ box of ~1 % of the image, 15 minutes, float32) the pair
+reached held-out Dice 0.967 / 0.978 (organ / lesion) against 0.846 / 0.824 for the single 4 mm plan. The
+share, the margin and the foreground-only sampling below are first choices, not yet varied; two of ten
+organs there had false positives near the box's edges (bench/README.md).
 """
 from __future__ import annotations
 
