@@ -7,8 +7,9 @@ above 1), but the structure fills only part of the image, the budget can instead
   has to find the structure;
 - the **fine** stage (``3d_budget_fine``): the data's own spacing, a patch sized to the region of interest
   (the median foreground bounding box plus ``ROI_MARGIN_VOXELS`` coarse voxels on each side, cut like any
-  budget patch), trained on patches centred on foreground, for the rest of the minutes. At prediction it
-  sees only the box around what the coarse stage found (plus that margin), never the whole image.
+  budget patch), trained on patches centred anywhere in each case's foreground box grown by that margin
+  (the region it will be asked about), for the rest of the minutes. At prediction it sees only the box
+  around what the coarse stage found (plus that margin), never the whole image.
 
 The pair is planned when the fine stage buys ``target_iterations`` (the budget rule's target) in its
 share: the same bar the single plan failed at the data's resolution. Otherwise the single plan stays.
@@ -18,8 +19,9 @@ margin, median over 80 cases) the fine step costs 0.55x the whole image's (1.54 
 and the single plan stays; the pair is for images where the structure is small. There (bench/coarse_to_fine.py:
 synthetic 80x160x160 images at 1.5x1x1 mm, an organ box of ~1 % of the image, 15 minutes, float32) the pair
 reached held-out Dice 0.967 / 0.978 (organ / lesion) against 0.846 / 0.824 for the single 4 mm plan. The
-share, the margin and the foreground-only sampling below are first choices, not yet varied; two of ten
-organs there had false positives near the box's edges (bench/README.md).
+share and the margin below are first choices, not yet varied. With patches centred on foreground voxels
+only, two of ten organs there had false positives near the box's edges (bench/README.md); the fine stage now
+centres its patches anywhere in the foreground box grown by the margin, the region it is asked about.
 """
 from __future__ import annotations
 
@@ -37,8 +39,6 @@ FINE_CONFIGURATION = "3d_budget_fine"
 COARSE_SHARE = 1.0 / 3.0
 #: Margin around the foreground box, in voxels of the coarse stage (its boundary is uncertain by about one).
 ROI_MARGIN_VOXELS = 2
-#: The fine stage's samples are centred on foreground: the region it will be asked about.
-FINE_OVERSAMPLE = 1.0
 
 
 def roi_shape(extents_mm: np.ndarray, margin_mm: Sequence[float], spacing: Sequence[float],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Optional, Tuple
 
 from AutoSegLib.errors import AutoSegError
 
@@ -40,6 +40,10 @@ class TrainingConfig:
         Gradient-norm clipping threshold.
     oversample_foreground : float
         Fraction of each batch forced to contain foreground (the last ``round(B * fraction)`` samples).
+    box_margin_mm : tuple of float
+        When given (a coarse-to-fine pair's fine stage, `planning.coarse_to_fine`): every patch is centred at a
+        uniformly drawn voxel of the case's foreground box grown by this margin (mm per axis of the
+        preprocessed grid), the region that stage will be asked about; ``oversample_foreground`` is then unused.
     deep_supervision : bool
         Loss on every decoder level but the lowest.
     ema_factor : float
@@ -89,6 +93,7 @@ class TrainingConfig:
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
     oversample_foreground: float = 0.33
+    box_margin_mm: Tuple[float, ...] = ()
     deep_supervision: bool = True
     ema_factor: float = 0.9
     num_workers: Optional[int] = None
@@ -166,7 +171,7 @@ def budget_defaults(config: TrainingConfig, budget, explicitly_set: "set[str]") 
     when the user gave another time budget), validation batches, the planned device and precision, and no
     mirroring in the final validation (8x its cost in 3D, which the budget does not pay for). The run fills
     its budget (``fill_budget``) unless the user set the epochs or iterations per epoch. A fine stage
-    (``budget.located_by``) samples only foreground-centred patches (`planning.coarse_to_fine`)."""
+    (``budget.located_by``) samples its patches in the foreground box grown by its margin (`box_margin_mm`)."""
     from AutoSegLib.planning.budget import schedule_for
 
     minutes = config.time_budget_minutes if "time_budget_minutes" in explicitly_set else budget.minutes
@@ -176,8 +181,7 @@ def budget_defaults(config: TrainingConfig, budget, explicitly_set: "set[str]") 
                "mirror_at_validation": False,
                "fill_budget": not explicitly_set & {"epochs", "iterations_per_epoch"}}
     if budget.located_by:
-        from AutoSegLib.planning.coarse_to_fine import FINE_OVERSAMPLE
-        planned["oversample_foreground"] = FINE_OVERSAMPLE
+        planned["box_margin_mm"] = tuple(float(m) for m in budget.roi_margin_mm)
     return config.replace(**{k: v for k, v in planned.items() if k not in explicitly_set})
 
 

@@ -56,9 +56,11 @@ class EpochRunner:
         forced = forced_foreground(batch, config.oversample_foreground)
         local_batch, local_forced = dist_mod.split_batch(batch, forced, info)
         max_angle, dummy_2d, mirror_axes = rotation_settings(plan.patch_size)
+        box_margin = tuple(float(m) / float(s) for m, s in zip(config.box_margin_mm, plan.spacing))  # voxels
         common = dict(folder=str(data_folder), batch_size=local_batch, patch_size=tuple(plan.patch_size),
                       forced=tuple(local_forced), cascade_values=tuple(cascade_values),
-                      previous_folder=str(previous_folder) if previous_folder is not None else None)
+                      previous_folder=str(previous_folder) if previous_folder is not None else None,
+                      box_margin=box_margin)
         train_spec = BatchSpec(cases=tuple(train_cases), augment=True,
                                sample_patch_size=augmentation_patch_size(plan.patch_size, max_angle, dummy_2d),
                                max_angle=max_angle, dummy_2d=dummy_2d, mirror_axes=mirror_axes, **common)

@@ -92,14 +92,19 @@ class PatchSampler:
         The network's patch size; the difference to ``patch_size`` may fall outside the image.
     oversample : float
         Fraction of forced-foreground samples.
+    box_margin : sequence of float, optional
+        Voxels per axis: every patch is centred at a uniformly drawn voxel of the case's foreground box (from
+        its stored foreground locations) grown by this margin, instead of the forced/random rule (a
+        coarse-to-fine pair's fine stage; a case without foreground gets a random position).
     """
 
     def __init__(self, store: CaseStore, patch_size: Sequence[int], final_patch_size: Sequence[int],
-                 oversample: float = 0.33):
+                 oversample: float = 0.33, box_margin: Optional[Sequence[float]] = None):
         self.store = store
         self.patch_size = tuple(int(p) for p in patch_size)
         self.final_patch_size = tuple(int(p) for p in final_patch_size)
         self.oversample = float(oversample)
+        self.box_margin = tuple(float(m) for m in box_margin) if box_margin else None
         self._locs: Dict[str, Dict[str, np.ndarray]] = {}
 
     def _locations(self, case: str, props: dict, ndim: int) -> Dict[str, np.ndarray]:
@@ -143,6 +148,10 @@ class PatchSampler:
         ndim_patch = len(self.patch_size)
         locs = self._locations(case, props, ndim_data)
         chosen = None
+        if self.box_margin is not None and ndim_patch == ndim_data:
+            if locs:
+                chosen = box_centre(np.concatenate(list(locs.values())), self.box_margin, image.shape[1:], rng)
+            return crop_with_padding(image, seg, self.patch_size, self.final_patch_size, rng, chosen, previous)
         if force_fg and locs:
             key = sorted(locs)[int(rng.integers(len(locs)))]
             chosen = locs[key][int(rng.integers(len(locs[key])))]
@@ -155,6 +164,18 @@ class PatchSampler:
             image, seg = image[:, z], seg[:, z]
             previous = previous[:, z] if previous is not None else None
         return crop_with_padding(image, seg, self.patch_size, self.final_patch_size, rng, chosen, previous)
+
+
+def box_centre(locations: np.ndarray, margin: Sequence[float], shape: Sequence[int],
+               rng: np.random.Generator) -> Tuple[int, ...]:
+    """A uniformly drawn voxel of the bounding box of ``locations`` (N, ndim) grown by ``ceil(margin)`` voxels
+    per axis, clipped to ``shape``."""
+    lo, hi = locations.min(0), locations.max(0) + 1
+    out = []
+    for a, b, m, n in zip(lo, hi, margin, shape):
+        m = int(math.ceil(float(m) - 1e-9))
+        out.append(int(rng.integers(max(0, int(a) - m), min(int(n), int(b) + m))))
+    return tuple(out)
 
 
 def crop_with_padding(image: np.ndarray, seg: np.ndarray, patch_size: Sequence[int],

@@ -55,6 +55,9 @@ class BatchSpec:
         A cascade stage's previous-stage predictions (``training.cascade.previous_stage_folder``).
     cascade_values : tuple of int
         With ``previous_folder``: the label values of its one-hot input channels.
+    box_margin : tuple of float
+        Voxels: patches centred in each case's foreground box grown by this (``PatchSampler``); () for the
+        forced/random rule.
     """
     folder: str
     cases: Tuple[str, ...]
@@ -68,6 +71,7 @@ class BatchSpec:
     mirror_axes: Tuple[int, ...] = ()
     previous_folder: Optional[str] = None
     cascade_values: Tuple[int, ...] = ()
+    box_margin: Tuple[float, ...] = ()
 
 
 def make_batch_function(spec: BatchSpec) -> Callable[[np.random.Generator], Tuple[np.ndarray, np.ndarray]]:
@@ -78,7 +82,7 @@ def make_batch_function(spec: BatchSpec) -> Callable[[np.random.Generator], Tupl
 
     cascade = spec.previous_folder is not None
     store = CaseStore(spec.folder, spec.cases, previous_folder=spec.previous_folder)
-    sampler = PatchSampler(store, spec.sample_patch_size, spec.patch_size)
+    sampler = PatchSampler(store, spec.sample_patch_size, spec.patch_size, box_margin=spec.box_margin or None)
     transforms = None
     if spec.augment:
         from AutoSegLib.training.augmentation import training_transforms

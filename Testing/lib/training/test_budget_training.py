@@ -281,8 +281,8 @@ def test_a_coarse_to_fine_pair_trains_both_stages_and_predicts_inside_the_coarse
     coarse, fine = (work / "trained" / c / "fold_0" for c in ("3d_budget", "3d_budget_fine"))
     assert (coarse / "checkpoint_final.pt").stat().st_mtime < (fine / "checkpoint_final.pt").stat().st_mtime
     config = json.loads((fine / "training_config.json").read_text())
-    assert config["oversample_foreground"] == 1.0 and config["time_budget_minutes"] == plans.budget.fine.minutes
-    assert json.loads((coarse / "training_config.json").read_text())["oversample_foreground"] == pytest.approx(0.33)
+    assert config["box_margin_mm"] == [2.0, 2.0, 2.0] and config["time_budget_minutes"] == plans.budget.fine.minutes
+    assert json.loads((coarse / "training_config.json").read_text())["box_margin_mm"] == []
     assert json.loads((fine / "validation" / "summary.json").read_text())["mean_foreground_dice"] is not None
     # predict: the coarse stage first, then the fine one only in the box around its foreground. Six
     # iterations find nothing reliably, so the coarse stage's answer is a blob put where we choose.

@@ -6,7 +6,7 @@ import pytest
 
 from AutoSegLib.training.augmentation import augment_batch, training_transforms
 from AutoSegLib.training.data import CaseStore
-from AutoSegLib.training.sampling import (PatchSampler, augmentation_patch_size, crop_with_padding,
+from AutoSegLib.training.sampling import (PatchSampler, augmentation_patch_size, box_centre, crop_with_padding,
                                           forced_foreground, rotation_settings)
 
 
@@ -45,6 +45,25 @@ def test_measured_foreground_fraction(tmp_path):
     assert frac[0] < 0.15 and frac[1] < 0.15  # random samples: rarely
     overall = per_position.sum() / (3 * n_batches)
     assert 0.33 <= overall < 0.45           # a third of each batch, plus the few random hits
+
+
+def test_a_fine_stage_centres_its_patches_anywhere_in_the_grown_foreground_box(tmp_path):
+    # a 2^3 cube at (20, 20, 30) grown by 3 voxels: centres in [17, 25) x [17, 25) x [27, 35), every voxel of
+    # it drawn, and nothing outside, whatever the forced flags say
+    locations = np.argwhere(np.ones((2, 2, 2))) + [20, 20, 30]
+    rng = np.random.default_rng(0)
+    centres = np.array([box_centre(locations, (3, 3, 3), (40, 40, 40), rng) for _ in range(4000)])
+    assert centres.min(0).tolist() == [17, 17, 27] and centres.max(0).tolist() == [24, 24, 34]
+    assert len({tuple(c) for c in centres}) == 8 * 8 * 8
+    # clipped to the image; a fractional margin rounds up
+    near_edge = np.argwhere(np.ones((2, 2, 2))) + [0, 0, 38]
+    c = np.array([box_centre(near_edge, (1.5, 1.5, 1.5), (40, 40, 40), rng) for _ in range(2000)])
+    assert c.min(0).tolist() == [0, 0, 36] and c.max(0).tolist() == [3, 3, 39]
+    # the sampler: an 8^3 patch centred in the box always holds some of the cube (it is within 4 voxels)
+    _write_case(tmp_path, "c0", (40, 40, 40), (20, 20, 30))
+    sampler = PatchSampler(CaseStore(tmp_path, ["c0"]), (8, 8, 8), (8, 8, 8), box_margin=(2, 2, 2))
+    _, seg, _ = sampler.sample_batch(np.random.default_rng(1), 50, forced=[False] * 50)
+    assert all((s == 1).any() for s in seg)
 
 
 def test_crop_with_padding_values_and_bounds():
