@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -140,8 +140,8 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
         if roi is not None:
             shape = _roi_crop_shape(model, configurations, shape, geo, roi, str(files[0]))
         for c in configurations:
-            cost = case_cost(cals[c], model, c, shape, geo.spacing, len(folds_for[c]), tta, step_size,
-                             save_probabilities)
+            cost = case_cost(cals[c], model, c, located_shape(model.plans, c, shape, geo.spacing) or shape,
+                             geo.spacing, len(folds_for[c]), tta, step_size, save_probabilities)
             seconds += cost["network_s"] + cost["resample_s"] + cost["other_s"]
             pipeline_peak = max(pipeline_peak, cost["pipeline_mib"])
     # networks exported on first use (compiled runtime): torch is imported and each fold exported and checked
@@ -178,6 +178,21 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
     return event
 
 
+def located_shape(plans, configuration: str, shape: Sequence[int], spacing: Sequence[float]) -> Optional[tuple]:
+    """What a fine stage (`inference.located`) predicts of an image of array ``shape`` and ``spacing``, for
+    the estimate: its planned region (the median foreground box with its margin) plus one patch of context,
+    clipped to the image; None for any other configuration (it predicts the whole image)."""
+    from AutoSegLib.inference.located import located_stage
+    if located_stage(plans, configuration) is None:
+        return None
+    conf = plans.configuration(configuration)
+    out = list(int(n) for n in shape)
+    for i, axis in enumerate(int(a) for a in plans.transpose_forward):
+        mm = (float(conf.median_image_size[i]) + float(conf.patch_size[i])) * float(conf.spacing[i])
+        out[axis] = min(out[axis], int(math.ceil(mm / float(spacing[axis]) - 1e-6)))
+    return tuple(out)
+
+
 def _roi_crop_shape(model, configurations, shape, geo, roi, source) -> tuple:
     from AutoSegLib.inference.roi import context_box, patch_extent_mm, roi_to_box
     box = roi_to_box(roi, shape, geo, source)
@@ -207,4 +222,4 @@ def run_configurations(model, configurations: Sequence[str]) -> List[str]:
     return out
 
 
-__all__ = ["estimate_run", "case_cost", "available_mib", "run_configurations"]
+__all__ = ["estimate_run", "case_cost", "available_mib", "run_configurations", "located_shape"]

@@ -47,3 +47,30 @@ def test_logits_in_a_box_are_the_networks_inside_and_background_outside():
     assert torch.all(logits[0][torch.from_numpy(out)] == 30.0) and torch.all(logits[1][torch.from_numpy(out)] == -30.0)
     regions = L.background_logits((3, 3), 2, regions=True)
     assert torch.all(regions == -30.0)   # region-based: every region absent
+
+
+def test_the_estimate_sizes_a_fine_stage_by_its_planned_region_not_the_whole_image():
+    from types import SimpleNamespace
+
+    from AutoSegLib.inference.estimate import located_shape
+    from AutoSegLib.planning.plans import BudgetPlan
+
+    fine_conf = SimpleNamespace(median_image_size=(20.0, 30.0, 40.0), patch_size=(16, 32, 32), spacing=(1.5, 1.0, 1.0))
+    record = BudgetPlan(configuration="3d_budget_fine", minutes=10, device="cpu", precision="float32", machine="m",
+                        gflops=1, step_seconds=1, iterations=1, iterations_per_epoch=1, epochs=1, val_iterations=1,
+                        reserve_seconds=1, spacing_factor=1.0, base_features=16, located_by="3d_budget")
+
+    class Plans:
+        transpose_forward = (0, 2, 1)   # transposed axis 1 is array axis 2
+
+        def budget_for(self, name):
+            return record if name == "3d_budget_fine" else None
+
+        def configuration(self, name):
+            return fine_conf
+
+    # transposed: (20 + 16) x 1.5 = 54 mm, (30 + 32) x 1 = 62 mm, (40 + 32) x 1 = 72 mm, on array axes 0, 2, 1;
+    # at 3 x 0.5 x 1 mm (array order): 18, 144, 62 voxels, each at most the image's size
+    assert located_shape(Plans(), "3d_budget_fine", (200, 300, 100), (3.0, 0.5, 1.0)) == (18, 144, 62)
+    assert located_shape(Plans(), "3d_budget_fine", (200, 100, 50), (3.0, 0.5, 1.0)) == (18, 100, 50)
+    assert located_shape(Plans(), "3d_budget", (200, 300, 100), (3.0, 0.5, 1.0)) is None
