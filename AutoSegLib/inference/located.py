@@ -27,14 +27,8 @@ def located_stage(plans, configuration: str) -> Optional[Tuple[str, Tuple[float,
 
 def foreground_box(labels: np.ndarray) -> Optional[Box]:
     """Half-open bounding box of the non-zero voxels of ``labels`` (None when there are none)."""
-    box = []
-    for axis in range(labels.ndim):
-        other = tuple(a for a in range(labels.ndim) if a != axis)
-        nz = np.flatnonzero(np.any(labels != 0, axis=other))
-        if nz.size == 0:
-            return None
-        box.append((int(nz[0]), int(nz[-1]) + 1))
-    return tuple(box)
+    from AutoSegLib.fingerprint.extract import nonzero_bbox
+    return nonzero_bbox(labels[None]) if np.any(labels) else None
 
 
 def grow_box(box: Box, margin_voxels: Sequence[float], shape: Sequence[int]) -> Box:

@@ -170,12 +170,9 @@ def box_centre(locations: np.ndarray, margin: Sequence[float], shape: Sequence[i
                rng: np.random.Generator) -> Tuple[int, ...]:
     """A uniformly drawn voxel of the bounding box of ``locations`` (N, ndim) grown by ``ceil(margin)`` voxels
     per axis, clipped to ``shape``."""
-    lo, hi = locations.min(0), locations.max(0) + 1
-    out = []
-    for a, b, m, n in zip(lo, hi, margin, shape):
-        m = int(math.ceil(float(m) - 1e-9))
-        out.append(int(rng.integers(max(0, int(a) - m), min(int(n), int(b) + m))))
-    return tuple(out)
+    from AutoSegLib.inference.located import grow_box
+    box = tuple((int(a), int(b) + 1) for a, b in zip(locations.min(0), locations.max(0)))
+    return tuple(int(rng.integers(lo, hi)) for lo, hi in grow_box(box, margin, shape))
 
 
 def crop_with_padding(image: np.ndarray, seg: np.ndarray, patch_size: Sequence[int],
