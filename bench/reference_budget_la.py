@@ -2,7 +2,8 @@
 ``budget_la.py``, so that its row joins that table (issue #11).
 
     .bench-venv/bin/python bench/reference_budget_la.py --from-run /tmp/autoseg_bench_budget/budget_float32_15min
-                                                        [--budget-minutes 15] [--root /tmp/autoseg_bench_reference]
+                                                        [--budget-minutes 15] [--snapshot-minutes M ...]
+                                                        [--root /tmp/autoseg_bench_reference]
 
 ``--from-run`` is a finished ``budget_la.py`` run folder: its ``holdout/`` (the 16 cases AutoSeg held out,
 images and labels) and ``work/splits_final.json`` (AutoSeg's 5-fold split of the other 64). The reference
@@ -16,7 +17,10 @@ the process tree):
    float32 CPU epoch is longer than the budget, and nothing would be saved); then ``on_train_end``, which
    writes checkpoint_final.pth. Its per-epoch validation batches count in the budget, as AutoSeg's do; its
    full-case validation is skipped (AutoSeg's runs inside its budget);
-3. ``nnUNetv2_predict`` of the 16 held-out cases from that checkpoint (test-time mirroring on, as
+   with ``--snapshot-minutes``, the weights after the epoch that crosses each of those times are saved too:
+   the reference's learning rate follows its fixed epoch count whatever the budget, so they are the weights a
+   run with that budget ends with, and one 60-minute run gives the 15-, 30- and 60-minute rows;
+3. ``nnUNetv2_predict`` of the 16 held-out cases from each checkpoint (test-time mirroring on, as
    ``budget_la.py``);
 4. AutoSeg's evaluator (``autoseg evaluate``) on those label maps: Dice and HD95, the same code that scores
    AutoSeg's rows.
@@ -42,12 +46,26 @@ DATASET_ID = 502
 TRAIN_SCRIPT = r"""
 import json, os, sys, time, torch
 budget_s, iters, val_iters, out = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+snapshots_s = sorted(float(s) for s in sys.argv[5].split(",") if s)
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 from nnunetv2.run.run_training import get_trainer_from_args
 tr = get_trainer_from_args("%d", "3d_fullres", 0, "nnUNetTrainer", "nnUNetPlans", device=torch.device("cpu"))
 tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch = iters, val_iters
+snapshots = []
+_epoch_end = tr.on_epoch_end
+def on_epoch_end():
+    # after the epoch that crosses a snapshot time: the weights a run with that budget would have ended with
+    # (the reference's schedule runs on epochs of its fixed num_epochs, whatever the budget)
+    _epoch_end()
+    elapsed = time.perf_counter() - t_start
+    while len(snapshots) < len(snapshots_s) and elapsed >= snapshots_s[len(snapshots)]:
+        name = "checkpoint_%%gs.pth" %% snapshots_s[len(snapshots)]
+        tr.save_checkpoint(os.path.join(tr.output_folder, name))
+        snapshots.append({"budget_s": snapshots_s[len(snapshots)], "checkpoint": name, "train_s": elapsed,
+                          "epochs": tr.current_epoch, "iterations": tr.current_epoch * iters})
+tr.on_epoch_end = on_epoch_end
 %sjson.dump({"train_s": train_s, "epochs": tr.current_epoch, "iterations": tr.current_epoch * iters,
-           "fold_dir": tr.output_folder},
+           "fold_dir": tr.output_folder, "snapshots": snapshots},
           open(out, "w"))
 os._exit(0)
 """ % (DATASET_ID, REFERENCE_LOOP)
@@ -78,6 +96,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from-run", type=Path, required=True, help="a budget_la.py run folder (holdout/, work/)")
     ap.add_argument("--budget-minutes", type=float, default=15.0)
+    ap.add_argument("--snapshot-minutes", type=float, nargs="*", default=[], metavar="M",
+                    help="also predict from the weights after the epoch that crosses each of these times: the "
+                         "reference's schedule does not depend on the budget, so they are what a run of M minutes "
+                         "ends with (one 60-minute run gives the 15-, 30- and 60-minute rows)")
     ap.add_argument("--iterations-per-epoch", type=int, default=10)
     ap.add_argument("--val-iterations", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -105,45 +127,62 @@ def main() -> int:
         env=benv, log_path=root / "plan_and_preprocess.log")
     pre = Path(env["nnUNet_preprocessed"]) / name
     (pre / "splits_final.json").write_text(json.dumps(splits, indent=1))
-    print(f"reference: training fold 0 for {args.budget_minutes:g} min ...", flush=True)
+    snapshots = sorted(m for m in args.snapshot_minutes if 0 < m < args.budget_minutes)
+    print(f"reference: training fold 0 for {args.budget_minutes:g} min"
+          + (f" (weights kept after {', '.join(f'{m:g}' for m in snapshots)} min)" if snapshots else "") + " ...",
+          flush=True)
     out = root / "train.json"
     steps["train"] = run_measured([str(BENCH_PYTHON), "-c", TRAIN_SCRIPT, str(args.budget_minutes * 60),
-                                   str(args.iterations_per_epoch), str(args.val_iterations), str(out)],
+                                   str(args.iterations_per_epoch), str(args.val_iterations), str(out),
+                                   ",".join(str(m * 60) for m in snapshots)],
                                   env=benv, log_path=root / "train.log", interval=2.0)
     trained = json.loads(out.read_text())
-    print(f"  {trained['iterations']} iterations in {trained['train_s']:.0f} s; predicting {len(held)} cases ...",
-          flush=True)
-    pred = root / "predictions"
-    shutil.rmtree(pred, ignore_errors=True)
-    cmd = [str(BENCH_VENV / "bin" / "nnUNetv2_predict"), "-i", str(held_images), "-o", str(pred), "-d",
-           str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu",
-           "-npp", "1", "-nps", "1", "--disable_progress_bar"]
-    if args.no_tta:
-        cmd.append("--disable_tta")
-    steps["predict"] = run_measured(cmd, env=benv, log_path=root / "predict.log", interval=1.0)
-    evaluation = root / "evaluation"
-    steps["evaluate"] = run_measured([str(AUTOSEG_PYTHON), "-m", "AutoSegLib", "evaluate", str(pred), str(held_labels),
-                                      "-o", str(evaluation), "--labels", str(source / "dataset.json")],
-                                     env=bench_env(threads=args.threads), cwd=REPO, log_path=root / "evaluate.log")
-    m = json.loads((evaluation / "summary.json").read_text())["mean"]["left_atrium"]
-    row = {"budget_minutes": args.budget_minutes, "variant": "reference nnUNetTrainer (3d_fullres)",
-           "precision": "float32", "iterations": trained["iterations"], "epochs": trained["epochs"],
-           "train_s": round(trained["train_s"], 1), "dice": m["Dice"], "hd95_mm": m["HD95_mm"],
-           "wall_s": round(sum(s["wall_s"] for s in steps.values()), 1),
-           "wall_s_without_evaluation": round(sum(s["wall_s"] for k, s in steps.items() if k != "evaluate"), 1),
-           "peak_rss_mib": round(max(s["peak_rss_mib"] for k, s in steps.items() if k != "evaluate"), 1),
-           "steps": steps, "held_out": held, "tta": not args.no_tta, "from_run": str(args.from_run),
-           "elapsed_s": round(time.time() - t_all, 1)}
+    ends = [dict(s, budget_minutes=s["budget_s"] / 60) for s in trained["snapshots"]]
+    ends.append({"budget_minutes": args.budget_minutes, "checkpoint": "checkpoint_final.pth",
+                 "train_s": trained["train_s"], "epochs": trained["epochs"], "iterations": trained["iterations"]})
+    rows = []
+    for end in ends:
+        print(f"  {end['budget_minutes']:g} min: {end['iterations']} iterations in {end['train_s']:.0f} s; "
+              f"predicting {len(held)} cases from {end['checkpoint']} ...", flush=True)
+        tag = f"{end['budget_minutes']:g}min"
+        pred = root / f"predictions_{tag}"
+        shutil.rmtree(pred, ignore_errors=True)
+        cmd = [str(BENCH_VENV / "bin" / "nnUNetv2_predict"), "-i", str(held_images), "-o", str(pred), "-d",
+               str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-chk", end["checkpoint"], "-device", "cpu",
+               "-npp", "1", "-nps", "1", "--disable_progress_bar"]
+        if args.no_tta:
+            cmd.append("--disable_tta")
+        predict = run_measured(cmd, env=benv, log_path=root / f"predict_{tag}.log", interval=1.0)
+        evaluation = root / f"evaluation_{tag}"
+        evaluate = run_measured([str(AUTOSEG_PYTHON), "-m", "AutoSegLib", "evaluate", str(pred), str(held_labels),
+                                 "-o", str(evaluation), "--labels", str(source / "dataset.json")],
+                                env=bench_env(threads=args.threads), cwd=REPO, log_path=root / f"evaluate_{tag}.log")
+        m = json.loads((evaluation / "summary.json").read_text())["mean"]["left_atrium"]
+        # a snapshot's wall time: preprocessing, training up to it, its prediction (not the rest of the run)
+        wall = steps["plan_and_preprocess"]["wall_s"] + end["train_s"] + predict["wall_s"]
+        rows.append({"budget_minutes": end["budget_minutes"], "variant": "reference nnUNetTrainer (3d_fullres)",
+                     "precision": "float32", "iterations": end["iterations"], "epochs": end["epochs"],
+                     "train_s": round(end["train_s"], 1), "dice": m["Dice"], "hd95_mm": m["HD95_mm"],
+                     "wall_s_without_evaluation": round(wall, 1),
+                     "snapshot_of_minutes": args.budget_minutes if end["checkpoint"] != "checkpoint_final.pth" else None,
+                     "peak_rss_mib": round(max(steps["plan_and_preprocess"]["peak_rss_mib"],
+                                               steps["train"]["peak_rss_mib"], predict["peak_rss_mib"]), 1),
+                     "steps": dict(steps, predict=predict, evaluate=evaluate), "held_out": held,
+                     "tta": not args.no_tta, "from_run": str(args.from_run)})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     res = REPO / "bench" / "results" / f"reference_budget_la_{stamp}"
     res.parent.mkdir(parents=True, exist_ok=True)
-    res.with_suffix(".json").write_text(json.dumps(row, indent=2) + "\n")
-    md = (f"| {row['budget_minutes']:g} min | reference 3d_fullres (nnUNetTrainer) | float32 | {row['iterations']} | "
-          f"{row['train_s']:.0f} | {row['wall_s_without_evaluation']:.0f} | {row['peak_rss_mib']:.0f} | "
-          f"{row['dice']:.4f} | {row['hd95_mm']:.2f} |")
-    res.with_suffix(".md").write_text("| budget | plans | precision | iterations | train s | wall s | peak MiB | "
-                                      "held-out Dice | HD95 mm |\n|---|---|---|---|---|---|---|---|---|\n" + md + "\n")
-    print(md)
+    res.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    md = ["| budget | plans | precision | iterations | train s | wall s | peak MiB | held-out Dice | HD95 mm |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        snap = f" (its weights after {row['budget_minutes']:g} of {row['snapshot_of_minutes']:g} min)" \
+            if row["snapshot_of_minutes"] else ""
+        md.append(f"| {row['budget_minutes']:g} min | reference 3d_fullres (nnUNetTrainer){snap} | float32 | "
+                  f"{row['iterations']} | {row['train_s']:.0f} | {row['wall_s_without_evaluation']:.0f} | "
+                  f"{row['peak_rss_mib']:.0f} | {row['dice']:.4f} | {row['hd95_mm']:.2f} |")
+    res.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md), f"\n{time.time() - t_all:.0f} s in all", flush=True)
     return 0
 
 
