@@ -59,8 +59,12 @@ def describe(plans, progress) -> None:
                              f"{c.network.features_per_stage[-1]}, normalisation {list(c.normalization)}"})
     records = [] if plans.budget is None else [plans.budget] + ([plans.budget.fine] if plans.budget.fine else [])
     for b in records:
-        rule = (f"inside the box {b.located_by} finds, grown by {_fmt(b.roi_margin_mm)} mm" if b.located_by else
-                f"the finest that buys {b.target_iterations} iterations")
+        if b.located_by:
+            rule = f"inside the box {b.located_by} finds, grown by {_fmt(b.roi_margin_mm)} mm"
+        elif any(c[3] >= b.target_iterations for c in b.candidates):
+            rule = f"the finest that buys {b.target_iterations} iterations"
+        else:
+            rule = f"the most iterations of any candidate (none buys {b.target_iterations})"
         progress({"event": "log", "level": "info", "message": (
             f"{b.configuration}: planned for {b.minutes:.3g} min on {b.device} ({b.precision}): {b.iterations} "
             f"iterations of {b.step_seconds:.2f} s ({b.epochs} epochs x {b.iterations_per_epoch}), "

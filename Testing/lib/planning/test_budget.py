@@ -282,6 +282,15 @@ def test_plan_passes_the_iteration_target_to_the_budget_plan(synthetic_dataset, 
         assert reached, "the stand-in device is meant to reach both targets"
         assert (record.spacing_factor, record.base_features) == reached[0]
     assert budgets[5000].spacing_factor > budgets[None].spacing_factor
+    assert "the finest that buys 5000 iterations" in capsys.readouterr().err
+    # A target no candidate reaches: the candidate with the most iterations, and the log says so.
+    out = tmp_path / "w_unreached"
+    assert cli.main(["plan", str(raw), "-o", str(out), "--time-budget-minutes", "10", "--device", "cpu",
+                     "--budget-iterations", "10000000"]) == 0
+    record = Plans.from_json(out / "plans.json").budget
+    assert record.iterations < 10_000_000 and max(c[3] for c in record.candidates) == max(
+        c[3] for c in record.candidates if (c[0], c[1]) == (record.spacing_factor, record.base_features))
+    assert "the most iterations of any candidate (none buys 10000000)" in capsys.readouterr().err
 
 
 # ---- coarse to fine ----------------------------------------------------------------------------------------
