@@ -3,7 +3,7 @@
 
     .bench-venv/bin/python bench/reference_budget_la.py --from-run /tmp/autoseg_bench_budget/budget_float32_15min
                                                         [--budget-minutes 15] [--snapshot-minutes M ...]
-                                                        [--root /tmp/autoseg_bench_reference]
+                                                        [--root /tmp/autoseg_bench_reference] [--resume]
 
 ``--from-run`` is a finished ``budget_la.py`` run folder: its ``holdout/`` (the 16 cases AutoSeg held out,
 images and labels) and ``work/splits_final.json`` (AutoSeg's 5-fold split of the other 64). The reference
@@ -26,7 +26,9 @@ the process tree):
    AutoSeg's rows.
 
 The reference trains on the CPU in float32 (it uses autocast on CUDA only), so its row compares with
-budget_la.py's ``--precisions float32`` rows. Results: bench/results/reference_budget_la_<time>.json/.md.
+budget_la.py's ``--precisions float32`` rows. ``--resume`` skips steps 1-2 and predicts from the training already
+in ``--root`` (its train.json, and steps.json with their measurements), for a run whose prediction was
+interrupted. Results: bench/results/reference_budget_la_<time>.json/.md.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from common import AUTOSEG_PYTHON, BENCH_PYTHON, BENCH_VENV, REPO, SHARED, bench
 from train_budget import REFERENCE_LOOP  # noqa: E402
 
 DATASET_ID = 502
+DATASET_NAME = f"Dataset{DATASET_ID:03d}_LA64"
 
 TRAIN_SCRIPT = r"""
 import json, os, sys, time, torch
@@ -73,8 +76,7 @@ os._exit(0)
 
 def make_raw(root: Path, source: Path, cases) -> dict:
     """nnUNet_raw/preprocessed/results under ``root``, the raw dataset holding exactly ``cases`` (links)."""
-    name = f"Dataset{DATASET_ID:03d}_LA64"
-    raw = root / "nnUNet_raw" / name
+    raw = root / "nnUNet_raw" / DATASET_NAME
     if raw.exists():
         shutil.rmtree(raw)
     (raw / "imagesTr").mkdir(parents=True)
@@ -88,8 +90,34 @@ def make_raw(root: Path, source: Path, cases) -> dict:
     for sub in ("nnUNet_preprocessed", "nnUNet_results"):
         shutil.rmtree(root / sub, ignore_errors=True)
         (root / sub).mkdir(parents=True)
-    return {"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
-            "nnUNet_results": str(root / "nnUNet_results"), "name": name}
+    return raw_env(root)
+
+
+def raw_env(root: Path) -> dict:
+    """The nnU-Net environment variables of the folders under ``root``."""
+    return {sub: str(root / sub) for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+
+
+def train_reference(args, root: Path, env: dict, splits, out: Path) -> dict:
+    """Plan, preprocess and train fold 0 with the reference; the measured steps (wall time, peak memory)."""
+    benv = bench_env(env, threads=args.threads)
+    steps = {}
+    print(f"reference: plan and preprocess {len(splits[0]['train']) + len(splits[0]['val'])} cases ...", flush=True)
+    steps["plan_and_preprocess"] = run_measured(
+        [str(BENCH_VENV / "bin" / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres",
+         "-np", str(args.threads), "-npfp", str(args.threads), "--no_pbar"],
+        env=benv, log_path=root / "plan_and_preprocess.log")
+    pre = Path(env["nnUNet_preprocessed"]) / DATASET_NAME
+    (pre / "splits_final.json").write_text(json.dumps(splits, indent=1))
+    snapshots = sorted(m for m in args.snapshot_minutes if 0 < m < args.budget_minutes)
+    print(f"reference: training fold 0 for {args.budget_minutes:g} min"
+          + (f" (weights kept after {', '.join(f'{m:g}' for m in snapshots)} min)" if snapshots else "") + " ...",
+          flush=True)
+    steps["train"] = run_measured([str(BENCH_PYTHON), "-c", TRAIN_SCRIPT, str(args.budget_minutes * 60),
+                                   str(args.iterations_per_epoch), str(args.val_iterations), str(out),
+                                   ",".join(str(m * 60) for m in snapshots)],
+                                  env=benv, log_path=root / "train.log", interval=2.0)
+    return steps
 
 
 def main() -> int:
@@ -105,6 +133,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--root", type=Path, default=Path("/tmp/autoseg_bench_reference"))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the training in --root (its train.json and steps.json) and only predict and "
+                         "evaluate: for a run whose prediction was interrupted")
     args = ap.parse_args()
     source = SHARED / "data" / "LA2018_1p25mm"
     splits = json.loads((args.from_run / "work" / "splits_final.json").read_text())
@@ -113,29 +144,21 @@ def main() -> int:
     held = sorted(p.name[:-len(".nii.gz")] for p in held_labels.glob("*.nii.gz"))
     if set(cases) & set(held) or not held:
         raise SystemExit(f"{args.from_run}: the split and the held-out cases overlap or no held-out case found")
-    root = args.root
-    root.mkdir(parents=True, exist_ok=True)
-    env = make_raw(root, source, cases)
-    name = env.pop("name")
-    benv = bench_env(env, threads=args.threads)
-    steps = {}
     t_all = time.time()
-    print(f"reference: plan and preprocess {len(cases)} cases ...", flush=True)
-    steps["plan_and_preprocess"] = run_measured(
-        [str(BENCH_VENV / "bin" / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres",
-         "-np", str(args.threads), "-npfp", str(args.threads), "--no_pbar"],
-        env=benv, log_path=root / "plan_and_preprocess.log")
-    pre = Path(env["nnUNet_preprocessed"]) / name
-    (pre / "splits_final.json").write_text(json.dumps(splits, indent=1))
-    snapshots = sorted(m for m in args.snapshot_minutes if 0 < m < args.budget_minutes)
-    print(f"reference: training fold 0 for {args.budget_minutes:g} min"
-          + (f" (weights kept after {', '.join(f'{m:g}' for m in snapshots)} min)" if snapshots else "") + " ...",
-          flush=True)
-    out = root / "train.json"
-    steps["train"] = run_measured([str(BENCH_PYTHON), "-c", TRAIN_SCRIPT, str(args.budget_minutes * 60),
-                                   str(args.iterations_per_epoch), str(args.val_iterations), str(out),
-                                   ",".join(str(m * 60) for m in snapshots)],
-                                  env=benv, log_path=root / "train.log", interval=2.0)
+    root = args.root
+    out, steps_file = root / "train.json", root / "steps.json"
+    if args.resume:
+        if not (out.is_file() and steps_file.is_file()):
+            raise SystemExit(f"--resume: {root} has no finished training (train.json and steps.json)")
+        env = raw_env(root)
+        steps = json.loads(steps_file.read_text())
+        print(f"reference: resuming after the training in {root}", flush=True)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        env = make_raw(root, source, cases)
+        steps = train_reference(args, root, env, splits, out)
+        steps_file.write_text(json.dumps(steps, indent=1) + "\n")
+    benv = bench_env(env, threads=args.threads)
     trained = json.loads(out.read_text())
     ends = [dict(s, budget_minutes=s["budget_s"] / 60) for s in trained["snapshots"]]
     ends.append({"budget_minutes": args.budget_minutes, "checkpoint": "checkpoint_final.pth",
@@ -165,8 +188,8 @@ def main() -> int:
                      "train_s": round(end["train_s"], 1), "dice": m["Dice"], "hd95_mm": m["HD95_mm"],
                      "wall_s_without_evaluation": round(wall, 1),
                      "snapshot_of_minutes": args.budget_minutes if end["checkpoint"] != "checkpoint_final.pth" else None,
-                     "peak_rss_mib": round(max(steps["plan_and_preprocess"]["peak_rss_mib"],
-                                               steps["train"]["peak_rss_mib"], predict["peak_rss_mib"]), 1),
+                     "peak_rss_mib": round(max(step["peak_rss_mib"] for step in (*steps.values(), predict)
+                                               if step.get("peak_rss_mib") is not None), 1),
                      "steps": dict(steps, predict=predict, evaluate=evaluate), "held_out": held,
                      "tta": not args.no_tta, "from_run": str(args.from_run)})
     stamp = time.strftime("%Y%m%d-%H%M%S")
