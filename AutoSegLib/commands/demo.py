@@ -9,7 +9,7 @@ training budget of ``SYNTH_BUDGET_MINUTES`` (1.5 min, validation included) on th
 configuration (planning.budget) is trained on fold 0. Measured (2-core Xeon with bf16, 2026-12-06): the
 rules chose the data's spacing, 16 first-stage features, 1480 iterations; held-out Dice organ 0.973,
 lesion 0.959, 1.5 min in all. The small lesion class is first predicted after about 250-350 steps, which
-is why the budget rules aim at 1,000. ``--folds 0 1 2 3 4`` runs the whole cross-validation (the budget is
+is why the budget rules aim at 1,000 for short budgets. ``--folds 0 1 2 3 4`` runs the whole cross-validation (the budget is
 shared by the folds). With
 ``--dataset PATH`` the same runs on a real dataset; its held-out cases are imagesTs/labelsTs when the
 dataset has them, else ``--holdout`` training cases set aside before preprocessing (they are never
@@ -126,7 +126,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     configuration : the configuration trained ("auto": the budget configuration).
     precision : training precision the budget is planned for; calibration_cache : where the device's measured
         speed is cached (training.calibration); budget_target_iterations : the budget rule's iteration target
-        (planning.budget, default TARGET_ITERATIONS); coarse_to_fine : allow the pair where it pays
+        (planning.budget, default target_iterations_for the budget); coarse_to_fine : allow the pair where it pays
         (planning.coarse_to_fine).
     holdout : real dataset without labelsTs: number of training cases held out for the test.
     device, tta, num_workers : prediction/training device, test-time mirroring (None: off for generated

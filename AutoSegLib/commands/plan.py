@@ -38,7 +38,8 @@ def add_precision_arguments(parser) -> None:
                         help="where the device's measured speed is cached (default ~/.cache/autoseg/calibration.json)")
     parser.add_argument("--budget-iterations", type=int, default=None, metavar="N",
                         help="the time budget's plan is the finest resolution that buys N training iterations "
-                             "(default 1000); more iterations plan a coarser resolution")
+                             "(default 1000 for budgets up to 15 minutes, 2500 above); more iterations plan a coarser "
+                             "resolution")
     parser.add_argument("--no-coarse-to-fine", dest="coarse_to_fine", action="store_false",
                         help="always one budget configuration, also where a coarse stage that finds the structure "
                              "and a fine one that refines it inside the box it found would pay")

@@ -130,7 +130,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
     calibration : training.calibration.Calibration, optional
         The device's measured cost.
     budget_target_iterations : int, optional
-        The budget rule's iteration target (default `planning.budget.TARGET_ITERATIONS`).
+        The budget rule's iteration target (default `planning.budget.target_iterations_for` the budget).
     coarse_to_fine : bool
         Allow the coarse-to-fine pair where it pays (False: always the single budget plan).
 

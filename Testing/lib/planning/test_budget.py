@@ -63,7 +63,8 @@ def test_the_first_candidate_that_buys_the_target_iterations_is_chosen():
     conf, record = plan(15, FlatDevice(100))
     iters = [c[3] for c in record.candidates]
     chosen = [(c[0], c[1]) for c in record.candidates].index((record.spacing_factor, record.base_features))
-    assert iters[chosen] >= B.TARGET_ITERATIONS and all(i < B.TARGET_ITERATIONS for i in iters[:chosen])
+    assert record.target_iterations == 1000  # a 15-minute budget keeps the short budgets' target
+    assert iters[chosen] >= 1000 and all(i < 1000 for i in iters[:chosen])
     # the candidate list is finest first, widest first at each spacing
     assert [c[0] for c in record.candidates] == sorted(c[0] for c in record.candidates)
     # its iteration count is the budget minus the reserve over 6 x MACs / throughput
@@ -82,7 +83,7 @@ def test_a_higher_iteration_target_chooses_the_first_candidate_that_reaches_it()
     _, default = plan(30, FlatDevice(100))
     iters = [c[3] for c in default.candidates]
     keys = [(c[0], c[1]) for c in default.candidates]
-    assert default.target_iterations == B.TARGET_ITERATIONS
+    assert default.target_iterations == 2500  # above 15 minutes
     # ask for more than the default choice buys: the first candidate (finest first) at or above that count
     target = iters[keys.index((default.spacing_factor, default.base_features))] + 1
     expected = next(k for k, i in zip(keys, iters) if i >= target)
@@ -94,6 +95,17 @@ def test_a_higher_iteration_target_chooses_the_first_candidate_that_reaches_it()
     for bad in (B.MIN_ITERATIONS - 1, 0, 1000.5):
         with pytest.raises(AutoSegError, match=f"at least {B.MIN_ITERATIONS}"):
             B.plan_budget(30, FlatDevice(100), LA_SPACING, LA_MEDIAN, 1, 2, 64, base_plan(), target_iterations=bad)
+
+
+def test_the_iteration_target_grows_above_a_quarter_hour():
+    # 1000 up to 15 minutes (the README demo's 1.5), 2500 above (Slicer quick mode's 30; LA gained 0.009 at 30, 60)
+    assert [B.target_iterations_for(m) for m in (1.5, 10, 15, 15.5, 30, 60, 600)] == [1000] * 3 + [2500] * 4
+    # the same device and data: 15 minutes holds to 1000, 16 to 2500 and so plans coarser
+    _, at15 = plan(15, FlatDevice(100))
+    _, at16 = plan(16, FlatDevice(100))
+    assert (at15.target_iterations, at16.target_iterations) == (1000, 2500)
+    assert at16.spacing_factor > at15.spacing_factor
+    assert [c[3] for c in at16.candidates if (c[0], c[1]) == (at16.spacing_factor, at16.base_features)][0] >= 2500
 
 
 def test_slower_devices_and_smaller_budgets_plan_coarser():
@@ -275,9 +287,9 @@ def test_plan_passes_the_iteration_target_to_the_budget_plan(synthetic_dataset, 
         args = ["plan", str(raw), "-o", str(out), "--time-budget-minutes", "10", "--device", "cpu"]
         assert cli.main(args + ([] if target is None else ["--budget-iterations", str(target)])) == 0
         budgets[target] = Plans.from_json(out / "plans.json").budget
-    assert budgets[None].target_iterations == B.TARGET_ITERATIONS and budgets[5000].target_iterations == 5000
+    assert budgets[None].target_iterations == 1000 and budgets[5000].target_iterations == 5000  # 10 minutes
     for target, record in budgets.items():
-        want = B.TARGET_ITERATIONS if target is None else target
+        want = 1000 if target is None else target
         reached = [(c[0], c[1]) for c in record.candidates if c[3] >= want]
         assert reached, "the stand-in device is meant to reach both targets"
         assert (record.spacing_factor, record.base_features) == reached[0]
@@ -322,8 +334,10 @@ def test_a_small_structure_in_a_large_image_gets_a_coarse_and_a_fine_stage():
     assert all(p >= r for p, r in zip(fine_plan.patch_size, roi))      # padded up to the pooling divisibility
     assert all(p < r + 16 for p, r in zip(fine_plan.patch_size, roi))
     assert fine_plan.name == fine.configuration == "3d_budget_fine" and fine.spacing_factor == 1.0
-    # it buys the rule's target in its share, on a schedule of whole epochs
-    assert fine.iterations >= B.TARGET_ITERATIONS - fine.iterations_per_epoch
+    # it buys 1000 iterations in its share (the single plan's 30 minutes ask for 2500, the coarse stage's 10 for
+    # 1000), on a schedule of whole epochs
+    assert (single.target_iterations, coarse.target_iterations, fine.target_iterations) == (2500, 1000, 1000)
+    assert fine.iterations >= 1000 - fine.iterations_per_epoch
     assert fine.epochs * fine.iterations_per_epoch == fine.iterations
 
 
