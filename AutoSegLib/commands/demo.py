@@ -8,12 +8,11 @@ Without ``--dataset`` a small synthetic 3D dataset (``io.synthetic``: 20 trainin
 training budget of ``SYNTH_BUDGET_MINUTES`` (1.5 min, validation included) on this device; the budget
 configuration (planning.budget) is trained on fold 0. Measured (2-core Xeon with bf16, 2026-12-06): the
 rules chose the data's spacing, 16 first-stage features, 1480 iterations; held-out Dice organ 0.973,
-lesion 0.959, 1.5 min in all. The small lesion class is first predicted after about 250-350 steps, which
-is why the budget rules aim at 1,000 for short budgets. ``--folds 0 1 2 3 4`` runs the whole cross-validation (the budget is
-shared by the folds). With
-``--dataset PATH`` the same runs on a real dataset; its held-out cases are imagesTs/labelsTs when the
-dataset has them, else ``--holdout`` training cases set aside before preprocessing (they are never
-trained on; the fingerprint's intensity statistics still include them).
+lesion 0.959, 1.5 min in all. The small lesion class is first predicted after about 250-350 steps, which is
+why the budget rules aim at 1,000 for short budgets. ``--folds 0 1 2 3 4`` runs the whole cross-validation
+(the budget is shared by the folds). With ``--dataset PATH`` the same runs on a real dataset; its held-out
+cases are imagesTs/labelsTs when the dataset has them, else ``--holdout`` training cases set aside before
+preprocessing (they are never trained on; the fingerprint's intensity statistics still include them).
 
 Everything goes under ``--output`` (default ``./autoseg_demo``): ``raw/`` (generated data), ``work/``
 (the training work folder), ``predictions/``, ``evaluation/``, ``demo_case.png`` and ``demo_summary.json``.
