@@ -3,6 +3,7 @@ the budget configuration against the stock 3d_fullres plans, at float32 (every A
 
     .venv/bin/python bench/budget_la.py [--budgets 15 30 60] [--variants budget stock]
                                         [--precisions float32 auto] [--budget-iterations N]
+                                        [--base-features F]
                                         [--root /tmp/autoseg_bench_budget]
 
 For each budget x variant x precision, one ``autoseg demo --dataset LA2018_1p25mm --holdout 16 --folds 0``
@@ -33,14 +34,20 @@ from common import AUTOSEG_PYTHON, REPO, SHARED, bench_env, run_measured  # noqa
 
 
 def run_one(root: Path, budget: float, variant: str, precision: str, threads: int,
-            budget_iterations: "int | None" = None) -> dict:
+            budget_iterations: "int | None" = None, base_features: "int | None" = None) -> dict:
     from AutoSegLib.io.work_folder import fold_dir
     data = SHARED / "data" / "LA2018_1p25mm"
     target = f"_it{budget_iterations}" if budget_iterations and variant == "budget" else ""
+    if base_features and variant == "budget":
+        target += f"_f{base_features}"
     out = root / f"{variant}_{precision}_{budget:g}min{target}"
     if out.exists():
         shutil.rmtree(out)
-    cmd = [str(AUTOSEG_PYTHON), "-m", "AutoSegLib", "demo", "--dataset", str(data), "-o", str(out),
+    entry = ["-m", "AutoSegLib"]
+    if base_features and variant == "budget":  # the rule's candidates with this first-stage width only
+        entry = ["-c", "import sys; from AutoSegLib.planning import budget as B; "
+                 f"B.BASE_FEATURES = ({int(base_features)},); from AutoSegLib.cli import main; sys.exit(main())"]
+    cmd = [str(AUTOSEG_PYTHON), *entry, "demo", "--dataset", str(data), "-o", str(out),
            "--holdout", "16", "--folds", "0", "--time-budget-minutes", str(budget), "--device", "cpu",
            "--precision", precision, "--workers", str(threads), "--tta",
            "--configuration", "auto" if variant == "budget" else "3d_fullres"]
@@ -77,6 +84,9 @@ def main() -> int:
     ap.add_argument("--precisions", nargs="+", default=["float32", "auto"], choices=("float32", "auto", "bfloat16"))
     ap.add_argument("--budget-iterations", type=int, default=None, metavar="N",
                     help="the budget plans' iteration target (autoseg --budget-iterations; default the planner's)")
+    ap.add_argument("--base-features", type=int, default=None, metavar="F",
+                    help="the budget plans' candidates with F first-stage features only (default the planner's "
+                         "BASE_FEATURES, widest first at each spacing)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--root", default="/tmp/autoseg_bench_budget")
     args = ap.parse_args()
@@ -85,17 +95,25 @@ def main() -> int:
         return 1
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = REPO / "bench" / "results" / f"budget_la_{stamp}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for budget in args.budgets:
         for precision in args.precisions:
             for variant in args.variants:
-                row = run_one(root, budget, variant, precision, args.threads, args.budget_iterations)
+                row = run_one(root, budget, variant, precision, args.threads, args.budget_iterations,
+                              args.base_features)
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in ("budget_minutes", "variant", "precision", "dice", "hd95_mm",
                                                       "iterations", "train_s", "wall_s")}), flush=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = REPO / "bench" / "results" / f"budget_la_{stamp}"
-    out.parent.mkdir(parents=True, exist_ok=True)
+                md = write_results(out, rows, stamp)  # after every run: a stopped benchmark keeps its rows
+    print("\n".join(md))
+    return 0
+
+
+def write_results(out: Path, rows: list, stamp: str) -> list:
+    """Write ``rows`` to ``out``.json and .md; returns the Markdown lines."""
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     md = [f"# LA2018_1p25mm, 64 training / 16 held-out cases, fold 0, CPU ({stamp})", "",
           "| budget | plans | target iterations | precision | spacing | patch | features | iterations | train s | "
@@ -107,8 +125,7 @@ def main() -> int:
                   f"{r['iterations']} | {r['train_s']:.0f} | {r['wall_s']:.0f} | {r['peak_rss_mib']:.0f} | "
                   f"{r['dice']:.4f} | {r['hd95_mm']:.2f} |")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    return 0
+    return md
 
 
 if __name__ == "__main__":
