@@ -53,7 +53,6 @@ def budget_options(args) -> dict:
 
 def describe(plans, progress) -> None:
     """One log line per configuration, and what the budget configuration was planned for."""
-    from AutoSegLib.planning.budget import MIN_STRUCTURE_VOXELS
     for name, c in plans.configurations.items():
         progress({"event": "log", "level": "info",
                   "message": f"{name}: spacing {_fmt(c.spacing)}, patch {c.patch_size}, batch {c.batch_size}, "
@@ -67,9 +66,6 @@ def describe(plans, progress) -> None:
             rule = f"the finest that buys {b.target_iterations} iterations"
         else:
             rule = f"the most iterations of any candidate (none buys {b.target_iterations})"
-        if b.structure_voxels is not None and not b.located_by:
-            rule += (f"; the smallest labelled structure has {b.structure_voxels:.0f} voxels there (no candidate "
-                     f"coarsens it below {MIN_STRUCTURE_VOXELS})")
         progress({"event": "log", "level": "info", "message": (
             f"{b.configuration}: planned for {b.minutes:.3g} min on {b.device} ({b.precision}): {b.iterations} "
             f"iterations of {b.step_seconds:.2f} s ({b.epochs} epochs x {b.iterations_per_epoch}), "

@@ -99,8 +99,6 @@ def analyze_case(case: CaseFiles, n_samples: int, label_values: Optional[Tuple[i
     fg_box = nonzero_bbox(fg[None]) if n_fg else None
     if fg_box is not None:  # back to the whole array's coordinates
         fg_box = tuple((int(a + s.start), int(b + s.start)) for (a, b), s in zip(fg_box, sl))
-    values_present, voxels = np.unique(label[sl][fg], return_counts=True) if n_fg else ((), ())
-    class_voxels = tuple((int(v), int(n)) for v, n in zip(values_present, voxels))
     rs = np.random.RandomState(SAMPLING_SEED)
     samples = []
     for c in range(len(cropped)):
@@ -119,7 +117,7 @@ def analyze_case(case: CaseFiles, n_samples: int, label_values: Optional[Tuple[i
         case_id=case.case_id, spacing=tuple(geometry.spacing), shape_before_crop=tuple(int(s) for s in before),
         shape_after_crop=tuple(int(s) for s in after), bbox=box,
         relative_size_after_cropping=float(np.prod(after, dtype=np.float64) / np.prod(before, dtype=np.float64)),
-        foreground_voxels=n_fg, foreground_bbox=fg_box, class_voxels=class_voxels)
+        foreground_voxels=n_fg, foreground_bbox=fg_box)
     return {"case": record, "samples": samples, "errors": errors, "warnings": warnings}
 
 

@@ -26,8 +26,7 @@ class CaseFingerprint:
     ``bbox`` is the non-zero bounding box (union over channels) as half-open ``(start, stop)`` per axis;
     ``shape_after_crop`` is its extent. ``foreground_bbox`` is the bounding box of the label's foreground
     (every value > 0) in the same array coordinates, None when the case has none or the fingerprint was
-    made before it was recorded. ``class_voxels`` is ``((label value, voxels), ...)`` for every label value > 0
-    present in the case, ascending (None when made before it was recorded)."""
+    made before it was recorded."""
     case_id: str
     spacing: Tuple[float, ...]
     shape_before_crop: Tuple[int, ...]
@@ -36,7 +35,6 @@ class CaseFingerprint:
     relative_size_after_cropping: float
     foreground_voxels: int
     foreground_bbox: Optional[Tuple[Tuple[int, int], ...]] = None
-    class_voxels: Optional[Tuple[Tuple[int, int], ...]] = None
 
 
 @dataclass(frozen=True)
@@ -110,25 +108,6 @@ class Fingerprint:
         rows = [[(b - a) * s for (a, b), s in zip(c.foreground_bbox, c.spacing)]
                 for c in self.cases if c.foreground_bbox is not None]
         return np.array(rows, dtype=np.float64).reshape(-1, self.ndim)
-
-    @property
-    def has_class_voxels(self) -> bool:
-        """Every case has its ``class_voxels`` (fingerprints before they were recorded have none)."""
-        return all(c.class_voxels is not None for c in self.cases)
-
-    def class_voxels_at(self, spacing) -> Dict[int, float]:
-        """Per label value > 0: the median over the cases that contain it of its voxels when resampled to
-        ``spacing`` (array order, all axes: ``voxels x prod(case spacing) / prod(spacing)``). Empty when the
-        fingerprint has no ``class_voxels``."""
-        if not self.has_class_voxels:
-            return {}
-        unit = float(np.prod(np.asarray(spacing, np.float64)))
-        volumes: Dict[int, list] = {}
-        for c in self.cases:
-            mm3 = float(np.prod(np.asarray(c.spacing, np.float64)))
-            for value, n in c.class_voxels:
-                volumes.setdefault(int(value), []).append(n * mm3 / unit)
-        return {v: float(np.median(vols)) for v, vols in sorted(volumes.items())}
 
     @property
     def median_spacing(self) -> Tuple[float, ...]:

@@ -12,8 +12,7 @@ explicit rules from the device's measured cost (`training.calibration.Calibratio
 2. **Candidates**, finest first: the fullres target spacing coarsened by ``SPACING_FACTORS`` (the finest
    axes first: ``new[a] = max(target[a], factor x finest target)``, so anisotropic data first becomes
    isotropic), each with ``BASE_FEATURES`` (32 then 16 features in the first stage, doubling per stage,
-   capped at 320/512). A candidate's median image must keep ``MIN_MEDIAN_EDGE`` voxels per axis, and the
-   smallest labelled structure (its median size over the cases) ``MIN_STRUCTURE_VOXELS`` voxels.
+   capped at 320/512). A candidate's median image must keep ``MIN_MEDIAN_EDGE`` voxels per axis.
 3. **Patch**: the whole median image when it has at most ``MAX_PATCH_VOXELS`` voxels; otherwise the axis
    largest relative to the median image shrinks by one divisibility step at a time (the stock rule).
    Batch size ``BATCH_SIZE`` (the stock planner's minimum: more, cheaper steps).
@@ -48,9 +47,6 @@ BATCH_SIZE = 2
 # is cut like the stock plans' (128^3 / 4: the LA median image at 1.25 mm, 44x71x96, fits whole).
 MAX_PATCH_VOXELS = 524_288
 MIN_MEDIAN_EDGE = 16
-# Coarsening stops before the smallest class (median over the cases that contain it) keeps fewer voxels than
-# this (about 4 voxels across). MEASUREMENT_PENDING
-MIN_STRUCTURE_VOXELS = 40
 # The iterations the choice must buy, by budget (`target_iterations_for`). Measured on LA (bench/README.md,
 # budget_la.py, float32, one run each): asked for 2500 instead of 1000, the plan scored the same at 15 minutes
 # (0.899 vs 0.900 held-out Dice) and 0.009 more at 30 and 60 (0.907 vs 0.898, 0.913 vs 0.904; the reference
@@ -177,8 +173,7 @@ class BudgetTooSmall(AutoSegError):
 
 def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], median_shape: Sequence[float],
                 n_channels: int, n_outputs: int, n_cases: int, base_plan, validation_cases: Optional[int] = None,
-                target_iterations: Optional[int] = None, structure_voxels: Optional[float] = None
-                ) -> Tuple[object, BudgetPlan]:
+                target_iterations: Optional[int] = None) -> Tuple[object, BudgetPlan]:
     """Choose the budget configuration by the module's rules.
 
     Parameters
@@ -202,10 +197,6 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
     target_iterations : int, optional
         The choice rule's iteration target (default `target_iterations_for` the budget; at least
         ``MIN_ITERATIONS``).
-    structure_voxels : float, optional
-        Voxels of the smallest labelled structure at ``target_spacing`` (`Fingerprint.class_voxels_at`):
-        no candidate coarsens it below ``MIN_STRUCTURE_VOXELS`` (the target spacing itself is always tried).
-        None: no limit.
 
     Returns
     -------
@@ -232,8 +223,7 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
     for factor in SPACING_FACTORS:
         spacing = np.asarray(coarsened_spacing(target, factor))
         shape = median * target / spacing
-        if factor > SPACING_FACTORS[0] and (shape.min() < MIN_MEDIAN_EDGE or (
-                structure_voxels is not None and structure_voxels * np.prod(target / spacing) < MIN_STRUCTURE_VOXELS)):
+        if factor > SPACING_FACTORS[0] and shape.min() < MIN_MEDIAN_EDGE:
             break
         pool = budget_patch(tuple(spacing), tuple(shape))
         for base in BASE_FEATURES:
@@ -262,9 +252,7 @@ def plan_budget(minutes: float, calibration, target_spacing: Sequence[float], me
                         iterations=int(iterations), iterations_per_epoch=int(per_epoch), epochs=int(epochs),
                         val_iterations=VAL_ITERATIONS, reserve_seconds=round(float(reserve), 1),
                         spacing_factor=float(factor), base_features=int(base), candidates=tuple(candidates),
-                        target_iterations=int(target_iterations),
-                        structure_voxels=None if structure_voxels is None else
-                        round(float(structure_voxels * np.prod(target / np.asarray(spacing))), 1))
+                        target_iterations=int(target_iterations))
     return plan, record
 
 

@@ -1,7 +1,7 @@
 """Coarse to fine for compute: a budget pair where one budget plan must coarsen.
 
-When the time budget is too small for the data's own resolution (it buys fewer iterations than the budget
-rule's target there), but the structure fills only part of the image, the budget can instead buy two networks:
+When the time budget is too small for the data's own resolution (the budget rule chose a spacing factor
+above 1), but the structure fills only part of the image, the budget can instead buy two networks:
 
 - the **coarse** stage (``3d_budget``): the budget rule's plan for ``COARSE_SHARE`` of the minutes. It only
   has to find the structure;
@@ -64,8 +64,7 @@ def plan_coarse_to_fine(minutes: float, calibration, target_spacing: Sequence[fl
     extents_mm : ndarray (cases, ndim)
         Foreground bounding boxes in millimetres, transposed order (`Fingerprint.foreground_extents_mm`).
     single : BudgetPlan
-        The single plan for the whole budget (the pair is only considered when the data's own spacing does
-        not buy its target: it had to coarsen, or the smallest structure kept it from coarsening).
+        The single plan for the whole budget (the pair is only considered when it had to coarsen).
     target_iterations : int, optional
         The iteration target of both stages. By default the coarse stage gets the budget rule's for its
         minutes (`budget.target_iterations_for`) and the fine stage must buy ``budget.TARGET_ITERATIONS_SHORT``.
@@ -74,8 +73,7 @@ def plan_coarse_to_fine(minutes: float, calibration, target_spacing: Sequence[fl
     -------
     (coarse ConfigurationPlan, coarse BudgetPlan, fine ConfigurationPlan, fine BudgetPlan) or None
     """
-    own = max((c[3] for c in single.candidates if c[0] == 1.0), default=0)  # the data's spacing buys
-    if own >= single.target_iterations or len(target_spacing) != 3 or len(extents_mm) == 0:
+    if single.spacing_factor <= 1.0 or len(target_spacing) != 3 or len(extents_mm) == 0:
         return None
     fine_minutes = minutes * (1.0 - COARSE_SHARE)
     try:

@@ -186,8 +186,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
         base = configs["3d_fullres"] if three_d else configs["2d"]
         spacing, median = (target_t, median_t) if three_d else (target_t[-2:], median_t[-2:])
         budget_plan, budget = plan_budget(budget_minutes, calibration, spacing, median, n_channels, n_outputs,
-                                          n_cases, base, target_iterations=budget_target_iterations,
-                                          structure_voxels=_smallest_structure(fingerprint, target))
+                                          n_cases, base, target_iterations=budget_target_iterations)
         configs[budget.configuration] = budget_plan
         if coarse_to_fine and three_d and fingerprint.has_foreground_boxes:
             from AutoSegLib.planning.coarse_to_fine import plan_coarse_to_fine
@@ -208,14 +207,6 @@ def plan_experiment(fingerprint: Fingerprint, dataset=None, gpu_memory_gb: float
         original_median_shape=tuple(float(v) for v in np.median(shapes, 0)[list(fwd)]),
         intensity_properties=intensity, configurations=configs, file_ending=fingerprint.file_ending,
         regions_class_order=fingerprint.regions_class_order, planner_memory_gb=float(gpu_memory_gb), budget=budget)
-
-
-def _smallest_structure(fingerprint: Fingerprint, target_spacing) -> Optional[float]:
-    """Voxels of the smallest labelled class (median over the cases that contain it) at ``target_spacing``
-    (array order); the ignore label does not count. None when the fingerprint does not record class sizes."""
-    ignore = fingerprint.label_layout().ignore_label
-    sizes = [v for value, v in fingerprint.class_voxels_at(target_spacing).items() if value != ignore]
-    return min(sizes) if sizes else None
 
 
 def _plan_lowres(fullres: ConfigurationPlan, median_t: np.ndarray, n_cases: int, plan) -> Optional[ConfigurationPlan]:

@@ -88,9 +88,6 @@ class BudgetPlan:
         iterations), in the order tried.
     target_iterations : int
         The choice rule's target: the finest candidate predicted to reach it was chosen.
-    structure_voxels : float or None
-        Voxels of the smallest labelled structure (median case) at the chosen spacing; None when unknown.
-        Candidates that would keep fewer than ``budget.MIN_STRUCTURE_VOXELS`` were not tried.
     located_by : str or None
         A fine stage (`planning.coarse_to_fine`): the coarse configuration whose foreground, grown by
         ``roi_margin_mm`` (transposed order) on each side, bounds where it predicts.
@@ -114,7 +111,6 @@ class BudgetPlan:
     base_features: int
     candidates: Tuple[Tuple, ...] = ()
     target_iterations: int = 1000
-    structure_voxels: Optional[float] = None
     located_by: Optional[str] = None
     roi_margin_mm: Tuple[float, ...] = ()
     fine: Optional["BudgetPlan"] = None

@@ -56,6 +56,6 @@ def _stale_reason(fp, dataset) -> str:
     from AutoSegLib.io.datasets import dataset_signature
     if fp.dataset_signature != dataset_signature(dataset):
         return "files of the dataset changed since it was made"
-    if not (fp.has_foreground_boxes and fp.has_class_voxels):
-        return "made by an earlier AutoSeg, without the foreground boxes and class sizes that budget planning reads"
+    if not fp.has_foreground_boxes:
+        return "made by an earlier AutoSeg, without the foreground boxes that budget planning reads"
     return ""

@@ -2,7 +2,7 @@
 calibration's cache."""
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -124,26 +124,6 @@ def test_candidates_stop_before_the_median_image_gets_too_small():
     coarsest = max(c[0] for c in record.candidates)
     assert min(np.asarray(LA_MEDIAN) / coarsest) >= B.MIN_MEDIAN_EDGE
     assert (record.spacing_factor, record.base_features) == (coarsest, B.BASE_FEATURES[-1])
-
-
-def test_coarsening_stops_before_the_smallest_structure_keeps_too_few_voxels():
-    # 100 voxels at 1.25 mm: x1.25 keeps 100 / 1.25^3 = 51.2 (>= 40), x1.5 would keep 100 / 1.5^3 = 29.6
-    _, free = plan(15, FlatDevice(60))
-    assert free.spacing_factor == 2.0 and free.structure_voxels is None  # x2 is the first to buy 1000
-    _, limited = B.plan_budget(15, FlatDevice(60), LA_SPACING, LA_MEDIAN, 1, 2, 64, base_plan(),
-                               structure_voxels=100.0)
-    assert sorted({c[0] for c in limited.candidates}) == [1.0, 1.25]
-    assert limited.candidates == free.candidates[:4]  # the same candidates, up to the limit
-    assert (limited.spacing_factor, limited.base_features) == (1.25, 16)  # the most iterations of those
-    assert limited.iterations < 1000 and limited.structure_voxels == pytest.approx(51.2)
-    # a structure already below the limit at the data's spacing: only the data's spacing is tried
-    _, tiny = B.plan_budget(15, FlatDevice(60), LA_SPACING, LA_MEDIAN, 1, 2, 64, base_plan(), structure_voxels=12.0)
-    assert {c[0] for c in tiny.candidates} == {1.0} and tiny.structure_voxels == pytest.approx(12.0)
-    # anisotropic data: x2 coarsens only the fine axes (3.6 x 0.8 x 0.8 -> 3.6 x 1.6 x 1.6): 4x fewer voxels
-    _, aniso = B.plan_budget(60, FlatDevice(1e4), (3.6, 0.8, 0.8), (40.0, 200.0, 200.0), 1, 2, 64, base_plan(),
-                             structure_voxels=160.0)
-    assert max(c[0] for c in aniso.candidates) == 2.0  # 160 / 4 = 40 kept; x2.5: 160 / 6.25 = 25.6
-    assert aniso.spacing_factor == 1.0 and aniso.structure_voxels == pytest.approx(160.0)
 
 
 def test_a_budget_too_small_names_the_smallest_that_plans():
@@ -288,47 +268,18 @@ def test_an_unknown_device_is_refused(tmp_path):
         calibrate("tpu", cache_path=tmp_path / "c.json")
 
 
-def stand_in_calibration(gflop_per_s=50e9):
-    """A calibration measured at a flat ``gflop_per_s`` (6 x MACs per step) with cheap augmentation."""
-    macs = (1e8, 2e8, 1e10, 2e10)
-    return Calibration(key="stand-in", device="cpu", precision="float32", threads=1, probe_macs=macs,
-                       probe_seconds=tuple(6 * m / gflop_per_s for m in macs),
-                       probe_voxels=(32 ** 3, 32 ** 3, 64 ** 3, 64 ** 3), probe_features=(16, 32, 16, 32),
-                       augment_seconds_per_voxel=1e-8, workers=1, measured_at="test")
-
-
-def test_the_planner_limits_coarsening_by_the_smallest_labelled_class(synthetic_dataset, tmp_path):
-    from AutoSegLib.fingerprint import extract_fingerprint
-    from AutoSegLib.io.images import read_image
-    from AutoSegLib.planning.planner import plan_experiment
-
-    raw = synthetic_dataset(n_cases=5, shape=(16, 32, 32))  # 2 x 1 x 1 mm, an organ and a small lesion
-    fp = extract_fingerprint(raw, num_workers=1)
-    lesions = [int((read_image(f)[0] == 2).sum()) for f in sorted((raw / "labelsTr").glob("*.nii.gz"))]
-    plans = plan_experiment(fp, budget_minutes=10, calibration=stand_in_calibration(6e9), coarse_to_fine=False)
-    record = plans.budget
-    assert np.median(lesions) < 1.25 ** 2 * B.MIN_STRUCTURE_VOXELS  # x1.25 (2 x 1.25 x 1.25 mm) would lose it
-    assert {c[0] for c in record.candidates} == {1.0} and record.structure_voxels == pytest.approx(np.median(lesions))
-    assert record.iterations < record.target_iterations  # what it costs: fewer iterations than the rule's target
-    # the same plans with a dataset.json that names the lesion "ignore" (unlabelled voxels) coarsen freely
-    dataset_json = json.loads((raw / "dataset.json").read_text())
-    dataset_json["labels"] = {"background": 0, "organ": 1, "ignore": 2}
-    (raw / "dataset.json").write_text(json.dumps(dataset_json))
-    free = plan_experiment(replace(fp, labels=dataset_json["labels"]), budget_minutes=10,
-                           calibration=stand_in_calibration(6e9), coarse_to_fine=False).budget
-    assert max(c[0] for c in free.candidates) > 1.25 and free.spacing_factor > 1.0
-
-
 def test_plan_passes_the_iteration_target_to_the_budget_plan(synthetic_dataset, tmp_path, monkeypatch, capsys):
     from AutoSegLib import cli
     from AutoSegLib.training import calibration as calibration_mod
 
     raw = synthetic_dataset(n_cases=4, shape=(16, 32, 32))
     work = tmp_path / "work"
-    monkeypatch.setattr(B, "MIN_STRUCTURE_VOXELS", 0)  # the lesion would keep the data's spacing (tested above)
     assert cli.main(["plan", str(raw), "-o", str(work), "--budget-iterations", "2000"]) == 2
     assert "--time-budget-minutes" in capsys.readouterr().err and not (work / "plans.json").exists()
-    stand_in = stand_in_calibration()
+    stand_in = Calibration(key="stand-in", device="cpu", precision="float32", threads=1,
+                           probe_macs=(1e8, 2e8, 1e10, 2e10), probe_seconds=(6e8 / 50e9, 1.2e9 / 50e9, 6e10 / 50e9, 1.2e11 / 50e9),
+                           probe_voxels=(32 ** 3, 32 ** 3, 64 ** 3, 64 ** 3), probe_features=(16, 32, 16, 32),
+                           augment_seconds_per_voxel=1e-8, workers=1, measured_at="test")
     monkeypatch.setattr(calibration_mod, "calibrate", lambda *a, **kw: stand_in)
     budgets = {}
     for target in (None, 5000):
@@ -409,17 +360,6 @@ def test_no_pair_when_the_region_is_the_image_or_a_third_of_the_budget_plans_not
         B.plan_budget(10, FlatDevice(30), CT_SPACING, CT_MEDIAN, 1, 2, 40, base_plan())
     single, planned = pair(30, FlatDevice(30))
     assert single.spacing_factor > 1.0 and planned is None
-
-
-def test_a_pair_where_the_smallest_structure_keeps_the_data_resolution():
-    # the single plan may not coarsen (a structure of 45 voxels at 1 mm), so it trains the whole image at
-    # 1 mm for fewer than 1000 iterations: the pair's fine stage keeps 1 mm on the region and buys them
-    _, single = B.plan_budget(30, FlatDevice(120), CT_SPACING, CT_MEDIAN, 1, 2, 40, base_plan(), structure_voxels=45.0)
-    assert single.spacing_factor == 1.0 and single.iterations < single.target_iterations
-    planned = C2F.plan_coarse_to_fine(30, FlatDevice(120), CT_SPACING, CT_MEDIAN, CT_EXTENTS, 1, 2, 40, base_plan(),
-                                      single)
-    assert planned is not None and planned[3].spacing_factor == 1.0 and planned[3].iterations >= 1000
-    assert planned[1].spacing_factor > 1.0  # the coarse stage only locates: the structure rule is not its
 
 
 def test_plans_recommend_the_fine_stage_and_train_the_coarse_one_first(tmp_path):

@@ -97,11 +97,3 @@ def test_edited_label_makes_the_fingerprint_stale(small_dataset, tmp_path, capsy
     rc, text = _run(capsys, "plan", str(small_dataset), "-o", str(work), "--workers", "1")
     assert rc == 0 and "without the foreground boxes" in text
     assert Fingerprint.from_json(work / "fingerprint.json").has_foreground_boxes
-    # likewise one written before the classes' sizes were
-    d = json.loads((work / "fingerprint.json").read_text())
-    for case in d["cases"]:
-        del case["class_voxels"]
-    (work / "fingerprint.json").write_text(json.dumps(d))
-    rc, text = _run(capsys, "plan", str(small_dataset), "-o", str(work), "--workers", "1")
-    assert rc == 0 and "class sizes that budget planning reads" in text
-    assert Fingerprint.from_json(work / "fingerprint.json").has_class_voxels
