@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,19 @@ def work(base_work, tmp_path):
     dst = tmp_path / "work"
     shutil.copytree(base_work, dst)
     return dst
+
+
+def test_progress_png_is_drawn_when_time_has_passed_and_at_the_end(work, monkeypatch):
+    from AutoSegLib.training import epochs as epochs_mod
+    drawn = []
+    monkeypatch.setattr(epochs_mod, "plot_progress", lambda path, entries, title="": drawn.append(len(entries)))
+    three = replace(FAST, epochs=3, iterations_per_epoch=2, validate_at_end=False)
+    train_fold(work, "3d_fullres", 0, three)
+    assert drawn == [3]  # short epochs: once, with every epoch, when training is over
+    drawn.clear()
+    monkeypatch.setattr(epochs_mod, "PLOT_EVERY_S", 0.0)  # long epochs: after each one, and at the end
+    train_fold(work, "3d_fullres", 1, three)
+    assert drawn == [1, 2, 3, 3]
 
 
 def test_two_epochs_lower_the_loss_and_beat_chance(work):
