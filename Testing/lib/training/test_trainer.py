@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ def test_progress_png_is_drawn_when_time_has_passed_and_at_the_end(work, monkeyp
     from AutoSegLib.training import epochs as epochs_mod
     drawn = []
     monkeypatch.setattr(epochs_mod, "plot_progress", lambda path, entries, title="": drawn.append(len(entries)))
-    three = replace(FAST, epochs=3, iterations_per_epoch=2, validate_at_end=False)
+    three = FAST.replace(epochs=3, iterations_per_epoch=2, validate_at_end=False)
     train_fold(work, "3d_fullres", 0, three)
     assert drawn == [3]  # short epochs: once, with every epoch, when training is over
     drawn.clear()
@@ -201,7 +200,6 @@ def test_existing_run_corrupt_checkpoint_and_init_from(work, tmp_path):
     ft = train_fold(work, "3d_fullres", 0, cfg.replace(init_from=str(work)), output_dir=tmp_path / "ft")
     assert json.loads((ft / "training_config.json").read_text())["resolved"]["init_from"].endswith("checkpoint_final.pt")
     # other labels
-    plans = json.loads((work / "plans.json").read_text())
     other = tmp_path / "other_labels.pt"
     ck = torch.load(out / "checkpoint_final.pt", weights_only=True)
     torch.save({**ck, "labels": {"background": 0, "liver": 1, "tumour": 2}}, other)
