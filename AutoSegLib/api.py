@@ -52,7 +52,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
          num_workers: Optional[int] = None, force_fingerprint: bool = False, progress=None,
          time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
          calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None,
-         budget_target_iterations: Optional[int] = None, coarse_to_fine: bool = True) -> Tuple[Path, "Plans"]:
+         budget_target_iterations: Optional[int] = None, coarse_to_fine: bool = True,
+         recalibrate: bool = False) -> Tuple[Path, "Plans"]:
     """Fingerprint (reused while current) and plan ``dataset`` into the work folder ``output`` (default
     ``./autoseg_work/<dataset name>``; never inside the dataset). Writes fingerprint.json, plans.json and
     dataset.json (with "dataset_path"). Returns (work folder, plans).
@@ -63,7 +64,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
 
     With ``time_budget_minutes`` the plans also get a configuration sized for that much training on
     ``device`` at ``precision`` ("auto": as training resolves it), from a measurement of the device
-    cached in ``calibration_cache`` (default `training.calibration.default_cache_path`); see
+    cached in ``calibration_cache`` (default `training.calibration.default_cache_path`; ``recalibrate``
+    measures it again); see
     `planning.budget`. ``budget_target_iterations`` changes that plan's iteration target (more iterations at
     a coarser spacing); ``coarse_to_fine=False`` keeps it a single plan where a coarse-to-fine pair would
     pay (`planning.coarse_to_fine`)."""
@@ -89,7 +91,8 @@ def plan(dataset: PathLike, output: Optional[PathLike] = None, gpu_memory_gb: fl
         if not time_budget_minutes > 0:
             raise AutoSegError(f"--time-budget-minutes must be a positive number; got {time_budget_minutes}.")
         from AutoSegLib.training.calibration import calibrate
-        calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
+        calibration = calibrate(device, precision, cache_path=calibration_cache, force=recalibrate,
+                                progress=progress)
     work = resolve_work_dir(dataset, output)
     ds = load_dataset(dataset)
     fp = fingerprint_for(ds, work, num_workers=num_workers, progress=progress, force=force_fingerprint)
@@ -146,7 +149,7 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
                         time_budget_minutes: Optional[float] = None, device: str = "auto", precision: str = "auto",
                         calibration_cache: Optional[PathLike] = None, plans_from: Optional[PathLike] = None,
                         budget_target_iterations: Optional[int] = None,
-                        coarse_to_fine: bool = True) -> Tuple[Path, "Plans", dict]:
+                        coarse_to_fine: bool = True, recalibrate: bool = False) -> Tuple[Path, "Plans", dict]:
     """verify (inside the fingerprint) + fingerprint + plan + preprocess. Returns (work folder, plans,
     preprocessing summary). With a time budget (see `plan`) and no ``configurations``, only the budget
     configuration is preprocessed (the one that budget will train); with ``plans_from``, the configurations
@@ -157,7 +160,8 @@ def plan_and_preprocess(dataset: PathLike, output: Optional[PathLike] = None, gp
     work, plans = plan(dataset, output, gpu_memory_gb, num_workers, force_fingerprint, progress,
                        time_budget_minutes=time_budget_minutes, device=device, precision=precision,
                        calibration_cache=calibration_cache, plans_from=plans_from,
-                       budget_target_iterations=budget_target_iterations, coarse_to_fine=coarse_to_fine)
+                       budget_target_iterations=budget_target_iterations, coarse_to_fine=coarse_to_fine,
+                       recalibrate=recalibrate)
     if configurations is None and plans_from is not None:
         configurations = [c for c in trained_folds(plans_from) if c in plans.configurations] or None
     if configurations is None and plans.budget is not None:

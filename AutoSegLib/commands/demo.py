@@ -111,7 +111,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
              device: str = "auto", tta: Optional[bool] = None, num_workers: Optional[int] = None, seed: int = 0,
              val_iterations: Optional[int] = None, precision: str = "auto",
              calibration_cache: "str | os.PathLike | None" = None, budget_target_iterations: Optional[int] = None,
-             coarse_to_fine: bool = True, progress=None) -> dict:
+             coarse_to_fine: bool = True, recalibrate: bool = False, progress=None) -> dict:
     """Run the whole pipeline; returns the summary also written to ``output/demo_summary.json``.
 
     Parameters
@@ -126,9 +126,9 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     folds : folds to train (default 0-4).
     configuration : the configuration trained ("auto": the budget configuration).
     precision : training precision the budget is planned for; calibration_cache : where the device's measured
-        speed is cached (training.calibration); budget_target_iterations : the budget rule's iteration target
-        (planning.budget, default target_iterations_for the budget); coarse_to_fine : allow the pair where it pays
-        (planning.coarse_to_fine).
+        speed is cached (training.calibration; ``recalibrate`` measures it again); budget_target_iterations :
+        the budget rule's iteration target (planning.budget, default target_iterations_for the budget);
+        coarse_to_fine : allow the pair where it pays (planning.coarse_to_fine).
     holdout : real dataset without labelsTs: number of training cases held out for the test.
     device, tta, num_workers : prediction/training device, test-time mirroring (None: off for generated
         data, on for a real dataset), data workers.
@@ -226,7 +226,7 @@ def run_demo(output: "str | os.PathLike" = "autoseg_demo", dataset: "str | os.Pa
     lap("fingerprint")
     emit(progress, "stage", stage="plan", message="planning")
     per_fold = time_budget_minutes / len(folds)
-    calibration = calibrate(device, precision, cache_path=calibration_cache, progress=progress)
+    calibration = calibrate(device, precision, cache_path=calibration_cache, force=recalibrate, progress=progress)
     try:
         plans = plan_experiment(fingerprint, ds, budget_minutes=per_fold, calibration=calibration,
                                 budget_target_iterations=budget_target_iterations, coarse_to_fine=coarse_to_fine)
@@ -346,7 +346,7 @@ def run(args, progress) -> int:
                        device=args.device, tta=args.tta, num_workers=args.workers, seed=args.seed,
                        precision=args.precision, calibration_cache=args.calibration_cache,
                        budget_target_iterations=args.budget_iterations, coarse_to_fine=args.coarse_to_fine,
-                       progress=progress)
+                       recalibrate=args.recalibrate, progress=progress)
 
     def f(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"

@@ -36,6 +36,9 @@ def add_precision_arguments(parser) -> None:
                              "CPUs with native support, else float32)")
     parser.add_argument("--calibration-cache", default=None, metavar="FILE",
                         help="where the device's measured speed is cached (default ~/.cache/autoseg/calibration.json)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="measure the device again instead of using its cached speed (after training warned "
+                             "that it ran slower than planned)")
     parser.add_argument("--budget-iterations", type=int, default=None, metavar="N",
                         help="the time budget's plan is the finest resolution that buys N training iterations "
                              "(default 1000 for budgets up to 15 minutes, 2500 above); more iterations plan a coarser "
@@ -47,7 +50,7 @@ def add_precision_arguments(parser) -> None:
 
 def budget_options(args) -> dict:
     return {"time_budget_minutes": args.time_budget_minutes, "device": args.device, "precision": args.precision,
-            "calibration_cache": args.calibration_cache, "plans_from": args.plans_from,
+            "calibration_cache": args.calibration_cache, "recalibrate": args.recalibrate, "plans_from": args.plans_from,
             "budget_target_iterations": args.budget_iterations, "coarse_to_fine": args.coarse_to_fine}
 
 

@@ -203,6 +203,11 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         raise WriteError(f"{exc} {_how_to_go_on(fold_dir, state)}") from exc
     finally:
         runner.close()
+    record = plans.budget_for(configuration)
+    if info.is_main and record is not None and runner.mean_step_s:
+        note = slower_than_planned(record, runner.mean_step_s, sum(e["iterations"] for e in state["log"]))
+        if note:
+            emit(progress, "log", level="warning", message=note)
     if info.is_main:
         final = {**base, "network_weights": net.state_dict(), "epoch": state["epoch"]}
         ckpt_mod.save_checkpoint(fold_dir / "checkpoint_final.pt", final)
@@ -219,6 +224,25 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
     dist_mod.barrier(info)
     dist_mod.shutdown(info)
     return fold_dir
+
+
+# A budget plan's training iterations may take this many times their planned time before training says the
+# device is slower than its calibration (which predicts the LA candidates within 0.9-1.3x, bench/README.md).
+# The same 2-core machine measured its calibration probes 1.3-1.6x slower one afternoon than at night.
+SLOWER_THAN_PLANNED = 1.4
+
+
+def slower_than_planned(record, measured_step_s: float, iterations: int) -> Optional[str]:
+    """A warning when training iterations took ``SLOWER_THAN_PLANNED`` times the ``step_seconds`` that the budget
+    ``record`` (planning.plans.BudgetPlan) was planned with, else None."""
+    ratio = measured_step_s / record.step_seconds if record.step_seconds > 0 else 0.0
+    if ratio < SLOWER_THAN_PLANNED:
+        return None
+    return (f"training iterations took {measured_step_s:.2f} s, {ratio:.1f}x the {record.step_seconds:.2f} s that "
+            f"{record.configuration} was planned for ({record.device}, {record.precision}): {iterations} iterations "
+            f"instead of about {record.iterations}. The device is slower than when it was measured (other work "
+            f"running, power saving, another machine); `autoseg plan ... --recalibrate` measures it again, and "
+            f"its plan for this budget is then coarser.")
 
 
 def _how_to_go_on(fold_dir: Path, state: dict) -> str:

@@ -216,6 +216,46 @@ def test_a_budget_run_without_a_schedule_takes_the_planned_one(tmp_path):
     assert 1.8 < ratio < 2.6
 
 
+def test_training_says_when_the_device_ran_slower_than_planned(tmp_path):
+    from dataclasses import replace
+    from AutoSegLib.training.trainer import SLOWER_THAN_PLANNED, slower_than_planned
+
+    _, work, plans = budget_work(tmp_path)
+    record = replace(plans.budget, step_seconds=0.5, iterations=1000)
+    assert slower_than_planned(record, 0.69, 700) is None  # 1.38x: within the calibration's error
+    note = slower_than_planned(record, 0.75, 640)  # 1.5x
+    assert SLOWER_THAN_PLANNED == 1.4 and "0.75 s, 1.5x the 0.50 s" in note
+    assert "640 iterations instead of about 1000" in note and "--recalibrate" in note
+    # training a budget configuration measures its steps and says so at the end (or not)
+    short = FAST.replace(epochs=1, iterations_per_epoch=3, validate_at_end=False, time_budget_minutes=5)
+    for planned_s, warned in ((1e-6, True), (1e3, False)):
+        replace(plans, budget=replace(plans.budget, step_seconds=planned_s)).to_json(work / "plans.json")
+        events = []
+        train_fold(work, "3d_budget", 0, short, progress=events.append, output_dir=tmp_path / f"out{planned_s:g}")
+        notes = [e["message"] for e in events
+                 if e["event"] == "log" and "slower than when it was measured" in e["message"]]
+        assert len(notes) == (1 if warned else 0)
+
+
+def test_plan_recalibrate_measures_the_device_again(tmp_path, monkeypatch):
+    from AutoSegLib.cli import main
+    from AutoSegLib.errors import AutoSegError
+    from AutoSegLib.io.synthetic import make_synthetic_dataset
+    from AutoSegLib.training import calibration as calibration_mod
+
+    raw = make_synthetic_dataset(tmp_path / "raw", n_cases=4, shape=(16, 32, 32), seed=3)
+    forced = []
+
+    def calibrate(*args, force=False, **kwargs):
+        forced.append(force)
+        raise AutoSegError("stand-in: no measurement")
+
+    monkeypatch.setattr(calibration_mod, "calibrate", calibrate)
+    for extra in ([], ["--recalibrate"]):
+        assert main(["plan", str(raw), "-o", str(tmp_path / "w"), "--time-budget-minutes", "5", *extra]) == 2
+    assert forced == [False, True]
+
+
 def test_init_from_a_model_planned_at_another_resolution_names_the_difference(tmp_path):
     from AutoSegLib.cli import main
 
