@@ -38,15 +38,14 @@ def run_one(root: Path, budget: float, variant: str, precision: str, threads: in
     from AutoSegLib.io.work_folder import fold_dir
     data = SHARED / "data" / "LA2018_1p25mm"
     target = f"_it{budget_iterations}" if budget_iterations and variant == "budget" else ""
-    if base_features and variant == "budget":
+    entry = ["-m", "AutoSegLib"]
+    if base_features and variant == "budget":  # the rule's candidates with this first-stage width only
         target += f"_f{base_features}"
+        entry = ["-c", "import sys; from AutoSegLib.planning import budget as B; "
+                 f"B.BASE_FEATURES = ({int(base_features)},); from AutoSegLib.cli import main; sys.exit(main())"]
     out = root / f"{variant}_{precision}_{budget:g}min{target}"
     if out.exists():
         shutil.rmtree(out)
-    entry = ["-m", "AutoSegLib"]
-    if base_features and variant == "budget":  # the rule's candidates with this first-stage width only
-        entry = ["-c", "import sys; from AutoSegLib.planning import budget as B; "
-                 f"B.BASE_FEATURES = ({int(base_features)},); from AutoSegLib.cli import main; sys.exit(main())"]
     cmd = [str(AUTOSEG_PYTHON), *entry, "demo", "--dataset", str(data), "-o", str(out),
            "--holdout", "16", "--folds", "0", "--time-budget-minutes", str(budget), "--device", "cpu",
            "--precision", precision, "--workers", str(threads), "--tta",

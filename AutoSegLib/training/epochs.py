@@ -135,6 +135,7 @@ class EpochRunner:
         steps_timed, step_time_sum = 0, 0.0
         last_checkpoint = time.monotonic()
         self._last_plot = time.monotonic()  # the first drawing after PLOT_EVERY_S, not after the first epoch
+        self._plotted = 0  # epochs in the last drawing
         while not stop:
             epoch = int(state["epoch"])
             if epoch >= cfg.epochs and (not cfg.fills_budget or
@@ -213,8 +214,8 @@ class EpochRunner:
                  train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice,
                  ema_pseudo_dice=ema, lr=lr, epoch_time_s=epoch_time,
                  eta_s=0.0 if stop else self._training_eta(state["elapsed_s"], left))
-        if info.is_main and state["log"]:
-            self._plot(fold_dir)  # every epoch, once training is over
+        if info.is_main and self._plotted < len(state["log"]):
+            self._plot(fold_dir)  # every epoch, once training is over (unless its last epoch was just drawn)
 
     def _mean_over_ranks(self, values: List[float]) -> float:
         t = torch.tensor([float(np.sum(values)), float(len(values))], dtype=torch.float64)
@@ -268,7 +269,7 @@ class EpochRunner:
         write_log(fold_dir / "training_log.jsonl", state["log"])
 
     def _plot(self, fold_dir: Path) -> None:
-        self._last_plot = time.monotonic()
+        self._last_plot, self._plotted = time.monotonic(), len(self.state["log"])
         try:
             plot_progress(fold_dir / "progress.png", self.state["log"],
                           title=f"{self.configuration} fold {self.fold}")

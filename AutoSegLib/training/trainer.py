@@ -203,12 +203,12 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         raise WriteError(f"{exc} {_how_to_go_on(fold_dir, state)}") from exc
     finally:
         runner.close()
-    record = plans.budget_for(configuration)
-    if info.is_main and record is not None and runner.mean_step_s:
-        note = slower_than_planned(record, runner.mean_step_s, sum(e["iterations"] for e in state["log"]))
-        if note:
-            emit(progress, "log", level="warning", message=note)
     if info.is_main:
+        record = plans.budget_for(configuration)
+        if record is not None and runner.mean_step_s:
+            note = slower_than_planned(record, runner.mean_step_s, sum(e["iterations"] for e in state["log"]))
+            if note:
+                emit(progress, "log", level="warning", message=note)
         final = {**base, "network_weights": net.state_dict(), "epoch": state["epoch"]}
         ckpt_mod.save_checkpoint(fold_dir / "checkpoint_final.pt", final)
         if config.validate_at_end and val_cases:
