@@ -20,7 +20,10 @@ Pipeline, in order::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:  # annotations only: the heavy modules are imported inside the functions
+    from AutoSegLib.planning.plans import Plans
 
 PathLike = "str | os.PathLike"
 

@@ -26,13 +26,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import AUTOSEG_PYTHON, BENCH_PYTHON, REPO, bench_env  # noqa: E402
+from common import BENCH_PYTHON, REPO, bench_env  # noqa: E402
 from train_throughput import DATASET_ID, autoseg_python, prepare, run_group, use_reference_split  # noqa: E402
 
 # nnUNetTrainer.run_training's epoch loop, stopped after the epoch that crosses ``budget_s`` (the script

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the local virtual environment .venv and install AutoSeg into it.
-# Usage: scripts/setup-env.sh [test]   (everything for training and the demo: the "train" extra; "test" adds
-# pytest, slicer-core and ONNX Runtime). Prediction alone needs only `pip install .` (OpenVINO, no PyTorch).
+# Usage: scripts/setup-env.sh [test|bench]   (everything for training and the demo: the "train" extra; "test"
+# adds pytest, slicer-core and ONNX Runtime; "bench" adds psutil for bench/). Prediction alone needs only `pip install .` (OpenVINO, no PyTorch).
 # Idempotent: a stamp file records what was installed; nothing is reinstalled when pyproject.toml is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +16,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, pinned: an unpinned torch would pull several GB of CUDA packages on a CPU machine.
 .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
-if [ "$extra" = "test" ]; then
-    .venv/bin/python -m pip install -q -e ".[train,test]"
+if [ -n "$extra" ]; then
+    case "$extra" in test|bench) ;; *) echo "unknown set-up '$extra': expected test or bench" >&2; exit 2;; esac
+    .venv/bin/python -m pip install -q -e ".[train,$extra]"
 else
     .venv/bin/python -m pip install -q -e ".[train]"
 fi

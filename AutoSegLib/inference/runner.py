@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from AutoSegLib.allocator import keep_freed_memory
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.inference.sliding_window import count_windows, predict_sliding_window
 from AutoSegLib.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 import itertools
 import math
 from functools import lru_cache
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from AutoSegLib.progress import ProgressCallback, ProgressTracker
+
+if TYPE_CHECKING:  # torch is imported inside the functions that use it
+    import torch
 
 GAUSSIAN_PEAK = 10.0  # float16 accumulation: keeps weighted sums well inside the float16 range
 

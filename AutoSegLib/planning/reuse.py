@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from AutoSegLib.errors import AutoSegError
 from AutoSegLib.io.work_folder import PLANS_JSON
+
+if TYPE_CHECKING:
+    from AutoSegLib.planning.plans import Plans
 
 
 def adopt_plans(source: "str | os.PathLike", dataset) -> "Plans":

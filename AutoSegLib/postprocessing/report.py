@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict
+from typing import TYPE_CHECKING, Dict
 
 from AutoSegLib.io.atomic import atomic_path, write_json
 from AutoSegLib.io.labels import LabelLayout
+
+if TYPE_CHECKING:
+    from AutoSegLib.postprocessing.selection import SelectionResult, TrainedConfiguration
 
 
 def _f(v) -> str:

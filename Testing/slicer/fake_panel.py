@@ -10,7 +10,6 @@ does (`call_like_pythonqt`: only as many of the signal's arguments as the slot's
 from __future__ import annotations
 
 import inspect
-import re
 import sys
 import types
 import xml.etree.ElementTree as ET

@@ -53,7 +53,7 @@ def fingerprint(args):
 
 
 def plan(args):
-    dataset, work = Path(args[0]), Path(opts(args)["--output"])
+    work = Path(opts(args)["--output"])
     record(work, ["plan", *args])
     if not (work / "fingerprint.json").is_file():
         ev(event="error", message=f"{work / 'fingerprint.json'}: missing")

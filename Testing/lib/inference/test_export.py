@@ -1,7 +1,6 @@
 """export_logits on hand-made cases: bbox paste, transposition back, background outside the crop,
 softmax vs regions, and resampling of logits before the non-linearity."""
 import numpy as np
-import pytest
 import torch
 
 from AutoSegLib.inference.export import export_logits, logits_to_probabilities

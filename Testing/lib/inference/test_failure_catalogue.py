@@ -6,7 +6,6 @@ existed before byte-identical and no new file behind (output folders included). 
 `tiny_model` fixture (Testing/lib/inference/conftest.py); the classes span the whole library.
 """
 import json
-import sys
 import tarfile
 import zipfile
 
@@ -264,7 +263,6 @@ sys.exit(main(sys.argv[1:]))
 def test_catalogue_c01_disk_full_during_predict(tiny_model, tmp_path, file_size_limited):
     """Disk full while predict writes its label map: exit 2 naming the file and "disk is full"; the label
     map of an earlier run stays as it was."""
-    import subprocess
     model = tiny_model().path
     inp = _scans(tmp_path / "in", ["a_0000.nii.gz"])
     out = tmp_path / "out"

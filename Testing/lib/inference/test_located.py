@@ -1,6 +1,5 @@
 """Where a fine stage predicts (inference.located), on hand-computed boxes."""
 import numpy as np
-import pytest
 import torch
 
 from AutoSegLib.inference import located as L

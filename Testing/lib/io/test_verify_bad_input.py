@@ -1,8 +1,6 @@
 """The bad-input catalogue: each broken dataset gets a message naming the file, exit status 2, no
 traceback, and nothing written (neither in the dataset nor in an output folder)."""
-import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

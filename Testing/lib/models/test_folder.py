@@ -2,7 +2,6 @@
 defaults from inference instructions, and the messages for missing pieces."""
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest

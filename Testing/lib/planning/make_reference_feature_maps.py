@@ -1,8 +1,7 @@
 """Regenerate data/reference_feature_map_sizes.json with the reference network package (run in .bench-venv):
     .bench-venv/bin/python Testing/lib/planning/make_reference_feature_maps.py > Testing/lib/planning/data/reference_feature_map_sizes.json
 Each entry: a topology, a patch and the reference networks compute_conv_feature_map_size value."""
-import json, sys, itertools
-import numpy as np
+import json, sys
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 import torch
 cases = [

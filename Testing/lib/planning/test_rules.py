@@ -1,13 +1,12 @@
 """Each planning rule against hand-computed expectations."""
 import numpy as np
-import pytest
 
 from AutoSegLib.fingerprint.record import CaseFingerprint, Fingerprint
 from AutoSegLib.network.memory import feature_map_size
 from AutoSegLib.planning import plan_configuration, plan_experiment
 from AutoSegLib.planning.rules import (fullres_target_spacing, normalization_plan, normalization_scheme,
                                        resampled_shape, transpose_axes)
-from AutoSegLib.planning.topology import features_per_stage, pad_to_multiple, plain_topology, pooling_plan
+from AutoSegLib.planning.topology import features_per_stage, pad_to_multiple, pooling_plan
 
 
 def make_fp(shapes, spacings, channels=None, rel=1.0, labels=None):

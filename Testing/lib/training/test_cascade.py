@@ -247,7 +247,7 @@ def test_lowres_then_cascade_then_predict(cascade_work, tmp_path):
     assert sorted(p.name for p in predicted.glob("*.npy")) == ["case_000.npy", "case_001.npy"]
     with pytest.raises(AutoSegError) as err:   # fold 1's validation cases are still missing
         train_fold(work, "3d_cascade_fullres", 0, FAST)
-    assert "case_002, case_003" in str(err.value) and f"3d_lowres 1`" in str(err.value)
+    assert "case_002, case_003" in str(err.value) and "3d_lowres 1`" in str(err.value)
     assert "3d_lowres 0`" not in str(err.value)
 
     train_fold(work, "3d_lowres", 1, FAST)

@@ -1,7 +1,6 @@
 """The loss against hand-computed numbers (with and without ignore voxels), deep-supervision weights."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
