@@ -249,6 +249,20 @@ def calibrate(device: str = "cpu", precision: str = "auto", cache_path: "str | o
     return cal
 
 
+def forget(key: str, cache_path: "str | os.PathLike | None" = None) -> bool:
+    """Drop the cached measurement ``key`` (`cache_key`) from the cache at ``cache_path`` (default
+    `default_cache_path()`), so that the next `calibrate` measures the device again; True when there was one.
+    Training calls it when its iterations ran well past their planned time (`training.trainer`)."""
+    from AutoSegLib.io.cache import read_entries, write_entries
+    path = Path(cache_path) if cache_path is not None else default_cache_path()
+    cache = read_entries(path, CACHE_VERSION)
+    if key not in cache:
+        return False
+    del cache[key]
+    write_entries(path, CACHE_VERSION, cache, "training calibration")
+    return True
+
+
 def probe_topology(patch: Sequence[int], base: int):
     """The plain U-Net of a probe: the planner's pooling rule at 1 mm, ``base`` features doubling per stage."""
     from AutoSegLib.planning.budget import candidate_topology

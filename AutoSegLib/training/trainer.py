@@ -208,6 +208,10 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
         if record is not None and runner.mean_step_s:
             note = slower_than_planned(record, runner.mean_step_s, sum(e["iterations"] for e in state["log"]))
             if note:
+                from AutoSegLib.training.calibration import forget
+                if forget(record.machine):
+                    note += (" Its cached measurement is dropped: the next plan (Slicer's quick mode included) "
+                             "measures the device again.")
                 emit(progress, "log", level="warning", message=note)
         final = {**base, "network_weights": net.state_dict(), "epoch": state["epoch"]}
         ckpt_mod.save_checkpoint(fold_dir / "checkpoint_final.pt", final)
@@ -229,6 +233,8 @@ def train_fold(work_dir: "str | Path", configuration: str, fold: Union[int, str]
 # A budget plan's training iterations may take this many times their planned time before training says the
 # device is slower than its calibration (which predicts the LA candidates within 0.9-1.3x, bench/README.md).
 # The same 2-core machine measured its calibration probes 1.3-1.6x slower one afternoon than at night.
+# Past it the cached calibration is dropped (`calibration.forget`), so that the next plan measures the device
+# as it is now instead of planning with the stale figures for good.
 SLOWER_THAN_PLANNED = 1.4
 
 

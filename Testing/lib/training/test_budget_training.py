@@ -226,15 +226,27 @@ def test_training_says_when_the_device_ran_slower_than_planned(tmp_path):
     note = slower_than_planned(record, 0.75, 640)  # 1.5x
     assert SLOWER_THAN_PLANNED == 1.4 and "0.75 s, 1.5x the 0.50 s" in note
     assert "640 iterations instead of about 1000" in note and "--recalibrate" in note
-    # training a budget configuration measures its steps and says so at the end (or not)
+    # training a budget configuration measures its steps and says so at the end (or not); when it says so, the
+    # device's cached calibration (the plan's `machine` entry; other entries stay) is dropped, so the next plan
+    # measures it again
+    from AutoSegLib.io.cache import read_entries, write_entries
+    from AutoSegLib.training.calibration import CACHE_VERSION, default_cache_path
     short = FAST.replace(epochs=1, iterations_per_epoch=3, validate_at_end=False, time_budget_minutes=5)
-    for planned_s, warned in ((1e-6, True), (1e3, False)):
+    cache = default_cache_path()  # under the test session's XDG_CACHE_HOME (conftest)
+    kept = read_entries(cache, CACHE_VERSION)
+    for planned_s, warned in ((1e3, False), (1e-6, True)):
+        write_entries(cache, CACHE_VERSION, {**kept, plans.budget.machine: {"stand-in": 1}, "other": {"x": 2}})
         replace(plans, budget=replace(plans.budget, step_seconds=planned_s)).to_json(work / "plans.json")
         events = []
         train_fold(work, "3d_budget", 0, short, progress=events.append, output_dir=tmp_path / f"out{planned_s:g}")
         notes = [e["message"] for e in events
                  if e["event"] == "log" and "slower than when it was measured" in e["message"]]
         assert len(notes) == (1 if warned else 0)
+        entries = read_entries(cache, CACHE_VERSION)
+        assert (plans.budget.machine in entries) == (not warned) and entries["other"] == {"x": 2}
+        if warned:
+            assert "the next plan (Slicer's quick mode included) measures the device again" in notes[0]
+    write_entries(cache, CACHE_VERSION, kept)
 
 
 def test_plan_recalibrate_measures_the_device_again(tmp_path, monkeypatch):
