@@ -1,8 +1,9 @@
 """`autoseg predict -m MODEL -i INPUT... -o OUTPUT`: segment images with a trained model."""
 from __future__ import annotations
 
+from AutoSegLib.inference.runtimes import RUNTIMES
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
-RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")  # AutoSegLib.inference.compiled.RUNTIMES
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -71,7 +72,7 @@ def run(args, progress) -> int:
 
     from AutoSegLib import api
     from AutoSegLib.errors import AutoSegError
-    from AutoSegLib.inference.compiled import resolve_runtime
+    from AutoSegLib.inference.runtimes import resolve_runtime
 
     if not 0 < args.step_size <= 1:
         raise AutoSegError(f"--step-size must be in (0, 1], got {args.step_size}.")

@@ -77,7 +77,8 @@ def network_key(model, configuration: str, runtime: str, threads: Optional[int])
 def measure(model, configuration: str, runtime: str, progress=None) -> dict:
     """The calibration for this machine, model configuration and runtime (cached; measured once in a child
     process, a few seconds)."""
-    from AutoSegLib.inference.compiled import COMPILED, export_status, onnx_path, threads_setting
+    from AutoSegLib.inference.compiled import export_status, onnx_path, threads_setting
+    from AutoSegLib.inference.runtimes import COMPILED
     from AutoSegLib.progress import emit
 
     threads = threads_setting()

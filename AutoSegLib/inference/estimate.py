@@ -145,7 +145,8 @@ def estimate_run(model, cases: Dict[str, List[Path]], configurations: Sequence[s
             seconds += cost["network_s"] + cost["resample_s"] + cost["other_s"]
             pipeline_peak = max(pipeline_peak, cost["pipeline_mib"])
     # networks exported on first use (compiled runtime): torch is imported and each fold exported and checked
-    from AutoSegLib.inference.compiled import COMPILED, export_status
+    from AutoSegLib.inference.compiled import export_status
+    from AutoSegLib.inference.runtimes import COMPILED
     export_s, export_mib = 0.0, 0.0
     if runtime in COMPILED:
         for c in configurations:

@@ -206,7 +206,7 @@ def predict_files(model, inputs, output: "str | Path", configuration=None, folds
     list of Path
         The label-map files written (or kept).
     """
-    from AutoSegLib.inference.compiled import resolve_runtime
+    from AutoSegLib.inference.runtimes import resolve_runtime
 
     failed: Optional[dict] = {} if continue_on_error else None
     cases = find_cases(inputs, model.plans.num_channels, progress, failed)

@@ -237,7 +237,7 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
     runtime : str
         What runs the networks: ``torch`` (default), ``openvino``, ``onnxruntime`` (CPU, float32, the
         folds' exported ONNX networks; exported on first use when missing) or ``auto`` (the compiled
-        runtime on the CPU when one is installed, torch on CUDA/MPS); see `compiled.resolve_runtime`.
+        runtime on the CPU when one is installed, torch on CUDA/MPS); see `runtimes.resolve_runtime`.
     uncertainty_out : dict, optional
         When given, filled with ``uncertainty`` (ndarray (*spatial) float32 in [0, 1], the input grid: the
         ensemble's per-voxel uncertainty, `inference.uncertainty`; the mean over configurations for an
@@ -268,7 +268,7 @@ def predict_arrays(model, images: np.ndarray, geometry: Geometry, configuration:
     check_input(model, images, geometry)
     configurations, folds_for, tta, step_size = resolve_settings(model, configuration, folds, tta, step_size, fast,
                                                                  progress)
-    from AutoSegLib.inference.compiled import resolve_runtime
+    from AutoSegLib.inference.runtimes import resolve_runtime
     runtime = resolve_runtime(runtime, str(device))  # once, so that every configuration and fold uses the same
     if roi is not None:
         from AutoSegLib.inference.roi import predict_in_roi

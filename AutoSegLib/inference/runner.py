@@ -121,7 +121,7 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
         Channels-last convolutions (see ``NetworkPredictor``); default: on with autocast or CUDA.
     runtime : str
         ``torch`` (default), a compiled CPU runtime (``openvino``, ``onnxruntime``) or ``auto``
-        (`compiled.resolve_runtime`). A compiled runtime ignores ``precision`` (always float32),
+        (`runtimes.resolve_runtime`). A compiled runtime ignores ``precision`` (always float32),
         ``predictor`` and ``channels_last``.
     statistics : inference.uncertainty.EnsembleStatistics, optional
         Receives every member's (fold x mirroring) window logits, for the uncertainty map.
@@ -131,7 +131,7 @@ def predict_logits(model, configuration: str, data, folds: Optional[Sequence[str
     Tensor (torch) or ndarray (compiled runtime), (K, *spatial) float16 on the CPU
         Mean over folds of the stitched logits (float16 like the reference's accumulator).
     """
-    from AutoSegLib.inference.compiled import COMPILED, resolve_runtime
+    from AutoSegLib.inference.runtimes import COMPILED, resolve_runtime
 
     cm = model.configurations.get(configuration)
     if cm is None:

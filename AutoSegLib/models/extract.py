@@ -151,7 +151,7 @@ def extract_model_archive(archive: "str | os.PathLike", dest_dir: "str | os.Path
                     shutil.copyfileobj(src, dst, 2 ** 20)
             root = _model_root(archive, tmp)
             _verify_manifest(archive, root)
-            from AutoSegLib.inference.compiled import torch_importable
+            from AutoSegLib.inference.runtimes import torch_importable
             # without torch (a runtime-only install) no checkpoint is ever unpickled: the ONNX networks are used
             for ckpt in sorted(list(root.rglob("*.pt")) + list(root.rglob("*.pth"))) if torch_importable() else []:
                 try:

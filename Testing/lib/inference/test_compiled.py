@@ -91,25 +91,26 @@ def test_gaussian_maps_agree():
 # ------------------------------------------------------------------------------------------- runtime choice
 
 def test_resolve_runtime_rules(monkeypatch, caplog):
+    from AutoSegLib.inference import runtimes
     have = {"openvino": True, "onnxruntime": True, "torch": True}
-    monkeypatch.setattr(compiled, "installed", lambda p: have[p])
-    assert compiled.resolve_runtime("auto", "cpu") == "openvino"
-    assert compiled.resolve_runtime("auto", "cuda") == "torch"
-    assert compiled.resolve_runtime("onnxruntime", "cpu") == "onnxruntime"
+    monkeypatch.setattr(runtimes, "installed", lambda p: have[p])
+    assert runtimes.resolve_runtime("auto", "cpu") == "openvino"
+    assert runtimes.resolve_runtime("auto", "cuda") == "torch"
+    assert runtimes.resolve_runtime("onnxruntime", "cpu") == "onnxruntime"
     have["openvino"] = False
-    assert compiled.resolve_runtime("auto", "cpu") == "onnxruntime"
+    assert runtimes.resolve_runtime("auto", "cpu") == "onnxruntime"
     with caplog.at_level("WARNING"):
-        assert compiled.resolve_runtime("openvino", "cpu") == "torch"  # missing: falls back to torch
+        assert runtimes.resolve_runtime("openvino", "cpu") == "torch"  # missing: falls back to torch
     assert "pip install openvino" in caplog.text
     have.update(onnxruntime=False, torch=False)
     with pytest.raises(AutoSegError, match="pip install openvino"):
-        compiled.resolve_runtime("openvino", "cpu")
+        runtimes.resolve_runtime("openvino", "cpu")
     with pytest.raises(AutoSegError, match="no inference runtime is installed"):
-        compiled.resolve_runtime("auto", "cpu")
+        runtimes.resolve_runtime("auto", "cpu")
     with pytest.raises(AutoSegError, match="unknown runtime"):
-        compiled.resolve_runtime("tensorrt", "cpu")
+        runtimes.resolve_runtime("tensorrt", "cpu")
     with pytest.raises(AutoSegError, match="CPU only"):
-        compiled.resolve_runtime("onnxruntime", "cuda")
+        runtimes.resolve_runtime("onnxruntime", "cuda")
 
 
 # ------------------------------------------------------------------------------------------- equivalence
