@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from AutoSegLib.errors import AutoSegError
-from AutoSegLib.inference import compiled
+from AutoSegLib.inference import compiled, runtimes
 from AutoSegLib.inference.predict import predict_arrays
 from AutoSegLib.io.geometry import Geometry
 
@@ -91,7 +91,6 @@ def test_gaussian_maps_agree():
 # ------------------------------------------------------------------------------------------- runtime choice
 
 def test_resolve_runtime_rules(monkeypatch, caplog):
-    from AutoSegLib.inference import runtimes
     have = {"openvino": True, "onnxruntime": True, "torch": True}
     monkeypatch.setattr(runtimes, "installed", lambda p: have[p])
     assert runtimes.resolve_runtime("auto", "cpu") == "openvino"
@@ -305,7 +304,7 @@ def test_damaged_or_unrecorded_exports_are_clear_errors(tiny_model, runtime):
 def test_stale_export_is_redone_and_read_only_folder_is_a_clear_error(tiny_model, monkeypatch):
     if not any(compiled.installed(r) for r in compiled.COMPILED):
         pytest.skip("no compiled runtime")
-    runtime = compiled.resolve_runtime("auto", "cpu")
+    runtime = runtimes.resolve_runtime("auto", "cpu")
     model = tiny_model()
     cm, fw = _one_fold(model)
     compiled.export_model(model)
