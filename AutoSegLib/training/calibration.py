@@ -26,7 +26,8 @@ voxels and features fitted to seven measured steps was within 15 % of each; `ben
 compares this model's predictions with measured steps of the budget candidates.
 
 A measurement takes a few seconds; it is cached in a JSON file (one entry per machine, torch version,
-device, precision and thread count), so planning again costs nothing.
+device, precision and thread count), so planning again costs nothing. A training whose iterations ran 1.4x
+off their planned time drops its entry (`forget`): the machine's speed drifts, and the next plan measures it.
 """
 from __future__ import annotations
 
@@ -252,7 +253,7 @@ def calibrate(device: str = "cpu", precision: str = "auto", cache_path: "str | o
 def forget(key: str, cache_path: "str | os.PathLike | None" = None) -> bool:
     """Drop the cached measurement ``key`` (`cache_key`) from the cache at ``cache_path`` (default
     `default_cache_path()`), so that the next `calibrate` measures the device again; True when there was one.
-    Training calls it when its iterations ran well past their planned time (`training.trainer`)."""
+    Training calls it when its iterations ran well off their planned time, slower or faster (`trainer.off_plan`)."""
     from AutoSegLib.io.cache import read_entries, write_entries
     path = Path(cache_path) if cache_path is not None else default_cache_path()
     cache = read_entries(path, CACHE_VERSION)
