@@ -37,8 +37,8 @@ def add_precision_arguments(parser) -> None:
     parser.add_argument("--calibration-cache", default=None, metavar="FILE",
                         help="where the device's measured speed is cached (default ~/.cache/autoseg/calibration.json)")
     parser.add_argument("--recalibrate", action="store_true",
-                        help="measure the device again instead of using its cached speed (after training warned "
-                             "that it ran slower than planned)")
+                        help="measure the device again instead of using its cached speed (training drops the cached "
+                             "speed by itself when its iterations ran 1.4x off their planned time)")
     parser.add_argument("--budget-iterations", type=int, default=None, metavar="N",
                         help="the time budget's plan is the finest resolution that buys N training iterations "
                              "(default 1000 for budgets up to 15 minutes, 2500 above); more iterations plan a coarser "

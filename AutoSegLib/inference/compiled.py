@@ -17,10 +17,10 @@ difference must stay within ``EXPORT_TOLERANCE`` times ``max(1, max |torch logit
 refuses the export. Loading never unpickles anything (ONNX is a protobuf); the recorded SHA-256 is
 checked first, so a damaged file is a clear error rather than a runtime crash.
 
-Runtimes (`inference.runtimes`, which chooses one): ``openvino`` (float32 inference precision forced: on CPUs with AVX512_BF16/AMX its
-default is bfloat16, off by ~1e-2 in probability), ``onnxruntime`` (CPU provider), ``torch``; ``auto``
-takes the compiled one that is installed (OpenVINO first: the faster on every CPU measured) on the CPU,
-torch on CUDA/MPS.
+Runtimes (`inference.runtimes` chooses one): ``openvino`` (float32 inference precision forced: on CPUs with
+AVX512_BF16/AMX its default is bfloat16, off by ~1e-2 in probability), ``onnxruntime`` (CPU provider),
+``torch``; ``auto`` takes the compiled one that is installed (OpenVINO first: the faster on every CPU
+measured) on the CPU, torch on CUDA/MPS.
 """
 from __future__ import annotations
 

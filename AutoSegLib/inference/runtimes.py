@@ -58,7 +58,8 @@ def _torch_accelerator(device: str) -> bool:
         import torch
     except ImportError:
         return False
-    return bool(torch.cuda.is_available() or (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()))
+    mps = getattr(torch.backends, "mps", None)
+    return bool(torch.cuda.is_available() or (mps and mps.is_available()))
 
 
 def resolve_runtime(runtime: str = "auto", device: str = "auto") -> str:
