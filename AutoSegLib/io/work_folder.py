@@ -185,3 +185,19 @@ def dataset_path_of(work_dir: "str | os.PathLike") -> str:
         raise AutoSegError(f"{path}: no \"dataset_path\" entry (the raw dataset folder). Re-run `autoseg plan "
                            f"DATASET --output {work_dir}`.")
     return data["dataset_path"]
+
+
+def raw_label_of(record: Optional[dict], case: str) -> Optional[Path]:
+    """The raw reference label of ``case`` that a work folder's dataset.json ``record`` leads to:
+    ``<dataset_path>/labelsTr/<case><file_ending>`` when the record names the raw folder and the file is there,
+    else None (the caller decides whether that is an error)."""
+    root = (record or {}).get("dataset_path")
+    if not root:
+        return None
+    path = Path(root) / "labelsTr" / f"{case}{recorded_file_ending(record)}"
+    return path if path.is_file() else None
+
+
+def recorded_file_ending(record: Optional[dict], default: str = ".nii.gz") -> str:
+    """The raw dataset's file ending in a work folder's dataset.json ``record`` (``default`` when it has none)."""
+    return (record or {}).get("file_ending") or default

@@ -33,6 +33,7 @@ from AutoSegLib.errors import AutoSegError
 from AutoSegLib.evaluation.metrics import dice_per_label
 from AutoSegLib.io.jsonfile import read_json, read_json_or_none
 from AutoSegLib.io.labels import LabelLayout
+from AutoSegLib.io.work_folder import raw_label_of, recorded_file_ending
 from AutoSegLib.postprocessing.components import remove_all_but_largest_component
 from AutoSegLib.postprocessing.instructions import (InferenceInstructions, foreground_label_values,
                                                     save_inference_instructions)
@@ -120,9 +121,9 @@ def discover_cv_results(work_dir: Path, configurations: Optional[Sequence[str]] 
 
 
 def _reference_path(work_dir: Path, dataset: dict, case: str, npz: Path) -> Path:
-    root, ending = dataset.get("dataset_path"), dataset.get("file_ending", ".nii.gz")
-    if root and (Path(root) / "labelsTr" / f"{case}{ending}").is_file():
-        return Path(root) / "labelsTr" / f"{case}{ending}"
+    found = raw_label_of(dataset, case)
+    if found is not None:
+        return found
     try:  # the fold's validation summary names the reference it used
         ref = read_json_or_none(npz.parent / "summary.json")["cases"][case]["reference"]
         if ref and Path(ref).is_file():
@@ -130,7 +131,8 @@ def _reference_path(work_dir: Path, dataset: dict, case: str, npz: Path) -> Path
     except (OSError, KeyError, TypeError):
         pass
     raise AutoSegError(f"{work_dir / 'dataset.json'}: the reference label of case {case!r} was not found "
-                       f"(expected {root}/labelsTr/{case}{ending}). Set \"dataset_path\" to the raw dataset folder.")
+                       f"(expected {dataset.get('dataset_path')}/labelsTr/{case}{recorded_file_ending(dataset)}). "
+                       f"Set \"dataset_path\" to the raw dataset folder.")
 
 
 def _load_probabilities(npz: Path) -> np.ndarray:

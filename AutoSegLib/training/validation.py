@@ -28,6 +28,7 @@ import torch
 from AutoSegLib.io.atomic import atomic_path, write_json
 from AutoSegLib.io.jsonfile import read_json_or_none
 from AutoSegLib.io.labels import LabelLayout
+from AutoSegLib.io.work_folder import raw_label_of, recorded_file_ending
 from AutoSegLib.progress import ProgressCallback, ProgressTracker
 from AutoSegLib.device import Execution
 
@@ -63,18 +64,6 @@ def _nanmean(values: Sequence[float]) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
-def _raw_label_path(work_dir: Path, case: str) -> Optional[Path]:
-    ds = read_json_or_none(work_dir / "dataset.json", expect=dict)
-    if ds is None:
-        return None
-    root = ds.get("dataset_path")
-    ending = ds.get("file_ending", ".nii.gz")
-    if not root:
-        return None
-    p = Path(root) / "labelsTr" / f"{case}{ending}"
-    return p if p.is_file() else None
-
-
 def _raw_images(work_dir: Path) -> Optional[Dict[str, tuple]]:
     """Image files per case of the raw dataset (``dataset_path`` of the work folder's dataset.json), or
     None (with a warning) when it cannot be read."""
@@ -91,8 +80,7 @@ def _raw_images(work_dir: Path) -> Optional[Dict[str, tuple]]:
 
 def work_file_ending(work_dir: Path, plans) -> str:
     """The raw dataset's file ending (the work folder's dataset.json; the plans' when it has none)."""
-    return (read_json_or_none(Path(work_dir) / "dataset.json", expect=dict) or {}).get("file_ending",
-                                                                                         plans.file_ending)
+    return recorded_file_ending(read_json_or_none(Path(work_dir) / "dataset.json", expect=dict), plans.file_ending)
 
 
 def _located_logits(data, props: dict, coarse_map: Path, margin_mm, plans, patch_size, layout, predict_crop):
@@ -134,7 +122,8 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
     layout = plans.label_layout()
     previous_folder = cascade.previous_stage_folder(work_dir, plans, configuration) if plan.previous_stage else None
     raw_images = _raw_images(work_dir) if cascade.next_stages(plans, configuration) else None
-    ending = work_file_ending(work_dir, plans)
+    record = read_json_or_none(Path(work_dir) / "dataset.json", expect=dict)
+    ending = recorded_file_ending(record, plans.file_ending)
     located = located_stage(plans, configuration)
     coarse_maps = coarse_validation_maps(work_dir, located[0], fold, cases, ending) if located else None
     net.deep_supervision = False
@@ -172,15 +161,15 @@ def validate_fold(net: torch.nn.Module, plans, configuration: str, data_folder: 
             np.savez_compressed(tmp, probabilities=probs.astype(np.float32))
         geometry = Geometry.from_dict(props["geometry"])
         write_image(labels, geometry, out_dir / f"{case}{ending}")
-        ref_path = _raw_label_path(work_dir, case)
+        ref_path = raw_label_of(record, case)
         entry: dict = {"prediction": f"{case}{ending}", "probabilities": f"{case}.npz"}
         if ref_path is not None:
             ref, _ = read_image(ref_path)
             entry["reference"] = str(ref_path)
             entry["dice"] = dice_per_label(labels, np.asarray(ref), layout)
         else:
-            log.warning("no raw label for %s (dataset_path missing in %s): Dice not computed", case,
-                        work_dir / "dataset.json")
+            log.warning("no raw label for %s (%s names no dataset_path, or its labelsTr lacks the case): Dice not "
+                        "computed", case, work_dir / "dataset.json")
             entry["dice"] = None
         per_case[case] = entry
         tracker.step(case)

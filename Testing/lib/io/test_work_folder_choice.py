@@ -61,3 +61,21 @@ def test_unwritable_work_folder_is_found_before_work_starts(two_datasets, tmp_pa
     assert main(["plan", str(a), "-o", str(blocker / "work")]) == 2
     err = capsys.readouterr().err
     assert f"{blocker / 'work'}: cannot write there" in err and "a file stands where a folder is expected" in err
+
+
+def test_raw_label_of_follows_the_recorded_dataset(two_datasets, tmp_path):
+    """The reference label a work folder's dataset.json leads to: the raw case's file under labelsTr with the
+    recorded ending; None when the record names no folder, another ending, or a case the dataset lacks."""
+    from AutoSegLib.io.work_folder import raw_label_of, recorded_file_ending
+
+    a, _ = two_datasets
+    work = tmp_path / "work"
+    assert main(["fingerprint", str(a), "-o", str(work)]) == 0
+    record = json.loads((work / "dataset.json").read_text())
+    case = sorted(p.name for p in (a / "labelsTr").iterdir())[0].removesuffix(".nii.gz")
+    assert raw_label_of(record, case) == a.resolve() / "labelsTr" / f"{case}.nii.gz"
+    assert raw_label_of(record, "no_such_case") is None
+    assert raw_label_of({**record, "file_ending": ".mha"}, case) is None
+    assert raw_label_of({**record, "dataset_path": ""}, case) is None
+    assert raw_label_of(None, case) is None
+    assert recorded_file_ending({}, ".nrrd") == ".nrrd" and recorded_file_ending(record) == ".nii.gz"
