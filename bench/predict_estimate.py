@@ -36,19 +36,22 @@ def run_cli(args, env) -> dict:
     cmd = [sys.executable, "-m", "AutoSegLib", "predict", *args, "--progress-json"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    estimate, t_est = None, None
+    estimate, t_est, timeline = None, None, []
     for line in proc.stdout:
         if line.startswith("{"):
             ev = json.loads(line)
             if ev.get("event") == "estimate":
                 estimate, t_est = ev, time.perf_counter()
+            if ev.get("event") in ("estimate", "stage"):  # where the time went: seconds from the start
+                timeline.append((round(time.perf_counter() - t0, 2), ev.get("message") or ev["event"]))
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
     return {"wall_s": wall, "after_estimate_s": (time.perf_counter() - t_est) if t_est else None,
-            "peak_rss_mib": usage.ru_maxrss / 1024.0, "estimate": estimate}
+            "peak_rss_mib": usage.ru_maxrss / 1024.0, "estimate": estimate,
+            "timeline": timeline + [(round(wall, 2), "end")]}
 
 
 def la_inputs(root: Path) -> list:
@@ -174,11 +177,21 @@ def main() -> int:
             export_model(load_model(model))  # as export-model/import-model do: predict then needs no torch
             r = run_cli(["-m", str(model), "-i", str(root / "in"), "-o", str(root / "out"), "--threads", "2",
                          "--no-tta", "--step-size", "1.0"], env)
+            # the estimate's parts for this case, from the calibration the run cached (same cache folder)
+            os.environ["XDG_CACHE_HOME"] = env["XDG_CACHE_HOME"]
+            from AutoSegLib.inference.calibrate import measure
+            from AutoSegLib.inference.estimate import case_cost
+            loaded = load_model(model)
+            conf = next(iter(loaded.configurations))
+            r["estimate_parts"] = case_cost(measure(loaded, conf, "openvino"), loaded, conf, (400, 512, 512),
+                                            (1.25, 0.7, 0.7), 1, False, 1.0, False)
         e = r["estimate"]
         results["ct"] = r
         print(f"\nCT-sized 512x512x400, 3 classes (OpenVINO, no TTA, step 1.0): peak RSS {r['peak_rss_mib'] / 1024:.2f} "
               f"GiB (limit 6), estimated {e['peak_memory_mib'] / 1024:.2f} GiB; {r['wall_s']:.0f} s, estimated "
               f"{e['seconds']:.0f} s after start-up ({r['after_estimate_s']:.0f} s measured)")
+        print("where the time went (s from the start, what began):", r["timeline"])
+        print("the estimate's parts for the case (s):", {k: round(v, 1) for k, v in r["estimate_parts"].items()})
     print(f"load average at the end: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
